@@ -1,0 +1,3 @@
+from edgebus.cli import app
+
+app()

@@ -1,0 +1,202 @@
+"""Reader for the BrEaST-Lesions_USG data set (TCIA, DOI 10.7937/9WKK-Q141).
+
+Layout: one clinical-data sheet `BrEaST-Lesions-USG-clinical-data-*.xlsx` next to a folder
+`BrEaST-Lesions_USG-images_and_masks/` holding caseNNN.png, caseNNN_tumor.png and
+caseNNN_otherN.png. Reading checks the sheet and that every referenced file exists, without
+decoding PNGs, so it is fast; a corrupt PNG is reported by `load_gray` when it is loaded.
+pandas/openpyxl are imported inside the functions so importing this module stays light.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgebus.data.preprocess import load_gray, load_mask, resize_mask, to_model_input
+from edgebus.errors import EdgebusError
+from edgebus.rundir import sha256_file
+
+CLASSES = ("benign", "malignant")  # label 0, 1
+KNOWN_CLASSIFICATIONS = ("benign", "malignant", "normal")
+REQUIRED_COLUMNS = ("CaseID", "Image_filename", "Mask_tumor_filename", "Pixel_size", "Classification")
+IMAGES_DIR = "BrEaST-Lesions_USG-images_and_masks"
+SHEET_GLOB = "BrEaST-Lesions-USG-clinical-data-*.xlsx"
+DATASET_DIR = "BrEaST-Lesions_USG"
+
+EXPECTED_LAYOUT = (
+    f"expected a folder holding {SHEET_GLOB} and {IMAGES_DIR}/ "
+    "(download BrEaST-Lesions_USG from TCIA, DOI 10.7937/9WKK-Q141, or make a synthetic set)"
+)
+
+
+@dataclass(frozen=True)
+class Case:
+    case_id: int
+    image: Path
+    mask: Path | None  # tumor mask, None for normal rows
+    label: int | None  # 0 benign, 1 malignant, None otherwise
+    classification: str  # as in the sheet, lower-cased, stripped
+    pixel_size: float | None  # sheet's Pixel_size (cm per pixel), None if missing
+
+
+@dataclass
+class Dataset:
+    root: Path
+    sheet: Path
+    cases: list[Case]  # every row of the sheet, in sheet order
+
+    def lesions(self) -> list[Case]:
+        """Rows with a tumor mask and a benign/malignant label (the study's filter: drops the normal cases)."""
+        return [c for c in self.cases if c.mask is not None and c.label is not None]
+
+
+def _missing(value) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+def _find_sheet(root: Path) -> Path:
+    sheets = sorted(root.glob(SHEET_GLOB))
+    if len(sheets) > 1:
+        names = ", ".join(s.name for s in sheets)
+        raise EdgebusError(f"{root}: more than one sheet matches {SHEET_GLOB} ({names}); keep only one")
+    if sheets:
+        return sheets[0]
+    if not any(root.iterdir()):
+        raise EdgebusError(f"{root}: folder is empty; {EXPECTED_LAYOUT}")
+    raise EdgebusError(f"{root}: no sheet {SHEET_GLOB} found; {EXPECTED_LAYOUT}")
+
+
+def _read_sheet(sheet: Path):
+    try:
+        import pandas as pd
+    except ImportError:
+        raise EdgebusError("reading the BrEaST sheet needs pandas and openpyxl; pip install 'edgebus[train]'") from None
+    try:
+        return pd.read_excel(sheet, engine="openpyxl")
+    except ImportError:
+        raise EdgebusError("reading the BrEaST sheet needs openpyxl; pip install 'edgebus[train]'") from None
+    except Exception as e:  # zipfile.BadZipFile, KeyError, ValueError, ... from a damaged file
+        msg = " ".join(str(e).split()) or type(e).__name__
+        raise EdgebusError(f"{sheet}: not a readable xlsx sheet ({msg}); re-download or restore it") from None
+
+
+def read_breast(root: str | Path) -> Dataset:
+    """The sheet's rows as Cases, after checking the layout and that every named file exists."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise EdgebusError(f"{root}: folder not found; {EXPECTED_LAYOUT}")
+    if not root.is_dir():
+        raise EdgebusError(f"{root}: not a folder; {EXPECTED_LAYOUT}")
+    # Also accept the folder that holds BrEaST-Lesions_USG/ (as the TCIA download unpacks).
+    if not any(root.glob(SHEET_GLOB)) and (root / DATASET_DIR).is_dir():
+        root = root / DATASET_DIR
+    sheet = _find_sheet(root)
+    df = _read_sheet(sheet)
+
+    absent = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if absent:
+        raise EdgebusError(
+            f"{sheet}: missing column(s) {', '.join(absent)}; restore the original sheet "
+            f"(needs {', '.join(REQUIRED_COLUMNS)})"
+        )
+    images = root / IMAGES_DIR
+    if not images.is_dir():
+        raise EdgebusError(f"{images}: images folder not found; {EXPECTED_LAYOUT}")
+    on_disk = set(os.listdir(images))  # one listing instead of a stat per file
+
+    cases, seen = [], set()
+    for i, row in enumerate(df[list(REQUIRED_COLUMNS)].itertuples(index=False), start=2):
+        case_id, image_name, mask_name, pixel_size, classification = row
+        where = f"{sheet}: row {i}"
+        try:
+            case_id = int(case_id)
+        except (TypeError, ValueError):
+            raise EdgebusError(f"{where}: CaseID {case_id!r} is not a whole number; fix the sheet") from None
+        where = f"{sheet}: CaseID {case_id}"
+        if case_id in seen:
+            raise EdgebusError(f"{where} appears twice; each row needs its own CaseID, fix the sheet")
+        seen.add(case_id)
+        if _missing(image_name):
+            raise EdgebusError(f"{where} has no Image_filename; fix the sheet or restore the original")
+        image_name = str(image_name).strip()
+        if image_name not in on_disk:
+            raise EdgebusError(
+                f"{images / image_name}: missing; {sheet.name} names it as the image of CaseID {case_id}, "
+                "restore the file"
+            )
+        mask = None
+        if not _missing(mask_name):
+            mask_name = str(mask_name).strip()
+            if mask_name not in on_disk:
+                raise EdgebusError(
+                    f"{images / mask_name}: missing; {sheet.name} names it as the tumor mask of CaseID {case_id}, "
+                    "restore the file"
+                )
+            mask = images / mask_name
+        cls = "" if _missing(classification) else str(classification).strip().lower()
+        if cls not in KNOWN_CLASSIFICATIONS:
+            raise EdgebusError(
+                f"{where}: unknown Classification {classification!r}; "
+                f"expected one of {', '.join(KNOWN_CLASSIFICATIONS)}"
+            )
+        try:
+            px = None if _missing(pixel_size) else float(pixel_size)
+        except (TypeError, ValueError):
+            px = None
+        cases.append(Case(
+            case_id=case_id,
+            image=images / image_name,
+            mask=mask,
+            label=CLASSES.index(cls) if cls in CLASSES else None,
+            classification=cls,
+            pixel_size=px,
+        ))
+    if not cases:
+        raise EdgebusError(f"{sheet}: the sheet has no rows; restore the original sheet")
+    return Dataset(root=root, sheet=sheet, cases=cases)
+
+
+def fingerprint(ds: Dataset) -> str:
+    """sha256 over the sheet and every referenced image/mask (by file name).
+
+    Runs record it so a result can be tied to exactly the data it saw, wherever the folder lives.
+    """
+    h = hashlib.sha256()
+    h.update(Path(ds.sheet).read_bytes())
+    files = {}
+    for c in ds.cases:
+        for p in (c.image, c.mask):
+            if p is not None:
+                files[Path(p).name] = Path(p)
+    for name in sorted(files):
+        h.update(f"\n{name}\t{sha256_file(files[name])}".encode())
+    return h.hexdigest()
+
+
+def load_arrays(cases, contract: dict, with_masks: bool = False) -> tuple:
+    """(x, y, masks) for a list of Cases at the contract's size.
+
+    x: float32 (N, H, W, C) in [0, 1]; y: int64 (N,), -1 for a case without a benign/malignant
+    label; masks: uint8 (N, H, W, 1) in {0, 1} (all zero for a case without a tumor mask) when
+    with_masks, else None.
+    """
+    cases = list(cases)
+    h, w = contract["size"]
+    c = contract["channels"]
+    x = np.empty((len(cases), h, w, c), dtype=np.float32)
+    y = np.array([-1 if k.label is None else k.label for k in cases], dtype=np.int64)
+    masks = np.zeros((len(cases), h, w, 1), dtype=np.uint8) if with_masks else None
+    for i, k in enumerate(cases):
+        x[i] = to_model_input(load_gray(k.image), contract)
+        if with_masks and k.mask is not None:
+            masks[i, ..., 0] = resize_mask(load_mask(k.mask), (h, w))
+    return x, y, masks

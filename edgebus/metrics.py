@@ -1,0 +1,105 @@
+"""Metrics in plain numpy, so training, export validation and the device-side benchmark agree
+exactly and none of them needs TensorFlow or scikit-learn."""
+
+from __future__ import annotations
+
+import numpy as np
+
+CLASS_NAMES = ("benign", "malignant")
+
+
+def roc_auc(y_true, score) -> float | None:
+    """Area under the ROC curve (Mann-Whitney U with tie correction); None with one class only."""
+    y = np.asarray(y_true).astype(bool)
+    s = np.asarray(score, dtype=np.float64)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), dtype=np.float64)
+    sorted_s = s[order]
+    i = 0
+    while i < len(s):  # average ranks over ties
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def classification_metrics(y_true, prob, threshold: float = 0.5) -> dict:
+    """Accuracy, per-class precision/recall/F1/support, macro and weighted averages, confusion
+    matrix (rows = truth, columns = prediction, order benign, malignant) and ROC AUC."""
+    y = np.asarray(y_true).astype(int).ravel()
+    p = np.asarray(prob, dtype=np.float64).ravel()
+    pred = (p >= threshold).astype(int)
+    cm = np.zeros((2, 2), dtype=int)
+    for t, q in zip(y, pred):
+        cm[t, q] += 1
+    per_class = {}
+    for c, name in enumerate(CLASS_NAMES):
+        tp = cm[c, c]
+        prec = tp / cm[:, c].sum() if cm[:, c].sum() else 0.0
+        rec = tp / cm[c, :].sum() if cm[c, :].sum() else 0.0
+        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+        per_class[name] = {"precision": float(prec), "recall": float(rec), "f1": float(f1), "support": int(cm[c, :].sum())}
+    support = np.array([per_class[n]["support"] for n in CLASS_NAMES], dtype=float)
+    avg = {}
+    for k in ("precision", "recall", "f1"):
+        vals = np.array([per_class[n][k] for n in CLASS_NAMES])
+        avg[k] = (float(vals.mean()), float((vals * support).sum() / support.sum()) if support.sum() else 0.0)
+    return {
+        "n": int(len(y)),
+        "threshold": float(threshold),
+        "accuracy": float((pred == y).mean()) if len(y) else 0.0,
+        "auc": roc_auc(y, p),
+        "per_class": per_class,
+        "macro": {k: v[0] for k, v in avg.items()},
+        "weighted": {k: v[1] for k, v in avg.items()},
+        "confusion_matrix": cm.tolist(),
+        "malignant_recall": per_class["malignant"]["recall"],
+    }
+
+
+def segmentation_metrics(masks_true, prob, threshold: float = 0.5) -> dict:
+    """Per-image IoU and Dice (mean over images; an image where truth and prediction are both
+    empty counts 1), plus pixel accuracy and how many predictions are empty."""
+    t = np.asarray(masks_true).reshape(len(masks_true), -1) > 0
+    p = np.asarray(prob).reshape(len(prob), -1) >= threshold
+    inter = (t & p).sum(1).astype(np.float64)
+    union = (t | p).sum(1).astype(np.float64)
+    size = t.sum(1) + p.sum(1)
+    iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    dice = np.where(size > 0, 2 * inter / np.maximum(size, 1), 1.0)
+    return {
+        "n": int(len(t)),
+        "threshold": float(threshold),
+        "iou": float(iou.mean()) if len(t) else 0.0,
+        "dice": float(dice.mean()) if len(t) else 0.0,
+        "iou_per_image": [round(float(v), 4) for v in iou],
+        "pixel_accuracy": float((t == p).mean()) if len(t) else 0.0,
+        "empty_predictions": int((p.sum(1) == 0).sum()),
+    }
+
+
+def agreement(task: str, ref, other, threshold: float = 0.5) -> dict:
+    """How closely an exported model follows its parent: same labels (or pixels), max output gap."""
+    a = np.asarray(ref, dtype=np.float32)
+    b = np.asarray(other, dtype=np.float32)
+    same = ((a >= threshold) == (b >= threshold)).mean()
+    key = "label_agreement" if task == "classify" else "pixel_agreement"
+    return {key: float(same), "max_abs_diff": float(np.abs(a - b).max()), "mean_abs_diff": float(np.abs(a - b).mean())}
+
+
+def task_metrics(task: str, truth, prob, threshold: float = 0.5) -> dict:
+    if task == "classify":
+        return classification_metrics(truth, prob, threshold)
+    return segmentation_metrics(truth, prob, threshold)
+
+
+def headline(task: str, m: dict) -> dict:
+    """The few numbers a table shows for a task."""
+    if task == "classify":
+        return {"accuracy": m["accuracy"], "malignant_recall": m["malignant_recall"], "auc": m["auc"]}
+    return {"iou": m["iou"], "dice": m["dice"]}

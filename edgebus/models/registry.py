@@ -1,0 +1,164 @@
+"""Model registry, in the style of timm: a name maps to a builder and its task.
+
+Every model takes NHWC float input in [0, 1] (the preprocessing contract) and normalises inside
+its own graph, so exported int8 models take raw uint8 pixels. Classifiers are one *flat* functional
+graph from input to a sigmoid head: tfmot cannot quantize a model nested in another model.
+
+`weights` is "none", "imagenet" (downloads; needs internet) or a path to a local weights file
+(for air-gapped carts). `test-*` models are tiny, for fast tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from edgebus.errors import EdgebusError
+
+MODELS: dict[str, dict] = {}
+
+
+def register(name: str, task: str):
+    def deco(fn: Callable):
+        MODELS[name] = {"task": task, "build": fn, "doc": (fn.__doc__ or "").strip().splitlines()[0]}
+        return fn
+
+    return deco
+
+
+def model_task(name: str) -> str:
+    if name not in MODELS:
+        raise EdgebusError(f"unknown model '{name}'; choose one of: {', '.join(sorted(MODELS))}")
+    return MODELS[name]["task"]
+
+
+def _resolve_weights(weights: str | None) -> str | None:
+    if weights in (None, "", "none", "None"):
+        return None
+    if weights == "imagenet":
+        return "imagenet"
+    p = Path(weights)
+    if not p.is_file():
+        raise EdgebusError(f"{p}: weights file not found; pass --weights none, imagenet or a local weights file")
+    return str(p)
+
+
+def build_model(name: str, input_size: int | tuple[int, int], weights: str | None = "none", **kwargs):
+    """Build registered model `name` for HxW inputs. Returns a tf_keras Model."""
+    model_task(name)
+    h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    return MODELS[name]["build"](input_shape=(h, w, 3), weights=_resolve_weights(weights), **kwargs)
+
+
+def _classifier_head(keras, inputs, features, dropout: float, name: str):
+    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(features)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    out = keras.layers.Dense(1, activation="sigmoid", name="malignant_prob")(x)
+    return keras.Model(inputs, out, name=name)
+
+
+def _set_bn_momentum(model, momentum: float | None) -> None:
+    """Keras applications use BN momentum 0.99/0.999: on a 200-image set the moving statistics
+    barely move in a few hundred steps, and the model predicts one class in inference mode
+    (STACK.md). A lower momentum fixes that."""
+    if momentum is None:
+        return
+    from edgebus.compat import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = momentum
+
+
+@register("mobilenetv2", "classify")
+def mobilenetv2(input_shape, weights=None, alpha: float = 1.0, dropout: float = 0.2, bn_momentum: float | None = 0.9):
+    """MobileNetV2 backbone (keras.applications) + global pool + sigmoid head, one flat graph."""
+    from edgebus.compat import keras
+
+    inputs = keras.Input(input_shape, name="image")
+    x = keras.layers.Rescaling(2.0, offset=-1.0, name="to_pm1")(inputs)  # MobileNetV2 expects [-1, 1]
+    base = keras.applications.MobileNetV2(
+        input_tensor=x, include_top=False, weights=weights, alpha=alpha
+    )
+    model = _classifier_head(keras, inputs, base.output, dropout, "mobilenetv2")
+    _set_bn_momentum(model, bn_momentum)
+    return model
+
+
+@register("resnet50", "classify")
+def resnet50(input_shape, weights=None, dropout: float = 0.2, bn_momentum: float | None = 0.9):
+    """ResNet50 backbone (keras.applications) + global pool + sigmoid head, one flat graph."""
+    from edgebus.compat import keras
+
+    inputs = keras.Input(input_shape, name="image")
+    # caffe-style input: 0..255 minus the ImageNet mean (gray input: one mean for all channels)
+    x = keras.layers.Rescaling(255.0, offset=-116.78, name="to_caffe")(inputs)
+    base = keras.applications.ResNet50(input_tensor=x, include_top=False, weights=weights)
+    model = _classifier_head(keras, inputs, base.output, dropout, "resnet50")
+    _set_bn_momentum(model, bn_momentum)
+    return model
+
+
+@register("unet-efficientnetb2", "segment")
+def unet_efficientnetb2(input_shape, weights=None, bn_momentum: float | None = 0.9):
+    """segmentation_models Unet('efficientnetb2'), one sigmoid lesion channel."""
+    from edgebus.compat import sm
+
+    model = sm().Unet(
+        "efficientnetb2", input_shape=input_shape, classes=1, activation="sigmoid", encoder_weights=weights
+    )
+    _set_bn_momentum(model, bn_momentum)
+    return model
+
+
+def _conv_bn(keras, x, filters, name, stride=1):
+    x = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
+@register("test-cnn", "classify")
+def test_cnn(input_shape, weights=None, width: int = 8, dropout: float = 0.0):
+    """Tiny CNN classifier for tests (seconds to train)."""
+    from edgebus.compat import keras
+
+    if weights is not None:
+        raise EdgebusError("test-cnn has no pretrained weights; use --weights none")
+    inputs = keras.Input(input_shape, name="image")
+    x = inputs
+    for i, f in enumerate((width, width * 2, width * 4)):
+        x = _conv_bn(keras, x, f, f"b{i}", stride=2)
+    return _classifier_head(keras, inputs, x, dropout, "test_cnn")
+
+
+def _se(keras, x, name):
+    """Squeeze-and-excite gate, the same Multiply pattern as EfficientNet's (tfmot rejects it raw)."""
+    c = x.shape[-1]
+    s = keras.layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_squeeze")(x)
+    s = keras.layers.Conv2D(max(1, c // 4), 1, activation="relu", name=f"{name}_reduce")(s)
+    s = keras.layers.Conv2D(c, 1, activation="sigmoid", name=f"{name}_expand")(s)
+    return keras.layers.Multiply(name=f"{name}_excite")([x, s])
+
+
+@register("test-unet", "segment")
+def test_unet(input_shape, weights=None, width: int = 8):
+    """Tiny U-Net with squeeze-and-excite blocks, for tests."""
+    from edgebus.compat import keras
+
+    if weights is not None:
+        raise EdgebusError("test-unet has no pretrained weights; use --weights none")
+    inputs = keras.Input(input_shape, name="image")
+    skips, x = [], inputs
+    for i, f in enumerate((width, width * 2, width * 4)):
+        x = _conv_bn(keras, x, f, f"enc{i}")
+        x = _se(keras, x, f"enc{i}_se")
+        skips.append(x)
+        x = keras.layers.MaxPooling2D(name=f"enc{i}_pool")(x)
+    x = _conv_bn(keras, x, width * 8, "mid")
+    for i, f in reversed(list(enumerate((width, width * 2, width * 4)))):
+        x = keras.layers.UpSampling2D(name=f"dec{i}_up")(x)
+        x = keras.layers.Concatenate(name=f"dec{i}_cat")([x, skips[i]])
+        x = _conv_bn(keras, x, f, f"dec{i}")
+    out = keras.layers.Conv2D(1, 1, activation="sigmoid", name="mask")(x)
+    return keras.Model(inputs, out, name="test_unet")
