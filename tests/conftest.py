@@ -1,9 +1,11 @@
 """Shared fixtures: the real BrEaST-Lesions_USG folder (or a skip) and one small synthetic set."""
 
 import os
+import textwrap
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 # The repo sits at /work/main with shared/ beside it; EDGEBUS_BREAST_DIR overrides.
 REAL_BREAST_DIR = Path(__file__).resolve().parents[2] / "shared/data/BrEaST-Lesions_USG"
@@ -25,3 +27,51 @@ def synthetic_breast_dir(tmp_path_factory) -> Path:
     from edgebus.data.synthetic import make_synthetic
 
     return make_synthetic(tmp_path_factory.mktemp("breast-synthetic"), **SYNTHETIC)
+
+
+def cli(*args):
+    """Run the edgebus CLI in-process (typer's CliRunner)."""
+    from edgebus.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+# Prepended to a subprocess's code: importing TensorFlow (or pandas) there fails, as on a cart.
+BLOCK_TF = textwrap.dedent("""
+    import sys
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name.split('.')[0] in ('tensorflow', 'tf_keras', 'keras', 'pandas', 'tensorflow_model_optimization'):
+                raise ImportError(f'{name} is blocked: the device path must not import it')
+    sys.meta_path.insert(0, Block())
+""")
+
+
+@pytest.fixture(scope="session")
+def chain_data(tmp_path_factory):
+    """120 cases: enough for a 12-image test split."""
+    from edgebus.data.synthetic import make_synthetic
+
+    return make_synthetic(tmp_path_factory.mktemp("chain-data"), n_cases=120, seed=1)
+
+
+@pytest.fixture(scope="session")
+def cls_run(chain_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "cls"
+    r = cli("train", "classify", "--data", chain_data, "--model", "test-cnn", "--size", 64, "--epochs", 25,
+            "--lr", 3e-3, "--out", out, "--quiet")
+    assert r.exit_code == 0, r.output
+    r = cli("export", out, "--int8")
+    assert r.exit_code == 0, r.output
+    return out
+
+
+@pytest.fixture(scope="session")
+def seg_run(chain_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "seg"
+    r = cli("train", "segment", "--data", chain_data, "--model", "test-unet", "--size", 64, "--epochs", 20,
+            "--lr", 3e-3, "--out", out, "--quiet")
+    assert r.exit_code == 0, r.output
+    r = cli("export", out, "--int8")
+    assert r.exit_code == 0, r.output
+    return out

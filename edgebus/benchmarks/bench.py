@@ -1,12 +1,17 @@
-"""Latency harness in the spirit of TensorFlow's benchmark_model: load/init time, first
-inference, warm-up, then N timed invokes. Runs on the device path: numpy + an interpreter only."""
+"""Latency harness in the spirit of TensorFlow's benchmark_model and `yolo benchmark`: per model
+file and thread count, load/init time, first inference, warm-up, then N timed invokes, memory,
+size and the model's metric on the run's test split, one row per file with a status.
+
+Runs on the device path: numpy + a TFLite interpreter only. The Keras baseline row is added only
+where TensorFlow is importable (a dev machine), never required.
+"""
 
 from __future__ import annotations
 
 import datetime as _dt
 import os
 import platform
-import resource
+import shutil
 import time
 from pathlib import Path
 
@@ -16,6 +21,9 @@ from edgebus import __version__
 from edgebus.errors import EdgebusError
 from edgebus.metrics import headline, task_metrics
 from edgebus.runtime.interpreter import TFLiteModel, interpreter_backend
+
+SCHEMA = "edgebus.bench/1"
+EDGETPU_LIB = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
 
 
 def _cpu_model() -> str:
@@ -30,12 +38,19 @@ def _cpu_model() -> str:
 
 def machine_info() -> dict:
     name, version, _ = interpreter_backend()
+    os_name = f"{platform.system()} {platform.release()}"
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                os_name = f"{line.split('=', 1)[1].strip(chr(34))} ({os_name})"
+    except OSError:
+        pass
     return {
         "hostname": platform.node(),
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
         "arch": platform.machine(),
-        "os": f"{platform.system()} {platform.release()}",
+        "os": os_name,
         "python": platform.python_version(),
         "numpy": np.__version__,
         "interpreter": f"{name} {version}",
@@ -43,25 +58,69 @@ def machine_info() -> dict:
     }
 
 
-def _peak_rss_mb() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / 1024.0 if platform.system() != "Darwin" else r / 1e6
+def _rss_mb() -> float | None:
+    """Resident memory of this process now (Linux), to measure what loading a model adds."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
 
 
-def time_model(path: str | Path, threads: int = 1, warmup: int = 10, runs: int = 50, xnnpack: bool = True) -> tuple[dict, TFLiteModel | None]:
+def _stats(seconds: np.ndarray) -> dict:
+    ms = seconds * 1e3
+    return {"min": float(ms.min()), "median": float(np.median(ms)), "mean": float(ms.mean()),
+            "std": float(ms.std()), "p90": float(np.percentile(ms, 90)), "p99": float(np.percentile(ms, 99))}
+
+
+def edgetpu_delegate():
+    """The Coral Edge TPU delegate, or an EdgebusError saying what is missing and how to get it."""
+    _, _, _ = interpreter_backend()
+    try:
+        from ai_edge_litert.interpreter import load_delegate
+    except ImportError:
+        from tflite_runtime.interpreter import load_delegate
+    lib = EDGETPU_LIB.get(platform.system(), "libedgetpu.so.1")
+    try:
+        return load_delegate(lib)
+    except (ValueError, OSError) as e:
+        raise EdgebusError(
+            f"Edge TPU delegate {lib} could not be loaded ({str(e).splitlines()[0] if str(e) else 'not found'}): "
+            "install libedgetpu1-std from Coral's apt repository and plug in the accelerator "
+            "(https://coral.ai/docs/accelerator/get-started)"
+        ) from None
+
+
+def timed_invokes(invoke, runs: int) -> np.ndarray:
+    """Seconds per call of `invoke`, with nothing but the call between the two clock reads
+    (benchmarks/harness_overhead.py measures what this loop adds over a bare one)."""
+    clock = time.perf_counter
+    times = np.empty(runs)
+    for i in range(runs):
+        t0 = clock()
+        invoke()
+        times[i] = clock() - t0
+    return times
+
+
+def time_model(path: str | Path, threads: int = 1, warmup: int = 10, runs: int = 50, xnnpack: bool = True,
+               edgetpu: bool = False) -> tuple[dict, TFLiteModel | None]:
     """Timing row for one file and thread count. A file that will not load gives a failed row."""
     path = Path(path)
     row = {"file": path.name, "threads": threads, "size_bytes": path.stat().st_size if path.exists() else None,
-           "warmup": warmup, "runs": runs, "status": "ok", "error": None}
+           "warmup": warmup, "runs": runs, "status": "ok", "error": None, "xnnpack": None, "xnnpack_error": None,
+           "delegate": "edgetpu" if edgetpu else None, "load_ms": None, "first_ms": None, "latency_ms": None,
+           "fps": None, "rss_delta_mb": None, "metrics": None, "delta_vs_keras": None}
+    rss0 = _rss_mb()
     t0 = time.perf_counter()
     try:
-        m = TFLiteModel(path, num_threads=threads, xnnpack=xnnpack)
+        delegates = [edgetpu_delegate()] if edgetpu else None
+        m = TFLiteModel(path, num_threads=threads, xnnpack=xnnpack and not edgetpu, experimental_delegates=delegates)
     except EdgebusError as e:
         row.update(status="load_failed", error=str(e))
         return row, None
     row["load_ms"] = (time.perf_counter() - t0) * 1e3
-    row["xnnpack"] = m.xnnpack
-    row["xnnpack_error"] = m.xnnpack_error
+    row["xnnpack"], row["xnnpack_error"] = m.xnnpack, m.xnnpack_error
     x = np.random.default_rng(0).random(m.input_shape, dtype=np.float32)
     m.set_input(x)
     t0 = time.perf_counter()
@@ -69,19 +128,10 @@ def time_model(path: str | Path, threads: int = 1, warmup: int = 10, runs: int =
     row["first_ms"] = (time.perf_counter() - t0) * 1e3
     for _ in range(warmup):
         m.invoke()
-    invoke = m.interpreter.invoke
-    times = np.empty(runs)
-    for i in range(runs):  # the bare loop: nothing but invoke() between the two clock reads
-        t0 = time.perf_counter()
-        invoke()
-        times[i] = time.perf_counter() - t0
-    ms = times * 1e3
-    row["latency_ms"] = {
-        "min": float(ms.min()), "median": float(np.median(ms)), "mean": float(ms.mean()), "std": float(ms.std()),
-        "p90": float(np.percentile(ms, 90)), "p99": float(np.percentile(ms, 99)),
-    }
+    row["latency_ms"] = _stats(timed_invokes(m.interpreter.invoke, runs))
     row["fps"] = 1e3 / row["latency_ms"]["median"]
-    row["peak_rss_mb"] = _peak_rss_mb()
+    rss1 = _rss_mb()
+    row["rss_delta_mb"] = None if rss0 is None or rss1 is None else rss1 - rss0
     return row, m
 
 
@@ -92,7 +142,7 @@ def load_pack(path: str | Path) -> dict:
             return {k: z[k] for k in z.files}
     except FileNotFoundError:
         raise EdgebusError(f"{path}: evaluation pack not found; run 'edgebus export' on the run first") from None
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, EOFError) as e:
         raise EdgebusError(f"{path}: unreadable evaluation pack ({e}); re-run 'edgebus export'") from None
 
 
@@ -105,8 +155,62 @@ def evaluate(m: TFLiteModel, pack: dict, task: str, threshold: float = 0.5) -> d
     return task_metrics(task, truth, prob, threshold)
 
 
-def bench_run(run_dir: str | Path, threads=(1,), warmup: int = 10, runs: int = 50, xnnpack: bool = True, log=print) -> dict:
-    """Time and score every exported file of a run; the Keras test metrics are the reference."""
+def _score(row: dict, m: TFLiteModel, pack: dict | None, task: str, thr: float, ref: dict | None) -> None:
+    if pack is None:
+        return
+    try:
+        row["metrics"] = headline(task, evaluate(m, pack, task, thr))
+    except (EdgebusError, ValueError, RuntimeError) as err:
+        row.update(status="metric_failed", error=str(err).splitlines()[0])
+        return
+    if ref:
+        row["delta_vs_keras"] = {k: (row["metrics"][k] - v if v is not None and row["metrics"][k] is not None else None)
+                                 for k, v in ref.items()}
+
+
+def keras_row(model_path: Path, input_shape, warmup: int, runs: int, ref: dict) -> dict:
+    """The study's deployment: Keras float `predict` on one image. Needs TensorFlow."""
+    row = {"file": model_path.name, "format": "keras", "threads": None, "size_bytes": model_path.stat().st_size,
+           "warmup": warmup, "runs": runs, "status": "ok", "error": None, "xnnpack": None, "xnnpack_error": None,
+           "delegate": None, "first_ms": None, "rss_delta_mb": None, "metrics": ref,
+           "delta_vs_keras": {k: 0.0 for k in ref}}
+    rss0 = _rss_mb()
+    t0 = time.perf_counter()
+    from edgebus.training.train import load_model
+
+    model = load_model(model_path)
+    row["load_ms"] = (time.perf_counter() - t0) * 1e3
+    x = np.random.default_rng(0).random((1, *input_shape), dtype=np.float32)
+    t0 = time.perf_counter()
+    model.predict(x, verbose=0)
+    row["first_ms"] = (time.perf_counter() - t0) * 1e3
+    for _ in range(warmup):
+        model.predict(x, verbose=0)
+    times = np.empty(runs)
+    for i in range(runs):
+        t0 = time.perf_counter()
+        model.predict(x, verbose=0)
+        times[i] = time.perf_counter() - t0
+    row["latency_ms"] = _stats(times)
+    row["fps"] = 1e3 / row["latency_ms"]["median"]
+    rss1 = _rss_mb()
+    row["rss_delta_mb"] = None if rss0 is None or rss1 is None else rss1 - rss0
+    return row
+
+
+def _tensorflow_available() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("tensorflow") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def bench_run(run_dir: str | Path, threads=(1,), warmup: int = 10, runs: int = 50, xnnpack: bool = True,
+              keras: bool = True, edgetpu: bool = False, log=print) -> dict:
+    """Time and score every exported file of a run (or a device pack); the Keras test metrics are
+    the reference. `keras`: add the Keras `predict` row where TensorFlow is installed."""
     from edgebus.rundir import Run
 
     run = Run.load(run_dir)
@@ -117,30 +221,99 @@ def bench_run(run_dir: str | Path, threads=(1,), warmup: int = 10, runs: int = 5
     thr = run.manifest.get("threshold", 0.5)
     ref = run.manifest["metrics"].get("keras_test") or run.manifest["metrics"]["keras"]["test"]
     ref_head = headline(run.task, ref)
+    size = run.manifest["preprocess"]["size"]
     rows = []
+    if keras and run.file("model.keras").exists() and _tensorflow_available():
+        log("benchmarking Keras predict (float, 1 image) ...")
+        try:
+            rows.append(keras_row(run.file("model.keras"), (*size, run.manifest["preprocess"]["channels"]),
+                                  min(warmup, 5), min(runs, 20), ref_head))
+        except EdgebusError as e:
+            rows.append({"file": "model.keras", "format": "keras", "threads": None, "status": "load_failed",
+                         "error": str(e), "size_bytes": None})
     for fmt, e in exports.items():
-        for t in threads:
-            log(f"benchmarking {e['file']} ({t} thread{'s' if t > 1 else ''}) ...")
-            row, m = time_model(run.file(e["file"]), t, warmup, runs, xnnpack)
-            row["format"] = fmt
-            if m is not None:
-                try:
-                    row["metrics"] = headline(run.task, evaluate(m, pack, run.task, thr))
-                    row["delta_vs_keras"] = {k: (row["metrics"][k] - v if v is not None and row["metrics"][k] is not None else None)
-                                             for k, v in ref_head.items()}
-                except (EdgebusError, ValueError, RuntimeError) as err:
-                    row.update(status="metric_failed", error=str(err).splitlines()[0])
-            rows.append(row)
+        targets = [(run.file(e["file"]), False)]
+        if edgetpu and fmt.startswith("int8"):
+            targets.append((run.file(e["file"]).with_name(Path(e["file"]).stem + "_edgetpu.tflite"), True))
+        for path, on_tpu in targets:
+            for t in threads:
+                log(f"benchmarking {path.name} ({t} thread{'s' if t > 1 else ''}{', Edge TPU' if on_tpu else ''}) ...")
+                if on_tpu and not path.exists():
+                    row, m = time_model(path, t, warmup, runs)
+                    row.update(status="load_failed", error=f"{path}: not compiled for the Edge TPU; run 'edgebus export RUN --int8 --edgetpu' where edgetpu_compiler is installed")
+                else:
+                    row, m = time_model(path, t, warmup, runs, xnnpack, edgetpu=on_tpu)
+                row["format"] = fmt + ("+edgetpu" if on_tpu else "")
+                if m is not None:
+                    _score(row, m, pack, run.task, thr, ref_head)
+                rows.append(row)
     return {
-        "schema": "edgebus.bench/1",
+        "schema": SCHEMA,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(),
         "run": str(run.path.resolve()),
         "task": run.task,
         "model": run.manifest["model"]["name"],
-        "input_size": run.manifest["preprocess"]["size"],
+        "input_size": size,
         "data_fingerprint": run.manifest["data"]["fingerprint"],
         "eval_split": {"name": "test", "n": int(len(pack["images"]))},
         "keras_reference": ref_head,
         "rows": rows,
     }
+
+
+def bench_files(paths, threads=(1,), warmup: int = 10, runs: int = 50, xnnpack: bool = True,
+                eval_pack: str | Path | None = None, log=print) -> dict:
+    """Time lone .tflite files; their embedded metadata says the task. With an evaluation pack
+    they are scored too."""
+    from edgebus.runtime.metadata import read_metadata
+
+    pack = load_pack(eval_pack) if eval_pack else None
+    rows, tasks = [], set()
+    for p in map(Path, paths):
+        try:
+            meta = read_metadata(p) or {}
+        except EdgebusError as e:
+            meta = {}
+            log(f"warning: {e}")
+        for t in threads:
+            log(f"benchmarking {p.name} ({t} thread{'s' if t > 1 else ''}) ...")
+            row, m = time_model(p, t, warmup, runs, xnnpack)
+            row["format"] = meta.get("format", p.stem)
+            if m is not None and meta.get("task"):
+                tasks.add(meta["task"])
+                _score(row, m, pack, meta["task"], meta.get("threshold", 0.5), None)
+            rows.append(row)
+    return {
+        "schema": SCHEMA,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "run": None, "task": tasks.pop() if len(tasks) == 1 else None, "model": ", ".join(Path(p).name for p in paths),
+        "input_size": None, "data_fingerprint": None,
+        "eval_split": {"name": "pack", "n": int(len(pack["images"]))} if pack else None,
+        "keras_reference": {}, "rows": rows,
+    }
+
+
+def make_pack(run_dir: str | Path, out: str | Path) -> Path:
+    """Copy what a device needs to benchmark a run (exported files, sidecars, evaluation pack and a
+    manifest) into `out`; `edgebus bench OUT` then runs there with only the core install."""
+    from edgebus.rundir import Run, write_json
+
+    run = Run.load(run_dir)
+    if not run.manifest.get("exports"):
+        raise EdgebusError(f"{run.path}: nothing exported yet; run 'edgebus export {run.path} --int8' first")
+    out = Path(out)
+    if (out / "manifest.json").exists():
+        raise EdgebusError(f"{out}: a pack or run is already there; pick another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    keep = {"eval_pack.npz"}
+    for e in run.manifest["exports"].values():
+        keep |= {e["file"], e.get("metadata")} - {None}
+    for name in sorted(keep):
+        shutil.copy2(run.verify_artifact(name), out / name)
+    manifest = {k: v for k, v in run.manifest.items() if k != "artifacts"}
+    manifest["artifacts"] = {k: v for k, v in run.manifest["artifacts"].items() if k in keep}
+    manifest["pack_of"] = str(run.path.resolve())
+    write_json(out / "manifest.json", manifest)
+    return out

@@ -1,52 +1,195 @@
-"""Benchmark results -> report.md + report.json."""
+"""Benchmark results -> report.md, report.html and report.json; several results (this CPU, a Pi,
+a Coral) merge into one report. Plots need matplotlib (a dev machine); without it the HTML has
+the tables only."""
 
 from __future__ import annotations
 
+import base64
+import html
+import io
 from pathlib import Path
 
-from edgebus.rundir import write_json, atomic_write
+from edgebus.errors import EdgebusError
+from edgebus.rundir import atomic_write, read_json, write_json
 
 
 def _f(v, nd=2):
     return "-" if v is None else f"{v:.{nd}f}"
 
 
-def markdown(result: dict) -> str:
-    m = result["machine"]
-    lines = [
-        f"# edgebus benchmark: {result['model']} ({result['task']}, {result['input_size'][0]}x{result['input_size'][1]})",
-        "",
-        f"- machine: {m['cpu']}, {m['cores']} cores, {m['arch']}, {m['os']}",
-        f"- interpreter: {m['interpreter']}; python {m['python']}, numpy {m['numpy']}, edgebus {m['edgebus']}",
-        f"- evaluated on the run's {result['eval_split']['name']} split, n={result['eval_split']['n']}; "
-        f"Keras float reference: " + ", ".join(f"{k} {_f(v, 3)}" for k, v in result["keras_reference"].items()),
-        f"- run: `{result['run']}`; created {result['created']}",
-        "",
-    ]
-    keys = list(result["keras_reference"])
-    head = ["format", "threads", "XNNPACK", "status", "size MB", "load ms", "first ms", "median ms", "p90 ms", "mean ± std ms", "FPS"]
-    head += keys + [f"Δ{k}" for k in keys]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in result["rows"]:
-        lat = r.get("latency_ms") or {}
-        met = r.get("metrics") or {}
-        delta = r.get("delta_vs_keras") or {}
-        cells = [r.get("format", r["file"]), str(r["threads"]), {True: "on", False: "off"}.get(r.get("xnnpack"), "-"), r["status"],
-                 _f((r["size_bytes"] or 0) / 1e6), _f(r.get("load_ms"), 1), _f(r.get("first_ms"), 1),
-                 _f(lat.get("median")), _f(lat.get("p90")),
-                 f"{_f(lat.get('mean'))} ± {_f(lat.get('std'))}" if lat else "-", _f(r.get("fps"), 1)]
-        cells += [_f(met.get(k), 3) for k in keys] + [_f(delta.get(k), 3) for k in keys]
-        lines.append("| " + " | ".join(cells) + " |")
-    notes = [f"- {r['file']} ({r['threads']} threads): {r['error']}" for r in result["rows"] if r["error"]]
-    notes += [f"- {r['file']} ({r['threads']} threads): XNNPACK refused the graph, built-in kernels timed ({r['xnnpack_error']})"
-              for r in result["rows"] if r.get("xnnpack_error")]
-    if notes:
-        lines += ["", "Notes:"] + notes
-    return "\n".join(lines) + "\n"
+def _machine(m: dict) -> str:
+    return f"{m['cpu']} ({m['arch']}, {m['cores']} cores)"
 
 
-def write_report(result: dict, out_dir: str | Path) -> tuple[Path, Path]:
+def _flat_rows(results: list[dict]) -> list[dict]:
+    """One row per (result, row) with the result's context attached."""
+    out = []
+    for res in results:
+        for r in res["rows"]:
+            out.append({**r, "machine": _machine(res["machine"]), "interpreter": res["machine"]["interpreter"],
+                        "model": res["model"], "task": res["task"],
+                        "input": "x".join(map(str, res["input_size"])) if res.get("input_size") else "-"})
+    return out
+
+
+def ratios(results: list[dict]) -> list[dict]:
+    """int8 / float32 and int8 / Keras median-latency ratios per machine, model and thread count."""
+    rows = _flat_rows(results)
+    out = []
+    for r in rows:
+        if not r["format"].startswith("int8") or r["status"] != "ok" or not r.get("latency_ms"):
+            continue
+        same = [q for q in rows if q["machine"] == r["machine"] and q["model"] == r["model"] and q["status"] == "ok"
+                and q.get("latency_ms")]
+        f32 = [q for q in same if q["format"] == "float32" and q["threads"] == r["threads"]]
+        ker = [q for q in same if q["format"] == "keras"]
+        med = r["latency_ms"]["median"]
+        out.append({
+            "machine": r["machine"], "model": r["model"], "format": r["format"], "threads": r["threads"],
+            "int8_over_float32": med / f32[0]["latency_ms"]["median"] if f32 else None,
+            "int8_over_keras": med / ker[0]["latency_ms"]["median"] if ker else None,
+        })
+    return out
+
+
+def markdown(result_or_results) -> str:
+    results = result_or_results if isinstance(result_or_results, list) else [result_or_results]
+    lines = []
+    for res in results:
+        m = res["machine"]
+        size = "x".join(map(str, res["input_size"])) if res.get("input_size") else "-"
+        lines += [
+            f"# edgebus benchmark: {res['model']} ({res['task']}, {size})",
+            "",
+            f"- machine: {_machine(m)}, {m['os']}",
+            f"- interpreter: {m['interpreter']}; python {m['python']}, numpy {m['numpy']}, edgebus {m['edgebus']}",
+        ]
+        if res.get("eval_split"):
+            ref = ", ".join(f"{k} {_f(v, 3)}" for k, v in res["keras_reference"].items())
+            lines.append(f"- evaluated on the run's {res['eval_split']['name']} split, n={res['eval_split']['n']}"
+                         + (f"; Keras float reference: {ref}" if ref else ""))
+        lines += [f"- run: `{res['run']}`; created {res['created']}", ""]
+        keys = list(res["keras_reference"]) or sorted({k for r in res["rows"] for k in (r.get("metrics") or {})})
+        head = ["format", "threads", "XNNPACK", "status", "size MB", "load ms", "first ms", "median ms", "p90 ms",
+                "mean ± std ms", "FPS", "RSS +MB"] + keys + [f"Δ{k}" for k in keys]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in res["rows"]:
+            lat = r.get("latency_ms") or {}
+            met = r.get("metrics") or {}
+            delta = r.get("delta_vs_keras") or {}
+            cells = [r.get("format", r["file"]), "-" if r.get("threads") is None else str(r["threads"]),
+                     {True: "on", False: "off"}.get(r.get("xnnpack"), "-"), r["status"],
+                     _f((r.get("size_bytes") or 0) / 1e6), _f(r.get("load_ms"), 1), _f(r.get("first_ms"), 1),
+                     _f(lat.get("median")), _f(lat.get("p90")),
+                     f"{_f(lat.get('mean'))} ± {_f(lat.get('std'))}" if lat else "-", _f(r.get("fps"), 1),
+                     _f(r.get("rss_delta_mb"), 1)]
+            cells += [_f(met.get(k), 3) for k in keys] + [_f(delta.get(k), 3) for k in keys]
+            lines.append("| " + " | ".join(cells) + " |")
+        notes = [f"- {r['file']} ({r.get('threads')} threads): {r['error']}" for r in res["rows"] if r.get("error")]
+        notes += [f"- {r['file']} ({r['threads']} threads): XNNPACK refused the graph, built-in kernels timed ({r['xnnpack_error']})"
+                  for r in res["rows"] if r.get("xnnpack_error")]
+        if notes:
+            lines += ["", "Notes:"] + notes
+        lines.append("")
+    rat = ratios(results)
+    if rat:
+        lines += ["## int8 latency ratios (median; < 1 means int8 is faster)", "",
+                  "| machine | model | format | threads | int8 / float32 | int8 / Keras predict |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['machine']} | {r['model']} | {r['format']} | {r['threads']} | {_f(r['int8_over_float32'], 3)} | "
+                  f"{_f(r['int8_over_keras'], 4)} |" for r in rat]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _plots(results: list[dict]) -> list[tuple[str, bytes]]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    rows = [r for r in _flat_rows(results) if r["status"] == "ok" and r.get("latency_ms")]
+    if not rows:
+        return []
+    figs = []
+
+    def png(fig):
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        return buf.getvalue()
+
+    labels = [f"{r['model']}\n{r['format']} t{r['threads'] or '-'}\n{r['machine'][:18]}" for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(rows)), 4))
+    ax.bar(range(len(rows)), [r["latency_ms"]["median"] for r in rows], color="tab:blue")
+    ax.set_xticks(range(len(rows)), labels, fontsize=6, rotation=90)
+    ax.set_ylabel("median latency (ms, log)")
+    ax.set_yscale("log")
+    ax.set_title("Latency per model, format and device")
+    figs.append(("latency", png(fig)))
+
+    for task, key in (("classify", "accuracy"), ("segment", "iou")):
+        pts = [r for r in rows if r["task"] == task and (r.get("metrics") or {}).get(key) is not None]
+        if not pts:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for r in pts:
+            ax.scatter(r["latency_ms"]["median"], r["metrics"][key])
+            ax.annotate(f"{r['model']} {r['format']} t{r['threads'] or '-'}", (r["latency_ms"]["median"], r["metrics"][key]),
+                        fontsize=6)
+        ax.set_xscale("log")
+        ax.set_xlabel("median latency (ms, log)")
+        ax.set_ylabel(f"test {key}")
+        ax.set_title(f"{key} vs latency")
+        figs.append((f"{key}_vs_latency", png(fig)))
+
+    seen, sizes = set(), []
+    for r in rows:
+        k = (r["model"], r["format"])
+        if k not in seen and r.get("size_bytes"):
+            seen.add(k)
+            sizes.append((f"{r['model']} {r['format']}", r["size_bytes"] / 1e6))
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(sizes) + 1.5))
+    ax.barh([s[0] for s in sizes], [s[1] for s in sizes], color="tab:green")
+    ax.set_xlabel("file size (MB)")
+    figs.append(("size", png(fig)))
+    return figs
+
+
+def html_page(results: list[dict], md: str) -> str:
+    body = [f"<h1>edgebus benchmark report</h1><p>{len(results)} result file(s), "
+            f"{len({_machine(r['machine']) for r in results})} machine(s).</p>"]
+    for name, data in _plots(results):
+        body.append(f'<h2>{html.escape(name)}</h2><img alt="{html.escape(name)}" src="data:image/png;base64,'
+                    f'{base64.b64encode(data).decode()}">')
+    body.append("<h2>Tables</h2><pre>" + html.escape(md) + "</pre>")
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>edgebus benchmark</title>"
+            "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}pre{font-size:12px;overflow-x:auto}</style>"
+            "</head><body>" + "\n".join(body) + "</body></html>\n")
+
+
+def write_report(result_or_results, out_dir: str | Path) -> tuple[Path, Path]:
+    """report.md + report.json (+ report.html) into out_dir; a list of results is merged."""
+    results = result_or_results if isinstance(result_or_results, list) else [result_or_results]
     out_dir = Path(out_dir)
-    md = atomic_write(out_dir / "report.md", markdown(result))
-    js = write_json(out_dir / "report.json", result)
+    md_text = markdown(results)
+    md = atomic_write(out_dir / "report.md", md_text)
+    js = write_json(out_dir / "report.json", result_or_results if len(results) == 1 and not isinstance(result_or_results, list)
+                    else {"schema": "edgebus.report/1", "results": results, "ratios": ratios(results)})
+    atomic_write(out_dir / "report.html", html_page(results, md_text))
     return md, js
+
+
+def load_results(paths) -> list[dict]:
+    """Bench result JSON files (or merged reports) -> a flat list of results."""
+    results = []
+    for p in map(Path, paths):
+        obj = read_json(p)
+        if obj.get("schema") == "edgebus.bench/1":
+            results.append(obj)
+        elif obj.get("schema") == "edgebus.report/1":
+            results.extend(obj["results"])
+        else:
+            raise EdgebusError(f"{p}: not an edgebus benchmark result (no schema edgebus.bench/1); pass a report.json from 'edgebus bench'")
+    return results

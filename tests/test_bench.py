@@ -1,0 +1,69 @@
+"""The benchmark harness beyond the chain: device packs, lone files, merged multi-machine reports."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+from tests.conftest import BLOCK_TF, cli
+
+
+def test_pack_benchmarks_without_tensorflow_or_the_run(cls_run, tmp_path):
+    pack = tmp_path / "pack"
+    r = cli("bench", cls_run, "--pack", pack)
+    assert r.exit_code == 0, r.output
+    assert not (pack / "model.keras").exists()
+    code = BLOCK_TF + textwrap.dedent(f"""
+        from typer.testing import CliRunner
+        from edgebus.cli import app
+        r = CliRunner().invoke(app, ['bench', {str(pack)!r}, '--warmup', '1', '--runs', '3'])
+        assert r.exit_code == 0, r.output
+        print('pack-ok')
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "pack-ok" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+    rep = json.loads((pack / "report.json").read_text())
+    assert all(row["status"] == "ok" and row["metrics"] for row in rep["rows"])
+    assert not any(row["format"] == "keras" for row in rep["rows"])
+    assert (pack / "report.html").read_text().startswith("<!doctype html>")
+
+
+def test_lone_tflite_files_and_a_failed_one(cls_run, tmp_path):
+    bad = tmp_path / "broken.tflite"
+    bad.write_bytes(b"TFL3 not really a model")
+    r = cli("bench", cls_run / "model_int8.tflite", bad, "--eval-pack", cls_run / "eval_pack.npz",
+            "--warmup", 1, "--runs", 3, "--out", tmp_path)
+    assert r.exit_code == 0, r.output
+    rows = json.loads((tmp_path / "report.json").read_text())["rows"]
+    assert [row["status"] for row in rows] == ["ok", "load_failed"]
+    assert rows[0]["metrics"]["accuracy"] is not None
+    assert "broken.tflite" in rows[1]["error"]
+
+
+def test_report_merges_two_machines(cls_run, tmp_path):
+    rep = json.loads((cls_run / "report.json").read_text()) if (cls_run / "report.json").exists() else None
+    if rep is None:
+        assert cli("bench", cls_run, "--warmup", 1, "--runs", 3, "--no-keras").exit_code == 0
+        rep = json.loads((cls_run / "report.json").read_text())
+    pi = json.loads(json.dumps(rep))
+    pi["machine"].update(cpu="Cortex-A72", arch="aarch64", cores=4, hostname="cart-pi")
+    a, b = tmp_path / "x86.json", tmp_path / "pi.json"
+    a.write_text(json.dumps(rep))
+    b.write_text(json.dumps(pi))
+    r = cli("report", a, b, "--out", tmp_path / "merged")
+    assert r.exit_code == 0, r.output
+    md = (tmp_path / "merged" / "report.md").read_text()
+    assert "Cortex-A72 (aarch64, 4 cores)" in md and rep["machine"]["cpu"] in md
+    merged = json.loads((tmp_path / "merged" / "report.json").read_text())
+    assert len(merged["results"]) == 2
+    assert {r["machine"] for r in merged["ratios"]} == {"Cortex-A72 (aarch64, 4 cores)", f"{rep['machine']['cpu']} (x86_64, {rep['machine']['cores']} cores)"}
+    assert all(0 < r["int8_over_float32"] for r in merged["ratios"] if r["int8_over_float32"] is not None)
+    html = (tmp_path / "merged" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 2  # latency and size plots at least
+
+
+def test_report_refuses_a_foreign_json(tmp_path):
+    f = tmp_path / "other.json"
+    f.write_text('{"hello": 1}')
+    r = cli("report", f, "--out", tmp_path / "m")
+    assert r.exit_code == 2 and "other.json" in r.output and "edgebus.bench/1" in r.output
