@@ -103,3 +103,40 @@ def headline(task: str, m: dict) -> dict:
     if task == "classify":
         return {"accuracy": m["accuracy"], "malignant_recall": m["malignant_recall"], "auc": m["auc"]}
     return {"iou": m["iou"], "dice": m["dice"]}
+
+
+def threshold_for_sensitivity(y_true, prob, target: float = 0.9) -> dict:
+    """The highest threshold whose malignant recall (sensitivity) on these cases reaches `target`,
+    with the specificity it leaves. Chosen on validation data, stored in the exported model.
+
+    Highest, because every lower threshold only trades specificity away for no sensitivity gain."""
+    y = np.asarray(y_true).astype(int).ravel()
+    p = np.asarray(prob, dtype=np.float64).ravel()
+    pos = np.sort(p[y == 1])[::-1]
+    if len(pos) == 0:
+        raise ValueError("no malignant case to set a sensitivity on")
+    k = int(np.ceil(target * len(pos)))  # cases that must score >= threshold
+    thr = float(pos[max(k, 1) - 1])
+    pred = p >= thr
+    neg = y == 0
+    return {
+        "target_sensitivity": float(target),
+        "threshold": thr,
+        "sensitivity": float(pred[y == 1].mean()),
+        "specificity": float((~pred[neg]).mean()) if neg.any() else None,
+        "n": int(len(y)),
+    }
+
+
+def expected_calibration_error(y_true, prob, bins: int = 10) -> float:
+    """ECE over equal-width probability bins: how far the malignant probability is from the
+    observed malignant rate, weighted by cases per bin."""
+    y = np.asarray(y_true, dtype=np.float64).ravel()
+    p = np.asarray(prob, dtype=np.float64).ravel()
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        sel = idx == b
+        if sel.any():
+            ece += sel.mean() * abs(p[sel].mean() - y[sel].mean())
+    return float(ece)

@@ -67,3 +67,25 @@ def test_report_refuses_a_foreign_json(tmp_path):
     f.write_text('{"hello": 1}')
     r = cli("report", f, "--out", tmp_path / "m")
     assert r.exit_code == 2 and "other.json" in r.output and "edgebus.bench/1" in r.output
+
+
+def test_threshold_selection_hits_requested_sensitivity():
+    """Scores built so the default 0.5 cut-off misses most malignant cases: the chosen threshold
+    must reach the target sensitivity and be the highest that does."""
+    import numpy as np
+
+    from edgebus.metrics import classification_metrics, expected_calibration_error, threshold_for_sensitivity
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(60), np.ones(40)].astype(int)
+    p = np.r_[rng.uniform(0.0, 0.35, 60), rng.uniform(0.2, 0.6, 40)]
+    assert classification_metrics(y, p, 0.5)["malignant_recall"] < 0.5
+    for target in (0.8, 0.9, 1.0):
+        op = threshold_for_sensitivity(y, p, target)
+        assert op["sensitivity"] >= target
+        assert (p[y == 1] >= op["threshold"] + 1e-9).mean() < target  # any higher threshold falls short
+        assert op["specificity"] == (p[y == 0] < op["threshold"]).mean()
+    # calibrated scores have a small ECE, overconfident ones a large one
+    q = rng.uniform(0, 1, 5000)
+    assert expected_calibration_error(rng.uniform(0, 1, 5000) < q, q) < 0.03
+    assert expected_calibration_error(np.zeros(100), np.full(100, 0.9)) > 0.85

@@ -42,12 +42,13 @@ class Case:
     label: int | None  # 0 benign, 1 malignant, None otherwise
     classification: str  # as in the sheet, lower-cased, stripped
     pixel_size: float | None  # sheet's Pixel_size (cm per pixel), None if missing
+    extra_masks: tuple = ()  # more masks of the same lesion, OR-merged (BUSI's _mask_1.png ...)
 
 
 @dataclass
 class Dataset:
     root: Path
-    sheet: Path
+    sheet: Path | None  # None for layouts without a sheet (BUSI)
     cases: list[Case]  # every row of the sheet, in sheet order
 
     def lesions(self) -> list[Case]:
@@ -171,10 +172,11 @@ def fingerprint(ds: Dataset) -> str:
     Runs record it so a result can be tied to exactly the data it saw, wherever the folder lives.
     """
     h = hashlib.sha256()
-    h.update(Path(ds.sheet).read_bytes())
+    if ds.sheet is not None:
+        h.update(Path(ds.sheet).read_bytes())
     files = {}
     for c in ds.cases:
-        for p in (c.image, c.mask):
+        for p in (c.image, c.mask, *c.extra_masks):
             if p is not None:
                 files[Path(p).name] = Path(p)
     for name in sorted(files):
@@ -198,5 +200,11 @@ def load_arrays(cases, contract: dict, with_masks: bool = False) -> tuple:
     for i, k in enumerate(cases):
         x[i] = to_model_input(load_gray(k.image), contract)
         if with_masks and k.mask is not None:
-            masks[i, ..., 0] = resize_mask(load_mask(k.mask), (h, w))
+            m = load_mask(k.mask)
+            for extra in k.extra_masks:
+                e = load_mask(extra)
+                if e.shape != m.shape:
+                    raise EdgebusError(f"{extra}: mask size {e.shape[::-1]} differs from {k.mask.name}'s {m.shape[::-1]}; fix or remove it")
+                m |= e
+            masks[i, ..., 0] = resize_mask(m, (h, w))
     return x, y, masks

@@ -1,0 +1,111 @@
+"""Overlay images for the cart: the frame in gray, the lesion contour, its box and the label.
+
+numpy + Pillow only (the core install): the contour is the mask minus its 4-neighbour erosion,
+made with array shifts, so no scipy or OpenCV is needed on the device.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from edgebus.errors import EdgebusError
+from edgebus.rundir import atomic_write
+
+CONTOUR_RGB = (255, 0, 0)
+BOX_RGB = (255, 255, 0)
+TEXT_RGB = {"malignant": (255, 80, 80), "benign": (80, 255, 80)}
+
+
+def _shifts(p: np.ndarray):
+    return p[1:-1, 1:-1], p[:-2, 1:-1], p[2:, 1:-1], p[1:-1, :-2], p[1:-1, 2:]
+
+
+def erode(mask: np.ndarray) -> np.ndarray:
+    """4-neighbour binary erosion; pixels outside the frame count as background."""
+    c, u, d, l, r = _shifts(np.pad(mask.astype(bool), 1, constant_values=False))
+    return c & u & d & l & r
+
+
+def dilate(mask: np.ndarray) -> np.ndarray:
+    """4-neighbour binary dilation."""
+    c, u, d, l, r = _shifts(np.pad(mask.astype(bool), 1, constant_values=False))
+    return c | u | d | l | r
+
+
+def contour(mask: np.ndarray, thickness: int = 1) -> np.ndarray:
+    """Boolean HxW: the mask's border pixels (mask XOR eroded mask), grown to `thickness` pixels."""
+    m = mask.astype(bool)
+    edge = m & ~erode(m)
+    for _ in range(max(1, int(thickness)) - 1):
+        edge = dilate(edge)
+    return edge
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow < 10.1 or no FreeType: the small bitmap font
+        return ImageFont.load_default()
+
+
+def caption(result: dict) -> list[str]:
+    """The text lines drawn on an overlay, e.g. ['malignant 0.83', 'lesion 41.2 mm2']."""
+    lines = []
+    if result.get("prob_malignant") is not None:
+        lines.append(f"{result['label']} {result['prob_malignant']:.2f}")
+    if result.get("mask_area_px") is not None:
+        if not result["mask_area_px"]:
+            lines.append("no lesion found")
+        elif result.get("mask_area_mm2") is not None:
+            lines.append(f"lesion {result['mask_area_mm2']:.1f} mm2")
+        else:
+            lines.append(f"lesion {result['mask_area_px']} px")
+    return lines
+
+
+def render_overlay(gray: np.ndarray, result: dict, mask: np.ndarray | None = None, box: bool = True) -> Image.Image:
+    """An RGB image of the frame's size: gray frame, red lesion contour, yellow box, label text.
+
+    `result` is a LesionPipeline.predict dict; `mask` defaults to result['mask'] (frame-sized)."""
+    gray = np.asarray(gray, dtype=np.uint8)
+    h, w = gray.shape
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    mask = result.get("mask") if mask is None else mask
+    scale = max(h, w)
+    if mask is not None and mask.any():
+        if mask.shape != (h, w):
+            raise EdgebusError(f"overlay: mask shape {mask.shape} differs from the frame's {(h, w)}")
+        rgb[contour(mask, thickness=max(1, round(scale / 400)))] = CONTOUR_RGB
+    img = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(img)
+    bbox = result.get("bbox")
+    if box and bbox:
+        x0, y0, x1, y1 = bbox
+        draw.rectangle([x0 - 1, y0 - 1, x1, y1], outline=BOX_RGB, width=1)  # just outside, the contour stays visible
+    lines = caption(result)
+    if lines:
+        font = _font(max(10, round(scale / 30)))
+        text = "\n".join(lines)
+        pad = 2
+        left, top, right, bottom = draw.multiline_textbbox((pad, pad), text, font=font)
+        draw.rectangle([0, 0, min(w - 1, right + pad), min(h - 1, bottom + pad)], fill=(0, 0, 0))
+        draw.multiline_text((pad, pad), text, font=font, fill=TEXT_RGB.get(result.get("label"), (255, 255, 255)))
+    return img
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def save_png(path: str | Path, img: Image.Image) -> Path:
+    """Write an image as PNG atomically (never a half-written file beside finished ones)."""
+    try:
+        return atomic_write(path, png_bytes(img))
+    except OSError as e:
+        raise EdgebusError(f"{path}: cannot write ({e.strerror or e}); check the output folder") from None
