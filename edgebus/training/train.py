@@ -30,7 +30,7 @@ class TrainConfig:
     model_kwargs: dict = dataclasses.field(default_factory=dict)
     split_fractions: tuple = (0.8, 0.1, 0.1)
     augment: bool = True
-    keep: str = "best"  # "best": weights of the epoch with the lowest validation loss; "last": final epoch
+    keep: str = "best"  # "best": the epoch with the best validation accuracy (IoU); "last": final epoch
     threshold: float = 0.5
     overwrite: bool = False
 
@@ -60,7 +60,9 @@ def _dataset(tf, x, y, batch, shuffle, augment, seed, task):
                 b = tf.cond(f, lambda: tf.image.flip_left_right(b), lambda: b)
             return a, b
 
-        ds = ds.map(flip, num_parallel_calls=tf.data.AUTOTUNE)
+        # sequential on purpose: a parallel map draws the random flips in thread order, so two runs with
+        # the same seed would differ (and a resumed grid would not repeat its cells)
+        ds = ds.map(flip)
     return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
 
 
@@ -112,8 +114,8 @@ def save_model(model, path: Path) -> None:
     tmp.replace(path)
 
 
-def load_model(path: Path):
-    """Load a run's Keras model (custom layers of segmentation_models registered first)."""
+def keras_custom_objects() -> dict:
+    """Custom Keras objects of the registry models (segmentation_models' FixedDropout, swish)."""
     from edgebus.compat import keras
 
     custom = {}
@@ -124,6 +126,14 @@ def load_model(path: Path):
         custom["FixedDropout"] = get_dropout(backend=keras.backend, layers=keras.layers, models=keras.models, utils=keras.utils)
     except ImportError:
         pass
+    return custom
+
+
+def load_model(path: Path):
+    """Load a run's Keras model (custom layers of segmentation_models registered first)."""
+    from edgebus.compat import keras
+
+    custom = keras_custom_objects()
     try:
         return keras.models.load_model(path, custom_objects=custom, compile=False)
     except (OSError, ValueError) as e:
@@ -162,48 +172,82 @@ class _Progress:
 
 
 class _KeepBest:
-    """Keep the weights of the epoch with the lowest validation loss (in inference mode).
+    """Keep the weights of the epoch with the best validation metric (accuracy, or IoU), as the
+    study selected, ties going to the lower validation loss. Keras computes both in inference mode.
 
     On ~200 images a small network's batch-norm statistics swing from epoch to epoch, so the last
-    epoch can rank lesions perfectly yet sit on the wrong side of the threshold."""
+    epoch can rank lesions perfectly yet sit on the wrong side of the threshold. (Selecting by
+    validation loss instead picked an untrained epoch-1 MobileNetV2 on the real set: its loss was
+    lowest because it predicted 0.5 for everything.)"""
 
-    def __new__(cls):
+    def __new__(cls, task: str):
         from edgebus.compat import keras
 
+        metric = "val_accuracy" if task == "classify" else "val_iou"
+
         class Cb(keras.callbacks.Callback):
-            best, epoch, weights = float("inf"), 0, None
+            best, epoch, weights = (-float("inf"), 0.0), 0, None
 
             def on_epoch_end(self, epoch, logs=None):
-                v = (logs or {}).get("val_loss")
-                if v is not None and v < self.best:
-                    self.best, self.epoch, self.weights = v, epoch + 1, self.model.get_weights()
+                logs = logs or {}
+                if metric not in logs:
+                    return
+                score = (logs[metric], -logs.get("val_loss", 0.0))
+                if score > self.best:
+                    self.best, self.epoch, self.weights = score, epoch + 1, self.model.get_weights()
 
         return Cb()
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> Run:
-    """Read the data, split it, train, evaluate on val and test, and write the run directory."""
-    from edgebus.data.breast import CLASSES, fingerprint, read_breast
-    from edgebus.data.split import stratified_split
+_STRATEGY = []
 
-    task = model_task(cfg.model)
-    if cfg.task and cfg.task != task:
-        raise EdgebusError(f"model '{cfg.model}' is a {task} model; use 'edgebus train {task}'")
-    ds = read_breast(cfg.data)
+
+def strategy():
+    """MirroredStrategy over several GPUs; otherwise the default strategy (one GPU, which TensorFlow
+    uses on its own, or the CPU). One object per process: a model built under one strategy must be
+    compiled and fitted under the same one."""
+    from edgebus.compat import tf
+
+    if not _STRATEGY:
+        gpus = tf.config.list_physical_devices("GPU")
+        _STRATEGY.append(tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy())
+    return _STRATEGY[0]
+
+
+def device_name() -> str:
+    from edgebus.compat import tf
+
+    n = len(tf.config.list_physical_devices("GPU"))
+    return "cpu" if n == 0 else ("gpu" if n == 1 else f"gpu x{n}")
+
+
+def read_lesions(data):
+    """(Dataset, lesion cases), refusing a set too small to split."""
+    from edgebus.data.breast import read_breast
+
+    ds = read_breast(data)
     cases = ds.lesions()
     if len(cases) < 10:
         raise EdgebusError(f"{ds.root}: only {len(cases)} lesion cases with masks; need at least 10 to split 80/10/10")
-    by_id = {c.case_id: c for c in cases}
-    split = stratified_split([c.case_id for c in cases], [c.label for c in cases], cfg.split_fractions, cfg.seed)
-    contract = preprocess_contract(cfg.size, 3)
+    return ds, cases
 
-    # Everything that can fail on bad input (model name, weights path) fails before the run exists.
-    from edgebus.compat import keras, set_seed, tf
+
+def build_compiled(name: str, size: int, weights: str, model_kwargs: dict, task: str, lr: float | None = None):
+    """Build a registry model inside the distribution strategy's scope (compiled when lr is given)."""
     from edgebus.models.registry import build_model
 
-    set_seed(cfg.seed)
-    model = build_model(cfg.model, cfg.size, cfg.weights, **cfg.model_kwargs)
-    run = Run.create(cfg.out, task, overwrite=cfg.overwrite)
+    with strategy().scope():
+        model = build_model(name, size, weights, **model_kwargs)
+        if lr is not None:
+            compile_model(model, task, lr)
+    return model
+
+
+def write_run_header(run: Run, cfg: TrainConfig, task: str, ds, n_lesions: int, split: dict, contract: dict,
+                     data_fingerprint: str) -> None:
+    """config.json, split.json and the manifest's data/split/model/preprocess entries of a run."""
+    from edgebus.data.breast import CLASSES
+
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
     config["task"] = task
     write_json(run.file("config.json"), config)
@@ -212,8 +256,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Run:
     run.add_artifact("split.json", "split")
     run.manifest.update({
         "data": {
-            "root": str(Path(ds.root).resolve()), "format": "breast", "fingerprint": fingerprint(ds),
-            "n_rows": len(ds.cases), "n_lesions": len(cases), "classes": list(CLASSES),
+            "root": str(Path(ds.root).resolve()), "format": "breast", "fingerprint": data_fingerprint,
+            "n_rows": len(ds.cases), "n_lesions": n_lesions, "classes": list(CLASSES),
         },
         "split": {"file": "split.json", "seed": cfg.seed, "counts": {k: len(v) for k, v in split.items()}},
         "model": {"name": cfg.model, "task": task, "input_size": [cfg.size, cfg.size], "weights": cfg.weights,
@@ -223,41 +267,125 @@ def train(cfg: TrainConfig, progress: bool = True) -> Run:
     })
     run.save()
 
+
+def history_csv(history: dict) -> str:
+    keys = list(history)
+    if not keys:
+        return "epoch\n"
+    lines = ["epoch," + ",".join(keys)] + [
+        f"{e + 1}," + ",".join(f"{history[k][e]:.6g}" for k in keys) for e in range(len(history[keys[0]]))
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_model_and_history(run: Run, model, history: dict) -> None:
+    from edgebus.rundir import atomic_write
+
+    save_model(model, run.file("model.keras"))
+    run.add_artifact("model.keras", "keras-model")
+    atomic_write(run.file("history.csv"), history_csv(history))
+    run.add_artifact("history.csv", "history")
+
+
+def write_metrics(run: Run, metrics: dict) -> None:
+    write_json(run.file("metrics.json"), metrics)
+    run.add_artifact("metrics.json", "metrics")
+    run.manifest["metrics"]["keras"] = metrics
+
+
+def _eval_at(epochs: set, xs: dict, batch: int, on_eval):
+    """A callback that, at each epoch count in `epochs`, predicts every array of `xs` in inference
+    mode and calls on_eval(epoch, {name: prob}, model)."""
+    from edgebus.compat import keras
+
+    class Cb(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 in epochs:
+                on_eval(epoch + 1, {k: predict(self.model, x, batch) for k, x in xs.items()}, self.model)
+
+    return Cb()
+
+
+def fit_arrays(model, task: str, lr: float, data: dict, epochs: int, batch: int = 16, seed: int = 0,
+               augment: bool = True, callbacks=(), progress: bool = False, compile: bool = True):
+    """Fit a (compiled, when compile=False) model on data["train"], validating on data["val"]
+    (arrays (x, y) per part, as load_split_data gives). Returns the Keras History."""
+    from edgebus.compat import tf
+
+    if compile:
+        with strategy().scope():
+            compile_model(model, task, lr)
+    (xtr, ytr), (xva, yva) = data["train"], data["val"]
+    return model.fit(
+        _dataset(tf, xtr, ytr, batch, True, augment, seed, task),
+        validation_data=_dataset(tf, xva, yva, batch, False, False, seed, task),
+        epochs=epochs, verbose=0, callbacks=[_Progress(epochs, progress), *callbacks],
+    )
+
+
+def fit_eval(model, task: str, lr: float, data: dict, eval_epochs, batch: int = 16, seed: int = 0,
+             augment: bool = True, threshold: float = 0.5, on_eval=None, progress: bool = False,
+             parts=("val", "test")):
+    """Fit up to max(eval_epochs) and, at each epoch count in eval_epochs, evaluate the model in
+    inference mode (model.predict, not Keras' training-mode metrics) on each of `parts`.
+
+    on_eval(epoch, metrics: {part: task_metrics}, probs: {part: prediction}, model) is called at
+    each of those epochs; the return value is (History, [(epoch, metrics), ...])."""
+    eval_epochs = sorted({int(e) for e in eval_epochs})
+    if not eval_epochs or eval_epochs[0] < 1:
+        raise EdgebusError(f"epochs {eval_epochs}: give positive epoch counts")
+    results = []
+
+    def handle(epoch, probs, m):
+        metrics = {k: task_metrics(task, data[k][1], probs[k], threshold) for k in probs}
+        results.append((epoch, metrics))
+        if on_eval is not None:
+            on_eval(epoch, metrics, probs, m)
+
+    cb = _eval_at(set(eval_epochs), {k: data[k][0] for k in parts}, batch, handle)
+    hist = fit_arrays(model, task, lr, data, eval_epochs[-1], batch, seed, augment, [cb], progress)
+    return hist, results
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> Run:
+    """Read the data, split it, train, evaluate on val and test, and write the run directory."""
+    from edgebus.data.breast import fingerprint
+    from edgebus.data.split import stratified_split
+
+    task = model_task(cfg.model)
+    if cfg.task and cfg.task != task:
+        raise EdgebusError(f"model '{cfg.model}' is a {task} model; use 'edgebus train {task}'")
+    ds, cases = read_lesions(cfg.data)
+    by_id = {c.case_id: c for c in cases}
+    split = stratified_split([c.case_id for c in cases], [c.label for c in cases], cfg.split_fractions, cfg.seed)
+    contract = preprocess_contract(cfg.size, 3)
+
+    # Everything that can fail on bad input (model name, weights path) fails before the run exists.
+    from edgebus.compat import keras, set_seed, tf
+
+    set_seed(cfg.seed)
+    model = build_compiled(cfg.model, cfg.size, cfg.weights, cfg.model_kwargs, task)
+    run = Run.create(cfg.out, task, overwrite=cfg.overwrite)
+    write_run_header(run, cfg, task, ds, len(cases), split, contract, fingerprint(ds))
+
     data = load_split_data(by_id, split, contract, task)
-    (xtr, ytr), (xva, yva), (xte, yte) = data["train"], data["val"], data["test"]
-    compile_model(model, task, cfg.lr)
     if cfg.keep not in ("best", "last"):
         raise EdgebusError(f"keep='{cfg.keep}': choose best or last")
-    keep = _KeepBest()
+    keep = _KeepBest(task)
     t0 = time.time()
-    hist = model.fit(
-        _dataset(tf, xtr, ytr, cfg.batch, True, cfg.augment, cfg.seed, task),
-        validation_data=_dataset(tf, xva, yva, cfg.batch, False, False, cfg.seed, task),
-        epochs=cfg.epochs, verbose=0, callbacks=[_Progress(cfg.epochs, progress), keep],
-    )
+    hist = fit_arrays(model, task, cfg.lr, data, cfg.epochs, cfg.batch, cfg.seed, cfg.augment, [keep], progress)
     wall = time.time() - t0
     kept_epoch = cfg.epochs
     if cfg.keep == "best" and keep.weights is not None:
         model.set_weights(keep.weights)
         kept_epoch = keep.epoch
 
-    save_model(model, run.file("model.keras"))
-    run.add_artifact("model.keras", "keras-model")
-    keys = list(hist.history)
-    lines = ["epoch," + ",".join(keys)] + [
-        f"{e + 1}," + ",".join(f"{hist.history[k][e]:.6g}" for k in keys) for e in range(len(hist.history[keys[0]]))
-    ]
-    from edgebus.rundir import atomic_write
-
-    atomic_write(run.file("history.csv"), "\n".join(lines) + "\n")
-    run.add_artifact("history.csv", "history")
-
+    write_model_and_history(run, model, hist.history)
     metrics = {}
-    for name, (x, y) in (("val", (xva, yva)), ("test", (xte, yte))):
+    for name in ("val", "test"):
+        x, y = data[name]
         metrics[name] = task_metrics(task, y, predict(model, x), cfg.threshold)
-    write_json(run.file("metrics.json"), metrics)
-    run.add_artifact("metrics.json", "metrics")
-    run.manifest["metrics"]["keras"] = metrics
+    write_metrics(run, metrics)
     run.stage("train", wall_s=round(wall, 1), epochs=cfg.epochs, kept_epoch=kept_epoch, keep=cfg.keep, lr=cfg.lr, batch=cfg.batch,
               tensorflow=tf.__version__, keras=keras.__version__, device="gpu" if tf.config.list_physical_devices("GPU") else "cpu")
     run.save()

@@ -1,0 +1,552 @@
+"""The honest protocol beside the study's single split: content-hash leak checks, stratified k-fold
+cross-validation (mean +- std over folds) and percentile-bootstrap 95% intervals.
+
+The study reports one 27-image test split; a proportion measured on 27 images carries a 95%
+interval of about +-18 points, so the differences it reports between models are inside the noise.
+k folds put every image in exactly one test fold, and the bootstrap over the pooled out-of-fold
+predictions gives an interval for each headline number.
+
+Also here (shared with grid.py): the append-only JSONL results file that makes grids and CV
+resumable (one fsync'ed line per finished unit; a killed process loses at most the unit in progress).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgebus.errors import EdgebusError
+from edgebus.metrics import CLASS_NAMES, roc_auc
+
+# --- append-only results files ------------------------------------------------------------------
+
+
+def append_jsonl(path: str | Path, record: dict) -> bytes:
+    """Append one JSON line and fsync it before returning (so a finished unit survives a kill)."""
+    from edgebus.rundir import _json_default
+
+    line = (json.dumps(record, default=_json_default, separators=(",", ":")) + "\n").encode()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        os.write(fd, line)  # one write of the whole line: O_APPEND keeps concurrent writers' lines apart
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return line
+
+
+def repair_jsonl(path: str | Path) -> int:
+    """Cut a torn last line (a process killed inside a write) so the next append starts clean.
+    Returns the number of bytes removed."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return 0
+    keep = data.rfind(b"\n") + 1
+    with open(path, "r+b") as f:
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    return len(data) - keep
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The complete lines of a results file (a torn last line, without its newline, is ignored)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    if not data.endswith(b"\n"):
+        lines = lines[:-1]  # torn tail: the unit was not finished
+    out = []
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise EdgebusError(f"{path}: line {i} is not valid JSON ({e.msg}); delete that line and re-run to redo it") from None
+    return out
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# --- content hashes and leak checks --------------------------------------------------------------
+
+
+def content_hashes(cases) -> dict[int, dict]:
+    """{case_id: {"file": sha256 of the image file's bytes, "pixels": sha256 of its decoded grayscale
+    pixels}}. The pixel hash also catches the same image saved twice with different encodings."""
+    from edgebus.data.preprocess import load_gray
+    from edgebus.rundir import sha256_file
+
+    out = {}
+    for c in cases:
+        g = load_gray(c.image)
+        px = hashlib.sha256(f"{g.shape}".encode() + g.tobytes()).hexdigest()
+        out[c.case_id] = {"file": sha256_file(c.image), "pixels": px}
+    return out
+
+
+def content_groups(hashes: dict[int, dict]) -> list[list[int]]:
+    """Case ids grouped by identical content (same file bytes or same pixels), sorted; a unique
+    image is a group of one."""
+    parent = {i: i for i in hashes}
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for kind in ("file", "pixels"):
+        first: dict = {}
+        for i in sorted(hashes):
+            h = hashes[i][kind]
+            if h in first:
+                a, b = find(first[h]), find(i)
+                parent[max(a, b)] = min(a, b)
+            else:
+                first[h] = i
+    groups: dict = {}
+    for i in sorted(hashes):
+        groups.setdefault(find(i), []).append(i)
+    return [groups[k] for k in sorted(groups)]
+
+
+def duplicates(groups: list[list[int]], label_of: dict) -> list[dict]:
+    """Groups of more than one case, with their labels; `conflict` when identical images disagree."""
+    out = []
+    for g in groups:
+        if len(g) > 1:
+            labels = [CLASS_NAMES[label_of[i]] for i in g]
+            out.append({"case_ids": g, "labels": labels, "conflict": len(set(labels)) > 1})
+    return out
+
+
+def _expand(part: dict, members: dict) -> dict:
+    return {k: sorted(i for rep in v for i in members[rep]) for k, v in part.items()}
+
+
+def grouped_split(cases, groups, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> dict:
+    """stratified_split over content groups (one representative each, labelled as its first case),
+    so identical images land in the same part. Without duplicates it equals stratified_split."""
+    from edgebus.data.split import stratified_split
+
+    label_of = {c.case_id: c.label for c in cases}
+    members = {g[0]: g for g in groups}
+    part = stratified_split(list(members), [label_of[r] for r in members], fractions, seed)
+    return _expand(part, members)
+
+
+def grouped_kfold(cases, groups, k: int = 5, seed: int = 0, val_fraction: float = 0.1) -> list[dict]:
+    """kfold_splits over content groups: the k test folds partition the cases; identical images
+    share a fold. Without duplicates it equals kfold_splits."""
+    from edgebus.data.split import kfold_splits
+
+    label_of = {c.case_id: c.label for c in cases}
+    members = {g[0]: g for g in groups}
+    folds = kfold_splits(list(members), [label_of[r] for r in members], k, seed, val_fraction)
+    return [_expand(f, members) for f in folds]
+
+
+def leaks(split: dict, hashes: dict[int, dict]) -> list[dict]:
+    """Content hashes found in more than one part of a split (should be empty)."""
+    seen: dict = {}
+    for part, ids in split.items():
+        for i in ids:
+            for kind in ("file", "pixels"):
+                seen.setdefault((kind, hashes[i][kind]), {}).setdefault(part, []).append(i)
+    return [{"hash": f"{kind}:{h[:16]}", "parts": parts} for (kind, h), parts in seen.items() if len(parts) > 1]
+
+
+def check_split(split: dict, hashes: dict, where: str) -> None:
+    found = leaks(split, hashes)
+    if found:
+        ex = found[0]
+        raise EdgebusError(f"{where}: {len(found)} image(s) sit in two split parts by content hash "
+                           f"(e.g. {ex['hash']} in {ex['parts']}); report this as a bug")
+
+
+def content_summary(hashes: dict, groups: list, label_of: dict) -> dict:
+    dups = duplicates(groups, label_of)
+    return {"images": len(hashes), "unique": len(groups), "duplicate_groups": dups,
+            "label_conflicts": sum(d["conflict"] for d in dups), "hash": "sha256 of file bytes and of decoded pixels"}
+
+
+# --- bootstrap ----------------------------------------------------------------------------------
+
+
+def flat_classification(m: dict) -> dict:
+    """The numbers a table shows, flat: accuracy, AUC, per-class P/R/F1, macro F1."""
+    out = {"accuracy": m["accuracy"], "auc": m["auc"]}
+    for c in CLASS_NAMES:
+        for k in ("precision", "recall", "f1"):
+            out[f"{c}_{k}"] = m["per_class"][c][k]
+    out["f1_macro"] = m["macro"]["f1"]
+    out["malignant_recall"] = m["malignant_recall"]
+    return out
+
+
+CLASSIFY_KEYS = ("accuracy", "auc", "malignant_recall", "malignant_precision", "malignant_f1",
+                 "benign_precision", "benign_recall", "benign_f1", "f1_macro")
+SEGMENT_KEYS = ("iou", "dice")
+
+
+def _pct(values, level):
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+    if len(v) == 0:
+        return None, None
+    a = (1 - level) / 2
+    return float(np.quantile(v, a)), float(np.quantile(v, 1 - a))
+
+
+def bootstrap_classification(y, prob, threshold: float = 0.5, n_boot: int = 2000, seed: int = 0,
+                             level: float = 0.95) -> dict:
+    """Percentile bootstrap over cases: {metric: {"value", "lo", "hi"}} for CLASSIFY_KEYS."""
+    from edgebus.metrics import classification_metrics
+
+    y = np.asarray(y).astype(int).ravel()
+    p = np.asarray(prob, dtype=np.float64).ravel()
+    point = flat_classification(classification_metrics(y, p, threshold))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(y), size=(n_boot, len(y)))
+    yb, pb = y[idx], p[idx]
+    pred = (pb >= threshold).astype(int)
+    res: dict = {k: [] for k in CLASSIFY_KEYS}
+    tp = ((pred == 1) & (yb == 1)).sum(1)
+    tn = ((pred == 0) & (yb == 0)).sum(1)
+    fp = ((pred == 1) & (yb == 0)).sum(1)
+    fn = ((pred == 0) & (yb == 1)).sum(1)
+
+    # A resample where a ratio is undefined (no case of the class, or none predicted) is left out
+    # of that metric's interval rather than counted as 0.
+    def ratio(a, b):
+        return np.where(b > 0, a / np.maximum(b, 1), np.nan)
+
+    def f1(pr, rc):
+        return np.where(pr + rc > 0, 2 * pr * rc / np.maximum(pr + rc, 1e-12), np.where(np.isnan(pr + rc), np.nan, 0.0))
+
+    res["accuracy"] = (tp + tn) / len(y)
+    mp, mr = ratio(tp, tp + fp), ratio(tp, tp + fn)
+    bp, br = ratio(tn, tn + fn), ratio(tn, tn + fp)
+    res.update(malignant_precision=mp, malignant_recall=mr, malignant_f1=f1(mp, mr), benign_precision=bp,
+               benign_recall=br, benign_f1=f1(bp, br), f1_macro=(f1(mp, mr) + f1(bp, br)) / 2)
+    res["auc"] = [roc_auc(yb[b], pb[b]) for b in range(n_boot)]
+    out = {}
+    for k in CLASSIFY_KEYS:
+        lo, hi = _pct(res[k], level)
+        out[k] = {"value": point[k], "lo": lo, "hi": hi}
+    out["_meta"] = {"n": int(len(y)), "resamples": n_boot, "seed": seed, "level": level, "method": "percentile, cases resampled"}
+    return out
+
+
+def bootstrap_means(values: dict, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """Percentile bootstrap of the mean of each per-image array in `values` (same resamples for all)."""
+    arrays = {k: np.asarray(v, dtype=np.float64) for k, v in values.items()}
+    n = len(next(iter(arrays.values())))
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    out = {}
+    for k, a in arrays.items():
+        lo, hi = _pct(a[idx].mean(1), level)
+        out[k] = {"value": float(a.mean()), "lo": lo, "hi": hi}
+    out["_meta"] = {"n": int(n), "resamples": n_boot, "seed": seed, "level": level, "method": "percentile, images resampled"}
+    return out
+
+
+def dice_from_iou(iou) -> list[float]:
+    """Per image, Dice = 2 IoU / (1 + IoU) exactly (both are 1 for an empty truth and prediction)."""
+    a = np.asarray(iou, dtype=np.float64)
+    return [float(v) for v in 2 * a / (1 + a)]
+
+
+def interval_text(ci: dict, pct: bool = False) -> str:
+    if ci.get("value") is None:
+        return "n/a"
+    f = (lambda v: f"{100 * v:.1f}") if pct else (lambda v: f"{v:.3f}")
+    if ci.get("lo") is None:
+        return f(ci["value"])
+    return f"{f(ci['value'])} [{f(ci['lo'])}, {f(ci['hi'])}]"
+
+
+# --- cross-validation ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class CVConfig:
+    data: str
+    model: str
+    out: str | None = None
+    task: str | None = None
+    folds: int = 5
+    size: int = 128
+    epochs: int = 40
+    lr: float = 1e-3
+    batch: int = 16
+    seed: int = 0
+    weights: str = "none"
+    model_kwargs: dict = dataclasses.field(default_factory=dict)
+    val_fraction: float = 0.1
+    augment: bool = True
+    keep: str = "best"  # as train(): the epoch with the best val accuracy (IoU) on the fold's own val part
+    threshold: float = 0.5
+    n_boot: int = 2000
+    recipe: dict | None = None
+
+
+_CV_IDENTITY = ("task", "model", "folds", "size", "epochs", "lr", "batch", "seed", "weights", "model_kwargs",
+                "val_fraction", "augment", "keep", "threshold")
+
+_EXIT_ENV = "EDGEBUS_EXIT_AFTER_UNITS"  # tests: os._exit after this many units are written
+
+
+def _maybe_exit(written: int) -> None:
+    n = os.environ.get(_EXIT_ENV)
+    if n and written >= int(n):
+        os._exit(75)
+
+
+def open_results_dir(out: Path, task: str, kind: str, identity: dict, what: str):
+    """Create a grid/CV directory, or reopen one made with the same settings (to resume)."""
+    from edgebus.rundir import MANIFEST, Run
+
+    if (out / MANIFEST).exists():
+        run = Run.load(out)
+        old = run.manifest.get(kind)
+        if old is None:
+            raise EdgebusError(f"{out}: holds a run that is not a {what}; pick another --out")
+        for k, v in identity.items():
+            if json.dumps(old["identity"].get(k), sort_keys=True) != json.dumps(v, sort_keys=True, default=str):
+                raise EdgebusError(f"{out}: an earlier {what} there used {k}={old['identity'].get(k)!r}, not {v!r}; "
+                                   f"pick another --out to start a new one")
+        return run, False
+    run = Run.create(out, task)
+    return run, True
+
+
+def _fold_record(task, f, fold, data, probs, metrics, kept_epoch, wall):
+    rec = {"fold": f, "kept_epoch": kept_epoch, "wall_s": round(wall, 1), "val": metrics["val"],
+           "test": metrics["test"], "test_ids": fold["test"], "finished": now()}
+    if task == "classify":
+        rec["test_prob"] = [round(float(v), 6) for v in np.asarray(probs).ravel()]
+        rec["test_label"] = [int(v) for v in data["test"][1]]
+    else:
+        rec["test_iou"] = metrics["test"]["iou_per_image"]
+        rec["test_dice"] = [round(v, 4) for v in dice_from_iou(metrics["test"]["iou_per_image"])]
+    return rec
+
+
+def run_cv(cfg: CVConfig, progress: bool = False, log=print) -> dict:
+    """k-fold cross-validation with fixed hyper-parameters; resumable (folds.jsonl); writes
+    summary.json, report.md and (classification) the pooled confusion matrix PNG."""
+    from edgebus.data.breast import fingerprint
+    from edgebus.data.preprocess import preprocess_contract
+    from edgebus.models.registry import model_task
+    from edgebus.rundir import write_json
+    from edgebus.training.train import (_KeepBest, build_compiled, device_name, fit_arrays, load_split_data,
+                                        predict, read_lesions)
+
+    task = model_task(cfg.model)
+    if cfg.task and cfg.task != task:
+        raise EdgebusError(f"model '{cfg.model}' is a {task} model; use 'edgebus cv {task}'")
+    if cfg.keep not in ("best", "last"):
+        raise EdgebusError(f"keep='{cfg.keep}': choose best or last")
+    ds, cases = read_lesions(cfg.data)
+    by_id = {c.case_id: c for c in cases}
+    label_of = {c.case_id: c.label for c in cases}
+    hashes = content_hashes(cases)
+    groups = content_groups(hashes)
+    folds = grouped_kfold(cases, groups, cfg.folds, cfg.seed, cfg.val_fraction)
+    for f, fold in enumerate(folds):
+        check_split(fold, hashes, f"fold {f + 1} of {cfg.folds}")
+    fp = fingerprint(ds)
+    contract = preprocess_contract(cfg.size, 3)
+    identity = {k: getattr(cfg, k) for k in _CV_IDENTITY}
+    identity.update(task=task, data_fingerprint=fp)
+    out = Path(cfg.out or Path("runs") / f"cv-{cfg.model}-{cfg.size}")
+
+    from edgebus.compat import keras, set_seed
+
+    set_seed(cfg.seed)
+    # a bad model name or weights file fails before the folder exists; this model serves the first fold
+    model = build_compiled(cfg.model, cfg.size, cfg.weights, cfg.model_kwargs, task)
+    run, fresh = open_results_dir(out, task, "cv", identity, "cross-validation")
+    if fresh:
+        write_json(run.file("folds.json"), {"seed": cfg.seed, "k": cfg.folds, "val_fraction": cfg.val_fraction,
+                                            "folds": folds})
+        run.add_artifact("folds.json", "folds")
+        run.manifest.update({
+            "data": {"root": str(Path(ds.root).resolve()), "fingerprint": fp, "n_rows": len(ds.cases),
+                     "n_lesions": len(cases)},
+            "model": {"name": cfg.model, "task": task, "input_size": [cfg.size, cfg.size], "weights": cfg.weights,
+                      "kwargs": cfg.model_kwargs},
+            "preprocess": contract,
+            "threshold": cfg.threshold,
+            "cv": {"identity": identity, "results": "folds.jsonl", "recipe": cfg.recipe,
+                   "content_check": content_summary(hashes, groups, label_of)},
+        })
+        run.save()
+    dups = run.manifest["cv"]["content_check"]["duplicate_groups"]
+    if dups:
+        log(f"note: {len(dups)} group(s) of identical images, kept in one fold each: "
+            + "; ".join(str(d["case_ids"]) for d in dups[:5]))
+    results = out / "folds.jsonl"
+    repair_jsonl(results)
+    done = {r["fold"] for r in read_jsonl(results)}
+    written = 0
+    for f, fold in enumerate(folds):
+        if f in done:
+            continue
+        log(f"fold {f + 1}/{cfg.folds}: train {len(fold['train'])}, val {len(fold['val'])}, test {len(fold['test'])}")
+        if model is None:
+            keras.backend.clear_session()
+            set_seed(cfg.seed)
+            model = build_compiled(cfg.model, cfg.size, cfg.weights, cfg.model_kwargs, task)
+        data = load_split_data(by_id, fold, contract, task)
+        keep = _KeepBest(task)
+        t0 = time.time()
+        fit_arrays(model, task, cfg.lr, data, cfg.epochs, cfg.batch, cfg.seed, cfg.augment, [keep], progress)
+        kept = cfg.epochs
+        if cfg.keep == "best" and keep.weights is not None:
+            model.set_weights(keep.weights)
+            kept = keep.epoch
+        from edgebus.metrics import task_metrics
+
+        probs = {k: predict(model, data[k][0], cfg.batch) for k in ("val", "test")}
+        metrics = {k: task_metrics(task, data[k][1], probs[k], cfg.threshold) for k in probs}
+        append_jsonl(results, _fold_record(task, f, fold, data, probs["test"], metrics, kept, time.time() - t0))
+        model = None
+        written += 1
+        h = _headline_text(task, metrics["test"])
+        log(f"fold {f + 1}/{cfg.folds}: test {h} (kept epoch {kept})")
+        _maybe_exit(written)
+    summary = summarize_cv(out, cfg.n_boot)
+    run = type(run).load(out)
+    run.stage("cv", folds=cfg.folds, device=device_name(), finished=now())
+    run.manifest["metrics"]["cv"] = {k: v for k, v in summary.items() if k in ("mean_std", "bootstrap")}
+    run.save()
+    return summary
+
+
+def _headline_text(task: str, m: dict) -> str:
+    if task == "classify":
+        return f"accuracy {m['accuracy']:.3f}, malignant recall {m['malignant_recall']:.3f}, AUC {m['auc'] or 0:.3f}"
+    return f"IoU {m['iou']:.3f}, Dice {m['dice']:.3f}"
+
+
+def summarize_cv(out: str | Path, n_boot: int = 2000) -> dict:
+    """mean +- std over folds and pooled bootstrap CIs; writes summary.json, report.md and figures."""
+    from edgebus.metrics import classification_metrics
+    from edgebus.rundir import Run, atomic_write, write_json
+
+    out = Path(out)
+    run = Run.load(out)
+    task = run.task
+    ident = run.manifest["cv"]["identity"]
+    recs = {r["fold"]: r for r in read_jsonl(out / "folds.jsonl")}
+    k = ident["folds"]
+    missing = [f + 1 for f in range(k) if f not in recs]
+    if missing:
+        raise EdgebusError(f"{out}: fold(s) {missing} of {k} not done yet; run 'edgebus cv' again with the same settings")
+    recs = [recs[f] for f in range(k)]
+    keys = CLASSIFY_KEYS if task == "classify" else SEGMENT_KEYS
+    per_fold = []
+    for r in recs:
+        flat = flat_classification(r["test"]) if task == "classify" else {"iou": r["test"]["iou"], "dice": r["test"]["dice"]}
+        per_fold.append(flat)
+    mean_std = {}
+    for key in keys:
+        v = np.asarray([p[key] for p in per_fold if p[key] is not None], dtype=np.float64)
+        mean_std[key] = {"mean": float(v.mean()) if len(v) else None,
+                         "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "folds": [p[key] for p in per_fold]}
+    summary = {"task": task, "k": k, "model": ident["model"], "size": ident["size"], "lr": ident["lr"],
+               "epochs": ident["epochs"], "mean_std": mean_std}
+    if task == "classify":
+        y = np.concatenate([r["test_label"] for r in recs])
+        p = np.concatenate([r["test_prob"] for r in recs])
+        pooled = classification_metrics(y, p, ident["threshold"])
+        summary["pooled"] = pooled
+        summary["bootstrap"] = bootstrap_classification(y, p, ident["threshold"], n_boot, ident["seed"])
+        from edgebus.training.figures import confusion_matrix_plot
+
+        confusion_matrix_plot(pooled["confusion_matrix"], out / "confusion_matrix.png",
+                              f"{ident['model']}: pooled out-of-fold, {k} folds (n={len(y)})")
+    else:
+        iou = np.concatenate([r["test_iou"] for r in recs])
+        dice = np.concatenate([r["test_dice"] for r in recs])
+        summary["pooled"] = {"n": int(len(iou)), "iou": float(iou.mean()), "dice": float(dice.mean())}
+        summary["bootstrap"] = bootstrap_means({"iou": iou, "dice": dice}, n_boot, ident["seed"])
+    write_json(out / "summary.json", summary)
+    atomic_write(out / "report.md", cv_markdown(summary, recs, run.manifest))
+    return summary
+
+
+def cv_markdown(summary: dict, recs: list, manifest: dict) -> str:
+    task, k = summary["task"], summary["k"]
+    ident = manifest["cv"]["identity"]
+    cc = manifest["cv"]["content_check"]
+    keys = CLASSIFY_KEYS if task == "classify" else SEGMENT_KEYS
+    lines = [
+        f"# {k}-fold cross-validation: {ident['model']} at {ident['size']} px",
+        "",
+        f"Adam lr {ident['lr']:g}, {ident['epochs']} epochs, batch {ident['batch']}, seed {ident['seed']}, "
+        f"weights {ident['weights']}, kept weights: {ident['keep']} (by each fold's own validation part). "
+        f"Data fingerprint `{manifest['data']['fingerprint'][:12]}`, {manifest['data']['n_lesions']} lesion cases; "
+        f"every case is in exactly one test fold.",
+        "",
+        f"Content check: {cc['images']} images, {cc['unique']} unique by {cc['hash']}; "
+        + (f"{len(cc['duplicate_groups'])} duplicate group(s) kept within one fold "
+           f"({cc['label_conflicts']} with conflicting labels)." if cc["duplicate_groups"] else "no duplicates; no image in two parts of any fold."),
+        "",
+        "| metric | mean +- std over folds | pooled out-of-fold [95% bootstrap CI] | per fold |",
+        "|---|---|---|---|",
+    ]
+    for key in keys:
+        ms = summary["mean_std"][key]
+        b = summary["bootstrap"][key]
+        folds = ", ".join("n/a" if v is None else f"{v:.3f}" for v in ms["folds"])
+        mean = "n/a" if ms["mean"] is None else f"{ms['mean']:.3f} +- {ms['std']:.3f}"
+        lines.append(f"| {key} | {mean} | {interval_text(b)} | {folds} |")
+    meta = summary["bootstrap"]["_meta"]
+    lines += ["", f"Bootstrap: {meta['method']}, {meta['resamples']} resamples, seed {meta['seed']}, n={meta['n']}. "
+              "An interval shown without brackets was undefined in the resamples (e.g. no case predicted malignant)."]
+    if task == "classify":
+        lines += ["", "The pooled AUC ranks scores of k different models against each other; the mean of the "
+                  "per-fold AUCs is the cleaner estimate of one model's ranking quality."]
+    if task == "classify":
+        lines += ["", classification_report_md(summary["pooled"], "pooled out-of-fold predictions"), "",
+                  "![confusion matrix](confusion_matrix.png)"]
+    lines += ["", "| fold | test n | kept epoch | wall s |", "|---|---|---|---|"]
+    for r in recs:
+        lines.append(f"| {r['fold'] + 1} | {r['test']['n']} | {r['kept_epoch']} | {r['wall_s']} |")
+    return "\n".join(lines) + "\n"
+
+
+def classification_report_md(m: dict, title: str = "") -> str:
+    """sklearn-style classification report as a markdown table, plus accuracy and ROC AUC."""
+    lines = [f"Classification report{': ' + title if title else ''} (n={m['n']}, threshold {m['threshold']:g})", "",
+             "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    for c in CLASS_NAMES:
+        pc = m["per_class"][c]
+        lines.append(f"| {c} | {pc['precision']:.4f} | {pc['recall']:.4f} | {pc['f1']:.4f} | {pc['support']} |")
+    for avg in ("macro", "weighted"):
+        a = m[avg]
+        lines.append(f"| {avg} avg | {a['precision']:.4f} | {a['recall']:.4f} | {a['f1']:.4f} | {m['n']} |")
+    auc = "n/a (one class)" if m["auc"] is None else f"{m['auc']:.4f}"
+    lines += ["", f"accuracy {m['accuracy']:.4f}; ROC AUC {auc}; confusion matrix (rows truth, columns predicted, "
+              f"benign/malignant) {m['confusion_matrix']}"]
+    return "\n".join(lines)

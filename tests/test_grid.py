@@ -1,0 +1,284 @@
+"""Grid search, its resume after a kill, shards, figures and report; k-fold CV, bootstrap and the
+content-hash leak check. Tiny models (test-cnn, test-unet) at 32 px on the 40-case synthetic set."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from edgebus.cli import app
+from edgebus.errors import EdgebusError
+
+runner = CliRunner()
+
+RECIPE = """
+name = "tiny"
+description = "test-cnn, 2 x 2"
+reduced = true
+task = "classify"
+model = "test-cnn"
+size = 32
+batch = 16
+seed = 0
+lrs = [3e-3, 1e-2]
+epochs = [1, 2]
+
+[cv]
+folds = 3
+lr = 3e-3
+epochs = 1
+"""
+
+
+def cli(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_png(path: Path):
+    assert path.is_file(), path
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.width > 100 and im.height > 100
+        im.verify()
+
+
+def lines(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines(keepends=True)
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    p = tmp_path_factory.mktemp("recipes") / "tiny.toml"
+    p.write_text(RECIPE)
+    return p
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(synthetic_breast_dir, recipe, tmp_path_factory):
+    """A 2 x 2 grid killed (os._exit) right after its first cell, then run again to the end."""
+    out = tmp_path_factory.mktemp("grid") / "g"
+    cmd = [sys.executable, "-m", "edgebus", "grid", "--recipe", str(recipe), "--data", str(synthetic_breast_dir),
+           "--out", str(out), "--quiet"]
+    env = {**os.environ, "EDGEBUS_EXIT_AFTER_UNITS": "1"}
+    killed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == 75, killed.stderr[-2000:]
+    first = lines(out / "cells.jsonl")
+    assert len(first) == 1
+    r = cli("grid", "--recipe", recipe, "--data", synthetic_breast_dir, "--out", out, "--quiet")
+    assert r.exit_code == 0, r.output
+    return out, first[0], r.output
+
+
+def test_grid_resumes_without_redoing_a_cell(killed_and_resumed):
+    out, first, log = killed_and_resumed
+    cells = lines(out / "cells.jsonl")
+    assert len(cells) == 4
+    assert cells[0] == first and cells.count(first) == 1  # the finished cell was kept byte for byte, never redone
+    keys = [(json.loads(c)["lr"], json.loads(c)["epochs"]) for c in cells]
+    assert sorted(keys) == [(0.003, 1), (0.003, 2), (0.01, 1), (0.01, 2)]
+    assert "1 done" in log and "evaluating at 2\n" in log  # lr 3e-3 re-trained only for its missing cell
+
+    # a finished grid run again trains nothing and appends nothing
+    before = (out / "cells.jsonl").read_bytes()
+    manifest = json.loads((out / "manifest.json").read_text())
+    recipe_path = manifest["grid"]["recipe"]["path"]
+    r = cli("grid", "classify", "--recipe", recipe_path, "--data", manifest["data"]["root"], "--out", out, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "all 2 cells done, skipped" in r.output
+    assert (out / "cells.jsonl").read_bytes() == before
+
+
+def test_grid_report_figures_and_best_run(killed_and_resumed):
+    out, _, _ = killed_and_resumed
+    assert_png(out / "grid_accuracy.png")
+    assert_png(out / "confusion_matrix.png")
+    report = json.loads((out / "report.json").read_text())
+    cells = [json.loads(c) for c in lines(out / "cells.jsonl")]
+    # chosen by validation accuracy only; its test numbers are the cell's own
+    best_val = max(c["val"]["accuracy"] for c in cells)
+    assert report["chosen"]["val"]["accuracy"] == best_val
+    chosen = [c for c in cells if (c["lr"], c["epochs"]) == (report["chosen"]["lr"], report["chosen"]["epochs"])][0]
+    assert report["chosen"]["test"] == chosen["test"]
+    assert report["metrics_match_cell"] and report["best_source"] == "candidate"
+    ci = report["test_bootstrap"]["accuracy"]
+    assert ci["lo"] <= ci["value"] <= ci["hi"]
+    md = (out / "report.md").read_text()
+    for needle in ("Validation accuracy", "Test accuracy", "| benign |", "| macro avg |", "| weighted avg |",
+                   "ROC AUC", "confusion_matrix.png", "Reduced recipe"):
+        assert needle in md, needle
+    # best/ is a standard run directory with the chosen cell's weights
+    best = out / "best"
+    m = json.loads((best / "manifest.json").read_text())
+    assert m["stages"]["train"]["grid_cell"] == {"lr": report["chosen"]["lr"], "epochs": report["chosen"]["epochs"]}
+    assert set(m["artifacts"]) >= {"config.json", "split.json", "model.keras", "metrics.json", "history.csv"}
+    assert json.loads((best / "split.json").read_text())["test"] == json.loads((out / "split.json").read_text())["test"]
+    assert json.loads((best / "metrics.json").read_text())["test"]["accuracy"] == chosen["test"]["accuracy"]
+
+
+def test_grid_cell_equals_a_shorter_run(killed_and_resumed, synthetic_breast_dir, tmp_path):
+    """The premise of one run per learning rate: the 2-epoch run seen at epoch 1 is the 1-epoch run."""
+    from edgebus.training import TrainConfig, train
+    from edgebus.training.train import load_model, load_split_data, predict
+
+    out, _, _ = killed_and_resumed
+    cell = [json.loads(c) for c in lines(out / "cells.jsonl") if json.loads(c)["epochs"] == 1][0]
+    run = train(TrainConfig(data=str(synthetic_breast_dir), model="test-cnn", out=str(tmp_path / "r"), size=32,
+                            epochs=1, lr=cell["lr"], keep="last"), progress=False)
+    m = json.loads((run.path / "manifest.json").read_text())
+    from edgebus.data.breast import read_breast
+
+    by_id = {c.case_id: c for c in read_breast(synthetic_breast_dir).lesions()}
+    split = json.loads((run.path / "split.json").read_text())
+    data = load_split_data(by_id, {k: split[k] for k in ("train", "val", "test")}, m["preprocess"], "classify")
+    prob = predict(load_model(run.path / "model.keras"), data["test"][0]).ravel()
+    np.testing.assert_allclose(prob, cell["test_prob"], atol=1e-5)
+
+
+def test_segment_grid_in_two_shards(synthetic_breast_dir, tmp_path):
+    out = tmp_path / "seg"
+    args = ("grid", "segment", "--data", synthetic_breast_dir, "--model", "test-unet", "--size", 32,
+            "--lrs", "3e-3,1e-2", "--epochs", "1,2", "--out", out, "--quiet")
+    r = cli(*args, "--shard", "1/2")
+    assert r.exit_code == 0, r.output
+    assert "left for other shards" in r.output and not (out / "report.md").exists()
+    assert len(lines(out / "cells-shard1of2.jsonl")) == 2
+    r = cli("grid", "report", out)
+    assert r.exit_code == 2 and "2 of 4 cells not done" in r.output
+    r = cli(*args, "--shard", "2/2")
+    assert r.exit_code == 0, r.output
+    assert {json.loads(c)["lr"] for c in lines(out / "cells-shard2of2.jsonl")} == {0.01}
+    assert_png(out / "grid_iou.png")
+    assert_png(out / "overlay.png")
+    md = (out / "report.md").read_text()
+    assert "| train |" in md and "| val |" in md and "| test |" in md and "Dice" in md
+    assert json.loads((out / "best" / "manifest.json").read_text())["task"] == "segment"
+
+
+def test_shards_partition_the_learning_rates():
+    from edgebus.training.grid import parse_shard, shard_lrs
+
+    lrs = [1e-6, 1e-5, 1e-4, 1e-3, 5e-3, 1e-2, 5e-2]
+    for n in (1, 2, 3, 7):
+        parts = [shard_lrs(lrs, (i, n)) for i in range(1, n + 1)]
+        assert sorted(sum(parts, [])) == sorted(lrs)
+    assert parse_shard("2/3") == (2, 3)
+    for bad in ("0/2", "3/2", "x"):
+        with pytest.raises(EdgebusError, match="shard"):
+            parse_shard(bad)
+
+
+def test_kfold_partitions_and_cv_summary(synthetic_breast_dir, recipe, tmp_path):
+    from edgebus.data.breast import read_breast
+    from edgebus.training.cv import content_groups, content_hashes, grouped_kfold, leaks
+
+    cases = read_breast(synthetic_breast_dir).lesions()
+    hashes = content_hashes(cases)
+    folds = grouped_kfold(cases, content_groups(hashes), k=5, seed=0)
+    ids = sorted(c.case_id for c in cases)
+    assert sorted(i for f in folds for i in f["test"]) == ids  # every image in exactly one test fold
+    for f in folds:
+        assert sorted(f["train"] + f["val"] + f["test"]) == ids
+        assert leaks(f, hashes) == []
+
+    out = tmp_path / "cv"
+    r = cli("cv", "classify", "--recipe", recipe, "--data", synthetic_breast_dir, "--out", out, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert len(lines(out / "folds.jsonl")) == 3
+    s = json.loads((out / "summary.json").read_text())
+    assert s["k"] == 3 and s["pooled"]["n"] == len(cases)
+    for key in ("accuracy", "malignant_recall", "auc"):
+        assert len(s["mean_std"][key]["folds"]) == 3
+        b = s["bootstrap"][key]
+        if b["lo"] is not None:
+            assert b["lo"] <= b["value"] <= b["hi"]
+    assert_png(out / "confusion_matrix.png")
+    assert "mean +- std" in (out / "report.md").read_text()
+
+
+def test_identical_images_stay_in_one_part(synthetic_breast_dir, tmp_path):
+    from edgebus.data.breast import read_breast
+    from edgebus.training.cv import content_groups, content_hashes, duplicates, grouped_kfold, grouped_split, leaks
+
+    data = tmp_path / "dup"
+    shutil.copytree(synthetic_breast_dir, data)
+    cases = read_breast(data).lesions()
+    a, b = cases[0], cases[-1]
+    shutil.copyfile(a.image, b.image)  # the same picture under two case ids
+    hashes = content_hashes(cases)
+    groups = content_groups(hashes)
+    dups = duplicates(groups, {c.case_id: c.label for c in cases})
+    assert [d["case_ids"] for d in dups] == [sorted([a.case_id, b.case_id])]
+    assert dups[0]["conflict"] == (a.label != b.label)
+    split = grouped_split(cases, groups, (0.8, 0.1, 0.1), 0)
+    assert leaks(split, hashes) == []
+    for f in grouped_kfold(cases, groups, k=5, seed=0):
+        assert leaks(f, hashes) == []
+    naive = {"train": [a.case_id], "test": [b.case_id]}
+    assert len(leaks(naive, hashes)) == 2  # file and pixel hash both catch it
+
+
+def test_bootstrap_interval_on_27_images_is_about_18_points():
+    from edgebus.training.cv import bootstrap_classification
+
+    y = np.array([0] * 16 + [1] * 11)
+    prob = np.array([0.2] * 12 + [0.8] * 4 + [0.8] * 5 + [0.2] * 6)  # 17/27 correct, like the study's 62.96%
+    ci = bootstrap_classification(y, prob, n_boot=2000, seed=0)
+    assert abs(ci["accuracy"]["value"] - 17 / 27) < 1e-9
+    half = (ci["accuracy"]["hi"] - ci["accuracy"]["lo"]) / 2
+    assert 0.14 < half < 0.22, half
+    again = bootstrap_classification(y, prob, n_boot=2000, seed=0)
+    assert again["accuracy"] == ci["accuracy"]  # seeded
+
+
+def test_torn_results_line_is_ignored_and_cut(tmp_path):
+    from edgebus.training.cv import append_jsonl, read_jsonl, repair_jsonl
+
+    p = tmp_path / "cells.jsonl"
+    append_jsonl(p, {"lr": 0.001, "epochs": 10})
+    with open(p, "ab") as f:
+        f.write(b'{"lr": 0.01, "epo')  # killed mid-write
+    assert read_jsonl(p) == [{"lr": 0.001, "epochs": 10}]
+    assert repair_jsonl(p) > 0
+    append_jsonl(p, {"lr": 0.01, "epochs": 10})
+    assert [c["lr"] for c in read_jsonl(p)] == [0.001, 0.01]
+
+
+def test_study_table_puts_the_numbers_side_by_side(killed_and_resumed, monkeypatch):
+    from edgebus.training import grid
+
+    out, _, _ = killed_and_resumed
+    monkeypatch.setitem(grid.STUDY, "test-cnn", grid.STUDY["mobilenetv2"])
+    md = grid.study_table([out])
+    assert "## test-cnn" in md and "| accuracy (%) | 62.96 |" in md and "reduced recipe" in md
+    r = cli("grid", "table", out, "--out", out / "study.md")
+    assert r.exit_code == 0, r.output
+    assert "| accuracy (%) | 62.96 |" in (out / "study.md").read_text()
+
+
+def _one_line_error(r, *needles):
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output
+    errs = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert len(errs) == 1, r.output
+    for n in needles:
+        assert str(n) in errs[0], errs[0]
+
+
+def test_grid_bad_input_errors(synthetic_breast_dir, killed_and_resumed, tmp_path):
+    out, _, _ = killed_and_resumed
+    bad = tmp_path / "bad.toml"
+    bad.write_text('model = "test-cnn"\nlearning_rates = [1e-3]\n')
+    _one_line_error(cli("grid", "--recipe", bad, "--data", synthetic_breast_dir), "bad.toml", "learning_rates")
+    _one_line_error(cli("grid", "--recipe", tmp_path / "nope", "--data", synthetic_breast_dir), "nope")
+    _one_line_error(cli("grid", "classify", "--data", synthetic_breast_dir, "--model", "test-cnn", "--size", 64,
+                        "--lrs", "3e-3,1e-2", "--epochs", "1,2", "--out", out), "size")
+    _one_line_error(cli("grid", "classify", "--data", synthetic_breast_dir, "--model", "test-cnn", "--lrs", "x"), "--lrs")
+    _one_line_error(cli("grid", "segment", "--data", synthetic_breast_dir, "--model", "test-cnn"), "classify")
+    _one_line_error(cli("grid", "classify", "--data", synthetic_breast_dir, "--model", "test-cnn", "--shard", "3/2"), "shard")
+    _one_line_error(cli("grid", "report", tmp_path), "manifest")
