@@ -474,6 +474,7 @@ def _cv(task: str, recipe: Optional[Path], quiet: bool, **opts) -> None:
 
 
 _copts = dict(
+    int8=typer.Option(False, "--int8", help="also convert each fold's model to full-int8 TFLite and score it on the fold's test part"),
     folds=typer.Option(None, help="number of folds (default 5)"),
     lr=typer.Option(None, help="Adam learning rate (default 1e-3)"),
     epochs=typer.Option(None, help="training epochs per fold (default 40)"),
@@ -488,10 +489,11 @@ def cv_classify(data: Optional[Path] = _gopts["data"], model: Optional[str] = ty
                 folds: Optional[int] = _copts["folds"], lr: Optional[float] = _copts["lr"], epochs: Optional[int] = _copts["epochs"],
                 size: Optional[int] = _gopts["size"], batch: Optional[int] = typer.Option(None, help="batch size (default 16)"),
                 seed: Optional[int] = _gopts["seed"], weights: Optional[str] = _gopts["weights"], keep: Optional[str] = _copts["keep"],
-                out: Optional[Path] = _copts["out"], recipe: Optional[Path] = _gopts["recipe"], quiet: bool = _gopts["quiet"]):
+                out: Optional[Path] = _copts["out"], recipe: Optional[Path] = _gopts["recipe"], quiet: bool = _gopts["quiet"],
+                int8: bool = _copts["int8"]):
     """k-fold CV of a classifier: accuracy, malignant recall, AUC as mean +- std and bootstrap CI."""
     _cv("classify", recipe, quiet, data=data, model=model, folds=folds, lr=lr, epochs=epochs, size=size, batch=batch,
-        seed=seed, weights=weights, keep=keep, out=out)
+        seed=seed, weights=weights, keep=keep, out=out, int8=int8 or None)
 
 
 @cv_app.command("segment")
@@ -500,10 +502,11 @@ def cv_segment(data: Optional[Path] = _gopts["data"], model: Optional[str] = typ
                folds: Optional[int] = _copts["folds"], lr: Optional[float] = _copts["lr"], epochs: Optional[int] = _copts["epochs"],
                size: Optional[int] = _gopts["size"], batch: Optional[int] = typer.Option(None, help="batch size (default 8)"),
                seed: Optional[int] = _gopts["seed"], weights: Optional[str] = _gopts["weights"], keep: Optional[str] = _copts["keep"],
-               out: Optional[Path] = _copts["out"], recipe: Optional[Path] = _gopts["recipe"], quiet: bool = _gopts["quiet"]):
+               out: Optional[Path] = _copts["out"], recipe: Optional[Path] = _gopts["recipe"], quiet: bool = _gopts["quiet"],
+               int8: bool = _copts["int8"]):
     """k-fold CV of a segmenter: IoU and Dice as mean +- std and bootstrap CI."""
     _cv("segment", recipe, quiet, data=data, model=model, folds=folds, lr=lr, epochs=epochs, size=size, batch=batch,
-        seed=seed, weights=weights, keep=keep, out=out)
+        seed=seed, weights=weights, keep=keep, out=out, int8=int8 or None)
 
 
 

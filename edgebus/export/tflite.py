@@ -314,8 +314,10 @@ def export_run(run_dir: str | Path, formats=("float32", "int8"), calibration_ima
     (default: a tenth of the training lr) and writes model_int8.tflite from it, plus the PTQ
     model_int8_ptq.tflite for comparison; "ptq" writes model_int8.tflite by calibration only.
     Gates compare each delivered file with the float Keras model on the test split; a failure keeps
-    every file, records status "gate_failed" and raises EdgebusError. `edgetpu` also compiles the
-    int8 files with edgetpu_compiler where it is installed (else says how to install it)."""
+    every file, records status "gate_failed" and raises EdgebusError. The PTQ comparison file of a
+    QAT export is gated for information only (entry["gate"]["enforced"] is False): QAT exists for
+    the models PTQ hurts. `edgetpu` also compiles the int8 files with edgetpu_compiler where it is
+    installed (else says how to install it)."""
     run = Run.load(run_dir)
     if io_type not in ("uint8", "int8"):
         raise EdgebusError(f"io type '{io_type}': choose uint8 or int8")
@@ -342,10 +344,13 @@ def export_run(run_dir: str | Path, formats=("float32", "int8"), calibration_ima
     calib = xtr[rng.permutation(len(xtr))[:calibration_images]]
 
     results = {k: v for k, v in done.items() if k not in {p[0] for p in plan}}
-    if any(k == "int8" for k, _, _ in plan):
-        results.pop("int8_ptq", None)  # a new int8 export replaces its comparison file too
-        run.manifest["artifacts"].pop("model_int8_ptq.tflite", None)
-        run.manifest["artifacts"].pop("model_int8_ptq.json", None)
+    prev_stage = run.manifest.get("stages", {}).get("export", {})
+    redo_int8 = any(k == "int8" for k, _, _ in plan)
+    if redo_int8:  # a new int8 export replaces its comparison file and QAT record too
+        results.pop("int8_ptq", None)
+        for name in ("model_int8_ptq.tflite", "model_int8_ptq.json"):
+            run.manifest["artifacts"].pop(name, None)
+        run.manifest["metrics"].pop("keras_qat_test", None)
     qmodel, qat_info, qat_prob = None, None, None
     refs = [("model.keras (float)", "keras", keras_metrics)]
     if any(src == "qat" for _, _, src in plan):
@@ -439,6 +444,8 @@ def export_run(run_dir: str | Path, formats=("float32", "int8"), calibration_ima
              "gates": {"max_drop": max_drop, "max_recall_drop": max_recall_drop}, "edgetpu_compile": edgetpu}
     if qat_info is not None:
         stage["qat"] = qat_info
+    elif not redo_int8 and "qat" in prev_stage:  # the int8 file in the run still comes from that QAT
+        stage["qat"] = prev_stage["qat"]
     run.stage("export", **stage)
     run.save()
     log(table)

@@ -306,10 +306,11 @@ class CVConfig:
     threshold: float = 0.5
     n_boot: int = 2000
     recipe: dict | None = None
+    int8: bool = False  # also convert each fold's model to full-int8 TFLite and score it on the fold's test part
 
 
 _CV_IDENTITY = ("task", "model", "folds", "size", "epochs", "lr", "batch", "seed", "weights", "model_kwargs",
-                "val_fraction", "augment", "keep", "threshold")
+                "val_fraction", "augment", "keep", "threshold", "int8")
 
 _EXIT_ENV = "EDGEBUS_EXIT_AFTER_UNITS"  # tests: os._exit after this many units are written
 
@@ -347,6 +348,33 @@ def _fold_record(task, f, fold, data, probs, metrics, kept_epoch, wall):
     else:
         rec["test_iou"] = metrics["test"]["iou_per_image"]
         rec["test_dice"] = [round(v, 4) for v in dice_from_iou(metrics["test"]["iou_per_image"])]
+    return rec
+
+
+def _int8_fold(model, task, data, threshold, seed) -> dict:
+    """Full-integer PTQ of a fold's model (calibrated on its own training part), scored on its
+    test part with the interpreter, as the cart would run it."""
+    import tempfile
+
+    from edgebus.export.tflite import convert, float_tensors
+    from edgebus.metrics import task_metrics
+    from edgebus.runtime import TFLiteModel
+
+    xtr = data["train"][0]
+    calib = xtr[np.random.default_rng(seed).permutation(len(xtr))[:100]]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "fold_int8.tflite"
+        path.write_bytes(convert(model, "int8", calib))
+        m = TFLiteModel(path)
+        if float_tensors(m):
+            raise EdgebusError(f"{path.name}: int8 conversion left float tensors; cannot score an int8 fold")
+        prob = m.predict(data["test"][0])
+    x, y = data["test"]
+    rec = {"test_int8": task_metrics(task, y, prob, threshold)}
+    if task == "classify":
+        rec["test_prob_int8"] = [round(float(v), 6) for v in np.asarray(prob).ravel()]
+    else:
+        rec["test_iou_int8"] = rec["test_int8"]["iou_per_image"]
     return rec
 
 
@@ -428,7 +456,11 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print) -> dict:
 
         probs = {k: predict(model, data[k][0], cfg.batch) for k in ("val", "test")}
         metrics = {k: task_metrics(task, data[k][1], probs[k], cfg.threshold) for k in probs}
-        append_jsonl(results, _fold_record(task, f, fold, data, probs["test"], metrics, kept, time.time() - t0))
+        rec = _fold_record(task, f, fold, data, probs["test"], metrics, kept, time.time() - t0)
+        if cfg.int8:
+            rec.update(_int8_fold(model, task, data, cfg.threshold, cfg.seed))
+            log(f"fold {f + 1}/{cfg.folds}: int8 test {_headline_text(task, rec['test_int8'])}")
+        append_jsonl(results, rec)
         model = None
         written += 1
         h = _headline_text(task, metrics["test"])
@@ -481,6 +513,11 @@ def summarize_cv(out: str | Path, n_boot: int = 2000) -> dict:
         pooled = classification_metrics(y, p, ident["threshold"])
         summary["pooled"] = pooled
         summary["bootstrap"] = bootstrap_classification(y, p, ident["threshold"], n_boot, ident["seed"])
+        if all("test_prob_int8" in r for r in recs):
+            q = np.concatenate([r["test_prob_int8"] for r in recs])
+            summary["pooled_int8"] = classification_metrics(y, q, ident["threshold"])
+            summary["bootstrap_int8"] = bootstrap_classification(y, q, ident["threshold"], n_boot, ident["seed"])
+            summary["int8_label_agreement"] = float(((p >= ident["threshold"]) == (q >= ident["threshold"])).mean())
         from edgebus.training.figures import confusion_matrix_plot
 
         confusion_matrix_plot(pooled["confusion_matrix"], out / "confusion_matrix.png",
@@ -490,6 +527,12 @@ def summarize_cv(out: str | Path, n_boot: int = 2000) -> dict:
         dice = np.concatenate([r["test_dice"] for r in recs])
         summary["pooled"] = {"n": int(len(iou)), "iou": float(iou.mean()), "dice": float(dice.mean())}
         summary["bootstrap"] = bootstrap_means({"iou": iou, "dice": dice}, n_boot, ident["seed"])
+        if all("test_iou_int8" in r for r in recs):
+            iou8 = np.concatenate([r["test_iou_int8"] for r in recs])
+            summary["pooled_int8"] = {"n": int(len(iou8)), "iou": float(iou8.mean()),
+                                      "dice": float(np.mean(dice_from_iou(iou8)))}
+            summary["bootstrap_int8"] = bootstrap_means({"iou": iou8, "dice": np.asarray(dice_from_iou(iou8))},
+                                                        n_boot, ident["seed"])
     write_json(out / "summary.json", summary)
     atomic_write(out / "report.md", cv_markdown(summary, recs, run.manifest))
     return summary
@@ -521,6 +564,14 @@ def cv_markdown(summary: dict, recs: list, manifest: dict) -> str:
         folds = ", ".join("n/a" if v is None else f"{v:.3f}" for v in ms["folds"])
         mean = "n/a" if ms["mean"] is None else f"{ms['mean']:.3f} +- {ms['std']:.3f}"
         lines.append(f"| {key} | {mean} | {interval_text(b)} | {folds} |")
+    if "bootstrap_int8" in summary:
+        lines += ["", "Full-int8 TFLite (each fold's model, post-training quantized on its own training part, run "
+                  "with the interpreter on its test part):", "",
+                  "| metric | pooled out-of-fold int8 [95% bootstrap CI] |", "|---|---|"]
+        lines += [f"| {key} | {interval_text(summary['bootstrap_int8'][key])} |" for key in keys
+                  if key in summary["bootstrap_int8"]]
+        if "int8_label_agreement" in summary:
+            lines.append(f"\nint8 vs float label agreement (pooled): {summary['int8_label_agreement']:.3f}")
     meta = summary["bootstrap"]["_meta"]
     lines += ["", f"Bootstrap: {meta['method']}, {meta['resamples']} resamples, seed {meta['seed']}, n={meta['n']}. "
               "An interval shown without brackets was undefined in the resamples (e.g. no case predicted malignant)."]
