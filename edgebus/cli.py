@@ -89,7 +89,8 @@ def train_segment(data: Path = _opts["data"], model: str = typer.Option("unet-ef
 
 @app.command()
 @friendly
-def export(run: Path = typer.Argument(..., help="run directory made by 'edgebus train'"),
+def export(ctx: typer.Context, run: Path = typer.Argument(..., help="run directory made by 'edgebus train'"),
+           profile: Optional[Path] = typer.Option(None, help="an export profile, e.g. export/coral.toml; options given here win"),
            int8: bool = typer.Option(False, "--int8", help="also write a full-integer int8 model (quantization-aware by default)"),
            ptq: bool = typer.Option(False, "--ptq", help="int8 by post-training calibration only (no QAT fine-tune)"),
            formats: str = typer.Option("float32", help="comma-separated: float32, float16, dynamic, int8"),
@@ -112,6 +113,19 @@ def export(run: Path = typer.Argument(..., help="run directory made by 'edgebus 
     (edgetpu_report.md). A failed gate exits with code 2 and keeps the files."""
     from edgebus.export import export_run
 
+    if profile is not None:  # profile values fill every option not given on the command line
+        from edgebus.export.tflite import load_profile
+
+        given = {n for n in ctx.params if getattr(ctx.get_parameter_source(n), "name", "") == "COMMANDLINE"}
+        prof = load_profile(profile)
+        if "formats" in prof and "formats" not in given:
+            formats = ",".join(prof["formats"])
+        if "int8_source" in prof and "ptq" not in given:
+            ptq = prof["int8_source"] == "ptq"
+        opts = {"calibration_images": calibration_images, "io_type": io_type, "qat_epochs": qat_epochs,
+                "qat_lr": qat_lr, "max_drop": max_drop, "max_recall_drop": max_recall_drop, "edgetpu": edgetpu}
+        opts.update({k: prof[k] for k in opts if k in prof and k not in given})
+        calibration_images, io_type, qat_epochs, qat_lr, max_drop, max_recall_drop, edgetpu = opts.values()
     fmts = [f.strip() for f in formats.split(",") if f.strip()]
     if int8 and "int8" not in fmts:
         fmts.append("int8")

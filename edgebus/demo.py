@@ -1,4 +1,6 @@
-"""The README's main job: the whole chain on a synthetic (or given) data set, small and quick."""
+"""The README's main job: the whole chain on a synthetic (or given) data set, small and quick:
+data -> train MobileNetV2 + EfficientNetB2 U-Net -> float32 / int8 (PTQ and QAT) export ->
+benchmark -> cart bundle -> predict on a few frames -> one report."""
 
 from __future__ import annotations
 
@@ -9,11 +11,12 @@ from edgebus.rundir import atomic_write
 
 
 def run_demo(out: Path, data: Path | None = None, size: int = 96, epochs: int = 15, overwrite: bool = False,
-             threads=(1, 2), log=print) -> Path:
-    """Train MobileNetV2 and the EfficientNetB2 U-Net, export float32 + int8, benchmark, report."""
+             threads=(1, 2), qat_epochs: int = 2, log=print) -> Path:
     from edgebus.benchmarks import bench_run, write_report
     from edgebus.benchmarks.report import markdown
     from edgebus.export import export_run
+    from edgebus.runtime import LesionPipeline, make_bundle, predict_files
+    from edgebus.runtime.predict import list_frames
     from edgebus.training import TrainConfig, train
 
     out = Path(out)
@@ -31,16 +34,26 @@ def run_demo(out: Path, data: Path | None = None, size: int = 96, epochs: int = 
         ("mobilenetv2", dict(lr=1e-3, batch=16)),
         ("unet-efficientnetb2", dict(lr=1e-3, batch=8)),
     ]
-    parts = []
+    parts, runs = [], {}
     for model, kw in plans:
         run_dir = out / "runs" / f"{model}-{size}"
         log(f"training {model} at {size}x{size} for {epochs} epochs -> {run_dir}")
-        train(TrainConfig(data=str(data), model=model, out=str(run_dir), size=size, epochs=epochs,
-                          overwrite=overwrite, **kw))
-        log(f"exporting {run_dir} (float32, int8) ...")
-        export_run(run_dir, ("float32", "int8"), overwrite=True, log=log)
+        run = train(TrainConfig(data=str(data), model=model, out=str(run_dir), size=size, epochs=epochs,
+                                overwrite=overwrite, **kw))
+        runs[run.task] = run_dir
+        log(f"exporting {run_dir}: float32, int8 PTQ and int8 QAT ({qat_epochs} fine-tuning epochs) ...")
+        export_run(run_dir, ("float32", "int8"), overwrite=True, qat_epochs=qat_epochs, log=log)
         result = bench_run(run_dir, threads, warmup=5, runs=30, log=log)
         write_report(result, run_dir)
         parts.append(markdown(result))
+
+    bundle = make_bundle(out / "cart", runs["classify"], runs["segment"], overwrite=True)
+    frames, _ = list_frames(Path(data) / "BrEaST-Lesions_USG-images_and_masks")
+    log(f"cart bundle {bundle}: predicting {min(4, len(frames))} frames with the int8 models ...")
+    summary = predict_files(LesionPipeline.from_bundle(bundle), frames[:4], out / "predictions", log=log)
+    parts.append(f"# Cart: int8 classifier + segmenter on {summary['ok']} frames\n\n"
+                 f"- bundle: `{bundle}`; predictions, overlays and masks: `{out / 'predictions'}`\n"
+                 f"- frames per second (classify + segment, 1 thread): {summary['fps_inference']}; "
+                 f"end to end (decode, preprocess, overlay inputs): {summary['fps_end_to_end']}\n")
     atomic_write(report, "\n".join(parts))
     return report

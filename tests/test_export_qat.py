@@ -258,3 +258,26 @@ def test_real_models_qat_export_is_full_integer(model, configs, tmp_path):
     assert res["int8"]["status"] == "ok" and res["int8"]["float_tensors"] == []
     assert dict(Counter(manifest(run)["stages"]["export"]["qat"]["custom_configs"].values())) == configs
     assert res["int8"]["edgetpu"]["fully_mappable"], res["int8"]["edgetpu"]
+
+
+def test_export_profile_fills_options_and_command_line_wins(cls_run, tmp_path):
+    """export/coral.toml: int8 only, Edge TPU report; --qat-epochs on the command line beats the profile's 3."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from tests.conftest import cli
+
+    run = tmp_path / "run"
+    shutil.copytree(cls_run, run)
+    profile = Path(__file__).resolve().parents[1] / "export" / "coral.toml"
+    r = cli("export", run, "--profile", profile, "--qat-epochs", 1, "--overwrite")
+    assert r.exit_code == 0, r.output
+    m = json.loads((run / "manifest.json").read_text())
+    assert m["stages"]["export"]["qat"]["epochs"] == 1
+    assert "float16" not in m["exports"] and m["exports"]["int8"]["source"] == "qat"
+    assert (run / "edgetpu_report.md").exists()
+    bad = tmp_path / "bad.toml"
+    bad.write_text('formats = ["int4"]\n')
+    r = cli("export", run, "--profile", bad, "--overwrite")
+    assert r.exit_code == 2 and "bad.toml" in r.output and "int4" in r.output

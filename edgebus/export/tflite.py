@@ -304,6 +304,30 @@ def _run_qat(run: Run, model, xtr, ytr, xte, epochs: int, lr: float | None, batc
     return qmodel, info
 
 
+PROFILE_KEYS = {"target", "formats", "int8_source", "io_type", "calibration_images", "qat_epochs", "qat_lr",
+                "max_drop", "max_recall_drop", "edgetpu"}
+
+
+def load_profile(path: str | Path) -> dict:
+    """An export profile (export/<target>.toml): option values for one deployment target."""
+    import tomllib
+
+    path = Path(path)
+    try:
+        prof = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise EdgebusError(f"{path}: profile not found; see export/README.md for the shipped ones") from None
+    except tomllib.TOMLDecodeError as e:
+        raise EdgebusError(f"{path}: not valid TOML ({e}); fix the file") from None
+    unknown = sorted(set(prof) - PROFILE_KEYS)
+    if unknown:
+        raise EdgebusError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(PROFILE_KEYS))}")
+    bad = [f for f in prof.get("formats", []) if f not in FORMATS]
+    if bad:
+        raise EdgebusError(f"{path}: unknown format(s) {', '.join(bad)}; choose from {', '.join(FORMATS)}")
+    return prof
+
+
 def export_run(run_dir: str | Path, formats=("float32", "int8"), calibration_images: int = 100,
                io_type: str = "uint8", overwrite: bool = False, log=print, *, int8_source: str = "qat",
                qat_epochs: int = 3, qat_lr: float | None = None, qat_batch: int | None = None,
