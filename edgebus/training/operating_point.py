@@ -4,7 +4,6 @@ decision threshold is chosen on validation data to reach a target malignant sens
 
 from __future__ import annotations
 
-import json
 
 from edgebus.errors import EdgebusError
 from edgebus.metrics import classification_metrics, expected_calibration_error, threshold_for_sensitivity
