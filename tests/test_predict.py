@@ -276,3 +276,22 @@ def test_runtime_runs_where_tensorflow_cannot_be_imported(cart_models, synthetic
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert "cart-ok" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+
+
+def test_cart_example_runs_on_a_bundle(cls_run, seg_run, chain_data, tmp_path):
+    """examples/cart_predict.py uses only the public API, with TensorFlow blocked."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from edgebus.runtime import make_bundle
+    from tests.conftest import BLOCK_TF
+
+    bundle = make_bundle(tmp_path / "cart", cls_run, seg_run)
+    frame = sorted((chain_data / "BrEaST-Lesions_USG-images_and_masks").glob("case00[0-9].png"))[0]
+    example = Path(__file__).resolve().parents[1] / "examples" / "cart_predict.py"
+    code = BLOCK_TF + f"import sys, runpy; sys.argv = ['cart_predict.py', {str(bundle)!r}, {str(frame)!r}, '0.08']; runpy.run_path({str(example)!r}, run_name='__main__')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "overlay.png written" in out.stdout and "mm^2" in out.stdout
+    assert (tmp_path / "overlay.png").stat().st_size > 0
