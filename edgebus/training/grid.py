@@ -579,6 +579,9 @@ def grid_markdown(report: dict, manifest: dict) -> str:
     ]
     if rec.get("reduced"):
         lines += ["**Reduced recipe** (not the study's full grid or input size): " + rec.get("description", ""), ""]
+    elif not (set(lrs) >= set(STUDY_LRS) and set(eps) >= set(STUDY_EPOCHS)):
+        lines += [f"**Reduced grid** (not the study's 7 x 5): learning rates {', '.join(f'{v:g}' for v in lrs)}, "
+                  f"epochs {', '.join(map(str, eps))}.", ""]
     lines += [
         f"Adam, constant learning rate; batch {ident['batch']}, seed {ident['seed']}, weights {ident['weights']}, "
         f"augmentation {'left-right flip' if ident['augment'] else 'none'}. Data fingerprint "
@@ -676,7 +679,8 @@ def study_table(grid_dirs=(), cv_dirs=()) -> str:
         if g:
             rr = g[1]
             head += f" (grid `{g[0]}`: chosen lr {rr['chosen']['lr']:g}, {rr['chosen']['epochs']} epochs, test n={rr['per_split']['test']['n']}"
-            head += ", reduced recipe)" if (rr.get("recipe") or {}).get("reduced") else ")"
+            full = {(c["lr"], c["epochs"]) for c in rr["cells"]} >= {(lr, e) for lr in STUDY_LRS for e in STUDY_EPOCHS}
+            head += ", reduced grid)" if (rr.get("recipe") or {}).get("reduced") or not full else ")"
         out += [head, ""]
         if c:
             s = c[1]
