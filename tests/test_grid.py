@@ -255,7 +255,7 @@ def test_study_table_puts_the_numbers_side_by_side(killed_and_resumed, monkeypat
     out, _, _ = killed_and_resumed
     monkeypatch.setitem(grid.STUDY, "test-cnn", grid.STUDY["mobilenetv2"])
     md = grid.study_table([out])
-    assert "## test-cnn" in md and "| accuracy (%) | 62.96 |" in md and "reduced recipe" in md
+    assert "## test-cnn" in md and "| accuracy (%) | 62.96 |" in md and "reduced grid" in md
     r = cli("grid", "table", out, "--out", out / "study.md")
     assert r.exit_code == 0, r.output
     assert "| accuracy (%) | 62.96 |" in (out / "study.md").read_text()
