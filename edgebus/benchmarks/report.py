@@ -129,19 +129,24 @@ def _plots(results: list[dict]) -> list[tuple[str, bytes]]:
     ax.set_title("Latency per model, format and device")
     figs.append(("latency", png(fig)))
 
+    markers = {"keras": "s", "float32": "o", "float16": "v", "dynamic": "D", "int8_ptq": "^", "int8": "*"}
     for task, key in (("classify", "accuracy"), ("segment", "iou")):
-        pts = [r for r in rows if r["task"] == task and (r.get("metrics") or {}).get(key) is not None]
+        pts = [r for r in rows if r["task"] == task and r["threads"] in (1, None)
+               and (r.get("metrics") or {}).get(key) is not None]
         if not pts:
             continue
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = plt.subplots(figsize=(7, 4))
+        models = sorted({r["model"] for r in pts})
+        colors = {m: f"C{i}" for i, m in enumerate(models)}
         for r in pts:
-            ax.scatter(r["latency_ms"]["median"], r["metrics"][key])
-            ax.annotate(f"{r['model']} {r['format']} t{r['threads'] or '-'}", (r["latency_ms"]["median"], r["metrics"][key]),
-                        fontsize=6)
+            ax.scatter(r["latency_ms"]["median"], r["metrics"][key], color=colors[r["model"]],
+                       marker=markers.get(r["format"].split("+")[0], "x"), s=60,
+                       label=f"{r['model']} {r['format']} ({r['machine'][:14]})")
         ax.set_xscale("log")
-        ax.set_xlabel("median latency (ms, log)")
+        ax.set_xlabel("median latency, 1 thread (ms, log)")
         ax.set_ylabel(f"test {key}")
-        ax.set_title(f"{key} vs latency")
+        ax.set_title(f"{key} vs latency (marker = format, colour = model)")
+        ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
         figs.append((f"{key}_vs_latency", png(fig)))
 
     seen, sizes = set(), []
