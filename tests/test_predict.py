@@ -14,25 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from edgebus.cli import app
+from tests.conftest import BLOCK_TF, cli
 
-runner = CliRunner()
-
-BLOCK_TF = textwrap.dedent("""
-    import sys
-    class Block:
-        def find_spec(self, name, path=None, target=None):
-            if name.split('.')[0] in ('tensorflow', 'tf_keras', 'keras', 'pandas', 'tensorflow_model_optimization'):
-                raise ImportError(f'{name} is blocked: the device path must not import it')
-    sys.meta_path.insert(0, Block())
-""")
 IMAGES = "BrEaST-Lesions_USG-images_and_masks"
-
-
-def cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def _int8_file(run: Path) -> Path:
