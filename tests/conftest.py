@@ -36,6 +36,16 @@ def cli(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
+def one_line_error(r, *needles):
+    """The CLI ended with exit 2 and exactly one 'error:' line holding each needle, no traceback."""
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output
+    lines = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, r.output
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
 # Prepended to a subprocess's code: importing TensorFlow (or pandas) there fails, as on a cart.
 BLOCK_TF = textwrap.dedent("""
     import sys

@@ -89,3 +89,21 @@ def test_threshold_selection_hits_requested_sensitivity():
     q = rng.uniform(0, 1, 5000)
     assert expected_calibration_error(rng.uniform(0, 1, 5000) < q, q) < 0.03
     assert expected_calibration_error(np.zeros(100), np.full(100, 0.9)) > 0.85
+
+
+def test_operating_point_threshold_reaches_the_exported_model(chain_data, tmp_path):
+    """The threshold chosen on validation is stored in the run and embedded in the int8 file;
+    once exported, a run refuses a new operating point (its models would disagree)."""
+    from edgebus.runtime.metadata import read_metadata
+
+    run = tmp_path / "op"
+    assert cli("train", "classify", "--data", chain_data, "--model", "test-cnn", "--size", 32, "--epochs", 3,
+               "--out", run, "--quiet").exit_code == 0
+    r = cli("operating-point", run, "--target-sensitivity", 0.9)
+    assert r.exit_code == 0, r.output
+    m = json.loads((run / "manifest.json").read_text())
+    assert m["operating_point"]["sensitivity"] >= 0.9 and m["threshold"] == m["operating_point"]["threshold"]
+    assert cli("export", run, "--int8", "--ptq").exit_code == 0
+    assert read_metadata(run / "model_int8.tflite")["threshold"] == m["threshold"]
+    r = cli("operating-point", run)
+    assert r.exit_code == 2 and "already exported" in r.output

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.conftest import BLOCK_TF, cli
+from tests.conftest import BLOCK_TF, cli, one_line_error as _one_line_error
 
 
 def manifest(run):
@@ -143,15 +143,6 @@ def test_existing_run_is_never_overwritten_silently(cls_run, chain_data):
     r = cli("export", cls_run, "--int8")
     assert r.exit_code == 2 and "already exported" in r.output
     assert (cls_run / "manifest.json").read_bytes() == before
-
-
-def _one_line_error(r, *needles):
-    assert r.exit_code == 2, r.output
-    assert "Traceback" not in r.output
-    lines = [line for line in r.output.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, r.output
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 def test_bad_input_cli_errors(tmp_path, chain_data):

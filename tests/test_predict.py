@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import BLOCK_TF, cli
+from tests.conftest import BLOCK_TF, cli, one_line_error as _one_line_error
 
 IMAGES = "BrEaST-Lesions_USG-images_and_masks"
 
@@ -165,15 +165,6 @@ def _png_with_header_size(src: Path, w: int, h: int) -> bytes:
     b[16:24] = struct.pack(">II", w, h)
     b[29:33] = struct.pack(">I", zlib.crc32(bytes(b[12:29])))
     return bytes(b)
-
-
-def _one_line_error(r, *needles):
-    assert r.exit_code == 2, r.output
-    assert "Traceback" not in r.output
-    lines = [line for line in r.output.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, r.output
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 def test_bad_model_files_are_refused(cart_models, synthetic_breast_dir, tmp_path):

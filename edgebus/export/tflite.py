@@ -139,7 +139,7 @@ def load_run_arrays(run: Run, parts=("train", "test")) -> dict:
         )
     split = json.loads(run.verify_artifact("split.json").read_text())
     by_id = {c.case_id: c for c in ds.lesions()}
-    return load_split_data(by_id, {k: split[k] for k in ("train", "val", "test")}, run.manifest["preprocess"], run.task)
+    return load_split_data(by_id, {k: split[k] for k in parts}, run.manifest["preprocess"], run.task)
 
 
 def write_eval_pack(run: Run, split_ids: list, x: np.ndarray, y: np.ndarray) -> None:

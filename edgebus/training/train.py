@@ -36,11 +36,12 @@ class TrainConfig:
 
 
 def load_split_data(cases_by_id: dict, split: dict, contract: dict, task: str):
-    """Arrays for each split part, in split order. Masks are (N,H,W,1) for segmentation."""
+    """Arrays for each part named in `split` (e.g. train/val/test), in split order. Masks are
+    (N,H,W,1) for segmentation."""
     from edgebus.data.breast import load_arrays
 
     parts = {}
-    for name in ("train", "val", "test"):
+    for name in [n for n in ("train", "val", "test") if n in split]:
         cases = [cases_by_id[i] for i in split[name]]
         x, y, m = load_arrays(cases, contract, with_masks=task == "segment")
         parts[name] = (x, y if task == "classify" else m)
