@@ -39,12 +39,14 @@ def _threads(s: str) -> list[int]:
 
 
 def _train(task: str, data: Path, model: str, out: Optional[Path], size: int, epochs: int, lr: float,
-           batch: int, seed: int, weights: str, keep: str, overwrite: bool, quiet: bool) -> None:
+           batch: int, seed: int, weights: str, keep: str, overwrite: bool, quiet: bool,
+           crop_margin: Optional[float] = None, segmenter: Optional[Path] = None) -> None:
     from edgebus.training import TrainConfig, train
 
     out = out or Path("runs") / f"{model}-{size}"
     cfg = TrainConfig(data=str(data), model=model, out=str(out), task=task, size=size, epochs=epochs, lr=lr,
-                      batch=batch, seed=seed, weights=weights, keep=keep, overwrite=overwrite)
+                      batch=batch, seed=seed, weights=weights, keep=keep, overwrite=overwrite, crop_margin=crop_margin,
+                      segmenter=None if segmenter is None else str(segmenter))
     run = train(cfg, progress=not quiet)
     t = run.manifest["metrics"]["keras"]["test"]
     head = (f"test accuracy {t['accuracy']:.3f}, malignant recall {t['malignant_recall']:.3f}, AUC {t['auc'] or 0:.3f}"
@@ -72,9 +74,13 @@ _opts = dict(
 def train_classify(data: Path = _opts["data"], model: str = typer.Option("mobilenetv2", help="mobilenetv2, resnet50, test-cnn"),
                    out: Optional[Path] = _opts["out"], size: int = _opts["size"], epochs: int = _opts["epochs"],
                    lr: float = _opts["lr"], batch: int = _opts["batch"], seed: int = _opts["seed"],
-                   weights: str = _opts["weights"], keep: str = _opts["keep"], overwrite: bool = _opts["overwrite"], quiet: bool = _opts["quiet"]):
-    """Benign vs malignant classifier."""
-    _train("classify", data, model, out, size, epochs, lr, batch, seed, weights, keep, overwrite, quiet)
+                   weights: str = _opts["weights"], keep: str = _opts["keep"], overwrite: bool = _opts["overwrite"], quiet: bool = _opts["quiet"],
+                   crop_margin: Optional[float] = typer.Option(None, help="segmentation-guided: classify a square crop around "
+                                                               "the lesion, this fraction of its size added on each side (e.g. 0.5)"),
+                   segmenter: Optional[Path] = typer.Option(None, help="segment run (same split) whose predicted lesion boxes "
+                                                            "cut the val/test crops; without it they use the true masks (oracle)")):
+    """Benign vs malignant classifier (whole frame, or a crop around the lesion with --crop-margin)."""
+    _train("classify", data, model, out, size, epochs, lr, batch, seed, weights, keep, overwrite, quiet, crop_margin, segmenter)
 
 
 @train_app.command("segment")
@@ -504,10 +510,15 @@ def cv_classify(data: Optional[Path] = _gopts["data"], model: Optional[str] = ty
                 size: Optional[int] = _gopts["size"], batch: Optional[int] = typer.Option(None, help="batch size (default 16)"),
                 seed: Optional[int] = _gopts["seed"], weights: Optional[str] = _gopts["weights"], keep: Optional[str] = _copts["keep"],
                 out: Optional[Path] = _copts["out"], recipe: Optional[Path] = _gopts["recipe"], quiet: bool = _gopts["quiet"],
-                int8: bool = _copts["int8"]):
+                int8: bool = _copts["int8"],
+                crop_margin: Optional[float] = typer.Option(None, help="segmentation-guided: classify a square crop around "
+                                                            "the lesion, this fraction of its size added on each side (e.g. 0.5)"),
+                boxes_from: Optional[Path] = typer.Option(None, help="a segment CV folder (same folds) whose predicted lesion "
+                                                          "boxes cut the val/test crops; without it they use the true masks (oracle)")):
     """k-fold CV of a classifier: accuracy, malignant recall, AUC as mean +- std and bootstrap CI."""
     _cv("classify", recipe, quiet, data=data, model=model, folds=folds, lr=lr, epochs=epochs, size=size, batch=batch,
-        seed=seed, weights=weights, keep=keep, out=out, int8=int8 or None)
+        seed=seed, weights=weights, keep=keep, out=out, int8=int8 or None, crop_margin=crop_margin,
+        boxes_from=None if boxes_from is None else str(boxes_from))
 
 
 @cv_app.command("segment")
@@ -529,13 +540,15 @@ def cv_segment(data: Optional[Path] = _gopts["data"], model: Optional[str] = typ
 def evaluate(run: Path = typer.Argument(..., help="a run directory"),
              data: Path = typer.Option(..., "--data", help="the data set to score on (not trained on)"),
              format: str = typer.Option("busi", "--format", help="busi or breast"),
-             model_file: Optional[str] = typer.Option(None, help="an exported .tflite of the run instead of the Keras model")):
+             model_file: Optional[str] = typer.Option(None, help="an exported .tflite of the run instead of the Keras model"),
+             segmenter: Optional[Path] = typer.Option(None, help="for a lesion-crop classifier: a segment run or .tflite "
+                                                      "that finds the lesions")):
     """External validation: score a trained or exported model on another data set."""
     from edgebus.metrics import headline
     from edgebus.rundir import Run
     from edgebus.training.evaluate import evaluate_external
 
-    res = evaluate_external(run, data, format, model_file, log=typer.echo)
+    res = evaluate_external(run, data, format, model_file, None if segmenter is None else str(segmenter), log=typer.echo)
     h = headline(Run.load(run).task, res["metrics"])
     typer.echo(", ".join(f"{k} {v:.3f}" for k, v in h.items() if v is not None) + f" (n={res['metrics']['n']})")
 

@@ -184,27 +184,45 @@ def fingerprint(ds: Dataset) -> str:
     return h.hexdigest()
 
 
-def load_arrays(cases, contract: dict, with_masks: bool = False) -> tuple:
+def case_mask(case: Case) -> np.ndarray:
+    """A case's tumor mask at frame size, uint8 {0, 1}, extra masks OR-merged."""
+    m = load_mask(case.mask)
+    for extra in case.extra_masks:
+        e = load_mask(extra)
+        if e.shape != m.shape:
+            raise EdgebusError(f"{extra}: mask size {e.shape[::-1]} differs from {case.mask.name}'s {m.shape[::-1]}; fix or remove it")
+        m |= e
+    return m
+
+
+def load_arrays(cases, contract: dict, with_masks: bool = False, boxes: dict | None = None) -> tuple:
     """(x, y, masks) for a list of Cases at the contract's size.
 
     x: float32 (N, H, W, C) in [0, 1]; y: int64 (N,), -1 for a case without a benign/malignant
     label; masks: uint8 (N, H, W, 1) in {0, 1} (all zero for a case without a tumor mask) when
-    with_masks, else None.
+    with_masks, else None. A crop contract cuts each frame around boxes[case_id] (a segmenter's
+    lesion_box, None when it found nothing) or, for a case not in `boxes`, around its own mask.
     """
+    from edgebus.data.preprocess import lesion_box
+
     cases = list(cases)
     h, w = contract["size"]
     c = contract["channels"]
+    crop = "crop" in contract
+    boxes = boxes or {}
     x = np.empty((len(cases), h, w, c), dtype=np.float32)
     y = np.array([-1 if k.label is None else k.label for k in cases], dtype=np.int64)
     masks = np.zeros((len(cases), h, w, 1), dtype=np.uint8) if with_masks else None
     for i, k in enumerate(cases):
-        x[i] = to_model_input(load_gray(k.image), contract)
-        if with_masks and k.mask is not None:
-            m = load_mask(k.mask)
-            for extra in k.extra_masks:
-                e = load_mask(extra)
-                if e.shape != m.shape:
-                    raise EdgebusError(f"{extra}: mask size {e.shape[::-1]} differs from {k.mask.name}'s {m.shape[::-1]}; fix or remove it")
-                m |= e
+        need_mask = k.mask is not None and (with_masks or (crop and k.case_id not in boxes))
+        m = case_mask(k) if need_mask else None
+        box = None
+        if crop:
+            if k.case_id in boxes:
+                box = boxes[k.case_id]
+            elif m is not None:
+                box = lesion_box(m)
+        x[i] = to_model_input(load_gray(k.image), contract, box)
+        if with_masks and m is not None:
             masks[i, ..., 0] = resize_mask(m, (h, w))
     return x, y, masks

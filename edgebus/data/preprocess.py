@@ -4,6 +4,12 @@ An ultrasound frame becomes: alpha composited over black -> 8-bit grayscale -> b
 (H, W) -> gray replicated to C channels -> float32 in [0, 1]. Models normalise further inside their
 own graph, so an int8 model's uint8 input is simply the resized pixel value (scale 1/255, zero 0).
 The parameters are written into every manifest and exported model as the "preprocessing contract".
+
+A lesion-crop classifier (segmentation-guided classification) has a contract with a `crop` entry
+(version 2): before the resize, the frame is cut to a square around the lesion's box (from the ground
+truth mask in training, from the segmenter's mask on the cart), with a margin so the lesion's border
+and what lies below it (posterior shadowing) stay in view. An edgebus that knows only version 1
+refuses such a model instead of feeding it whole frames.
 """
 
 from __future__ import annotations
@@ -15,12 +21,15 @@ from PIL import Image, UnidentifiedImageError
 
 from edgebus.errors import EdgebusError
 
-PREPROCESS_VERSION = 1
+PREPROCESS_VERSION = 1  # whole frame
+CROP_VERSION = 2  # lesion crop (contract has "crop")
+SUPPORTED_VERSIONS = (PREPROCESS_VERSION, CROP_VERSION)
+BOX_GRID = 128  # masks are reduced to at most this many pixels a side to find their largest region
 
 
-def preprocess_contract(size: int | tuple[int, int], channels: int = 3) -> dict:
+def preprocess_contract(size: int | tuple[int, int], channels: int = 3, crop_margin: float | None = None) -> dict:
     h, w = (size, size) if isinstance(size, int) else size
-    return {
+    contract = {
         "version": PREPROCESS_VERSION,
         "size": [int(h), int(w)],
         "channels": int(channels),
@@ -30,6 +39,19 @@ def preprocess_contract(size: int | tuple[int, int], channels: int = 3) -> dict:
         "range": [0.0, 1.0],
         "layout": "NHWC",
     }
+    if crop_margin is not None:
+        if not (0 <= crop_margin <= 2):
+            raise EdgebusError(f"crop margin {crop_margin}: give a fraction of the lesion's size between 0 and 2")
+        contract["version"] = CROP_VERSION
+        contract["crop"] = {
+            "kind": "lesion-square",
+            "margin": float(crop_margin),
+            "box": "largest 8-connected region of the lesion mask (the segmenter's, prob >= its threshold, on the cart)",
+            "side": "max(box width, box height) * (1 + 2 * margin) frame pixels, at least 10% of the shorter frame side",
+            "outside": "black",
+            "no_lesion": "the whole frame, centred in a black square",
+        }
+    return contract
 
 
 def _open(path: str | Path) -> Image.Image:
@@ -79,12 +101,85 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return (np.asarray(m) > 127).astype(np.uint8)
 
 
-def to_uint8_input(gray: np.ndarray, contract: dict) -> np.ndarray:
-    """HxW uint8 grayscale -> HxWxC uint8 at the contract's size (what a uint8 int8-model takes)."""
+def to_uint8_input(gray: np.ndarray, contract: dict, box: list[float] | None = None) -> np.ndarray:
+    """HxW uint8 grayscale -> HxWxC uint8 at the contract's size (what a uint8 int8-model takes).
+    A crop contract cuts the square around `box` (lesion_box of the lesion mask) first."""
+    if "crop" in contract:
+        gray = crop_to_box(gray, box, contract["crop"]["margin"])
     g = resize_gray(gray, tuple(contract["size"]))
     return np.repeat(g[..., None], contract["channels"], axis=-1)
 
 
-def to_model_input(gray: np.ndarray, contract: dict) -> np.ndarray:
+def to_model_input(gray: np.ndarray, contract: dict, box: list[float] | None = None) -> np.ndarray:
     """HxW uint8 grayscale -> HxWxC float32 in [0, 1] (what float models take)."""
-    return to_uint8_input(gray, contract).astype(np.float32) / 255.0
+    return to_uint8_input(gray, contract, box).astype(np.float32) / 255.0
+
+
+def _largest_region(mask: np.ndarray) -> np.ndarray | None:
+    """(rows, cols) of the largest 8-connected True region of a small 2-D bool array, or None."""
+    fg = set(zip(*np.nonzero(mask)))
+    best: list = []
+    while fg:
+        seed = fg.pop()
+        region, todo = [seed], [seed]
+        while todo:
+            r, c = todo.pop()
+            for dr in (-1, 0, 1):
+                for dc in (-1, 0, 1):
+                    n = (r + dr, c + dc)
+                    if n in fg:
+                        fg.remove(n)
+                        region.append(n)
+                        todo.append(n)
+        if len(region) > len(best):
+            best = region
+    return np.asarray(best).T if best else None
+
+
+def lesion_box(mask: np.ndarray) -> list[float] | None:
+    """[x0, y0, x1, y1] as fractions of the frame (exclusive ends) of the largest connected region
+    of a 2-D mask (nonzero = lesion), or None when it is empty. Stray specks of a predicted mask do
+    not stretch the box. Large masks are reduced (nearest) to BOX_GRID pixels a side first, so the box
+    is exact to 1/BOX_GRID of the frame."""
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        m = m.reshape(m.shape[0], m.shape[1])
+    h, w = m.shape
+    m = m > 0
+    if max(h, w) > BOX_GRID:
+        rows = (np.arange(min(h, BOX_GRID)) + 0.5) * h / min(h, BOX_GRID)
+        cols = (np.arange(min(w, BOX_GRID)) + 0.5) * w / min(w, BOX_GRID)
+        m = m[rows.astype(int)][:, cols.astype(int)]
+    region = _largest_region(m)
+    if region is None:
+        return None
+    gh, gw = m.shape
+    r, c = region
+    return [float(c.min()) / gw, float(r.min()) / gh, float(c.max() + 1) / gw, float(r.max() + 1) / gh]
+
+
+def crop_square_px(shape: tuple[int, int], box: list[float] | None, margin: float) -> list[int]:
+    """[x0, y0, x1, y1] in frame pixels (exclusive ends; may reach outside the frame) of the square
+    the crop contract cuts from an HxW frame around `box` (None: the whole frame, centred)."""
+    h, w = shape
+    if box is None:
+        cx, cy, side = w / 2, h / 2, max(h, w)
+    else:
+        x0, y0, x1, y1 = box[0] * w, box[1] * h, box[2] * w, box[3] * h
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        side = max(max(x1 - x0, y1 - y0) * (1 + 2 * margin), 0.1 * min(h, w))
+    s = max(1, int(round(side)))
+    xa, ya = int(round(cx - s / 2)), int(round(cy - s / 2))
+    return [xa, ya, xa + s, ya + s]
+
+
+def crop_to_box(gray: np.ndarray, box: list[float] | None, margin: float) -> np.ndarray:
+    """The square cut of an HxW frame the crop contract describes (black outside the frame)."""
+    h, w = gray.shape
+    xa, ya, xe, _ = crop_square_px(gray.shape, box, margin)
+    s = xe - xa
+    out = np.zeros((s, s), dtype=np.uint8)
+    sx0, sy0, sx1, sy1 = max(xa, 0), max(ya, 0), min(xa + s, w), min(ya + s, h)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0 - ya:sy1 - ya, sx0 - xa:sx1 - xa] = gray[sy0:sy1, sx0:sx1]
+    return out

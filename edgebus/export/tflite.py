@@ -139,7 +139,15 @@ def load_run_arrays(run: Run, parts=("train", "test")) -> dict:
         )
     split = json.loads(run.verify_artifact("split.json").read_text())
     by_id = {c.case_id: c for c in ds.lesions()}
-    return load_split_data(by_id, {k: split[k] for k in parts}, run.manifest["preprocess"], run.task)
+    return load_split_data(by_id, {k: split[k] for k in parts}, run.manifest["preprocess"], run.task, run_boxes(run))
+
+
+def run_boxes(run: Run) -> dict | None:
+    """A lesion-crop run's val/test boxes (boxes.json; the train part uses the true masks)."""
+    if "crop" not in run.manifest.get("preprocess", {}):
+        return None
+    raw = json.loads(run.verify_artifact("boxes.json").read_text())["boxes"]
+    return {int(k): v for k, v in raw.items()}
 
 
 def write_eval_pack(run: Run, split_ids: list, x: np.ndarray, y: np.ndarray) -> None:

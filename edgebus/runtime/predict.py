@@ -32,7 +32,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from edgebus.data.breast import IMAGES_DIR, SHEET_GLOB
-from edgebus.data.preprocess import PREPROCESS_VERSION, _to_gray, load_gray, to_model_input
+from edgebus.data.preprocess import (PREPROCESS_VERSION, SUPPORTED_VERSIONS, _to_gray, crop_square_px, lesion_box,
+                                     load_gray, to_model_input)
 from edgebus.errors import EdgebusError
 from edgebus.rundir import MANIFEST, atomic_write, sha256_file, write_json
 from edgebus.runtime.interpreter import TFLiteModel
@@ -46,7 +47,7 @@ BUNDLE_JSON = "bundle.json"
 ROLE = {"classify": "classifier", "segment": "segmenter"}
 LATENCY_KEYS = ("load", "classify", "segment", "total")
 RESULT_FIELDS = ("file", "width", "height", "prob_malignant", "label", "threshold", "mask_threshold", "mask",
-                 "mask_area_px", "pixel_size_mm", "mask_area_mm2", "bbox", "latency_ms", "error")
+                 "mask_area_px", "pixel_size_mm", "mask_area_mm2", "bbox", "crop", "latency_ms", "error")
 CSV_FIELDS = ("file", "width", "height", "prob_malignant", "label", "threshold", "mask_threshold", "mask_area_px",
               "pixel_size_mm", "mask_area_mm2", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1",
               *(f"latency_{k}_ms" for k in LATENCY_KEYS), "overlay", "mask_file", "error")
@@ -190,9 +191,9 @@ class TaskModel:
         except (KeyError, TypeError, ValueError):
             raise EdgebusError(f"{path}: metadata has no valid preprocess contract (size, channels); "
                                "re-export it with 'edgebus export'") from None
-        if pre.get("version", PREPROCESS_VERSION) != PREPROCESS_VERSION:
+        if pre.get("version", PREPROCESS_VERSION) not in SUPPORTED_VERSIONS:
             raise EdgebusError(f"{path}: made for preprocess version {pre.get('version')}, this edgebus implements "
-                               f"version {PREPROCESS_VERSION}; use the matching edgebus or re-export")
+                               f"versions {', '.join(map(str, SUPPORTED_VERSIONS))}; use the matching edgebus or re-export")
         model = TFLiteModel(path, num_threads=num_threads, xnnpack=xnnpack)
         shape = model.input_shape
         if shape != (1, h, w, c):
@@ -309,6 +310,9 @@ class LesionPipeline:
             raise EdgebusError("pass a classifier and/or a segmenter model (or a bundle folder)")
         self.classifier = TaskModel(classifier, "classify", num_threads, xnnpack) if classifier is not None else None
         self.segmenter = TaskModel(segmenter, "segment", num_threads, xnnpack) if segmenter is not None else None
+        if self.classifier is not None and "crop" in self.classifier.contract and self.segmenter is None:
+            raise EdgebusError(f"{self.classifier.path}: classifies a crop around the lesion (segmentation-guided, per "
+                               "its metadata); give a segmenter too (--segmenter, or a bundle with both)")
         self.max_pixels = int(max_pixels)
 
     @classmethod
@@ -361,15 +365,8 @@ class LesionPipeline:
                 inputs[key] = to_model_input(gray, m.contract)
             return inputs[key]
 
-        if self.classifier is not None:
-            c = self.classifier
-            ta = time.perf_counter()
-            p = float(np.clip(c.run(model_input(c)).reshape(-1)[0], 0.0, 1.0))
-            res["prob_malignant"] = round(p, 6)
-            res["threshold"] = c.threshold
-            res["label"] = c.labels[1] if p >= c.threshold else c.labels[0]
-            lat["classify"] = _ms(ta, time.perf_counter())
-        if self.segmenter is not None:
+        box = None
+        if self.segmenter is not None:  # first: a lesion-crop classifier needs its box
             s = self.segmenter
             ta = time.perf_counter()
             prob = s.run(model_input(s)).reshape(s.size).astype(np.float32)
@@ -385,6 +382,20 @@ class LesionPipeline:
             if area:
                 ys, xs = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
                 res["bbox"] = [int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1]
+            box = lesion_box(prob >= s.threshold)  # on the model's map, as in training (edgebus.training.crops)
+        if self.classifier is not None:
+            c = self.classifier
+            ta = time.perf_counter()
+            if "crop" in c.contract:
+                x = to_model_input(gray, c.contract, box)
+                res["crop"] = crop_square_px(gray.shape, box, c.contract["crop"]["margin"])
+            else:
+                x = model_input(c)
+            p = float(np.clip(c.run(x).reshape(-1)[0], 0.0, 1.0))
+            res["prob_malignant"] = round(p, 6)
+            res["threshold"] = c.threshold
+            res["label"] = c.labels[1] if p >= c.threshold else c.labels[0]
+            lat["classify"] = _ms(ta, time.perf_counter())
         lat["total"] = _ms(t0, time.perf_counter())
         res["latency_ms"] = lat
         return res, gray

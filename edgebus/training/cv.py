@@ -307,10 +307,12 @@ class CVConfig:
     n_boot: int = 2000
     recipe: dict | None = None
     int8: bool = False  # also convert each fold's model to full-int8 TFLite and score it on the fold's test part
+    crop_margin: float | None = None  # lesion-crop classifier (segmentation-guided): train on mask crops
+    boxes_from: str | None = None  # a segment CV directory (same folds) whose predicted boxes cut val/test
 
 
 _CV_IDENTITY = ("task", "model", "folds", "size", "epochs", "lr", "batch", "seed", "weights", "model_kwargs",
-                "val_fraction", "augment", "keep", "threshold", "int8")
+                "val_fraction", "augment", "keep", "threshold", "int8", "crop_margin")
 
 _EXIT_ENV = "EDGEBUS_EXIT_AFTER_UNITS"  # tests: os._exit after this many units are written
 
@@ -339,21 +341,27 @@ def open_results_dir(out: Path, task: str, kind: str, identity: dict, what: str)
     return run, True
 
 
-def _fold_record(task, f, fold, data, probs, metrics, kept_epoch, wall):
+def _fold_record(task, f, fold, data, probs, metrics, kept_epoch, wall, threshold=0.5):
     rec = {"fold": f, "kept_epoch": kept_epoch, "wall_s": round(wall, 1), "val": metrics["val"],
            "test": metrics["test"], "test_ids": fold["test"], "finished": now()}
     if task == "classify":
-        rec["test_prob"] = [round(float(v), 6) for v in np.asarray(probs).ravel()]
+        rec["test_prob"] = [round(float(v), 6) for v in np.asarray(probs["test"]).ravel()]
         rec["test_label"] = [int(v) for v in data["test"][1]]
     else:
         rec["test_iou"] = metrics["test"]["iou_per_image"]
         rec["test_dice"] = [round(v, 4) for v in dice_from_iou(metrics["test"]["iou_per_image"])]
+        # the lesion boxes a crop classifier's cross-validation cuts its val/test frames with
+        rec["val_ids"] = fold["val"]
+        from edgebus.training.crops import predicted_boxes
+
+        rec["boxes"] = {part: predicted_boxes(probs[part], threshold) for part in ("val", "test")}
     return rec
 
 
-def _int8_fold(model, task, data, threshold, seed) -> dict:
+def _int8_fold(model, task, data, threshold, seed, test_x=None) -> dict:
     """Full-integer PTQ of a fold's model (calibrated on its own training part), scored on its
-    test part with the interpreter, as the cart would run it."""
+    test part with the interpreter, as the cart would run it (test_x: other test inputs, e.g. cut
+    with the int8 segmenter's boxes)."""
     import tempfile
 
     from edgebus.export.tflite import convert, float_tensors
@@ -368,20 +376,28 @@ def _int8_fold(model, task, data, threshold, seed) -> dict:
         m = TFLiteModel(path)
         if float_tensors(m):
             raise EdgebusError(f"{path.name}: int8 conversion left float tensors; cannot score an int8 fold")
-        prob = m.predict(data["test"][0])
+        prob = m.predict(data["test"][0] if test_x is None else test_x)
     x, y = data["test"]
     rec = {"test_int8": task_metrics(task, y, prob, threshold)}
     if task == "classify":
         rec["test_prob_int8"] = [round(float(v), 6) for v in np.asarray(prob).ravel()]
     else:
         rec["test_iou_int8"] = rec["test_int8"]["iou_per_image"]
+        from edgebus.training.crops import predicted_boxes
+
+        rec["boxes_int8"] = {"test": predicted_boxes(prob, threshold)}
     return rec
 
 
 def run_cv(cfg: CVConfig, progress: bool = False, log=print) -> dict:
     """k-fold cross-validation with fixed hyper-parameters; resumable (folds.jsonl); writes
-    summary.json, report.md and (classification) the pooled confusion matrix PNG."""
+    summary.json, report.md and (classification) the pooled confusion matrix PNG.
+
+    A lesion-crop classifier (crop_margin) trains on crops around the true masks; its val and test
+    crops are cut with the boxes a segmenter predicted in the same fold (boxes_from, honest: what
+    the cart does) or, without boxes_from, around the true masks (an oracle, reported as such)."""
     from edgebus.data.breast import fingerprint
+    from edgebus.metrics import task_metrics
     from edgebus.data.preprocess import preprocess_contract
     from edgebus.models.registry import model_task
     from edgebus.rundir import write_json
@@ -402,9 +418,18 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print) -> dict:
     for f, fold in enumerate(folds):
         check_split(fold, hashes, f"fold {f + 1} of {cfg.folds}")
     fp = fingerprint(ds)
-    contract = preprocess_contract(cfg.size, 3)
+    contract = preprocess_contract(cfg.size, 3, cfg.crop_margin)
     identity = {k: getattr(cfg, k) for k in _CV_IDENTITY}
     identity.update(task=task, data_fingerprint=fp)
+    seg_boxes = None
+    if cfg.boxes_from is not None:
+        if cfg.crop_margin is None or task != "classify":
+            raise EdgebusError("--boxes-from serves a lesion-crop classifier: give --crop-margin too")
+        from edgebus.training.crops import segmenter_cv_boxes
+
+        seg_boxes, identity["boxes_sha256"] = segmenter_cv_boxes(cfg.boxes_from, folds, fp)
+    elif cfg.crop_margin is not None and task != "classify":
+        raise EdgebusError("--crop-margin is for classifiers")
     out = Path(cfg.out or Path("runs") / f"cv-{cfg.model}-{cfg.size}")
 
     from edgebus.compat import keras, set_seed
@@ -425,6 +450,7 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print) -> dict:
             "preprocess": contract,
             "threshold": cfg.threshold,
             "cv": {"identity": identity, "results": "folds.jsonl", "recipe": cfg.recipe,
+                   "boxes_from": cfg.boxes_from,
                    "content_check": content_summary(hashes, groups, label_of)},
         })
         run.save()
@@ -444,7 +470,8 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print) -> dict:
             keras.backend.clear_session()
             set_seed(cfg.seed)
             model = build_compiled(cfg.model, cfg.size, cfg.weights, cfg.model_kwargs, task)
-        data = load_split_data(by_id, fold, contract, task)
+        boxes = None if seg_boxes is None else {**seg_boxes[f]["val"], **seg_boxes[f]["test"]}
+        data = load_split_data(by_id, fold, contract, task, boxes)
         keep = _KeepBest(task)
         t0 = time.time()
         fit_arrays(model, task, cfg.lr, data, cfg.epochs, cfg.batch, cfg.seed, cfg.augment, [keep], progress)
@@ -452,13 +479,24 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print) -> dict:
         if cfg.keep == "best" and keep.weights is not None:
             model.set_weights(keep.weights)
             kept = keep.epoch
-        from edgebus.metrics import task_metrics
-
         probs = {k: predict(model, data[k][0], cfg.batch) for k in ("val", "test")}
         metrics = {k: task_metrics(task, data[k][1], probs[k], cfg.threshold) for k in probs}
-        rec = _fold_record(task, f, fold, data, probs["test"], metrics, kept, time.time() - t0)
+        rec = _fold_record(task, f, fold, data, probs, metrics, kept, time.time() - t0, cfg.threshold)
+        test_x8 = None
+        if seg_boxes is not None:
+            from edgebus.data.breast import load_arrays
+
+            test_cases = [by_id[i] for i in fold["test"]]
+            rec["crop_fallbacks"] = {k: sum(v is None for v in seg_boxes[f][k].values()) for k in seg_boxes[f]}
+            # what segmentation errors cost: the same model on crops cut around the true masks
+            x_gt = load_arrays(test_cases, contract)[0]
+            p_gt = predict(model, x_gt, cfg.batch)
+            rec["test_oracle"] = task_metrics(task, data["test"][1], p_gt, cfg.threshold)
+            rec["test_prob_oracle"] = [round(float(v), 6) for v in np.asarray(p_gt).ravel()]
+            if cfg.int8 and "test_int8" in seg_boxes[f]:
+                test_x8 = load_arrays(test_cases, contract, boxes=seg_boxes[f]["test_int8"])[0]
         if cfg.int8:
-            rec.update(_int8_fold(model, task, data, cfg.threshold, cfg.seed))
+            rec.update(_int8_fold(model, task, data, cfg.threshold, cfg.seed, test_x8))
             log(f"fold {f + 1}/{cfg.folds}: int8 test {_headline_text(task, rec['test_int8'])}")
         append_jsonl(results, rec)
         model = None
@@ -518,6 +556,12 @@ def summarize_cv(out: str | Path, n_boot: int = 2000) -> dict:
             summary["pooled_int8"] = classification_metrics(y, q, ident["threshold"])
             summary["bootstrap_int8"] = bootstrap_classification(y, q, ident["threshold"], n_boot, ident["seed"])
             summary["int8_label_agreement"] = float(((p >= ident["threshold"]) == (q >= ident["threshold"])).mean())
+        if all("test_prob_oracle" in r for r in recs):
+            o = np.concatenate([r["test_prob_oracle"] for r in recs])
+            summary["bootstrap_oracle"] = bootstrap_classification(y, o, ident["threshold"], n_boot, ident["seed"])
+        if all("crop_fallbacks" in r for r in recs):
+            summary["crop_fallbacks"] = {k: sum(r["crop_fallbacks"].get(k, 0) for r in recs)
+                                         for k in recs[0]["crop_fallbacks"]}
         from edgebus.training.figures import confusion_matrix_plot
 
         confusion_matrix_plot(pooled["confusion_matrix"], out / "confusion_matrix.png",
@@ -543,8 +587,11 @@ def cv_markdown(summary: dict, recs: list, manifest: dict) -> str:
     ident = manifest["cv"]["identity"]
     cc = manifest["cv"]["content_check"]
     keys = CLASSIFY_KEYS if task == "classify" else SEGMENT_KEYS
+    crop = ident.get("crop_margin")
+    boxes_from = manifest["cv"].get("boxes_from")
     lines = [
-        f"# {k}-fold cross-validation: {ident['model']} at {ident['size']} px",
+        f"# {k}-fold cross-validation: {ident['model']} at {ident['size']} px"
+        + (f", lesion-crop classifier (margin {crop:g})" if crop is not None else ""),
         "",
         f"Adam lr {ident['lr']:g}, {ident['epochs']} epochs, batch {ident['batch']}, seed {ident['seed']}, "
         f"weights {ident['weights']}, kept weights: {ident['keep']} (by each fold's own validation part). "
@@ -558,6 +605,15 @@ def cv_markdown(summary: dict, recs: list, manifest: dict) -> str:
         "| metric | mean +- std over folds | pooled out-of-fold [95% bootstrap CI] | per fold |",
         "|---|---|---|---|",
     ]
+    if crop is not None:
+        lines[4:4] = [
+            "Segmentation-guided: every frame is cut to a square around the lesion (side = (1 + 2 x margin) x the "
+            "box's longer side) before the resize. Training crops use the true masks; "
+            + (f"val and test crops use the boxes a segmenter predicted in the same fold, never having seen those "
+               f"images (`{boxes_from}`; the int8 rows use the int8 segmenter's boxes), as on the cart."
+               if boxes_from else "val and test crops ALSO use the true masks: an oracle upper bound, not a cart result."),
+            "",
+        ]
     for key in keys:
         ms = summary["mean_std"][key]
         b = summary["bootstrap"][key]
@@ -572,6 +628,14 @@ def cv_markdown(summary: dict, recs: list, manifest: dict) -> str:
                   if key in summary["bootstrap_int8"]]
         if "int8_label_agreement" in summary:
             lines.append(f"\nint8 vs float label agreement (pooled): {summary['int8_label_agreement']:.3f}")
+    if "bootstrap_oracle" in summary:
+        lines += ["", "The same float models on crops around the TRUE masks (what segmentation errors cost):", "",
+                  "| metric | pooled out-of-fold, true-mask crops [95% bootstrap CI] |", "|---|---|"]
+        lines += [f"| {key} | {interval_text(summary['bootstrap_oracle'][key])} |" for key in keys]
+    if "crop_fallbacks" in summary:
+        fb = summary["crop_fallbacks"]
+        lines.append("\nFrames where the segmenter found no lesion (classified whole, padded to a square): "
+                     + ", ".join(f"{k} {v}" for k, v in fb.items()))
     meta = summary["bootstrap"]["_meta"]
     lines += ["", f"Bootstrap: {meta['method']}, {meta['resamples']} resamples, seed {meta['seed']}, n={meta['n']}. "
               "An interval shown without brackets was undefined in the resamples (e.g. no case predicted malignant)."]

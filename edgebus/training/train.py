@@ -33,17 +33,20 @@ class TrainConfig:
     keep: str = "best"  # "best": the epoch with the best validation accuracy (IoU); "last": final epoch
     threshold: float = 0.5
     overwrite: bool = False
+    crop_margin: float | None = None  # lesion-crop classifier: cut a square around the lesion first
+    segmenter: str | None = None  # segment run (same split) whose predicted boxes cut the val/test crops
 
 
-def load_split_data(cases_by_id: dict, split: dict, contract: dict, task: str):
+def load_split_data(cases_by_id: dict, split: dict, contract: dict, task: str, boxes: dict | None = None):
     """Arrays for each part named in `split` (e.g. train/val/test), in split order. Masks are
-    (N,H,W,1) for segmentation."""
+    (N,H,W,1) for segmentation. A crop contract cuts around boxes[case_id] where given, else
+    around the case's true mask (see load_arrays)."""
     from edgebus.data.breast import load_arrays
 
     parts = {}
     for name in [n for n in ("train", "val", "test") if n in split]:
         cases = [cases_by_id[i] for i in split[name]]
-        x, y, m = load_arrays(cases, contract, with_masks=task == "segment")
+        x, y, m = load_arrays(cases, contract, with_masks=task == "segment", boxes=boxes)
         parts[name] = (x, y if task == "classify" else m)
     return parts
 
@@ -359,7 +362,19 @@ def train(cfg: TrainConfig, progress: bool = True) -> Run:
     ds, cases = read_lesions(cfg.data)
     by_id = {c.case_id: c for c in cases}
     split = stratified_split([c.case_id for c in cases], [c.label for c in cases], cfg.split_fractions, cfg.seed)
-    contract = preprocess_contract(cfg.size, 3)
+    contract = preprocess_contract(cfg.size, 3, cfg.crop_margin)
+    if cfg.crop_margin is not None and task != "classify":
+        raise EdgebusError("--crop-margin is for classifiers")
+    if cfg.segmenter is not None and cfg.crop_margin is None:
+        raise EdgebusError("--segmenter cuts lesion crops: give --crop-margin too (e.g. 0.5)")
+    data_fp = fingerprint(ds)
+    boxes, box_source = None, None
+    if cfg.segmenter is not None:
+        from edgebus.training.crops import segmenter_run_boxes
+
+        boxes, box_source = segmenter_run_boxes(cfg.segmenter, by_id, split, data_fp)
+    elif cfg.crop_margin is not None:
+        box_source = {"oracle": "val/test crops cut around the TRUE masks: an upper bound, not what a cart sees"}
 
     # Everything that can fail on bad input (model name, weights path) fails before the run exists.
     from edgebus.compat import keras, set_seed, tf
@@ -367,9 +382,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> Run:
     set_seed(cfg.seed)
     model = build_compiled(cfg.model, cfg.size, cfg.weights, cfg.model_kwargs, task)
     run = Run.create(cfg.out, task, overwrite=cfg.overwrite)
-    write_run_header(run, cfg, task, ds, len(cases), split, contract, fingerprint(ds))
+    write_run_header(run, cfg, task, ds, len(cases), split, contract, data_fp)
+    if cfg.crop_margin is not None:
+        write_json(run.file("boxes.json"), {"source": box_source, "boxes": {str(k): v for k, v in (boxes or {}).items()}})
+        run.add_artifact("boxes.json", "lesion-boxes")
+        run.manifest["crop"] = {"boxes": "boxes.json", "train": "true masks", "val_test": box_source}
+        run.save()
 
-    data = load_split_data(by_id, split, contract, task)
+    data = load_split_data(by_id, split, contract, task, boxes)
     if cfg.keep not in ("best", "last"):
         raise EdgebusError(f"keep='{cfg.keep}': choose best or last")
     keep = _KeepBest(task)
