@@ -139,23 +139,29 @@ def _largest_region(mask: np.ndarray) -> np.ndarray | None:
 def lesion_box(mask: np.ndarray) -> list[float] | None:
     """[x0, y0, x1, y1] as fractions of the frame (exclusive ends) of the largest connected region
     of a 2-D mask (nonzero = lesion), or None when it is empty. Stray specks of a predicted mask do
-    not stretch the box. Large masks are reduced (nearest) to BOX_GRID pixels a side first, so the box
-    is exact to 1/BOX_GRID of the frame."""
-    m = np.asarray(mask)
-    if m.ndim != 2:
-        m = m.reshape(m.shape[0], m.shape[1])
-    h, w = m.shape
-    m = m > 0
-    if max(h, w) > BOX_GRID:
-        rows = (np.arange(min(h, BOX_GRID)) + 0.5) * h / min(h, BOX_GRID)
-        cols = (np.arange(min(w, BOX_GRID)) + 0.5) * w / min(w, BOX_GRID)
-        m = m[rows.astype(int)][:, cols.astype(int)]
-    region = _largest_region(m)
+    not stretch the box. A large mask's regions are found on a copy reduced to BOX_GRID pixels a side;
+    the box is then measured on the full mask, within that region's cells."""
+    full = np.asarray(mask)
+    if full.ndim != 2:
+        full = full.reshape(full.shape[0], full.shape[1])
+    full = full > 0
+    h, w = full.shape
+    gh, gw = min(h, BOX_GRID), min(w, BOX_GRID)
+    rows = ((np.arange(gh) + 0.5) * h / gh).astype(int)
+    cols = ((np.arange(gw) + 0.5) * w / gw).astype(int)
+    region = _largest_region(full[rows][:, cols])
     if region is None:
         return None
-    gh, gw = m.shape
     r, c = region
-    return [float(c.min()) / gw, float(r.min()) / gh, float(c.max() + 1) / gw, float(r.max() + 1) / gh]
+    if (gh, gw) == (h, w):
+        return [float(c.min()) / w, float(r.min()) / h, float(c.max() + 1) / w, float(r.max() + 1) / h]
+    # the region's cells, one cell wider each way, in full-mask pixels
+    ya, yb = int((r.min() - 1) * h / gh), int(np.ceil((r.max() + 2) * h / gh))
+    xa, xb = int((c.min() - 1) * w / gw), int(np.ceil((c.max() + 2) * w / gw))
+    ya, xa, yb, xb = max(ya, 0), max(xa, 0), min(yb, h), min(xb, w)
+    sub = full[ya:yb, xa:xb]
+    ys, xs = np.nonzero(sub.any(axis=1))[0], np.nonzero(sub.any(axis=0))[0]
+    return [float(xa + xs[0]) / w, float(ya + ys[0]) / h, float(xa + xs[-1] + 1) / w, float(ya + ys[-1] + 1) / h]
 
 
 def crop_square_px(shape: tuple[int, int], box: list[float] | None, margin: float) -> list[int]:

@@ -17,6 +17,7 @@ from edgebus.rundir import atomic_write
 
 CONTOUR_RGB = (255, 0, 0)
 BOX_RGB = (255, 255, 0)
+CROP_RGB = (0, 200, 255)  # the square a lesion-crop classifier saw
 TEXT_RGB = {"malignant": (255, 80, 80), "benign": (80, 255, 80)}
 
 
@@ -68,7 +69,8 @@ def caption(result: dict) -> list[str]:
 
 
 def render_overlay(gray: np.ndarray, result: dict, mask: np.ndarray | None = None, box: bool = True) -> Image.Image:
-    """An RGB image of the frame's size: gray frame, red lesion contour, yellow box, label text.
+    """An RGB image of the frame's size: gray frame, red lesion contour, yellow box, the square a
+    lesion-crop classifier classified (cyan), label text.
 
     `result` is a LesionPipeline.predict dict; `mask` defaults to result['mask'] (frame-sized)."""
     gray = np.asarray(gray, dtype=np.uint8)
@@ -86,6 +88,10 @@ def render_overlay(gray: np.ndarray, result: dict, mask: np.ndarray | None = Non
     if box and bbox:
         x0, y0, x1, y1 = bbox
         draw.rectangle([x0 - 1, y0 - 1, x1, y1], outline=BOX_RGB, width=1)  # just outside, the contour stays visible
+    crop = result.get("crop")
+    if box and crop:
+        x0, y0, x1, y1 = crop
+        draw.rectangle([max(x0, 0), max(y0, 0), min(x1, w) - 1, min(y1, h) - 1], outline=CROP_RGB, width=1)
     lines = caption(result)
     if lines:
         font = _font(max(10, round(scale / 30)))
