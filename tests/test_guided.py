@@ -170,3 +170,14 @@ def test_external_validation_of_a_crop_classifier_needs_a_segmenter(crop_run, se
     assert r.exit_code == 0, r.output
     res = json.loads(next(Path(crop_run).glob("external-busi-*-model_int8.json")).read_text())
     assert res["boxes_from"].endswith("model_int8.tflite") and res["metrics"]["n"] == 8
+
+
+def test_crop_run_benchmarks_on_its_predicted_crops(crop_run):
+    from edgebus.benchmarks import bench_run
+
+    m = json.loads((crop_run / "manifest.json").read_text())
+    res = bench_run(crop_run, warmup=1, runs=2, keras=False, log=lambda *a: None)
+    rows = {r["file"]: r for r in res["rows"]}
+    assert all(r["status"] == "ok" for r in rows.values()), rows
+    # the pack holds the same crops the export validated on: the same int8 accuracy
+    assert rows["model_int8.tflite"]["metrics"]["accuracy"] == m["exports"]["int8"]["metrics"]["accuracy"]
