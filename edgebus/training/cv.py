@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgebus.errors import EdgebusError
+from edgebus.training.train import FitConfig
 from edgebus.metrics import CLASS_NAMES, roc_auc
 
 # --- append-only results files ------------------------------------------------------------------
@@ -286,24 +287,13 @@ def interval_text(ci: dict, pct: bool = False) -> str:
 # --- cross-validation ---------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class CVConfig:
-    data: str
-    model: str
-    out: str | None = None
-    task: str | None = None
+@dataclasses.dataclass(kw_only=True)
+class CVConfig(FitConfig):
     folds: int = 5
-    size: int = 128
     epochs: int = 40
     lr: float = 1e-3
-    batch: int = 16
-    seed: int = 0
-    weights: str = "none"
-    model_kwargs: dict = dataclasses.field(default_factory=dict)
     val_fraction: float = 0.1
-    augment: bool = True
     keep: str = "best"  # as train(): the epoch with the best val accuracy (IoU) on the fold's own val part
-    threshold: float = 0.5
     n_boot: int = 2000
     recipe: dict | None = None
     int8: bool = False  # also convert each fold's model to full-int8 TFLite and score it on the fold's test part

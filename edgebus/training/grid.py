@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from edgebus.errors import EdgebusError
+from edgebus.training.train import FitConfig
 from edgebus.training.cv import (CLASSIFY_KEYS, _maybe_exit, append_jsonl, bootstrap_classification, bootstrap_means,
                                  check_split, classification_report_md, content_groups, content_hashes,
                                  content_summary, dice_from_iou, flat_classification, grouped_split, interval_text,
@@ -64,22 +65,11 @@ STUDY_LRS = [1e-6, 1e-5, 1e-4, 1e-3, 5e-3, 1e-2, 5e-2]
 STUDY_EPOCHS = [10, 20, 30, 40, 50]
 
 
-@dataclasses.dataclass
-class GridConfig:
-    data: str
-    model: str
+@dataclasses.dataclass(kw_only=True)
+class GridConfig(FitConfig):
     lrs: list
     epochs: list
-    out: str | None = None
-    task: str | None = None
-    size: int = 128
-    batch: int = 16
-    seed: int = 0
-    weights: str = "none"
-    model_kwargs: dict = dataclasses.field(default_factory=dict)
     split_fractions: tuple = (0.8, 0.1, 0.1)
-    augment: bool = True
-    threshold: float = 0.5
     select: str | None = None  # default: accuracy (classify), iou (segment)
     recipe: dict | None = None  # {"name", "path", "sha256", "reduced", "description"} when run from a recipe
 

@@ -15,23 +15,29 @@ from edgebus.models.registry import model_task
 from edgebus.rundir import Run, write_json
 
 
-@dataclasses.dataclass
-class TrainConfig:
+@dataclasses.dataclass(kw_only=True)
+class FitConfig:
+    """What every training stage (train, grid, cv) shares: the data, the model and how it is fed."""
+
     data: str
     model: str
-    out: str
+    out: str | None = None
     task: str | None = None  # checked against the model's task
     size: int = 128
-    epochs: int = 20
-    lr: float = 1e-3
     batch: int = 16
     seed: int = 0
-    weights: str = "none"
+    weights: str = "none"  # none, imagenet (downloads) or a local weights file
     model_kwargs: dict = dataclasses.field(default_factory=dict)
-    split_fractions: tuple = (0.8, 0.1, 0.1)
     augment: bool = True
-    keep: str = "best"  # "best": the epoch with the best validation accuracy (IoU); "last": final epoch
     threshold: float = 0.5
+
+
+@dataclasses.dataclass(kw_only=True)
+class TrainConfig(FitConfig):
+    epochs: int = 20
+    lr: float = 1e-3
+    split_fractions: tuple = (0.8, 0.1, 0.1)
+    keep: str = "best"  # "best": the epoch with the best validation accuracy (IoU); "last": final epoch
     overwrite: bool = False
     crop_margin: float | None = None  # lesion-crop classifier: cut a square around the lesion first
     segmenter: str | None = None  # segment run (same split) whose predicted boxes cut the val/test crops
@@ -359,6 +365,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Run:
     task = model_task(cfg.model)
     if cfg.task and cfg.task != task:
         raise EdgebusError(f"model '{cfg.model}' is a {task} model; use 'edgebus train {task}'")
+    if not cfg.out:
+        raise EdgebusError("train: no run directory given; pass --out (TrainConfig.out)")
     ds, cases = read_lesions(cfg.data)
     by_id = {c.case_id: c for c in cases}
     split = stratified_split([c.case_id for c in cases], [c.label for c in cases], cfg.split_fractions, cfg.seed)
