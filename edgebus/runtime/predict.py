@@ -9,7 +9,10 @@ imported here, so a cart application can embed it::
     r["prob_malignant"], r["label"], r["mask"], r["mask_area_mm2"], r["bbox"]
 
 Each model is preprocessed with the contract recorded in its own embedded metadata (the shared
-`edgebus.data.preprocess` path) and thresholded at the operating threshold stored there.
+`edgebus.data.preprocess` path) and thresholded at the operating threshold stored there. A
+lesion-crop classifier (segmentation-guided; its contract has a `crop`) needs the segmenter: the
+frame is segmented first, and the classifier sees the square around the largest predicted region
+(`r["crop"]`, frame pixels), or the whole frame padded square when no lesion is found.
 
 The mask is returned at the ORIGINAL frame size: the model's lesion-probability map is resized
 back with bilinear interpolation, then thresholded (smoother outlines than resizing a binary
