@@ -49,7 +49,7 @@ def _frames(data: Path, n: int) -> list[Path]:
 
 
 DOCUMENTED = {"file", "width", "height", "prob_malignant", "label", "threshold", "mask_threshold", "mask",
-              "mask_area_px", "pixel_size_mm", "mask_area_mm2", "bbox", "latency_ms", "error"}
+              "mask_area_px", "pixel_size_mm", "mask_area_mm2", "bbox", "crop", "latency_ms", "error"}
 
 
 def test_pipeline_predicts_documented_fields(cart_models, synthetic_breast_dir):
@@ -61,6 +61,7 @@ def test_pipeline_predicts_documented_fields(cart_models, synthetic_breast_dir):
     r = pipe.predict(frame, pixel_size_mm=0.1)
     assert set(r) == DOCUMENTED
     assert r["error"] is None and r["file"] == str(frame)
+    assert r["crop"] is None  # a whole-frame classifier (lesion-crop ones: tests/test_guided.py)
     assert (r["width"], r["height"]) == (w, h)
     assert 0.0 <= r["prob_malignant"] <= 1.0
     assert r["label"] == ("malignant" if r["prob_malignant"] >= r["threshold"] else "benign")
