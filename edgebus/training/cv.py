@@ -534,7 +534,8 @@ def summarize_cv(out: str | Path, n_boot: int = 2000) -> dict:
         mean_std[key] = {"mean": float(v.mean()) if len(v) else None,
                          "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "folds": [p[key] for p in per_fold]}
     summary = {"task": task, "k": k, "model": ident["model"], "size": ident["size"], "lr": ident["lr"],
-               "epochs": ident["epochs"], "mean_std": mean_std}
+               "epochs": ident["epochs"], "crop_margin": ident.get("crop_margin"),
+               "boxes_from": run.manifest["cv"].get("boxes_from"), "mean_std": mean_std}
     if task == "classify":
         y = np.concatenate([r["test_label"] for r in recs])
         p = np.concatenate([r["test_prob"] for r in recs])

@@ -628,6 +628,40 @@ def grid_markdown(report: dict, manifest: dict) -> str:
 # --- the side-by-side table ---------------------------------------------------------------------
 
 
+def _crop_words(s: dict) -> str:
+    if s.get("crop_margin") is None:
+        return ""
+    boxes = "boxes from the same fold's segmenter" if s.get("boxes_from") else "boxes from the TRUE masks (oracle)"
+    return f", lesion crop (margin {s['crop_margin']:g}, {boxes})"
+
+
+def cv_overview(cvs) -> list[str]:
+    """One row per cross-validation: the candidates side by side, float and full-int8."""
+    out = ["## Cross-validated candidates", "",
+           "Pooled out-of-fold results [95% bootstrap CI]; int8 = each fold's model converted to full-int8 TFLite "
+           "and run with the interpreter.", ""]
+    cls = [(d, s) for d, s in cvs if s["task"] == "classify"]
+    seg = [(d, s) for d, s in cvs if s["task"] == "segment"]
+    if cls:
+        out += ["| classifier | input | accuracy (%) | accuracy int8 (%) | malignant recall (%) | recall int8 (%) | AUC (%) | AUC int8 (%) |",
+                "|---|---|---|---|---|---|---|---|"]
+        for d, s in cls:
+            b, b8 = s["bootstrap"], s.get("bootstrap_int8")
+            cells = [interval_text(b[k], pct=True) for k in ("accuracy", "malignant_recall", "auc")]
+            cells8 = [interval_text(b8[k], pct=True) if b8 else "—" for k in ("accuracy", "malignant_recall", "auc")]
+            out.append(f"| {s['model']} (`{Path(d).name}`) | {s['size']} px{_crop_words(s)} | {cells[0]} | {cells8[0]} | "
+                       f"{cells[1]} | {cells8[1]} | {cells[2]} | {cells8[2]} |")
+        out.append("")
+    if seg:
+        out += ["| segmenter | input | IoU | IoU int8 | Dice |", "|---|---|---|---|---|"]
+        for d, s in seg:
+            b8 = s.get("bootstrap_int8")
+            out.append(f"| {s['model']} (`{Path(d).name}`) | {s['size']} px | {interval_text(s['bootstrap']['iou'])} | "
+                       f"{interval_text(b8['iou']) if b8 else '—'} | {interval_text(s['bootstrap']['dice'])} |")
+        out.append("")
+    return out
+
+
 def study_table(grid_dirs=(), cv_dirs=()) -> str:
     """Markdown: the study's numbers beside this reproduction (val-selected grid cell, single test
     split, 95% bootstrap CI) and the honest protocol (k-fold mean +- std, pooled bootstrap CI)."""
@@ -660,6 +694,8 @@ def study_table(grid_dirs=(), cv_dirs=()) -> str:
            "validation metric), test numbers of the chosen cell with a 95% percentile-bootstrap interval. Honest "
            "protocol: stratified k-fold cross-validation at fixed settings, mean +- std over folds and a 95% bootstrap "
            "interval over the pooled out-of-fold predictions.", ""]
+    if cvs:
+        out += cv_overview(cvs)
     for m, g, c in sections:
         st = STUDY.get(m)
         task = (g[1]["task"] if g else c[1]["task"])
@@ -674,7 +710,8 @@ def study_table(grid_dirs=(), cv_dirs=()) -> str:
         out += [head, ""]
         if c:
             s = c[1]
-            out += [f"Cross-validation `{c[0]}`: {s['k']} folds, lr {s['lr']:g}, {s['epochs']} epochs, {s['size']} px.", ""]
+            out += [f"Cross-validation `{c[0]}`: {s['k']} folds, lr {s['lr']:g}, {s['epochs']} epochs, {s['size']} px"
+                    f"{_crop_words(s)}.", ""]
         out += ["| metric | study | reproduction: chosen cell, test [95% CI] | honest: k-fold mean +- std | honest: pooled [95% CI] |",
                 "|---|---|---|---|---|"]
         if task == "classify":
@@ -689,6 +726,9 @@ def study_table(grid_dirs=(), cv_dirs=()) -> str:
                 msv = "—" if not c or ms["mean"] is None else f"{100 * ms['mean']:.1f} +- {100 * ms['std']:.1f}"
                 pooled = interval_text(c[1]["bootstrap"][key], pct=True) if c else "—"
                 out.append(f"| {key} (%) | {'—' if sv is None else f'{100 * sv:.2f}'} | {rep} | {msv} | {pooled} |")
+            if c and "bootstrap_int8" in c[1]:
+                for key in ("accuracy", "malignant_recall", "auc"):
+                    out.append(f"| {key}, full-int8 (%) | — | — | — | {interval_text(c[1]['bootstrap_int8'][key], pct=True)} |")
         else:
             for key in ("iou", "dice"):
                 sv = st.get(f"test_{key}") if st else None
@@ -697,6 +737,8 @@ def study_table(grid_dirs=(), cv_dirs=()) -> str:
                 msv = "—" if not c else f"{ms['mean']:.3f} +- {ms['std']:.3f}"
                 pooled = interval_text(c[1]["bootstrap"][key]) if c else "—"
                 out.append(f"| test {key} | {'—' if sv is None else f'{sv:.3f}'} | {rep} | {msv} | {pooled} |")
+            if c and "bootstrap_int8" in c[1]:
+                out.append(f"| test iou, full-int8 | — | — | — | {interval_text(c[1]['bootstrap_int8']['iou'])} |")
             if st or g:
                 vv = f"{g[1]['chosen']['val']['iou']:.3f}" if g else "—"
                 out.append(f"| val IoU (selection) | {st['val_iou'] if st else '—'} | {vv} | — | — |")
