@@ -196,6 +196,53 @@ def _lite_classifier(variant: str, input_shape, weights, dropout: float, bn_mome
     return model
 
 
+AUX_MASK = "aux_mask"  # the output name of a classifier's auxiliary lesion mask (training only)
+
+
+def _lite_classifier_segaux(variant: str, input_shape, weights, dropout: float, bn_momentum: float | None,
+                            decoder_filters=(128, 64, 32)):
+    """The Lite classifier plus a light U-Net decoder on the same encoder (skips at strides 16, 8, 4)
+    predicting the lesion mask, upsampled x4 (bilinear) to the input size. Two outputs:
+    malignant_prob and aux_mask. Training on both makes the encoder learn where the lesion is;
+    only the classification path is kept after training (edgebus.training.train.classifier_only),
+    so the exported model is an ordinary one-output classifier."""
+    from edgebus.compat import keras
+    from edgebus.models import efficientnet_lite as lite
+
+    weights = _lite_weights(weights, variant)
+    h, w = input_shape[:2]
+    if h % 32 or w % 32:
+        raise EdgebusError(f"efficientnet-{variant}-segaux: input size {h}x{w} must be a multiple of 32 (stride-32 encoder)")
+    inputs = keras.Input(input_shape, name="image")
+    features = lite.lite_backbone(keras, lite.normalise(keras, inputs), variant)
+    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(features["stride32"])
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    prob = keras.layers.Dense(1, activation="sigmoid", name="malignant_prob")(x)
+    m = features["stride32"]
+    for i, (filters, skip) in enumerate(zip(decoder_filters, ("stride16", "stride8", "stride4"))):
+        m = keras.layers.UpSampling2D(2, name=f"aux_stage{i}_up")(m)
+        m = keras.layers.Concatenate(name=f"aux_stage{i}_concat")([m, features[skip]])
+        m = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"aux_stage{i}_conv")(m)
+        m = keras.layers.BatchNormalization(name=f"aux_stage{i}_bn")(m)
+        m = keras.layers.ReLU(name=f"aux_stage{i}_relu")(m)
+    m = keras.layers.Conv2D(1, 1, activation="sigmoid", name="aux_mask_stride4")(m)
+    mask = keras.layers.UpSampling2D(4, interpolation="bilinear", name=AUX_MASK)(m)
+    model = keras.Model(inputs, [prob, mask], name=f"efficientnet_{variant}_segaux")
+    if weights is not None:
+        from edgebus.models.weights import load_backbone_weights
+
+        load_backbone_weights(model, weights, variant)
+    _set_bn_momentum(model, bn_momentum)
+    return model
+
+
+@register("efficientnet-lite0-segaux", "classify")
+def efficientnet_lite0_segaux(input_shape, weights=None, dropout: float = 0.2, bn_momentum: float | None = 0.9):
+    """EfficientNet-Lite0 classifier trained with an auxiliary lesion-mask decoder (segmentation-guided); exports as a plain classifier."""
+    return _lite_classifier_segaux("lite0", input_shape, weights, dropout, bn_momentum)
+
+
 @register("efficientnet-lite0", "classify")
 def efficientnet_lite0(input_shape, weights=None, dropout: float = 0.2, bn_momentum: float | None = 0.9):
     """EfficientNet-Lite0 (ReLU6, no SE; int8/Edge TPU friendly) + global pool + sigmoid head, one flat graph."""

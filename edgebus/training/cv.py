@@ -367,7 +367,7 @@ def _int8_fold(model, task, data, threshold, seed, test_x=None) -> dict:
         if float_tensors(m):
             raise EdgebusError(f"{path.name}: int8 conversion left float tensors; cannot score an int8 fold")
         prob = m.predict(data["test"][0] if test_x is None else test_x)
-    x, y = data["test"]
+    y = data["test"][1]
     rec = {"test_int8": task_metrics(task, y, prob, threshold)}
     if task == "classify":
         rec["test_prob_int8"] = [round(float(v), 6) for v in np.asarray(prob).ravel()]
@@ -391,8 +391,8 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print) -> dict:
     from edgebus.data.preprocess import preprocess_contract
     from edgebus.models.registry import model_task
     from edgebus.rundir import write_json
-    from edgebus.training.train import (_KeepBest, build_compiled, device_name, fit_arrays, load_split_data,
-                                        predict, read_lesions)
+    from edgebus.training.train import (_KeepBest, build_compiled, classifier_only, device_name, fit_arrays,
+                                        has_aux_mask, load_split_data, predict, read_lesions)
 
     task = model_task(cfg.model)
     if cfg.task and cfg.task != task:
@@ -461,7 +461,7 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print) -> dict:
             set_seed(cfg.seed)
             model = build_compiled(cfg.model, cfg.size, cfg.weights, cfg.model_kwargs, task)
         boxes = None if seg_boxes is None else {**seg_boxes[f]["val"], **seg_boxes[f]["test"]}
-        data = load_split_data(by_id, fold, contract, task, boxes)
+        data = load_split_data(by_id, fold, contract, task, boxes, masks=has_aux_mask(model))
         keep = _KeepBest(task)
         t0 = time.time()
         fit_arrays(model, task, cfg.lr, data, cfg.epochs, cfg.batch, cfg.seed, cfg.augment, [keep], progress)
@@ -469,6 +469,7 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print) -> dict:
         if cfg.keep == "best" and keep.weights is not None:
             model.set_weights(keep.weights)
             kept = keep.epoch
+        model = classifier_only(model)
         probs = {k: predict(model, data[k][0], cfg.batch) for k in ("val", "test")}
         metrics = {k: task_metrics(task, data[k][1], probs[k], cfg.threshold) for k in probs}
         rec = _fold_record(task, f, fold, data, probs, metrics, kept, time.time() - t0, cfg.threshold)

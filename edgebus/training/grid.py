@@ -245,7 +245,8 @@ def run_grid(cfg: GridConfig, shard: tuple[int, int] = (1, 1), progress: bool = 
     from edgebus.data.preprocess import preprocess_contract
     from edgebus.models.registry import model_task
     from edgebus.rundir import atomic_write, sha256_file, write_json
-    from edgebus.training.train import (build_compiled, device_name, fit_eval, history_csv, load_split_data,
+    from edgebus.training.train import (build_compiled, classifier_only, device_name, fit_eval, has_aux_mask,
+                                        history_csv, load_split_data,
                                         read_lesions, save_model)
 
     task = model_task(cfg.model)
@@ -301,7 +302,7 @@ def run_grid(cfg: GridConfig, shard: tuple[int, int] = (1, 1), progress: bool = 
     log(f"{out}: grid {len(cfg.lrs)} lr x {len(cfg.epochs)} epochs = {len(cfg.lrs) * len(cfg.epochs)} cells; "
         f"{len(done)} done; this {'shard (' + str(shard[0]) + '/' + str(shard[1]) + ')' if shard != (1, 1) else 'run'}: "
         f"{n_todo} cell(s) in {sum(1 for v in todo_all.values() if v)} training run(s)")
-    data = load_split_data(by_id, split, contract, task) if n_todo else None
+    data = load_split_data(by_id, split, contract, task, masks=has_aux_mask(model)) if n_todo else None
     written = 0
     t_start = time.time()
     for lr in mine:
@@ -320,7 +321,7 @@ def run_grid(cfg: GridConfig, shard: tuple[int, int] = (1, 1), progress: bool = 
             nonlocal best, written
             rec = _cell_record(task, lr, epoch, metrics, probs, time.time() - t0, shard)
             if best is None or rank_key(rec, cfg.select, task) > rank_key(best, cfg.select, task):
-                save_model(m, cand)  # the model first, then its sidecar, then the cell line
+                save_model(classifier_only(m), cand)  # the model first, then its sidecar, then the cell line
                 write_json(cand.with_suffix(".json"), {"lr": lr, "epochs": epoch, "sha256": sha256_file(cand),
                                                        "val": rec["val"], "saved": now()})
                 best = rec
@@ -419,8 +420,9 @@ def _write_best_run(out: Path, manifest: dict, chosen: dict, ds, data: dict, pro
         set_seed(cfg.seed)
         model = build_compiled(cfg.model, cfg.size, cfg.weights, cfg.model_kwargs, task)
         hist = fit_arrays(model, task, cfg.lr, data, cfg.epochs, cfg.batch, cfg.seed, cfg.augment, (), progress)
-        from edgebus.training.train import history_csv
+        from edgebus.training.train import classifier_only, history_csv
 
+        model = classifier_only(model)
         history = history_csv(hist.history)
     run = Run.create(best_dir, task)
     write_run_header(run, cfg, task, ds, manifest["data"]["n_lesions"], split, manifest["preprocess"],

@@ -43,22 +43,45 @@ class TrainConfig(FitConfig):
     segmenter: str | None = None  # segment run (same split) whose predicted boxes cut the val/test crops
 
 
-def load_split_data(cases_by_id: dict, split: dict, contract: dict, task: str, boxes: dict | None = None):
-    """Arrays for each part named in `split` (e.g. train/val/test), in split order. Masks are
-    (N,H,W,1) for segmentation. A crop contract cuts around boxes[case_id] where given, else
-    around the case's true mask (see load_arrays)."""
+def load_split_data(cases_by_id: dict, split: dict, contract: dict, task: str, boxes: dict | None = None,
+                    masks: bool = False):
+    """Arrays for each part named in `split` (e.g. train/val/test), in split order: (x, labels) to
+    classify, (x, masks) to segment, (x, labels, masks) with masks=True for a classifier trained
+    with an auxiliary mask. Masks are (N,H,W,1). A crop contract cuts around boxes[case_id] where
+    given, else around the case's true mask (see load_arrays)."""
     from edgebus.data.breast import load_arrays
 
     parts = {}
     for name in [n for n in ("train", "val", "test") if n in split]:
         cases = [cases_by_id[i] for i in split[name]]
-        x, y, m = load_arrays(cases, contract, with_masks=task == "segment", boxes=boxes)
-        parts[name] = (x, y if task == "classify" else m)
+        x, y, m = load_arrays(cases, contract, with_masks=task == "segment" or masks, boxes=boxes)
+        parts[name] = (x, m) if task == "segment" else ((x, y, m) if masks else (x, y))
     return parts
 
 
-def _dataset(tf, x, y, batch, shuffle, augment, seed, task):
-    ds = tf.data.Dataset.from_tensor_slices((x, y.astype("float32")))
+def has_aux_mask(model) -> bool:
+    """A classifier with an auxiliary lesion-mask output (efficientnet-lite0-segaux)."""
+    return len(model.outputs) == 2
+
+
+def classifier_only(model):
+    """The classification path of a model with an auxiliary mask output (input -> malignant_prob),
+    sharing its layers; other models as they are. This is what is saved, exported and deployed."""
+    if not has_aux_mask(model):
+        return model
+    from edgebus.compat import keras
+
+    return keras.Model(model.inputs, model.get_layer("malignant_prob").output, name=model.name)
+
+
+def _dataset(tf, x, y, batch, shuffle, augment, seed, task, aux_mask=None):
+    from edgebus.models.registry import AUX_MASK
+
+    if aux_mask is not None:  # a classifier with an auxiliary mask output: two targets, by output name
+        ds = tf.data.Dataset.from_tensor_slices((x, {"malignant_prob": y.astype("float32"),
+                                                     AUX_MASK: aux_mask.astype("float32")}))
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((x, y.astype("float32")))
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     if augment:
@@ -68,6 +91,9 @@ def _dataset(tf, x, y, batch, shuffle, augment, seed, task):
             a = tf.cond(f, lambda: tf.image.flip_left_right(a), lambda: a)
             if task == "segment":
                 b = tf.cond(f, lambda: tf.image.flip_left_right(b), lambda: b)
+            elif aux_mask is not None:
+                b = dict(b)
+                b[AUX_MASK] = tf.cond(f, lambda: tf.image.flip_left_right(b[AUX_MASK]), lambda: b[AUX_MASK])
             return a, b
 
         # sequential on purpose: a parallel map draws the random flips in thread order, so two runs with
@@ -102,7 +128,15 @@ def _iou_metric(tf):
 def compile_model(model, task: str, lr: float):
     from edgebus.compat import keras, tf
 
-    if task == "classify":
+    if has_aux_mask(model):
+        from edgebus.models.registry import AUX_MASK
+
+        model.compile(
+            optimizer=keras.optimizers.Adam(lr),
+            loss={"malignant_prob": "binary_crossentropy", AUX_MASK: _seg_loss(keras, tf)},
+            metrics={"malignant_prob": ["accuracy", keras.metrics.AUC(name="auc")]},
+        )
+    elif task == "classify":
         model.compile(
             optimizer=keras.optimizers.Adam(lr),
             loss="binary_crossentropy",
@@ -114,7 +148,8 @@ def compile_model(model, task: str, lr: float):
 
 
 def predict(model, x, batch: int = 16) -> np.ndarray:
-    return model.predict(x, batch_size=batch, verbose=0)
+    out = model.predict(x, batch_size=batch, verbose=0)
+    return out[0] if isinstance(out, list) else out  # a model with an auxiliary mask: its first output
 
 
 def save_model(model, path: Path) -> None:
@@ -193,14 +228,15 @@ class _KeepBest:
     def __new__(cls, task: str):
         from edgebus.compat import keras
 
-        metric = "val_accuracy" if task == "classify" else "val_iou"
+        names = ("val_accuracy", "val_malignant_prob_accuracy") if task == "classify" else ("val_iou",)
 
         class Cb(keras.callbacks.Callback):
             best, epoch, weights = (-float("inf"), 0.0), 0, None
 
             def on_epoch_end(self, epoch, logs=None):
                 logs = logs or {}
-                if metric not in logs:
+                metric = next((n for n in names if n in logs), None)
+                if metric is None:
                     return
                 score = (logs[metric], -logs.get("val_loss", 0.0))
                 if score > self.best:
@@ -325,10 +361,13 @@ def fit_arrays(model, task: str, lr: float, data: dict, epochs: int, batch: int 
     if compile:
         with strategy().scope():
             compile_model(model, task, lr)
-    (xtr, ytr), (xva, yva) = data["train"], data["val"]
+    aux = has_aux_mask(model)
+    if aux and len(data["train"]) < 3:
+        raise EdgebusError(f"{model.name}: trains with an auxiliary lesion mask; load the data with masks=True")
+    (xtr, ytr, *mtr), (xva, yva, *mva) = data["train"], data["val"]
     return model.fit(
-        _dataset(tf, xtr, ytr, batch, True, augment, seed, task),
-        validation_data=_dataset(tf, xva, yva, batch, False, False, seed, task),
+        _dataset(tf, xtr, ytr, batch, True, augment, seed, task, mtr[0] if aux else None),
+        validation_data=_dataset(tf, xva, yva, batch, False, False, seed, task, mva[0] if aux else None),
         epochs=epochs, verbose=0, callbacks=[_Progress(epochs, progress), *callbacks],
     )
 
@@ -397,7 +436,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Run:
         run.manifest["crop"] = {"boxes": "boxes.json", "train": "true masks", "val_test": box_source}
         run.save()
 
-    data = load_split_data(by_id, split, contract, task, boxes)
+    data = load_split_data(by_id, split, contract, task, boxes, masks=has_aux_mask(model))
     if cfg.keep not in ("best", "last"):
         raise EdgebusError(f"keep='{cfg.keep}': choose best or last")
     keep = _KeepBest(task)
@@ -408,11 +447,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> Run:
     if cfg.keep == "best" and keep.weights is not None:
         model.set_weights(keep.weights)
         kept_epoch = keep.epoch
+    model = classifier_only(model)  # an auxiliary mask output is training-only
 
     write_model_and_history(run, model, hist.history)
     metrics = {}
     for name in ("val", "test"):
-        x, y = data[name]
+        x, y = data[name][:2]
         metrics[name] = task_metrics(task, y, predict(model, x), cfg.threshold)
     write_metrics(run, metrics)
     run.stage("train", wall_s=round(wall, 1), epochs=cfg.epochs, kept_epoch=kept_epoch, keep=cfg.keep, lr=cfg.lr, batch=cfg.batch,
