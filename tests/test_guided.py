@@ -181,3 +181,25 @@ def test_crop_run_benchmarks_on_its_predicted_crops(crop_run):
     assert all(r["status"] == "ok" for r in rows.values()), rows
     # the pack holds the same crops the export validated on: the same int8 accuracy
     assert rows["model_int8.tflite"]["metrics"]["accuracy"] == m["exports"]["int8"]["metrics"]["accuracy"]
+
+
+def test_auxiliary_mask_classifier_trains_on_masks_and_exports_one_output(synthetic_breast_dir, tmp_path):
+    from edgebus.export.tflite import float_tensors
+    from edgebus.models.registry import build_model
+    from edgebus.runtime import TFLiteModel
+    from edgebus.training.train import load_model
+
+    m = build_model("efficientnet-lite0-segaux", 64)
+    assert [tuple(o.shape) for o in m.outputs] == [(None, 1), (None, 64, 64, 1)]
+    out = tmp_path / "aux"
+    r = cli("train", "classify", "--data", synthetic_breast_dir, "--model", "efficientnet-lite0-segaux", "--size", 64,
+            "--epochs", 2, "--out", out, "--quiet")
+    assert r.exit_code == 0, r.output
+    head = (out / "history.csv").read_text().splitlines()[0].split(",")
+    assert {"aux_mask_loss", "val_malignant_prob_accuracy"} <= set(head)  # both outputs were trained
+    saved = load_model(out / "model.keras")
+    assert len(saved.outputs) == 1 and not any(l.name.startswith("aux_") for l in saved.layers)
+    r = cli("export", out, "--int8", "--ptq")
+    assert r.exit_code == 0, r.output
+    t = TFLiteModel(out / "model_int8.tflite")
+    assert float_tensors(t) == [] and len(t.outputs) == 1
