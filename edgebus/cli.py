@@ -495,6 +495,8 @@ def _cv(task: str, recipe: Optional[Path], quiet: bool, **opts) -> None:
 
 _copts = dict(
     int8=typer.Option(False, "--int8", help="also convert each fold's model to full-int8 TFLite and score it on the fold's test part"),
+    int8_source=typer.Option(None, "--int8-source", help="ptq (default: post-training calibration) or qat (3 epochs of "
+                             "quantization-aware fine-tuning per fold, as 'edgebus export --int8'; PTQ is scored too)"),
     folds=typer.Option(None, help="number of folds (default 5)"),
     lr=typer.Option(None, help="Adam learning rate (default 1e-3)"),
     epochs=typer.Option(None, help="training epochs per fold (default 40)"),
@@ -510,14 +512,14 @@ def cv_classify(data: Optional[Path] = _gopts["data"], model: Optional[str] = ty
                 size: Optional[int] = _gopts["size"], batch: Optional[int] = typer.Option(None, help="batch size (default 16)"),
                 seed: Optional[int] = _gopts["seed"], weights: Optional[str] = _gopts["weights"], keep: Optional[str] = _copts["keep"],
                 out: Optional[Path] = _copts["out"], recipe: Optional[Path] = _gopts["recipe"], quiet: bool = _gopts["quiet"],
-                int8: bool = _copts["int8"],
+                int8: bool = _copts["int8"], int8_source: Optional[str] = _copts["int8_source"],
                 crop_margin: Optional[float] = typer.Option(None, help="segmentation-guided: classify a square crop around "
                                                             "the lesion, this fraction of its size added on each side (e.g. 0.5)"),
                 boxes_from: Optional[Path] = typer.Option(None, help="a segment CV folder (same folds) whose predicted lesion "
                                                           "boxes cut the val/test crops; without it they use the true masks (oracle)")):
     """k-fold CV of a classifier: accuracy, malignant recall, AUC as mean +- std and bootstrap CI."""
     _cv("classify", recipe, quiet, data=data, model=model, folds=folds, lr=lr, epochs=epochs, size=size, batch=batch,
-        seed=seed, weights=weights, keep=keep, out=out, int8=int8 or None, crop_margin=crop_margin,
+        seed=seed, weights=weights, keep=keep, out=out, int8=int8 or None, int8_source=int8_source, crop_margin=crop_margin,
         boxes_from=None if boxes_from is None else str(boxes_from))
 
 

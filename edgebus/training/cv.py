@@ -297,12 +297,14 @@ class CVConfig(FitConfig):
     n_boot: int = 2000
     recipe: dict | None = None
     int8: bool = False  # also convert each fold's model to full-int8 TFLite and score it on the fold's test part
+    int8_source: str = "ptq"  # or "qat": quantization-aware fine-tuning per fold, as `edgebus export --int8`
+    qat_epochs: int = 3
     crop_margin: float | None = None  # lesion-crop classifier (segmentation-guided): train on mask crops
     boxes_from: str | None = None  # a segment CV directory (same folds) whose predicted boxes cut val/test
 
 
 _CV_IDENTITY = ("task", "model", "folds", "size", "epochs", "lr", "batch", "seed", "weights", "model_kwargs",
-                "val_fraction", "augment", "keep", "threshold", "int8", "crop_margin")
+                "val_fraction", "augment", "keep", "threshold", "int8", "crop_margin", "int8_source", "qat_epochs")
 
 _EXIT_ENV = "EDGEBUS_EXIT_AFTER_UNITS"  # tests: os._exit after this many units are written
 
@@ -313,8 +315,9 @@ def _maybe_exit(written: int) -> None:
         os._exit(75)
 
 
-def open_results_dir(out: Path, task: str, kind: str, identity: dict, what: str):
-    """Create a grid/CV directory, or reopen one made with the same settings (to resume)."""
+def open_results_dir(out: Path, task: str, kind: str, identity: dict, what: str, defaults: dict | None = None):
+    """Create a grid/CV directory, or reopen one made with the same settings (to resume). A setting
+    an older edgebus did not record matches its default (`defaults`)."""
     from edgebus.rundir import MANIFEST, Run
 
     if (out / MANIFEST).exists():
@@ -323,6 +326,8 @@ def open_results_dir(out: Path, task: str, kind: str, identity: dict, what: str)
         if old is None:
             raise EdgebusError(f"{out}: holds a run that is not a {what}; pick another --out")
         for k, v in identity.items():
+            if k not in old["identity"] and defaults and k in defaults and defaults[k] == v:
+                continue
             if json.dumps(old["identity"].get(k), sort_keys=True) != json.dumps(v, sort_keys=True, default=str):
                 raise EdgebusError(f"{out}: an earlier {what} there used {k}={old['identity'].get(k)!r}, not {v!r}; "
                                    f"pick another --out to start a new one")
@@ -348,31 +353,49 @@ def _fold_record(task, f, fold, data, probs, metrics, kept_epoch, wall, threshol
     return rec
 
 
-def _int8_fold(model, task, data, threshold, seed, test_x=None) -> dict:
-    """Full-integer PTQ of a fold's model (calibrated on its own training part), scored on its
+def _int8_fold(model, task, data, threshold, seed, test_x=None, qat: dict | None = None) -> dict:
+    """Full-integer TFLite of a fold's model (calibrated on its own training part), scored on its
     test part with the interpreter, as the cart would run it (test_x: other test inputs, e.g. cut
-    with the int8 segmenter's boxes)."""
+    with the int8 segmenter's boxes). Post-training quantized; with `qat` ({"epochs", "lr",
+    "batch"}) also quantization-aware fine-tuned on the fold's training part as `edgebus export
+    --int8` does, and then the QAT file is the fold's int8 result and the PTQ file the comparison."""
     import tempfile
 
     from edgebus.export.tflite import convert, float_tensors
     from edgebus.metrics import task_metrics
     from edgebus.runtime import TFLiteModel
 
-    xtr = data["train"][0]
+    xtr, ytr = data["train"][0], data["train"][1]
     calib = xtr[np.random.default_rng(seed).permutation(len(xtr))[:100]]
+    x = data["test"][0] if test_x is None else test_x
+    sources = {"ptq": model}
+    if qat is not None:
+        from edgebus.export import qat as q
+
+        qmodel = q.quantize(model)
+        q.calibrate_ranges(qmodel, calib, qat["batch"])
+        q.fine_tune(qmodel, task, xtr, ytr, qat["epochs"], qat["lr"], qat["batch"], seed)
+        sources["qat"] = qmodel
+    probs = {}
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "fold_int8.tflite"
-        path.write_bytes(convert(model, "int8", calib))
-        m = TFLiteModel(path)
-        if float_tensors(m):
-            raise EdgebusError(f"{path.name}: int8 conversion left float tensors; cannot score an int8 fold")
-        prob = m.predict(data["test"][0] if test_x is None else test_x)
+        for name, m in sources.items():
+            path = Path(tmp) / f"fold_int8_{name}.tflite"
+            path.write_bytes(convert(m, "int8", calib))
+            t = TFLiteModel(path)
+            if float_tensors(t):
+                raise EdgebusError(f"{path.name}: int8 conversion left float tensors; cannot score an int8 fold")
+            probs[name] = t.predict(x)
+    prob = probs["qat" if qat is not None else "ptq"]
     y = data["test"][1]
-    rec = {"test_int8": task_metrics(task, y, prob, threshold)}
+    rec = {"test_int8": task_metrics(task, y, prob, threshold), "int8_source": "qat" if qat is not None else "ptq"}
     if task == "classify":
         rec["test_prob_int8"] = [round(float(v), 6) for v in np.asarray(prob).ravel()]
+        if qat is not None:
+            rec["test_prob_int8_ptq"] = [round(float(v), 6) for v in np.asarray(probs["ptq"]).ravel()]
     else:
         rec["test_iou_int8"] = rec["test_int8"]["iou_per_image"]
+        if qat is not None:
+            rec["test_iou_int8_ptq"] = task_metrics(task, y, probs["ptq"], threshold)["iou_per_image"]
         from edgebus.training.crops import predicted_boxes
 
         rec["boxes_int8"] = {"test": predicted_boxes(prob, threshold)}
@@ -399,6 +422,8 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print) -> dict:
         raise EdgebusError(f"model '{cfg.model}' is a {task} model; use 'edgebus cv {task}'")
     if cfg.keep not in ("best", "last"):
         raise EdgebusError(f"keep='{cfg.keep}': choose best or last")
+    if cfg.int8_source not in ("ptq", "qat"):
+        raise EdgebusError(f"--int8-source '{cfg.int8_source}': choose ptq or qat")
     ds, cases = read_lesions(cfg.data)
     by_id = {c.case_id: c for c in cases}
     label_of = {c.case_id: c.label for c in cases}
@@ -427,7 +452,8 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print) -> dict:
     set_seed(cfg.seed)
     # a bad model name or weights file fails before the folder exists; this model serves the first fold
     model = build_compiled(cfg.model, cfg.size, cfg.weights, cfg.model_kwargs, task)
-    run, fresh = open_results_dir(out, task, "cv", identity, "cross-validation")
+    defaults = {f.name: f.default for f in dataclasses.fields(CVConfig) if f.default is not dataclasses.MISSING}
+    run, fresh = open_results_dir(out, task, "cv", identity, "cross-validation", defaults)
     if fresh:
         write_json(run.file("folds.json"), {"seed": cfg.seed, "k": cfg.folds, "val_fraction": cfg.val_fraction,
                                             "folds": folds})
@@ -487,7 +513,8 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print) -> dict:
             if cfg.int8 and "test_int8" in seg_boxes[f]:
                 test_x8 = load_arrays(test_cases, contract, boxes=seg_boxes[f]["test_int8"])[0]
         if cfg.int8:
-            rec.update(_int8_fold(model, task, data, cfg.threshold, cfg.seed, test_x8))
+            qat = None if cfg.int8_source == "ptq" else {"epochs": cfg.qat_epochs, "lr": 0.1 * cfg.lr, "batch": cfg.batch}
+            rec.update(_int8_fold(model, task, data, cfg.threshold, cfg.seed, test_x8, qat))
             log(f"fold {f + 1}/{cfg.folds}: int8 test {_headline_text(task, rec['test_int8'])}")
         append_jsonl(results, rec)
         model = None
@@ -548,6 +575,10 @@ def summarize_cv(out: str | Path, n_boot: int = 2000) -> dict:
             summary["pooled_int8"] = classification_metrics(y, q, ident["threshold"])
             summary["bootstrap_int8"] = bootstrap_classification(y, q, ident["threshold"], n_boot, ident["seed"])
             summary["int8_label_agreement"] = float(((p >= ident["threshold"]) == (q >= ident["threshold"])).mean())
+            summary["int8_source"] = ident.get("int8_source") or "ptq"
+        if all("test_prob_int8_ptq" in r for r in recs):
+            q = np.concatenate([r["test_prob_int8_ptq"] for r in recs])
+            summary["bootstrap_int8_ptq"] = bootstrap_classification(y, q, ident["threshold"], n_boot, ident["seed"])
         if all("test_prob_oracle" in r for r in recs):
             o = np.concatenate([r["test_prob_oracle"] for r in recs])
             summary["bootstrap_oracle"] = bootstrap_classification(y, o, ident["threshold"], n_boot, ident["seed"])
@@ -612,7 +643,14 @@ def cv_markdown(summary: dict, recs: list, manifest: dict) -> str:
         folds = ", ".join("n/a" if v is None else f"{v:.3f}" for v in ms["folds"])
         mean = "n/a" if ms["mean"] is None else f"{ms['mean']:.3f} +- {ms['std']:.3f}"
         lines.append(f"| {key} | {mean} | {interval_text(b)} | {folds} |")
-    if "bootstrap_int8" in summary:
+    if "bootstrap_int8" in summary and "bootstrap_int8_ptq" in summary:
+        lines += ["", f"Full-int8 TFLite (each fold's model, quantization-aware fine-tuned for {ident.get('qat_epochs')} "
+                  f"epochs at lr {0.1 * ident['lr']:g} on its own training part, as `edgebus export --int8`; and, for "
+                  "comparison, post-training quantized), run with the interpreter on its test part:", "",
+                  "| metric | pooled out-of-fold int8 QAT [95% bootstrap CI] | int8 PTQ |", "|---|---|---|"]
+        lines += [f"| {key} | {interval_text(summary['bootstrap_int8'][key])} | "
+                  f"{interval_text(summary['bootstrap_int8_ptq'][key])} |" for key in keys if key in summary["bootstrap_int8"]]
+    elif "bootstrap_int8" in summary:
         lines += ["", "Full-int8 TFLite (each fold's model, post-training quantized on its own training part, run "
                   "with the interpreter on its test part):", "",
                   "| metric | pooled out-of-fold int8 [95% bootstrap CI] |", "|---|---|"]
