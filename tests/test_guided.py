@@ -90,6 +90,10 @@ def test_cart_pipeline_cuts_the_crop_from_the_segmenters_mask(crop_run, seg_run,
     p = TFLiteModel(Path(crop_run) / "model_int8.tflite").predict(to_model_input(gray, contract, box)[None]).ravel()[0]
     assert res["prob_malignant"] == pytest.approx(float(p), abs=1e-6)
     assert res["crop"] == crop_square_px(gray.shape, box, 0.5)
+    from edgebus.runtime.overlay import CROP_RGB, render_overlay
+
+    img = np.asarray(render_overlay(gray, res))
+    assert (img == CROP_RGB).all(axis=-1).any()  # the classified square is drawn for the clinician
     with pytest.raises(EdgebusError, match="give a segmenter too"):
         LesionPipeline(classifier=crop_run)
     r = cli("predict", frame, "--classifier", crop_run, "--out", crop_run / "pred")
