@@ -196,6 +196,17 @@ def _lite_classifier(variant: str, input_shape, weights, dropout: float, bn_mome
     return model
 
 
+def _lite_encoder(keras, variant: str, input_shape, name: str):
+    """(input, {"stride2".."stride32": feature map}) of a Lite encoder for a model with a decoder."""
+    from edgebus.models import efficientnet_lite as lite
+
+    h, w = input_shape[:2]
+    if h % 32 or w % 32:
+        raise EdgebusError(f"{name}: input size {h}x{w} must be a multiple of 32 (stride-32 encoder)")
+    inputs = keras.Input(input_shape, name="image")
+    return inputs, lite.lite_backbone(keras, lite.normalise(keras, inputs), variant)
+
+
 AUX_MASK = "aux_mask"  # the output name of a classifier's auxiliary lesion mask (training only)
 
 
@@ -207,14 +218,9 @@ def _lite_classifier_segaux(variant: str, input_shape, weights, dropout: float, 
     only the classification path is kept after training (edgebus.training.train.classifier_only),
     so the exported model is an ordinary one-output classifier."""
     from edgebus.compat import keras
-    from edgebus.models import efficientnet_lite as lite
 
     weights = _lite_weights(weights, variant)
-    h, w = input_shape[:2]
-    if h % 32 or w % 32:
-        raise EdgebusError(f"efficientnet-{variant}-segaux: input size {h}x{w} must be a multiple of 32 (stride-32 encoder)")
-    inputs = keras.Input(input_shape, name="image")
-    features = lite.lite_backbone(keras, lite.normalise(keras, inputs), variant)
+    inputs, features = _lite_encoder(keras, variant, input_shape, f"efficientnet-{variant}-segaux")
     x = keras.layers.GlobalAveragePooling2D(name="head_pool")(features["stride32"])
     if dropout:
         x = keras.layers.Dropout(dropout, name="head_dropout")(x)
@@ -267,14 +273,9 @@ def _lite_unet(variant: str, input_shape, weights, bn_momentum: float | None,
     per stage UpSampling2D(2, nearest) -> Concatenate(skip) -> 2 x (Conv3x3 -> BN -> ReLU); skips
     at strides 16, 8, 4, 2, the last stage has none; 3x3 conv + sigmoid to one channel."""
     from edgebus.compat import keras
-    from edgebus.models import efficientnet_lite as lite
 
     weights = _lite_weights(weights, variant)
-    h, w = input_shape[:2]
-    if h % 32 or w % 32:
-        raise EdgebusError(f"unet-efficientnet-{variant}: input size {h}x{w} must be a multiple of 32 (stride-32 encoder)")
-    inputs = keras.Input(input_shape, name="image")
-    features = lite.lite_backbone(keras, lite.normalise(keras, inputs), variant)
+    inputs, features = _lite_encoder(keras, variant, input_shape, f"unet-efficientnet-{variant}")
     x = features["stride32"]
     skips = [features["stride16"], features["stride8"], features["stride4"], features["stride2"], None]
     for i, (filters, skip) in enumerate(zip(decoder_filters, skips)):
