@@ -645,13 +645,14 @@ def cv_overview(cvs) -> list[str]:
     cls = [(d, s) for d, s in cvs if s["task"] == "classify"]
     seg = [(d, s) for d, s in cvs if s["task"] == "segment"]
     if cls:
-        out += ["| classifier | input | accuracy (%) | accuracy int8 (%) | malignant recall (%) | recall int8 (%) | AUC (%) | AUC int8 (%) |",
-                "|---|---|---|---|---|---|---|---|"]
+        out += ["| classifier | input | int8 from | accuracy (%) | accuracy int8 (%) | malignant recall (%) | recall int8 (%) | AUC (%) | AUC int8 (%) |",
+                "|---|---|---|---|---|---|---|---|---|"]
         for d, s in cls:
             b, b8 = s["bootstrap"], s.get("bootstrap_int8")
             cells = [interval_text(b[k], pct=True) for k in ("accuracy", "malignant_recall", "auc")]
             cells8 = [interval_text(b8[k], pct=True) if b8 else "—" for k in ("accuracy", "malignant_recall", "auc")]
-            out.append(f"| {s['model']} (`{Path(d).name}`) | {s['size']} px{_crop_words(s)} | {cells[0]} | {cells8[0]} | "
+            src = (s.get("int8_source") or "ptq").upper() if b8 else "—"
+            out.append(f"| {s['model']} (`{Path(d).name}`) | {s['size']} px{_crop_words(s)} | {src} | {cells[0]} | {cells8[0]} | "
                        f"{cells[1]} | {cells8[1]} | {cells[2]} | {cells8[2]} |")
         out.append("")
     if seg:
