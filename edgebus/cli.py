@@ -216,8 +216,9 @@ def models():
     """List the model registry."""
     from edgebus.models.registry import MODELS
 
+    width = max(map(len, MODELS))
     for name, m in sorted(MODELS.items()):
-        typer.echo(f"{name:22s} {m['task']:9s} {m['doc']}")
+        typer.echo(f"{name:{width}s}  {m['task']:9s} {m['doc']}")
 
 
 @app.command()
