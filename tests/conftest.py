@@ -43,7 +43,7 @@ def one_line_error(r, *needles):
     lines = [line for line in r.output.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, r.output
     for n in needles:
-        assert n in lines[0], lines[0]
+        assert str(n) in lines[0], lines[0]
 
 
 # Prepended to a subprocess's code: importing TensorFlow (or pandas) there fails, as on a cart.

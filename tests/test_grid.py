@@ -11,12 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
+from tests.conftest import cli, one_line_error as _one_line_error
 
-from edgebus.cli import app
 from edgebus.errors import EdgebusError
-
-runner = CliRunner()
 
 RECIPE = """
 name = "tiny"
@@ -35,10 +32,6 @@ folds = 3
 lr = 3e-3
 epochs = 1
 """
-
-
-def cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def assert_png(path: Path):
@@ -259,15 +252,6 @@ def test_study_table_puts_the_numbers_side_by_side(killed_and_resumed, monkeypat
     r = cli("grid", "table", out, "--out", out / "study.md")
     assert r.exit_code == 0, r.output
     assert "| accuracy (%) | 62.96 |" in (out / "study.md").read_text()
-
-
-def _one_line_error(r, *needles):
-    assert r.exit_code == 2, r.output
-    assert "Traceback" not in r.output
-    errs = [line for line in r.output.splitlines() if line.startswith("error:")]
-    assert len(errs) == 1, r.output
-    for n in needles:
-        assert str(n) in errs[0], errs[0]
 
 
 def test_grid_bad_input_errors(synthetic_breast_dir, killed_and_resumed, tmp_path):

@@ -313,7 +313,8 @@ class LesionPipeline:
             raise EdgebusError("pass a classifier and/or a segmenter model (or a bundle folder)")
         self.classifier = TaskModel(classifier, "classify", num_threads, xnnpack) if classifier is not None else None
         self.segmenter = TaskModel(segmenter, "segment", num_threads, xnnpack) if segmenter is not None else None
-        if self.classifier is not None and "crop" in self.classifier.contract and self.segmenter is None:
+        self.crops = self.classifier is not None and "crop" in self.classifier.contract  # segmentation-guided
+        if self.crops and self.segmenter is None:
             raise EdgebusError(f"{self.classifier.path}: classifies a crop around the lesion (segmentation-guided, per "
                                "its metadata); give a segmenter too (--segmenter, or a bundle with both)")
         self.max_pixels = int(max_pixels)
@@ -385,11 +386,12 @@ class LesionPipeline:
             if area:
                 ys, xs = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
                 res["bbox"] = [int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1]
-            box = lesion_box(prob >= s.threshold)  # on the model's map, as in training (edgebus.training.crops)
+            if self.crops:  # on the model's map, as in training (edgebus.training.crops)
+                box = lesion_box(prob >= s.threshold)
         if self.classifier is not None:
             c = self.classifier
             ta = time.perf_counter()
-            if "crop" in c.contract:
+            if self.crops:
                 x = to_model_input(gray, c.contract, box)
                 res["crop"] = crop_square_px(gray.shape, box, c.contract["crop"]["margin"])
             else:

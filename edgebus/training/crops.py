@@ -31,6 +31,8 @@ def segmenter_cv_boxes(cv_dir: str | Path, folds: list[dict], fingerprint: str) 
     from edgebus.training.cv import read_jsonl
 
     cv_dir = Path(cv_dir)
+    if not (cv_dir / "manifest.json").is_file():
+        raise EdgebusError(f"{cv_dir}: not a cross-validation folder; pass --boxes-from the folder 'edgebus cv segment' wrote")
     run = Run.load(cv_dir)
     where = f"{cv_dir}"
     if run.task != "segment" or "cv" not in run.manifest:

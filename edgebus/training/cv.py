@@ -415,7 +415,8 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print) -> dict:
     from edgebus.models.registry import model_task
     from edgebus.rundir import write_json
     from edgebus.training.train import (_KeepBest, build_compiled, classifier_only, device_name, fit_arrays,
-                                        has_aux_mask, load_split_data, predict, read_lesions)
+                                        has_aux_mask, load_split_data, manifest_data, manifest_model, predict,
+                                        read_lesions)
 
     task = model_task(cfg.model)
     if cfg.task and cfg.task != task:
@@ -459,10 +460,8 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print) -> dict:
                                             "folds": folds})
         run.add_artifact("folds.json", "folds")
         run.manifest.update({
-            "data": {"root": str(Path(ds.root).resolve()), "fingerprint": fp, "n_rows": len(ds.cases),
-                     "n_lesions": len(cases)},
-            "model": {"name": cfg.model, "task": task, "input_size": [cfg.size, cfg.size], "weights": cfg.weights,
-                      "kwargs": cfg.model_kwargs},
+            "data": manifest_data(ds, fp, len(cases)),
+            "model": manifest_model(cfg, task),
             "preprocess": contract,
             "threshold": cfg.threshold,
             "cv": {"identity": identity, "results": "folds.jsonl", "recipe": cfg.recipe,

@@ -246,7 +246,7 @@ def run_grid(cfg: GridConfig, shard: tuple[int, int] = (1, 1), progress: bool = 
     from edgebus.models.registry import model_task
     from edgebus.rundir import atomic_write, sha256_file, write_json
     from edgebus.training.train import (build_compiled, classifier_only, device_name, fit_eval, has_aux_mask,
-                                        history_csv, load_split_data,
+                                        history_csv, load_split_data, manifest_data, manifest_model,
                                         read_lesions, save_model)
 
     task = model_task(cfg.model)
@@ -273,11 +273,9 @@ def run_grid(cfg: GridConfig, shard: tuple[int, int] = (1, 1), progress: bool = 
         write_json(run.file("split.json"), {"seed": cfg.seed, "fractions": list(cfg.split_fractions), **split})
         run.add_artifact("split.json", "split")
         run.manifest.update({
-            "data": {"root": str(Path(ds.root).resolve()), "format": "breast", "fingerprint": fp,
-                     "n_rows": len(ds.cases), "n_lesions": len(cases)},
+            "data": manifest_data(ds, fp, len(cases)),
             "split": {"file": "split.json", "seed": cfg.seed, "counts": {k: len(v) for k, v in split.items()}},
-            "model": {"name": cfg.model, "task": task, "input_size": [cfg.size, cfg.size], "weights": cfg.weights,
-                      "kwargs": cfg.model_kwargs},
+            "model": manifest_model(cfg, task),
             "preprocess": contract,
             "threshold": cfg.threshold,
             "grid": {"identity": _identity(cfg, task, fp), "recipe": cfg.recipe, "results": "cells*.jsonl",

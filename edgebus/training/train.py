@@ -289,11 +289,23 @@ def build_compiled(name: str, size: int, weights: str, model_kwargs: dict, task:
     return model
 
 
+def manifest_data(ds, fingerprint: str, n_lesions: int) -> dict:
+    """The manifest's `data` entry of a run, grid or CV on a BrEaST-layout set."""
+    from edgebus.data.breast import CLASSES
+
+    return {"root": str(Path(ds.root).resolve()), "format": "breast", "fingerprint": fingerprint,
+            "n_rows": len(ds.cases), "n_lesions": n_lesions, "classes": list(CLASSES)}
+
+
+def manifest_model(cfg: FitConfig, task: str) -> dict:
+    """The manifest's `model` entry: what rebuilds the model from the registry."""
+    return {"name": cfg.model, "task": task, "input_size": [cfg.size, cfg.size], "weights": cfg.weights,
+            "kwargs": cfg.model_kwargs}
+
+
 def write_run_header(run: Run, cfg: TrainConfig, task: str, ds, n_lesions: int, split: dict, contract: dict,
                      data_fingerprint: str) -> None:
     """config.json, split.json and the manifest's data/split/model/preprocess entries of a run."""
-    from edgebus.data.breast import CLASSES
-
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
     config["task"] = task
     write_json(run.file("config.json"), config)
@@ -301,13 +313,9 @@ def write_run_header(run: Run, cfg: TrainConfig, task: str, ds, n_lesions: int, 
     run.add_artifact("config.json", "config")
     run.add_artifact("split.json", "split")
     run.manifest.update({
-        "data": {
-            "root": str(Path(ds.root).resolve()), "format": "breast", "fingerprint": data_fingerprint,
-            "n_rows": len(ds.cases), "n_lesions": n_lesions, "classes": list(CLASSES),
-        },
+        "data": manifest_data(ds, data_fingerprint, n_lesions),
         "split": {"file": "split.json", "seed": cfg.seed, "counts": {k: len(v) for k, v in split.items()}},
-        "model": {"name": cfg.model, "task": task, "input_size": [cfg.size, cfg.size], "weights": cfg.weights,
-                  "kwargs": cfg.model_kwargs},
+        "model": manifest_model(cfg, task),
         "preprocess": contract,
         "threshold": cfg.threshold,
     })
