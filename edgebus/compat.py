@@ -15,7 +15,7 @@ try:
     import tensorflow as tf  # noqa: E402
     import tf_keras as keras  # noqa: E402
 except ImportError as e:  # pragma: no cover - depends on the install
-    from edgebus.errors import EdgebusError
+    from edgebus.core.errors import EdgebusError
 
     raise EdgebusError(
         f"training/export needs TensorFlow ({e}); install it with: pip install 'edgebus[train]'"

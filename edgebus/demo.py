@@ -6,17 +6,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgebus.errors import EdgebusError
-from edgebus.rundir import atomic_write
+from edgebus.core.errors import EdgebusError
+from edgebus.core.io import atomic_write
 
 
 def run_demo(out: Path, data: Path | None = None, size: int = 96, epochs: int = 15, overwrite: bool = False,
              threads=(1, 2), qat_epochs: int = 2, log=print) -> Path:
     from edgebus.benchmarks import bench_run, write_report
     from edgebus.benchmarks.report import markdown
-    from edgebus.export import export_run
+    from edgebus.export.config import ExportConfig
+    from edgebus.export.exporter import export_run
     from edgebus.runtime import LesionPipeline, make_bundle, predict_files
-    from edgebus.runtime.predict import list_frames
+    from edgebus.runtime.frames import list_frames
     from edgebus.training import TrainConfig, train
 
     out = Path(out)
@@ -30,19 +31,16 @@ def run_demo(out: Path, data: Path | None = None, size: int = 96, epochs: int = 
         if not (data / "BrEaST-Lesions_USG-images_and_masks").exists():
             log(f"writing a synthetic BrEaST-layout set to {data} ...")
             make_synthetic(data, n_cases=160, seed=0)
-    plans = [
-        ("mobilenetv2", dict(lr=1e-3, batch=16)),
-        ("unet-efficientnetb2", dict(lr=1e-3, batch=8)),
-    ]
+    plans = [("mobilenetv2", dict(lr=1e-3)), ("unet-efficientnetb2", dict(lr=1e-3))]  # batch: the registry's
     parts, runs = [], {}
     for model, kw in plans:
         run_dir = out / "runs" / f"{model}-{size}"
         log(f"training {model} at {size}x{size} for {epochs} epochs -> {run_dir}")
         run = train(TrainConfig(data=str(data), model=model, out=str(run_dir), size=size, epochs=epochs,
                                 overwrite=overwrite, **kw))
-        runs[run.task] = run_dir
+        runs[run.task.name] = run_dir
         log(f"exporting {run_dir}: float32, int8 PTQ and int8 QAT ({qat_epochs} fine-tuning epochs) ...")
-        export_run(run_dir, ("float32", "int8"), overwrite=True, qat_epochs=qat_epochs, log=log)
+        export_run(run_dir, ExportConfig(formats=["float32", "int8"], overwrite=True, qat_epochs=qat_epochs), log=log)
         result = bench_run(run_dir, threads, warmup=5, runs=30, log=log)
         write_report(result, run_dir)
         parts.append(markdown(result))

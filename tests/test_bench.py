@@ -74,7 +74,7 @@ def test_threshold_selection_hits_requested_sensitivity():
     must reach the target sensitivity and be the highest that does."""
     import numpy as np
 
-    from edgebus.metrics import classification_metrics, expected_calibration_error, threshold_for_sensitivity
+    from edgebus.core.metrics import classification_metrics, expected_calibration_error, threshold_for_sensitivity
 
     rng = np.random.default_rng(0)
     y = np.r_[np.zeros(60), np.ones(40)].astype(int)

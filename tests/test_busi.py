@@ -7,7 +7,7 @@ from PIL import Image
 from edgebus.data.breast import load_arrays
 from edgebus.data.busi import read_busi, make_synthetic_busi
 from edgebus.data.preprocess import load_mask, preprocess_contract
-from edgebus.errors import EdgebusError
+from edgebus.core.errors import EdgebusError
 
 
 @pytest.fixture(scope="module")

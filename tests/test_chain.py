@@ -43,7 +43,7 @@ def test_run_directory_records_everything(cls_run):
     split = json.loads((cls_run / "split.json").read_text())
     ids = split["train"] + split["val"] + split["test"]
     assert len(ids) == len(set(ids)) == m["data"]["n_lesions"]
-    from edgebus.rundir import sha256_file
+    from edgebus.core.io import sha256_file
 
     for name, art in m["artifacts"].items():
         assert sha256_file(cls_run / name) == art["sha256"], name
@@ -52,7 +52,7 @@ def test_run_directory_records_everything(cls_run):
 
 @pytest.mark.parametrize("run_name", ["cls_run", "seg_run"])
 def test_int8_is_full_integer_and_agrees_with_float(run_name, request):
-    from edgebus.export.tflite import float_tensors
+    from edgebus.export.convert import float_tensors
     from edgebus.runtime import TFLiteModel
 
     run = request.getfixturevalue(run_name)

@@ -12,9 +12,9 @@ from PIL import Image
 
 from edgebus.data.breast import CLASSES, IMAGES_DIR, fingerprint, load_arrays, read_breast
 from edgebus.data.preprocess import load_gray, load_mask, preprocess_contract
-from edgebus.data.split import kfold_splits, stratified_split
+from edgebus.core.splits import kfold_splits, stratified_split
 from edgebus.data.synthetic import COLUMNS, SHEET_NAME, make_synthetic
-from edgebus.errors import EdgebusError
+from edgebus.core.errors import EdgebusError
 
 # What the conftest's synthetic set asks for: 40 rows, 2 normal, round(38 * 0.4) malignant.
 SYN_COUNTS = {"benign": 23, "malignant": 15, "normal": 2}
@@ -150,7 +150,7 @@ def test_synthetic_is_deterministic(tmp_path):
 
 
 def test_modules_import_without_pandas():
-    code = ("import sys, edgebus.data.breast, edgebus.data.split, edgebus.data.synthetic; "
+    code = ("import sys, edgebus.data.breast, edgebus.core.splits, edgebus.data.synthetic; "
             "assert 'pandas' not in sys.modules and 'openpyxl' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 

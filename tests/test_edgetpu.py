@@ -52,7 +52,7 @@ def models(tmp_path_factory):
     """int8 files: a clean one, one with ABS (not on the Edge TPU list), a float32 one, a
     dynamic-batch one and a batch-2 one."""
     from edgebus.compat import keras, tf
-    from edgebus.export.tflite import convert
+    from edgebus.export.convert import convert
 
     d = tmp_path_factory.mktemp("etpu")
     clean = _se_unet(keras)

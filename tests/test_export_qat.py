@@ -27,7 +27,7 @@ def manifest(run):
 
 @pytest.mark.parametrize("run_name", ["cls_run", "seg_run"])
 def test_qat_export_writes_full_integer_qat_and_ptq_files(run_name, request):
-    from edgebus.export.tflite import float_tensors
+    from edgebus.export.convert import float_tensors
     from edgebus.runtime import TFLiteModel
 
     run = request.getfixturevalue(run_name)
@@ -72,10 +72,10 @@ def test_int8_agrees_with_float_within_tolerance(cls_run, seg_run):
 def test_qat_model_reloads_inside_the_quantize_scope(seg_run):
     from edgebus.compat import keras
     from edgebus.export.qat import load_qat_model
-    from edgebus.export.tflite import load_run_arrays
-    from edgebus.metrics import task_metrics
-    from edgebus.rundir import Run
-    from edgebus.training.train import predict
+    from edgebus.data.arrays import load_run_arrays
+    from edgebus.core.tasks import get_task
+    from edgebus.core.manifest import Run
+    from edgebus.engine.fit import predict
 
     run = Run.load(seg_run)
     path = run.verify_artifact("model_qat.h5")
@@ -84,8 +84,8 @@ def test_qat_model_reloads_inside_the_quantize_scope(seg_run):
     qmodel = load_qat_model(path)
     assert any(type(layer).__name__ == "QuantizeWrapperV2" for layer in qmodel.layers)
     xte, yte = load_run_arrays(run)["test"]
-    got = task_metrics("segment", yte, predict(qmodel, xte), run.manifest["threshold"])
-    assert got["iou"] == pytest.approx(run.manifest["metrics"]["keras_qat_test"]["iou"], abs=1e-9)
+    got = get_task("segment").metrics(yte, predict(qmodel, xte), run.manifest.threshold)
+    assert got["iou"] == pytest.approx(run.manifest.metrics["keras_qat_test"]["iou"], abs=1e-9)
 
 
 def test_se_multiply_and_fixed_dropout_get_quantize_configs(tmp_path):
@@ -93,9 +93,9 @@ def test_se_multiply_and_fixed_dropout_get_quantize_configs(tmp_path):
     is quantization-aware, converts to full int8 and the saved QAT model reloads."""
     from edgebus.compat import keras, tfmot
     from edgebus.export import qat
-    from edgebus.export.tflite import convert, float_tensors
+    from edgebus.export.convert import convert, float_tensors
     from edgebus.runtime import TFLiteModel
-    from edgebus.training.train import keras_custom_objects
+    from edgebus.engine.models import keras_custom_objects
 
     FixedDropout = keras_custom_objects()["FixedDropout"]
     inp = keras.Input((16, 16, 3))
@@ -248,13 +248,14 @@ def test_real_models_qat_export_is_full_integer(model, configs, tmp_path):
     from collections import Counter
 
     from edgebus.data.synthetic import make_synthetic
-    from edgebus.export import export_run
+    from edgebus.export.config import ExportConfig
+    from edgebus.export.exporter import export_run
     from edgebus.training import TrainConfig, train
 
     data = make_synthetic(tmp_path / "data", n_cases=40, seed=0)
     run = tmp_path / model
     train(TrainConfig(data=str(data), model=model, out=str(run), size=64, epochs=1, batch=8), progress=False)
-    res = export_run(run, ("float32", "int8"), qat_epochs=1, log=lambda *a: None)
+    res = export_run(run, ExportConfig(formats=["float32", "int8"], qat_epochs=1), log=lambda *a: None)
     assert res["int8"]["status"] == "ok" and res["int8"]["float_tensors"] == []
     assert dict(Counter(manifest(run)["stages"]["export"]["qat"]["custom_configs"].values())) == configs
     assert res["int8"]["edgetpu"]["fully_mappable"], res["int8"]["edgetpu"]

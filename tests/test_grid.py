@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from tests.conftest import cli, one_line_error as _one_line_error
 
-from edgebus.errors import EdgebusError
+from edgebus.core.errors import EdgebusError
 
 RECIPE = """
 name = "tiny"
@@ -117,7 +117,9 @@ def test_grid_report_figures_and_best_run(killed_and_resumed):
 def test_grid_cell_equals_a_shorter_run(killed_and_resumed, synthetic_breast_dir, tmp_path):
     """The premise of one run per learning rate: the 2-epoch run seen at epoch 1 is the 1-epoch run."""
     from edgebus.training import TrainConfig, train
-    from edgebus.training.train import load_model, load_split_data, predict
+    from edgebus.data.arrays import load_split_data
+    from edgebus.engine.fit import predict
+    from edgebus.engine.models import load_run_model
 
     out, _, _ = killed_and_resumed
     cell = [json.loads(c) for c in lines(out / "cells.jsonl") if json.loads(c)["epochs"] == 1][0]
@@ -129,7 +131,7 @@ def test_grid_cell_equals_a_shorter_run(killed_and_resumed, synthetic_breast_dir
     by_id = {c.case_id: c for c in read_breast(synthetic_breast_dir).lesions()}
     split = json.loads((run.path / "split.json").read_text())
     data = load_split_data(by_id, {k: split[k] for k in ("train", "val", "test")}, m["preprocess"], "classify")
-    prob = predict(load_model(run.path / "model.keras"), data["test"][0]).ravel()
+    prob = predict(load_run_model(run), data["test"][0]).ravel()
     np.testing.assert_allclose(prob, cell["test_prob"], atol=1e-5)
 
 
@@ -168,7 +170,8 @@ def test_shards_partition_the_learning_rates():
 
 def test_kfold_partitions_and_cv_summary(synthetic_breast_dir, recipe, tmp_path):
     from edgebus.data.breast import read_breast
-    from edgebus.training.cv import content_groups, content_hashes, grouped_kfold, leaks
+    from edgebus.core.splits import content_groups, grouped_kfold, leaks
+    from edgebus.data.content import content_hashes
 
     cases = read_breast(synthetic_breast_dir).lesions()
     hashes = content_hashes(cases)
@@ -196,7 +199,8 @@ def test_kfold_partitions_and_cv_summary(synthetic_breast_dir, recipe, tmp_path)
 
 def test_identical_images_stay_in_one_part(synthetic_breast_dir, tmp_path):
     from edgebus.data.breast import read_breast
-    from edgebus.training.cv import content_groups, content_hashes, duplicates, grouped_kfold, grouped_split, leaks
+    from edgebus.core.splits import content_groups, duplicates, grouped_kfold, grouped_split, leaks
+    from edgebus.data.content import content_hashes
 
     data = tmp_path / "dup"
     shutil.copytree(synthetic_breast_dir, data)
@@ -217,7 +221,7 @@ def test_identical_images_stay_in_one_part(synthetic_breast_dir, tmp_path):
 
 
 def test_bootstrap_interval_on_27_images_is_about_18_points():
-    from edgebus.training.cv import bootstrap_classification
+    from edgebus.core.stats import bootstrap_classification
 
     y = np.array([0] * 16 + [1] * 11)
     prob = np.array([0.2] * 12 + [0.8] * 4 + [0.8] * 5 + [0.2] * 6)  # 17/27 correct, like the study's 62.96%
@@ -230,7 +234,7 @@ def test_bootstrap_interval_on_27_images_is_about_18_points():
 
 
 def test_torn_results_line_is_ignored_and_cut(tmp_path):
-    from edgebus.training.cv import append_jsonl, read_jsonl, repair_jsonl
+    from edgebus.core.io import append_jsonl, read_jsonl, repair_jsonl
 
     p = tmp_path / "cells.jsonl"
     append_jsonl(p, {"lr": 0.001, "epochs": 10})
@@ -243,11 +247,11 @@ def test_torn_results_line_is_ignored_and_cut(tmp_path):
 
 
 def test_study_table_puts_the_numbers_side_by_side(killed_and_resumed, monkeypatch):
-    from edgebus.training import grid
+    from edgebus.reports import study
 
     out, _, _ = killed_and_resumed
-    monkeypatch.setitem(grid.STUDY, "test-cnn", grid.STUDY["mobilenetv2"])
-    md = grid.study_table([out])
+    monkeypatch.setitem(study.STUDY, "test-cnn", study.STUDY["mobilenetv2"])
+    md = study.study_table([out])
     assert "## test-cnn" in md and "| accuracy (%) | 62.96 |" in md and "reduced grid" in md
     r = cli("grid", "table", out, "--out", out / "study.md")
     assert r.exit_code == 0, r.output

@@ -73,9 +73,9 @@ def test_crop_classifier_learns_on_predicted_crops(crop_run, seg_run):
 
 
 def test_cart_pipeline_cuts_the_crop_from_the_segmenters_mask(crop_run, seg_run, chain_data):
-    from edgebus.errors import EdgebusError
+    from edgebus.core.errors import EdgebusError
     from edgebus.runtime import LesionPipeline, TFLiteModel
-    from edgebus.runtime.predict import load_frame
+    from edgebus.runtime.frames import load_frame
 
     cart = LesionPipeline(classifier=crop_run, segmenter=seg_run)
     frame = sorted((chain_data / "BrEaST-Lesions_USG-images_and_masks").glob("case0*[0-9].png"))[3]
@@ -188,10 +188,11 @@ def test_crop_run_benchmarks_on_its_predicted_crops(crop_run):
 
 
 def test_auxiliary_mask_classifier_trains_on_masks_and_exports_one_output(synthetic_breast_dir, tmp_path):
-    from edgebus.export.tflite import float_tensors
+    from edgebus.export.convert import float_tensors
     from edgebus.models.registry import build_model
     from edgebus.runtime import TFLiteModel
-    from edgebus.training.train import load_model
+    from edgebus.core.manifest import Run
+    from edgebus.engine.models import load_run_model
 
     m = build_model("efficientnet-lite0-segaux", 64)
     assert [tuple(o.shape) for o in m.outputs] == [(None, 1), (None, 64, 64, 1)]
@@ -201,7 +202,7 @@ def test_auxiliary_mask_classifier_trains_on_masks_and_exports_one_output(synthe
     assert r.exit_code == 0, r.output
     head = (out / "history.csv").read_text().splitlines()[0].split(",")
     assert {"aux_mask_loss", "val_malignant_prob_accuracy"} <= set(head)  # both outputs were trained
-    saved = load_model(out / "model.keras")
+    saved = load_run_model(Run.load(out))
     assert len(saved.outputs) == 1 and not any(l.name.startswith("aux_") for l in saved.layers)
     r = cli("export", out, "--int8", "--ptq")
     assert r.exit_code == 0, r.output

@@ -48,7 +48,7 @@ def test_import_matches_pytorch_reference(lite0_weights):
 
 @needs_weights
 def test_registry_loads_imported_weights(lite0_weights):
-    from edgebus.errors import EdgebusError
+    from edgebus.core.errors import EdgebusError
     from edgebus.models.registry import build_model
 
     path, _ = lite0_weights
@@ -67,7 +67,7 @@ def test_registry_loads_imported_weights(lite0_weights):
 
 
 def test_imagenet_without_import_says_what_to_run():
-    from edgebus.errors import EdgebusError
+    from edgebus.core.errors import EdgebusError
     from edgebus.models.registry import build_model
 
     for name in ("efficientnet-lite0", "unet-efficientnet-lite0"):
@@ -79,7 +79,7 @@ def test_import_without_package_names_the_pip_command(monkeypatch):
     import builtins
     import importlib
 
-    from edgebus.errors import EdgebusError
+    from edgebus.core.errors import EdgebusError
     from edgebus.models import weights
 
     def blocked(names, real):
@@ -115,7 +115,7 @@ def test_architecture_shapes():
 def test_lite_trains_and_exports_full_int8(name, tmp_path):
     from edgebus.compat import keras, set_seed
     from edgebus.export.qat import quantize
-    from edgebus.export.tflite import convert, float_tensors
+    from edgebus.export.convert import convert, float_tensors
     from edgebus.models.registry import build_model, model_task
     from edgebus.runtime import TFLiteModel
 

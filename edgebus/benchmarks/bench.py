@@ -8,7 +8,6 @@ where TensorFlow is importable (a dev machine), never required.
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import platform
 import shutil
@@ -18,9 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from edgebus import __version__
-from edgebus.errors import EdgebusError
-from edgebus.metrics import headline, task_metrics
+from edgebus.core.errors import EdgebusError
+from edgebus.core.io import now, write_json
+from edgebus.core.manifest import MANIFEST, Run
 from edgebus.runtime.interpreter import TFLiteModel, interpreter_backend
+from edgebus.runtime.metadata import read_metadata
+from edgebus.runtime.model import ExportedModel
 
 SCHEMA = "edgebus.bench/1"
 EDGETPU_LIB = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
@@ -103,8 +105,16 @@ def timed_invokes(invoke, runs: int) -> np.ndarray:
     return times
 
 
+def _load(path: Path, threads: int, xnnpack: bool, delegates):
+    """An ExportedModel where the file carries edgebus metadata (so it can be scored), else a bare
+    TFLiteModel that is timed only."""
+    if read_metadata(path) is not None:
+        return ExportedModel(path, None, threads, xnnpack, delegates=delegates)
+    return TFLiteModel(path, num_threads=threads, xnnpack=xnnpack, experimental_delegates=delegates)
+
+
 def time_model(path: str | Path, threads: int = 1, warmup: int = 10, runs: int = 50, xnnpack: bool = True,
-               edgetpu: bool = False) -> tuple[dict, TFLiteModel | None]:
+               edgetpu: bool = False) -> tuple[dict, ExportedModel | TFLiteModel | None]:
     """Timing row for one file and thread count. A file that will not load gives a failed row."""
     path = Path(path)
     row = {"file": path.name, "threads": threads, "size_bytes": path.stat().st_size if path.exists() else None,
@@ -114,11 +124,14 @@ def time_model(path: str | Path, threads: int = 1, warmup: int = 10, runs: int =
     rss0 = _rss_mb()
     t0 = time.perf_counter()
     try:
+        if not path.is_file():
+            raise EdgebusError(f"{path}: model file not found; check the path or re-run 'edgebus export'")
         delegates = [edgetpu_delegate()] if edgetpu else None
-        m = TFLiteModel(path, num_threads=threads, xnnpack=xnnpack and not edgetpu, experimental_delegates=delegates)
+        loaded = _load(path, threads, xnnpack and not edgetpu, delegates)
     except EdgebusError as e:
         row.update(status="load_failed", error=str(e))
         return row, None
+    m = loaded.model if isinstance(loaded, ExportedModel) else loaded
     row["load_ms"] = (time.perf_counter() - t0) * 1e3
     row["xnnpack"], row["xnnpack_error"] = m.xnnpack, m.xnnpack_error
     x = np.random.default_rng(0).random(m.input_shape, dtype=np.float32)
@@ -132,7 +145,7 @@ def time_model(path: str | Path, threads: int = 1, warmup: int = 10, runs: int =
     row["fps"] = 1e3 / row["latency_ms"]["median"]
     rss1 = _rss_mb()
     row["rss_delta_mb"] = None if rss0 is None or rss1 is None else rss1 - rss0
-    return row, m
+    return row, loaded
 
 
 def load_pack(path: str | Path) -> dict:
@@ -146,20 +159,21 @@ def load_pack(path: str | Path) -> dict:
         raise EdgebusError(f"{path}: unreadable evaluation pack ({e}); re-run 'edgebus export'") from None
 
 
-def evaluate(m: TFLiteModel, pack: dict, task: str, threshold: float = 0.5) -> dict:
-    """Score a loaded model on an evaluation pack (uint8 test images at the model's size)."""
-    c = m.input_shape[-1]
-    x = np.repeat(pack["images"][..., None], c, axis=-1).astype(np.float32) / 255.0
-    prob = m.predict(x)
-    truth = pack["labels"] if task == "classify" else pack["masks"]
-    return task_metrics(task, truth, prob, threshold)
+def evaluate(m: ExportedModel, pack: dict) -> dict:
+    """Score a loaded model on an evaluation pack (uint8 test pixels at the model's size), at the
+    threshold its metadata carries."""
+    truth = m.task.truth(pack.get("labels"), pack.get("masks"))
+    if truth is None:
+        raise EdgebusError(f"evaluation pack has no {'labels' if m.task.name == 'classify' else 'masks'} for a "
+                           f"{m.task.name} model; re-run 'edgebus export'")
+    return m.task.metrics(truth, m.predict_pixels(pack["images"]), m.threshold)
 
 
-def _score(row: dict, m: TFLiteModel, pack: dict | None, task: str, thr: float, ref: dict | None) -> None:
-    if pack is None:
+def _score(row: dict, m, pack: dict | None, ref: dict | None) -> None:
+    if pack is None or not isinstance(m, ExportedModel):
         return
     try:
-        row["metrics"] = headline(task, evaluate(m, pack, task, thr))
+        row["metrics"] = m.task.headline(evaluate(m, pack))
     except (EdgebusError, ValueError, RuntimeError) as err:
         row.update(status="metric_failed", error=str(err).splitlines()[0])
         return
@@ -168,18 +182,20 @@ def _score(row: dict, m: TFLiteModel, pack: dict | None, task: str, thr: float, 
                                  for k, v in ref.items()}
 
 
-def keras_row(model_path: Path, input_shape, warmup: int, runs: int, ref: dict) -> dict:
+def keras_row(run: Run, warmup: int, runs: int, ref: dict) -> dict:
     """The study's deployment: Keras float `predict` on one image. Needs TensorFlow."""
+    model_path = run.file("model.keras")
+    input_shape = (*run.manifest.preprocess["size"], run.manifest.preprocess["channels"])
     row = {"file": model_path.name, "format": "keras", "threads": None, "size_bytes": model_path.stat().st_size,
            "warmup": warmup, "runs": runs, "status": "ok", "error": None, "xnnpack": None, "xnnpack_error": None,
            "delegate": None, "first_ms": None, "rss_delta_mb": None, "metrics": ref,
            "delta_vs_keras": {k: 0.0 for k in ref}}
-    from edgebus.training.train import load_model  # TensorFlow's import is not part of the load time
+    import edgebus.compat  # noqa: F401  TensorFlow's import is not part of the load time
+    from edgebus.engine.models import load_run_model
 
-    import edgebus.compat  # noqa: F401
     rss0 = _rss_mb()
     t0 = time.perf_counter()
-    model = load_model(model_path)
+    model = load_run_model(run)
     row["load_ms"] = (time.perf_counter() - t0) * 1e3
     x = np.random.default_rng(0).random((1, *input_shape), dtype=np.float32)
     t0 = time.perf_counter()
@@ -210,30 +226,30 @@ def _tensorflow_available() -> bool:
 
 def bench_run(run_dir: str | Path, threads=(1,), warmup: int = 10, runs: int = 50, xnnpack: bool = True,
               keras: bool = True, edgetpu: bool = False, log=print) -> dict:
-    """Time and score every exported file of a run (or a device pack); the Keras test metrics are
-    the reference. `keras`: add the Keras `predict` row where TensorFlow is installed."""
-    from edgebus.rundir import Run
-
+    """Time and score every exported file of a run (or a device pack), each sha256-checked against
+    the manifest first; the Keras test metrics are the reference. `keras`: add the Keras `predict`
+    row where TensorFlow is installed."""
     run = Run.load(run_dir)
-    exports = run.manifest.get("exports")
+    exports = run.manifest.exports
     if not exports:
         raise EdgebusError(f"{run.path}: nothing exported yet; run 'edgebus export {run.path} --int8' first")
     pack = load_pack(run.verify_artifact("eval_pack.npz"))
-    thr = run.manifest.get("threshold", 0.5)
-    ref = run.manifest["metrics"].get("keras_test") or run.manifest["metrics"]["keras"]["test"]
-    ref_head = headline(run.task, ref)
-    size = run.manifest["preprocess"]["size"]
+    ref_head = run.task.headline(run.manifest.keras_metrics("test"))
     rows = []
-    if keras and run.file("model.keras").exists() and _tensorflow_available():
+    if keras and "model.keras" in run.manifest.artifacts and _tensorflow_available():
         log("benchmarking Keras predict (float, 1 image) ...")
         try:
-            rows.append(keras_row(run.file("model.keras"), (*size, run.manifest["preprocess"]["channels"]),
-                                  min(warmup, 5), min(runs, 20), ref_head))
+            rows.append(keras_row(run, min(warmup, 5), min(runs, 20), ref_head))
         except EdgebusError as e:
             rows.append({"file": "model.keras", "format": "keras", "threads": None, "status": "load_failed",
                          "error": str(e), "size_bytes": None})
     for fmt, e in exports.items():
-        targets = [(run.file(e["file"]), False)]
+        try:
+            targets = [(run.verify_artifact(e["file"]), False)]
+        except EdgebusError as err:  # changed or missing: a failed row, never a silent benchmark of another file
+            rows.append({"file": e["file"], "format": fmt, "threads": None, "status": "load_failed", "error": str(err),
+                         "size_bytes": None})
+            continue
         if edgetpu and fmt.startswith("int8"):
             targets.append((run.file(e["file"]).with_name(Path(e["file"]).stem + "_edgetpu.tflite"), True))
         for path, on_tpu in targets:
@@ -245,50 +261,34 @@ def bench_run(run_dir: str | Path, threads=(1,), warmup: int = 10, runs: int = 5
                 else:
                     row, m = time_model(path, t, warmup, runs, xnnpack, edgetpu=on_tpu)
                 row["format"] = fmt + ("+edgetpu" if on_tpu else "")
-                if m is not None:
-                    _score(row, m, pack, run.task, thr, ref_head)
+                _score(row, m, pack, ref_head)
                 rows.append(row)
+    size = run.manifest.preprocess["size"]
     return {
-        "schema": SCHEMA,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(),
-        "run": str(run.path.resolve()),
-        "task": run.task,
-        "model": run.manifest["model"]["name"],
-        "input_size": size,
-        "data_fingerprint": run.manifest["data"]["fingerprint"],
+        "schema": SCHEMA, "created": now(), "machine": machine_info(), "run": str(run.path.resolve()),
+        "task": run.task.name, "model": run.manifest.model.name, "input_size": size,
+        "data_fingerprint": run.manifest.data.fingerprint,
         "eval_split": {"name": "test", "n": int(len(pack["images"]))},
-        "keras_reference": ref_head,
-        "rows": rows,
+        "keras_reference": ref_head, "rows": rows,
     }
 
 
 def bench_files(paths, threads=(1,), warmup: int = 10, runs: int = 50, xnnpack: bool = True,
                 eval_pack: str | Path | None = None, log=print) -> dict:
-    """Time lone .tflite files; their embedded metadata says the task. With an evaluation pack
-    they are scored too."""
-    from edgebus.runtime.metadata import read_metadata
-
+    """Time lone .tflite files; those with edgebus metadata are scored on an evaluation pack."""
     pack = load_pack(eval_pack) if eval_pack else None
     rows, tasks = [], set()
     for p in map(Path, paths):
-        try:
-            meta = read_metadata(p) or {}
-        except EdgebusError as e:
-            meta = {}
-            log(f"warning: {e}")
         for t in threads:
             log(f"benchmarking {p.name} ({t} thread{'s' if t > 1 else ''}) ...")
             row, m = time_model(p, t, warmup, runs, xnnpack)
-            row["format"] = meta.get("format", p.stem)
-            if m is not None and meta.get("task"):
-                tasks.add(meta["task"])
-                _score(row, m, pack, meta["task"], meta.get("threshold", 0.5), None)
+            row["format"] = m.meta.get("format", p.stem) if isinstance(m, ExportedModel) else p.stem
+            if isinstance(m, ExportedModel):
+                tasks.add(m.task.name)
+                _score(row, m, pack, None)
             rows.append(row)
     return {
-        "schema": SCHEMA,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(),
+        "schema": SCHEMA, "created": now(), "machine": machine_info(),
         "run": None, "task": tasks.pop() if len(tasks) == 1 else None, "model": ", ".join(Path(p).name for p in paths),
         "input_size": None, "data_fingerprint": None,
         "eval_split": {"name": "pack", "n": int(len(pack["images"]))} if pack else None,
@@ -299,22 +299,22 @@ def bench_files(paths, threads=(1,), warmup: int = 10, runs: int = 50, xnnpack: 
 def make_pack(run_dir: str | Path, out: str | Path) -> Path:
     """Copy what a device needs to benchmark a run (exported files, sidecars, evaluation pack and a
     manifest) into `out`; `edgebus bench OUT` then runs there with only the core install."""
-    from edgebus.rundir import Run, write_json
+    import dataclasses
 
     run = Run.load(run_dir)
-    if not run.manifest.get("exports"):
+    if not run.manifest.exports:
         raise EdgebusError(f"{run.path}: nothing exported yet; run 'edgebus export {run.path} --int8' first")
     out = Path(out)
-    if (out / "manifest.json").exists():
-        raise EdgebusError(f"{out}: a pack or run is already there; pick another folder")
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise EdgebusError(f"{out}: exists and is not an empty folder; pick a new folder for the pack")
     keep = {"eval_pack.npz"}
-    for e in run.manifest["exports"].values():
+    for e in run.manifest.exports.values():
         keep |= {e["file"], e.get("metadata")} - {None}
-    for name in sorted(keep):
-        shutil.copy2(run.verify_artifact(name), out / name)
-    manifest = {k: v for k, v in run.manifest.items() if k != "artifacts"}
-    manifest["artifacts"] = {k: v for k, v in run.manifest["artifacts"].items() if k in keep}
-    manifest["pack_of"] = str(run.path.resolve())
-    write_json(out / "manifest.json", manifest)
+    sources = {name: run.verify_artifact(name) for name in sorted(keep)}  # every file checked before any copy
+    out.mkdir(parents=True, exist_ok=True)
+    for name, src in sources.items():
+        shutil.copyfile(src, out / name)
+    manifest = dataclasses.replace(run.manifest, artifacts={k: v for k, v in run.manifest.artifacts.items() if k in keep},
+                                   pack_of=str(run.path.resolve()))
+    write_json(out / MANIFEST, manifest.to_dict())
     return out

@@ -9,8 +9,8 @@ import html
 import io
 from pathlib import Path
 
-from edgebus.errors import EdgebusError
-from edgebus.rundir import atomic_write, read_json, write_json
+from edgebus.core.errors import EdgebusError
+from edgebus.core.io import atomic_write, read_json, write_json
 
 
 def _f(v, nd=2):

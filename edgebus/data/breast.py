@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from edgebus.data.preprocess import load_gray, load_mask, resize_mask, to_model_input
-from edgebus.errors import EdgebusError
-from edgebus.rundir import sha256_file
+from edgebus.core.errors import EdgebusError
+from edgebus.core.metrics import CLASS_NAMES as CLASSES  # label 0, 1
+from edgebus.core.io import sha256_file
 
-CLASSES = ("benign", "malignant")  # label 0, 1
 KNOWN_CLASSIFICATIONS = ("benign", "malignant", "normal")
 REQUIRED_COLUMNS = ("CaseID", "Image_filename", "Mask_tumor_filename", "Pixel_size", "Classification")
 IMAGES_DIR = "BrEaST-Lesions_USG-images_and_masks"
@@ -226,3 +226,24 @@ def load_arrays(cases, contract: dict, with_masks: bool = False, boxes: dict | N
         if with_masks and m is not None:
             masks[i, ..., 0] = resize_mask(m, (h, w))
     return x, y, masks
+
+
+def is_breast_layout(path: str | Path) -> bool:
+    """A folder holding a BrEaST sheet and its images folder."""
+    path = Path(path)
+    return (path / IMAGES_DIR).is_dir() and any(path.glob(SHEET_GLOB))
+
+
+def breast_pixel_sizes(root: str | Path) -> dict[str, float]:
+    """{image file name: mm per pixel} from a BrEaST-layout sheet (its Pixel_size is cm per pixel: x10)."""
+    import importlib.util
+
+    try:
+        missing = importlib.util.find_spec("pandas") is None
+    except (ImportError, ValueError):
+        missing = True
+    if missing:
+        raise EdgebusError("--data: reading the BrEaST sheet's Pixel_size needs pandas and openpyxl; "
+                           "install edgebus[train] or pass --pixel-size")
+    ds = read_breast(root)
+    return {c.image.name: c.pixel_size * 10.0 for c in ds.cases if c.pixel_size and c.pixel_size > 0}

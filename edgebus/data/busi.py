@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from edgebus.data.breast import Case, Dataset
-from edgebus.errors import EdgebusError
+from edgebus.core.errors import EdgebusError
 
 BUSI_DIR = "Dataset_BUSI_with_GT"
 BUSI_CLASSES = {"benign": 0, "malignant": 1, "normal": None}

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from edgebus.errors import EdgebusError
+from edgebus.core.errors import EdgebusError
 
 PREPROCESS_VERSION = 1  # whole frame
 CROP_VERSION = 2  # lesion crop (contract has "crop")
@@ -113,6 +113,13 @@ def to_uint8_input(gray: np.ndarray, contract: dict, box: list[float] | None = N
 def to_model_input(gray: np.ndarray, contract: dict, box: list[float] | None = None) -> np.ndarray:
     """HxW uint8 grayscale -> HxWxC float32 in [0, 1] (what float models take)."""
     return to_uint8_input(gray, contract, box).astype(np.float32) / 255.0
+
+
+def pixels_to_input(pixels: np.ndarray, contract: dict) -> np.ndarray:
+    """(N, H, W) uint8 pixels already at the model's size (an evaluation pack) -> (N, H, W, C)
+    float32 in [0, 1]: the last steps of to_model_input."""
+    p = np.asarray(pixels, dtype=np.uint8)
+    return np.repeat(p[..., None], contract["channels"], axis=-1).astype(np.float32) / 255.0
 
 
 def _largest_region(mask: np.ndarray) -> np.ndarray | None:

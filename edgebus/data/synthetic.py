@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from edgebus.data.breast import IMAGES_DIR, SHEET_GLOB
-from edgebus.errors import EdgebusError
+from edgebus.core.errors import EdgebusError
 
 SHEET_NAME = "BrEaST-Lesions-USG-clinical-data-synthetic.xlsx"
 COLUMNS = (

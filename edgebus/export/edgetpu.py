@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgebus.errors import EdgebusError
+from edgebus.core.errors import EdgebusError
 
 DOC_URL = "https://coral.ai/docs/edgetpu/models-intro/#supported-operations"
 COMPILER_DOC_URL = "https://coral.ai/docs/edgetpu/compiler/"
@@ -369,7 +369,7 @@ def markdown(reports: dict[str, dict], compiled: dict[str, dict] | None = None) 
 
 def write_reports(run_path: Path, reports: dict[str, dict], compiled: dict[str, dict] | None = None) -> tuple[Path, Path]:
     """edgetpu_report.json (full, per op) and edgetpu_report.md in the run."""
-    from edgebus.rundir import atomic_write, write_json
+    from edgebus.core.io import atomic_write, write_json
 
     js = write_json(Path(run_path) / "edgetpu_report.json", {"source": DOC_URL, "files": reports, "compiled": compiled or {}})
     md = atomic_write(Path(run_path) / "edgetpu_report.md", markdown(reports, compiled))

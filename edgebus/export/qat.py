@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgebus.errors import EdgebusError
+from edgebus.core.errors import EdgebusError
 
 QAT_MODEL = "model_qat.h5"
 # Layers that are the identity at inference: no quantizer.
@@ -83,7 +83,7 @@ def quantize_configs() -> dict:
 
 def custom_objects() -> dict:
     """Custom Keras objects of the registry models (FixedDropout, swish) plus the QAT configs."""
-    from edgebus.training.train import keras_custom_objects
+    from edgebus.engine.models import keras_custom_objects
 
     return {**keras_custom_objects(), **quantize_configs()}
 
@@ -259,7 +259,7 @@ def fine_tune(qmodel, task: str, x: np.ndarray, y: np.ndarray, epochs: int, lr: 
     """Fine-tune a QAT model on (x, y) with the run's own loss (calibrate_ranges first); returns
     the loss history and wall time."""
     from edgebus.compat import set_seed
-    from edgebus.training.train import compile_model
+    from edgebus.engine.fit import compile_model
 
     if epochs < 0:
         raise EdgebusError(f"--qat-epochs {epochs}: give 0 or more epochs")

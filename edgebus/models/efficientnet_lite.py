@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from edgebus.errors import EdgebusError
+from edgebus.core.errors import EdgebusError
 
 # variant: (width coefficient, depth coefficient, native resolution, dropout rate)
 VARIANTS = {

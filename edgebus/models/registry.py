@@ -6,6 +6,10 @@ graph from input to a sigmoid head: tfmot cannot quantize a model nested in anot
 
 `weights` is "none", "imagenet" (downloads; needs internet) or a path to a local weights file
 (for air-gapped carts). `test-*` models are tiny, for fast tests.
+
+Each entry carries its defaults (task, input size, batch), as timm's default configs do: a command
+that is not given --size or --batch takes them from here. A run's manifest names the model and its
+build arguments, and `build_from_manifest` rebuilds exactly that architecture from the registry.
 """
 
 from __future__ import annotations
@@ -13,23 +17,45 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from edgebus.errors import EdgebusError
+from edgebus.core.errors import EdgebusError
+from edgebus.core.tasks import get_task
 
 MODELS: dict[str, dict] = {}
 
 
-def register(name: str, task: str):
+def register(name: str, task: str, size: int = 128, batch: int | None = None):
+    """Register a builder under `name` with its defaults (batch: the task's default when None)."""
+
     def deco(fn: Callable):
-        MODELS[name] = {"task": task, "build": fn, "doc": (fn.__doc__ or "").strip().splitlines()[0]}
+        MODELS[name] = {"task": task, "build": fn, "doc": (fn.__doc__ or "").strip().splitlines()[0],
+                        "size": size, "batch": batch or get_task(task).default_batch}
         return fn
 
     return deco
 
 
-def model_task(name: str) -> str:
+def _entry(name: str) -> dict:
     if name not in MODELS:
         raise EdgebusError(f"unknown model '{name}'; choose one of: {', '.join(sorted(MODELS))}")
-    return MODELS[name]["task"]
+    return MODELS[name]
+
+
+def model_task(name: str) -> str:
+    return _entry(name)["task"]
+
+
+def model_defaults(name: str) -> dict:
+    """{"task", "size", "batch"} of a registered model."""
+    e = _entry(name)
+    return {"task": e["task"], "size": e["size"], "batch": e["batch"]}
+
+
+def check_task(name: str, task: str | None, command: str) -> str:
+    """The model's task, refusing a model of the other task given to `edgebus <command> <task>`."""
+    have = model_task(name)
+    if task and task != have:
+        raise EdgebusError(f"model '{name}' is a {have} model; use 'edgebus {command} {have}'")
+    return have
 
 
 def _resolve_weights(weights: str | None) -> str | None:
@@ -45,9 +71,36 @@ def _resolve_weights(weights: str | None) -> str | None:
 
 def build_model(name: str, input_size: int | tuple[int, int], weights: str | None = "none", **kwargs):
     """Build registered model `name` for HxW inputs. Returns a tf_keras Model."""
-    model_task(name)
+    build = _entry(name)["build"]
     h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-    return MODELS[name]["build"](input_shape=(h, w, 3), weights=_resolve_weights(weights), **kwargs)
+    if not (h > 0 and w > 0):
+        raise EdgebusError(f"input size {h}x{w}: give a positive number of pixels, e.g. --size 128")
+    try:
+        return build(input_shape=(h, w, 3), weights=_resolve_weights(weights), **kwargs)
+    except TypeError as e:  # an unknown build argument (a manifest or recipe from elsewhere)
+        raise EdgebusError(f"model '{name}': bad build arguments {sorted(kwargs)} ({e})") from None
+
+
+def build_from_manifest(model_info):
+    """The architecture a run's manifest names (its `model` entry: name, input size, build
+    arguments), as it was deployed (an auxiliary-mask classifier without its training-only
+    decoder), with fresh weights: the run's trained weights are loaded into it."""
+    return classifier_only(build_model(model_info.name, tuple(model_info.input_size), "none", **model_info.kwargs))
+
+
+def has_aux_mask(model) -> bool:
+    """A classifier with an auxiliary lesion-mask output (efficientnet-lite0-segaux)."""
+    return len(model.outputs) == 2
+
+
+def classifier_only(model):
+    """The classification path of a model with an auxiliary mask output (input -> malignant_prob),
+    sharing its layers; other models as they are. This is what is saved, exported and deployed."""
+    if not has_aux_mask(model):
+        return model
+    from edgebus.compat import keras
+
+    return keras.Model(model.inputs, model.get_layer("malignant_prob").output, name=model.name)
 
 
 def _classifier_head(keras, inputs, features, dropout: float, name: str):
@@ -118,7 +171,7 @@ def _conv_bn(keras, x, filters, name, stride=1):
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
-@register("test-cnn", "classify")
+@register("test-cnn", "classify", size=64)
 def test_cnn(input_shape, weights=None, width: int = 8, dropout: float = 0.0):
     """Tiny CNN classifier for tests (seconds to train)."""
     from edgebus.compat import keras
@@ -141,7 +194,7 @@ def _se(keras, x, name):
     return keras.layers.Multiply(name=f"{name}_excite")([x, s])
 
 
-@register("test-unet", "segment")
+@register("test-unet", "segment", size=64)
 def test_unet(input_shape, weights=None, width: int = 8):
     """Tiny U-Net with squeeze-and-excite blocks, for tests."""
     from edgebus.compat import keras
@@ -243,25 +296,25 @@ def _lite_classifier_segaux(variant: str, input_shape, weights, dropout: float, 
     return model
 
 
-@register("efficientnet-lite0-segaux", "classify")
+@register("efficientnet-lite0-segaux", "classify", size=160)
 def efficientnet_lite0_segaux(input_shape, weights=None, dropout: float = 0.2, bn_momentum: float | None = 0.9):
     """EfficientNet-Lite0 classifier trained with an auxiliary lesion-mask decoder (segmentation-guided); exports as a plain classifier."""
     return _lite_classifier_segaux("lite0", input_shape, weights, dropout, bn_momentum)
 
 
-@register("efficientnet-lite0", "classify")
+@register("efficientnet-lite0", "classify", size=160)
 def efficientnet_lite0(input_shape, weights=None, dropout: float = 0.2, bn_momentum: float | None = 0.9):
     """EfficientNet-Lite0 (ReLU6, no SE; int8/Edge TPU friendly) + global pool + sigmoid head, one flat graph."""
     return _lite_classifier("lite0", input_shape, weights, dropout, bn_momentum)
 
 
-@register("efficientnet-lite1", "classify")
+@register("efficientnet-lite1", "classify", size=224)
 def efficientnet_lite1(input_shape, weights=None, dropout: float = 0.2, bn_momentum: float | None = 0.9):
     """EfficientNet-Lite1 (native 240 px) + global pool + sigmoid head, one flat graph."""
     return _lite_classifier("lite1", input_shape, weights, dropout, bn_momentum)
 
 
-@register("efficientnet-lite2", "classify")
+@register("efficientnet-lite2", "classify", size=256)
 def efficientnet_lite2(input_shape, weights=None, dropout: float = 0.3, bn_momentum: float | None = 0.9):
     """EfficientNet-Lite2 (native 260 px) + global pool + sigmoid head, one flat graph."""
     return _lite_classifier("lite2", input_shape, weights, dropout, bn_momentum)

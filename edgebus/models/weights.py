@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgebus.errors import EdgebusError
+from edgebus.core.errors import EdgebusError
 from edgebus.models.efficientnet_lite import (
     BN_EPSILON,
     VARIANTS,
@@ -337,7 +337,7 @@ def import_lite_weights(variant: str, out: str | Path | None = None, pth: str | 
     finally:
         tmp.unlink(missing_ok=True)
     from edgebus import __version__
-    from edgebus.rundir import write_json
+    from edgebus.core.io import write_json
 
     meta = {
         "variant": v,

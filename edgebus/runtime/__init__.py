@@ -1,8 +1,12 @@
 """The cart runtime: runs exported .tflite files with a TFLite interpreter only (no TensorFlow)."""
 
+from edgebus.runtime.batch import predict_files
+from edgebus.runtime.bundle import find_bundle, make_bundle
+from edgebus.runtime.frames import load_frame
 from edgebus.runtime.interpreter import TFLiteModel, interpreter_backend
+from edgebus.runtime.model import ExportedModel
 from edgebus.runtime.overlay import render_overlay
-from edgebus.runtime.predict import LesionPipeline, find_bundle, load_frame, make_bundle, predict_files
+from edgebus.runtime.pipeline import LesionPipeline
 
-__all__ = ["LesionPipeline", "TFLiteModel", "find_bundle", "interpreter_backend", "load_frame", "make_bundle",
-           "predict_files", "render_overlay"]
+__all__ = ["ExportedModel", "LesionPipeline", "TFLiteModel", "find_bundle", "interpreter_backend", "load_frame",
+           "make_bundle", "predict_files", "render_overlay"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgebus.errors import EdgebusError
+from edgebus.core.errors import EdgebusError
 
 
 def interpreter_backend() -> tuple[str, str, type]:

@@ -12,7 +12,7 @@ import json
 import struct
 from pathlib import Path
 
-from edgebus.errors import EdgebusError
+from edgebus.core.errors import EdgebusError
 
 METADATA_NAME = "edgebus"
 

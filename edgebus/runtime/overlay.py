@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from edgebus.errors import EdgebusError
-from edgebus.rundir import atomic_write
+from edgebus.core.errors import EdgebusError
+from edgebus.core.io import atomic_write
 
 CONTOUR_RGB = (255, 0, 0)
 BOX_RGB = (255, 255, 0)

@@ -8,18 +8,18 @@ from a segment cross-validation with the same folds (which records each fold's b
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from edgebus.errors import EdgebusError
+from edgebus.core.errors import EdgebusError
+from edgebus.core.io import read_jsonl, sha256_file
+from edgebus.core.manifest import Run
+from edgebus.data.preprocess import lesion_box
 
 
-def predicted_boxes(prob: np.ndarray, threshold: float = 0.5) -> list:
+def predicted_boxes(prob: np.ndarray, threshold: float) -> list:
     """lesion_box of each predicted mask (N, H, W, 1) at prob >= threshold (None: nothing found)."""
-    from edgebus.data.preprocess import lesion_box
-
     return [lesion_box(p[..., 0] >= threshold) for p in np.asarray(prob)]
 
 
@@ -27,19 +27,16 @@ def segmenter_cv_boxes(cv_dir: str | Path, folds: list[dict], fingerprint: str) 
     """Per fold {"val": {case_id: box}, "test": {...}, "test_int8": {...}} from a segment CV directory
     made on the same data with the same folds, and the sha256 of its results file. Each fold's boxes
     come from a segmenter that never saw that fold's val or test images."""
-    from edgebus.rundir import Run, sha256_file
-    from edgebus.training.cv import read_jsonl
-
     cv_dir = Path(cv_dir)
     if not (cv_dir / "manifest.json").is_file():
         raise EdgebusError(f"{cv_dir}: not a cross-validation folder; pass --boxes-from the folder 'edgebus cv segment' wrote")
     run = Run.load(cv_dir)
     where = f"{cv_dir}"
-    if run.task != "segment" or "cv" not in run.manifest:
+    if run.task.name != "segment" or run.manifest.cv is None:
         raise EdgebusError(f"{where}: not a segmentation cross-validation; pass the folder 'edgebus cv segment' wrote")
-    if run.manifest["data"]["fingerprint"] != fingerprint:
+    if run.manifest.data.fingerprint != fingerprint:
         raise EdgebusError(f"{where}: made on other data (fingerprint differs); run 'edgebus cv segment' on this data")
-    theirs = json.loads(run.verify_artifact("folds.json").read_text())["folds"]
+    theirs = run.read_artifact_json("folds.json")["folds"]
     if theirs != folds:
         raise EdgebusError(f"{where}: its folds differ from these (another --folds, --seed or val fraction); "
                            f"run both with the same settings")
@@ -63,28 +60,27 @@ def segmenter_run_boxes(seg_run: str | Path, by_id: dict, split: dict, fingerpri
     """({case_id: box} for the val and test cases of `split`, predicted by the Keras model of segment
     run `seg_run`; a description of the source). Refuses a segmenter that trained on any of them."""
     from edgebus.data.breast import load_arrays
-    from edgebus.rundir import Run
-    from edgebus.training.train import load_model, predict
+    from edgebus.engine.fit import predict
+    from edgebus.engine.models import load_run_model
 
     seg_run = Path(seg_run)
     run = Run.load(seg_run)
-    if run.task != "segment":
-        raise EdgebusError(f"{seg_run}: a {run.task} run; pass a segment run directory as --segmenter")
-    if run.manifest["data"]["fingerprint"] != fingerprint:
+    if run.task.name != "segment":
+        raise EdgebusError(f"{seg_run}: a {run.task.name} run; pass a segment run directory as --segmenter")
+    if run.manifest.data.fingerprint != fingerprint:
         raise EdgebusError(f"{seg_run}: trained on other data (fingerprint differs); train the segmenter on this data")
-    seg_split = json.loads(run.verify_artifact("split.json").read_text())
+    seg_split = run.read_artifact_json("split.json")
     seen = set(seg_split["train"]) & (set(split["val"]) | set(split["test"]))
     if seen:
         raise EdgebusError(f"{seg_run}: the segmenter trained on {len(seen)} of this run's val/test images (another "
                            f"split); train it with the same --seed so its boxes are honest")
-    path = run.verify_artifact("model.keras")
-    model = load_model(path)
-    threshold = float(run.manifest.get("threshold", 0.5))
+    model = load_run_model(run)
+    threshold = run.manifest.threshold
     boxes = {}
     for part in ("val", "test"):
         cases = [by_id[i] for i in split[part]]
-        x = load_arrays(cases, run.manifest["preprocess"])[0]
+        x = load_arrays(cases, run.manifest.preprocess)[0]
         boxes.update(zip(split[part], predicted_boxes(predict(model, x), threshold)))
-    source = {"segmenter_run": str(seg_run.resolve()), "model_sha256": run.manifest["artifacts"]["model.keras"]["sha256"],
-              "model": run.manifest["model"]["name"], "threshold": threshold}
+    source = {"segmenter_run": str(seg_run.resolve()), "model_sha256": run.manifest.artifacts["model.keras"]["sha256"],
+              "model": run.manifest.model.name, "threshold": threshold}
     return boxes, source

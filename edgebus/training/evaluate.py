@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgebus.errors import EdgebusError
-from edgebus.metrics import task_metrics
-from edgebus.rundir import Run, write_json
+from edgebus.core.errors import EdgebusError
+from edgebus.core.io import write_json
+from edgebus.core.manifest import Run
+from edgebus.data.breast import fingerprint, load_arrays
 
 READERS = ("busi", "breast")
 
@@ -27,25 +28,24 @@ def read_dataset(data: str | Path, fmt: str):
 def external_boxes(segmenter: str | Path, cases) -> tuple[dict, str]:
     """({case_id: box} predicted by `segmenter`, a segment run directory (its Keras model) or an
     exported segment .tflite, on whole frames; the file used)."""
-    from edgebus.data.breast import load_arrays
     from edgebus.training.crops import predicted_boxes
 
     segmenter = Path(segmenter)
+    ids = [c.case_id for c in cases]
     if segmenter.is_dir():
-        from edgebus.training.train import load_model, predict
+        from edgebus.engine.fit import predict
+        from edgebus.engine.models import load_run_model
 
         seg = Run.load(segmenter)
-        if seg.task != "segment":
-            raise EdgebusError(f"{segmenter}: a {seg.task} run; pass a segment run or .tflite as --segmenter")
-        x = load_arrays(cases, seg.manifest["preprocess"])[0]
-        prob = predict(load_model(seg.verify_artifact("model.keras")), x)
-        return dict(zip([c.case_id for c in cases], predicted_boxes(prob, seg.manifest.get("threshold", 0.5)))), str(segmenter)
-    from edgebus.runtime.predict import TaskModel
+        if seg.task.name != "segment":
+            raise EdgebusError(f"{segmenter}: a {seg.task.name} run; pass a segment run or .tflite as --segmenter")
+        prob = predict(load_run_model(seg), load_arrays(cases, seg.manifest.preprocess)[0])
+        return dict(zip(ids, predicted_boxes(prob, seg.manifest.threshold))), str(segmenter)
+    from edgebus.runtime.model import ExportedModel
 
-    m = TaskModel(segmenter, "segment")
-    x = load_arrays(cases, m.contract)[0]
-    prob = m.model.predict(x)
-    return dict(zip([c.case_id for c in cases], predicted_boxes(prob, m.threshold))), str(m.path)
+    m = ExportedModel(segmenter, "segment")
+    prob = m.predict(load_arrays(cases, m.contract)[0])
+    return dict(zip(ids, predicted_boxes(prob, m.threshold))), str(m.path)
 
 
 def evaluate_external(run_dir, data, fmt: str = "busi", model_file: str | None = None, segmenter: str | None = None,
@@ -53,10 +53,8 @@ def evaluate_external(run_dir, data, fmt: str = "busi", model_file: str | None =
     """Metrics of the run's model (Keras, or `model_file`: one of its exported .tflite files) on
     every lesion case of `data`; written to the run as external-<format>-<fingerprint>.json. A
     lesion-crop classifier needs `segmenter` (a segment run or .tflite) to find the lesions."""
-    from edgebus.data.breast import fingerprint, load_arrays
-
     run = Run.load(run_dir)
-    contract = run.manifest["preprocess"]
+    contract = run.manifest.preprocess
     if "crop" in contract and segmenter is None:
         raise EdgebusError(f"{run.path}: a lesion-crop classifier; pass --segmenter (a segment run or .tflite) "
                            "to find the lesions it classifies")
@@ -65,19 +63,24 @@ def evaluate_external(run_dir, data, fmt: str = "busi", model_file: str | None =
     if not cases:
         raise EdgebusError(f"{ds.root}: no benign/malignant cases with masks to evaluate on")
     boxes, boxes_from = (None, None) if "crop" not in contract else external_boxes(segmenter, cases)
-    x, y, m = load_arrays(cases, contract, with_masks=run.task == "segment", boxes=boxes)
-    truth = y if run.task == "classify" else m
-    thr = run.manifest.get("threshold", 0.5)
+    x, y, m = load_arrays(cases, contract, with_masks=run.task.name == "segment", boxes=boxes)
+    thr = run.manifest.threshold
     if model_file:
-        from edgebus.runtime import TFLiteModel
+        from edgebus.runtime.model import ExportedModel
 
-        path = run.verify_artifact(model_file) if not Path(model_file).is_absolute() else Path(model_file)
-        prob = TFLiteModel(path).predict(x)
+        if Path(model_file).is_absolute():
+            path = Path(model_file)
+        else:
+            if model_file not in run.manifest.artifacts:
+                raise EdgebusError(f"{run.path / model_file}: not an exported file of this run; pass one of its .tflite files")
+            path = run.verify_artifact(model_file)
+        prob = ExportedModel(path, run.task).predict(x)
         used = path.name
     else:
-        from edgebus.training.train import load_model, predict
+        from edgebus.engine.fit import predict
+        from edgebus.engine.models import load_run_model
 
-        prob = predict(load_model(run.verify_artifact("model.keras")), x)
+        prob = predict(load_run_model(run), x)
         used = "model.keras"
     fp = fingerprint(ds)
     result = {
@@ -85,7 +88,7 @@ def evaluate_external(run_dir, data, fmt: str = "busi", model_file: str | None =
                  "per_class": {str(k): int((y == k).sum()) for k in (0, 1)}},
         "model_file": used,
         "threshold": thr,
-        "metrics": task_metrics(run.task, truth, prob, thr),
+        "metrics": run.task.metrics(run.task.truth(y, m), prob, thr),
     }
     if boxes_from:
         result["boxes_from"] = boxes_from
@@ -93,7 +96,7 @@ def evaluate_external(run_dir, data, fmt: str = "busi", model_file: str | None =
     name = f"external-{fmt}-{fp[:8]}-{Path(used).stem}.json"
     write_json(run.file(name), result)
     run.add_artifact(name, "external-validation")
-    run.manifest.setdefault("external", {})[name] = {k: result[k] for k in ("data", "model_file", "threshold")}
+    run.manifest.external[name] = {k: result[k] for k in ("data", "model_file", "threshold")}
     run.save()
     log(f"{run.path / name}: {used} on {fmt} ({len(cases)} cases)")
     return result

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-CLASS_NAMES = ("benign", "malignant")
+DEFAULT_THRESHOLD = 0.5  # a run's threshold until an operating point replaces it
+CLASS_NAMES = ("benign", "malignant")  # label 0, 1: the one place the class order is declared
 
 
 def roc_auc(y_true, score) -> float | None:
@@ -28,7 +29,7 @@ def roc_auc(y_true, score) -> float | None:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def classification_metrics(y_true, prob, threshold: float = 0.5) -> dict:
+def classification_metrics(y_true, prob, threshold: float = DEFAULT_THRESHOLD) -> dict:
     """Accuracy, per-class precision/recall/F1/support, macro and weighted averages, confusion
     matrix (rows = truth, columns = prediction, order benign, malignant) and ROC AUC."""
     y = np.asarray(y_true).astype(int).ravel()
@@ -62,7 +63,7 @@ def classification_metrics(y_true, prob, threshold: float = 0.5) -> dict:
     }
 
 
-def segmentation_metrics(masks_true, prob, threshold: float = 0.5) -> dict:
+def segmentation_metrics(masks_true, prob, threshold: float = DEFAULT_THRESHOLD) -> dict:
     """Per-image IoU and Dice (mean over images; an image where truth and prediction are both
     empty counts 1), plus pixel accuracy and how many predictions are empty."""
     t = np.asarray(masks_true).reshape(len(masks_true), -1) > 0
@@ -81,28 +82,6 @@ def segmentation_metrics(masks_true, prob, threshold: float = 0.5) -> dict:
         "pixel_accuracy": float((t == p).mean()) if len(t) else 0.0,
         "empty_predictions": int((p.sum(1) == 0).sum()),
     }
-
-
-def agreement(task: str, ref, other, threshold: float = 0.5) -> dict:
-    """How closely an exported model follows its parent: same labels (or pixels), max output gap."""
-    a = np.asarray(ref, dtype=np.float32)
-    b = np.asarray(other, dtype=np.float32)
-    same = ((a >= threshold) == (b >= threshold)).mean()
-    key = "label_agreement" if task == "classify" else "pixel_agreement"
-    return {key: float(same), "max_abs_diff": float(np.abs(a - b).max()), "mean_abs_diff": float(np.abs(a - b).mean())}
-
-
-def task_metrics(task: str, truth, prob, threshold: float = 0.5) -> dict:
-    if task == "classify":
-        return classification_metrics(truth, prob, threshold)
-    return segmentation_metrics(truth, prob, threshold)
-
-
-def headline(task: str, m: dict) -> dict:
-    """The few numbers a table shows for a task."""
-    if task == "classify":
-        return {"accuracy": m["accuracy"], "malignant_recall": m["malignant_recall"], "auc": m["auc"]}
-    return {"iou": m["iou"], "dice": m["dice"]}
 
 
 def threshold_for_sensitivity(y_true, prob, target: float = 0.9) -> dict:
@@ -140,3 +119,23 @@ def expected_calibration_error(y_true, prob, bins: int = 10) -> float:
         if sel.any():
             ece += sel.mean() * abs(p[sel].mean() - y[sel].mean())
     return float(ece)
+
+
+def flat_classification(m: dict) -> dict:
+    """The numbers a table shows, flat: accuracy, AUC, per-class P/R/F1, macro F1."""
+    out = {"accuracy": m["accuracy"], "auc": m["auc"]}
+    for c in CLASS_NAMES:
+        for k in ("precision", "recall", "f1"):
+            out[f"{c}_{k}"] = m["per_class"][c][k]
+    out["f1_macro"] = m["macro"]["f1"]
+    out["malignant_recall"] = m["malignant_recall"]
+    return out
+
+
+def output_agreement(ref, other, threshold: float = DEFAULT_THRESHOLD) -> dict:
+    """How closely an exported model follows its parent: share of equal decisions (labels or
+    pixels), max and mean output gap."""
+    a = np.asarray(ref, dtype=np.float32)
+    b = np.asarray(other, dtype=np.float32)
+    same = ((a >= threshold) == (b >= threshold)).mean()
+    return {"agreement": float(same), "max_abs_diff": float(np.abs(a - b).max()), "mean_abs_diff": float(np.abs(a - b).mean())}

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgebus.metrics import CLASS_NAMES
-from edgebus.rundir import atomic_write
+from edgebus.core.metrics import CLASS_NAMES
+from edgebus.core.io import atomic_write
 
 _LABELS = {"accuracy": "accuracy", "auc": "ROC AUC", "malignant_recall": "malignant recall", "iou": "IoU",
            "dice": "Dice", "f1_macro": "macro F1"}

@@ -1,0 +1,143 @@
+"""edgebus bench / report / predict / bundle: the device path (no TensorFlow needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from edgebus.cli.common import friendly, numbers
+from edgebus.core.errors import EdgebusError
+
+
+@friendly
+def bench(targets: list[Path] = typer.Argument(..., help="a run directory (or a pack from --pack), or .tflite files"),
+          threads: str = typer.Option("1", help="comma-separated thread counts, e.g. 1,2"),
+          warmup: int = typer.Option(10, help="untimed invokes before timing"),
+          runs: int = typer.Option(50, help="timed invokes"),
+          xnnpack: bool = typer.Option(True, "--xnnpack/--no-xnnpack", help="use the XNNPACK delegate (LiteRT's default)"),
+          keras: bool = typer.Option(True, "--keras/--no-keras", help="add a Keras predict row where TensorFlow is installed"),
+          edgetpu: bool = typer.Option(False, "--edgetpu", help="also time *_edgetpu.tflite files with the Coral delegate"),
+          eval_pack: Optional[Path] = typer.Option(None, help="with .tflite files: an eval_pack.npz to score them on"),
+          pack: Optional[Path] = typer.Option(None, help="instead of timing, write a device pack of the run to this folder"),
+          out: Optional[Path] = typer.Option(None, help="where to write report.md/.json/.html (default: the run)")):
+    """Time exported models and score them; writes report.md, report.json and report.html."""
+    from edgebus.benchmarks.bench import bench_files, bench_run, make_pack
+    from edgebus.benchmarks.report import markdown, write_report
+
+    for t in targets:
+        if not t.exists():
+            raise EdgebusError(f"{t}: not found; pass a run directory, a pack, or .tflite files")
+    if pack is not None:
+        if len(targets) != 1 or not targets[0].is_dir():
+            raise EdgebusError("--pack takes exactly one run directory")
+        typer.echo(f"device pack written: {make_pack(targets[0], pack)} (copy it to the device, then: edgebus bench DIR)")
+        return
+    thread_counts = numbers(threads, "--threads", int)
+    if not thread_counts or min(thread_counts) < 1 or warmup < 0 or runs < 1:
+        raise EdgebusError("--threads takes counts >= 1 (e.g. 1,2), --warmup >= 0 and --runs >= 1")
+    if out is not None and out.exists() and not out.is_dir():
+        raise EdgebusError(f"{out}: exists and is not a folder; pick another --out")
+    if len(targets) == 1 and targets[0].is_dir():
+        result = bench_run(targets[0], thread_counts, warmup, runs, xnnpack, keras, edgetpu, log=typer.echo)
+        out = out or targets[0]
+    else:
+        result = bench_files(targets, thread_counts, warmup, runs, xnnpack, eval_pack, log=typer.echo)
+        out = out or targets[0].parent
+    md, _ = write_report(result, out)
+    typer.echo(markdown(result))
+    typer.echo(f"report: {md}")
+    if result["rows"] and all(r.get("status") != "ok" for r in result["rows"]):
+        raise EdgebusError(f"every benchmark row failed (first: {result['rows'][0].get('error')}); report kept at {md}")
+
+
+@friendly
+def report(results: list[Path] = typer.Argument(..., help="report.json files from 'edgebus bench' (any machines)"),
+           out: Path = typer.Option(Path("report"), help="folder for the merged report.md / .html / .json")):
+    """Merge benchmark results from several machines into one report."""
+    from edgebus.benchmarks.report import load_results, markdown, write_report
+
+    res = load_results(results)
+    md, _ = write_report(res, out)
+    typer.echo(markdown(res))
+    typer.echo(f"report: {md} (and report.html, report.json)")
+
+
+@friendly
+def predict(
+        inputs: Path = typer.Argument(..., help="a PNG/JPEG frame, a folder of frames, or a BrEaST-layout folder"),
+        classifier: Optional[Path] = typer.Option(None, "--classifier", help="classifier .tflite, or a run directory (its int8 export)"),
+        segmenter: Optional[Path] = typer.Option(None, "--segmenter", help="segmenter .tflite, or a run directory (its int8 export)"),
+        bundle: Optional[Path] = typer.Option(None, "--bundle", help="folder holding both models (see 'edgebus bundle')"),
+        out: Path = typer.Option(Path("predictions"), "--out", help="folder for predictions.jsonl/.csv, summary.json, overlays/, masks/"),
+        pixel_size: Optional[float] = typer.Option(None, "--pixel-size", help="pixel size in MILLIMETRES per pixel, for lesion areas in mm^2 "
+                                                   "(BrEaST's sheet lists cm per pixel: multiply by 10)"),
+        data: Optional[Path] = typer.Option(None, "--data", help="BrEaST-layout folder: per-image pixel size from its sheet's Pixel_size "
+                                            "column (cm/pixel, converted to mm); --pixel-size then covers frames not in the sheet. "
+                                            "Needs pandas (the train extra)"),
+        threads: int = typer.Option(1, "--threads", help="interpreter threads per model"),
+        xnnpack: bool = typer.Option(True, "--xnnpack/--no-xnnpack", help="use the XNNPACK delegate (LiteRT's default)"),
+        overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="write overlay PNGs (contour, box, label)"),
+        masks: bool = typer.Option(True, "--masks/--no-masks", help="write frame-sized lesion masks (PNG, 0/255)")):
+    """Classify and segment ultrasound frames with exported .tflite models, offline and without TensorFlow.
+
+    Per frame: malignancy probability and label at the classifier's stored threshold, lesion mask at the frame's size, its area (pixels, and mm^2 with a pixel size), bounding box [x0, y0, x1, y1) and an overlay PNG; per-image latency and overall frames per second.
+
+    Exit code: 0 when every frame succeeded; 1 when some frames failed (each is reported, its row has 'error' set, the other frames are still processed); 2 for bad arguments or models.
+    """
+    from edgebus.data.breast import IMAGES_DIR, breast_pixel_sizes, is_breast_layout
+    from edgebus.runtime import LesionPipeline, find_bundle, predict_files
+    from edgebus.runtime.frames import resolve_inputs
+
+    if bundle is not None:
+        if classifier is not None or segmenter is not None:
+            raise EdgebusError("pass either --bundle or --classifier/--segmenter, not both")
+        classifier, segmenter = find_bundle(bundle)
+    if classifier is None and segmenter is None:
+        raise EdgebusError("pass --classifier and/or --segmenter (a .tflite file or a run directory), or --bundle DIR")
+    if threads < 1:
+        raise EdgebusError(f"--threads {threads}: give 1 or more")
+    if pixel_size is not None and not pixel_size > 0:
+        raise EdgebusError(f"--pixel-size {pixel_size}: must be a positive number of mm per pixel")
+    if inputs.is_dir() and is_breast_layout(inputs):  # its frames, and its sheet for pixel sizes
+        data = data or inputs
+        inputs = inputs / IMAGES_DIR
+    files, skipped = resolve_inputs(inputs)
+    if skipped:
+        typer.echo(f"{inputs}: skipping {skipped} mask files (*_tumor, *_other)")
+    pixel_sizes = breast_pixel_sizes(data) if data is not None else None
+    if pixel_sizes is not None:
+        missing = sum(f.name not in pixel_sizes for f in files)
+        if missing:
+            fallback = f"using --pixel-size {pixel_size} mm" if pixel_size else "no mm^2 for them"
+            typer.echo(f"{data}: {missing} of {len(files)} frames have no Pixel_size in the sheet; {fallback}")
+    pipe = LesionPipeline(classifier, segmenter, num_threads=threads, xnnpack=xnnpack)
+    for role, m in pipe.describe().items():
+        typer.echo(f"{role}: {m['file']} ({m['format']}, {m['input_size'][0]}x{m['input_size'][1]}, threshold {m['threshold']:.2f})")
+    s = predict_files(pipe, files, out, pixel_sizes, pixel_size, overlays, masks, log=typer.echo)
+    fps = f"{s['fps_inference']} frames/s inference (classify + segment), {s['fps_end_to_end']} end to end" if s["ok"] else "no frame succeeded"
+    typer.echo(f"{s['frames']} frames: {s['ok']} ok, {s['failed']} failed; {fps}")
+    typer.echo(f"results: {s['predictions']['jsonl']}, {s['predictions']['csv']}, {s['summary_file']}")
+    if s["failed"]:
+        raise typer.Exit(1)
+
+
+@friendly
+def bundle(classifier: Optional[Path] = typer.Option(None, "--classifier", help="classifier run directory or .tflite"),
+           segmenter: Optional[Path] = typer.Option(None, "--segmenter", help="segmenter run directory or .tflite"),
+           out: Path = typer.Option(..., "--out", help="bundle folder to write"),
+           format: str = typer.Option("int8", "--format", help="which export of a run directory to take"),
+           overwrite: bool = typer.Option(False, "--overwrite", help="replace the models in an existing bundle")):
+    """Copy a classifier and a segmenter into one folder for the cart (classifier.tflite, segmenter.tflite, bundle.json)."""
+    from edgebus.runtime import make_bundle
+
+    path = make_bundle(out, classifier, segmenter, format, overwrite)
+    typer.echo(f"bundle: {path} (edgebus predict --bundle {path} FRAMES)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(bench)
+    app.command()(report)
+    app.command("predict")(predict)
+    app.command("bundle")(bundle)

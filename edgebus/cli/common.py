@@ -1,0 +1,60 @@
+"""What every command shares: the one-line error wrapper, list parsing, common options."""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import typer
+
+from edgebus.core.errors import EdgebusError
+
+
+def friendly(fn):
+    """Bad input ends with one line on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except EdgebusError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2)
+
+    return wrapper
+
+
+def numbers(s: Optional[str], what: str, kind=float) -> Optional[list]:
+    """'1e-4,1e-3' -> [0.0001, 0.001] (kind=int: whole numbers); None stays None."""
+    if s is None:
+        return None
+    try:
+        return [kind(t) for t in s.split(",") if t.strip()]
+    except ValueError:
+        example = "10,20" if kind is int else "1e-4,1e-3"
+        words = "whole numbers" if kind is int else "numbers"
+        raise EdgebusError(f"{what} '{s}': give comma-separated {words}, e.g. {example}") from None
+
+
+def given(**opts) -> dict:
+    """The options that were set (not None)."""
+    return {k: v for k, v in opts.items() if v is not None}
+
+
+DATA = typer.Option(None, "--data", help="BrEaST-layout folder (sheet .xlsx + images_and_masks/)")
+SIZE = typer.Option(None, help="input size in pixels, square (default: the model's, see 'edgebus models')")
+BATCH = typer.Option(None, help="batch size (default: the model's, see 'edgebus models')")
+SEED = typer.Option(None, help="seed for the split and training (default 0)")
+WEIGHTS = typer.Option(None, help="none (default), imagenet (needs internet) or a local weights file")
+KEEP = typer.Option(None, help="best (default): weights of the epoch with the best validation accuracy (segment: IoU), "
+                               "as the study selected; last: final epoch")
+QUIET = typer.Option(False, "--quiet", help="no progress bar")
+RECIPE = typer.Option(None, "--recipe", help="a recipe file, e.g. training/mobilenetv2.toml; options given here override it")
+CROP_MARGIN = typer.Option(None, help="segmentation-guided: classify a square crop around the lesion, this fraction "
+                                      "of its size added on each side (e.g. 0.5)")
+
+
+def model_option(task: str):
+    from edgebus.core.tasks import get_task
+
+    return typer.Option(None, help=f"a {task} model from 'edgebus models' (default {get_task(task).default_model})")

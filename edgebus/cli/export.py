@@ -1,0 +1,79 @@
+"""edgebus export / operating-point / evaluate: what happens to a trained run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from edgebus.cli.common import friendly
+
+
+def _given(ctx: typer.Context, **opts) -> dict:
+    """The options set on the command line (a profile fills the others)."""
+    return {k: v for k, v in opts.items() if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
+
+
+@friendly
+def export(ctx: typer.Context, run: Path = typer.Argument(..., help="run directory made by 'edgebus train'"),
+           profile: Optional[Path] = typer.Option(None, help="an export profile, e.g. export/coral.toml; options given here win"),
+           int8: bool = typer.Option(False, "--int8", help="also write a full-integer int8 model (quantization-aware by default)"),
+           ptq: bool = typer.Option(False, "--ptq", help="int8 by post-training calibration only (no QAT fine-tune)"),
+           formats: str = typer.Option("float32", help="comma-separated: float32, float16, dynamic, int8"),
+           calibration_images: int = typer.Option(100, help="training images used to calibrate int8"),
+           io_type: str = typer.Option("uint8", help="int8 model input/output type: uint8 or int8"),
+           qat_epochs: int = typer.Option(3, help="QAT fine-tune epochs on the run's training split"),
+           qat_lr: Optional[float] = typer.Option(None, help="QAT learning rate (default: a tenth of the training lr)"),
+           qat_batch: Optional[int] = typer.Option(None, help="QAT batch size (default: the training batch)"),
+           max_drop: Optional[float] = typer.Option(None, help="fail if a file loses more than this vs the float Keras model: "
+                                                    "accuracy points for a classifier (1.0), IoU for a segmenter (0.01)"),
+           max_recall_drop: Optional[float] = typer.Option(None, help="fail if malignant recall drops more than this many points"),
+           edgetpu: bool = typer.Option(False, "--edgetpu", help="compile the int8 files with edgetpu_compiler if installed"),
+           overwrite: bool = typer.Option(False, "--overwrite", help="replace earlier exports of the run")):
+    """Convert a run's model to TFLite and validate every file on the test split.
+
+    With --int8 the float model is fine-tuned quantization-aware (tfmot) and converted to a
+    full-integer model_int8.tflite; the post-training model_int8_ptq.tflite is written beside it
+    for comparison. Every file is scored next to the float Keras model (export_report.md), loaded
+    in each installed interpreter, and each int8 file is checked for the Edge TPU
+    (edgetpu_report.md). A failed gate exits with code 2 and keeps the files."""
+    from edgebus.export.config import ExportConfig
+    from edgebus.export.exporter import export_run
+
+    opts = dict(formats=formats, calibration_images=calibration_images, io_type=io_type, qat_epochs=qat_epochs,
+                qat_lr=qat_lr, qat_batch=qat_batch, max_drop=max_drop, max_recall_drop=max_recall_drop,
+                edgetpu=edgetpu, overwrite=overwrite)
+    cfg = ExportConfig.build(profile, int8=int8, ptq=ptq, **(_given(ctx, **opts) if profile is not None else opts))
+    export_run(run, cfg, log=typer.echo)
+    typer.echo(f"validation: {run / 'export_report.md'}" + (f"; Edge TPU: {run / 'edgetpu_report.md'}" if "int8" in cfg.formats else ""))
+
+
+@friendly
+def operating_point(run: Path = typer.Argument(..., help="a classify run directory, before export"),
+                    target_sensitivity: float = typer.Option(0.9, help="malignant sensitivity to reach on validation")):
+    """Choose the decision threshold on validation data for a target malignant sensitivity."""
+    from edgebus.training.operating_point import set_operating_point
+
+    set_operating_point(run, target_sensitivity, log=typer.echo)
+
+
+@friendly
+def evaluate(run: Path = typer.Argument(..., help="a run directory"),
+             data: Path = typer.Option(..., "--data", help="the data set to score on (not trained on)"),
+             format: str = typer.Option("busi", "--format", help="busi or breast"),
+             model_file: Optional[str] = typer.Option(None, help="an exported .tflite of the run instead of the Keras model"),
+             segmenter: Optional[Path] = typer.Option(None, help="for a lesion-crop classifier: a segment run or .tflite "
+                                                      "that finds the lesions")):
+    """External validation: score a trained or exported model on another data set."""
+    from edgebus.core.manifest import Run
+    from edgebus.training.evaluate import evaluate_external
+
+    res = evaluate_external(run, data, format, model_file, None if segmenter is None else str(segmenter), log=typer.echo)
+    typer.echo(f"{Run.load(run).task.headline_text(res['metrics'])} (n={res['metrics']['n']})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(export)
+    app.command("operating-point")(operating_point)
+    app.command()(evaluate)

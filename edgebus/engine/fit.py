@@ -1,0 +1,233 @@
+"""Compile, fit and predict: the one training loop of train, grid, CV and QAT fine-tuning.
+
+Validation metrics are computed in inference mode (model.predict), the way the model is used,
+never from Keras' training-mode running metrics."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from edgebus.core.errors import EdgebusError
+from edgebus.core.metrics import DEFAULT_THRESHOLD
+from edgebus.core.tasks import get_task
+from edgebus.engine.models import strategy
+from edgebus.models.registry import AUX_MASK, classifier_only, has_aux_mask
+
+
+def _dataset(tf, x, y, batch, shuffle, augment, seed, task, aux_mask=None):
+    if aux_mask is not None:  # a classifier with an auxiliary mask output: two targets, by output name
+        ds = tf.data.Dataset.from_tensor_slices((x, {"malignant_prob": y.astype("float32"),
+                                                     AUX_MASK: aux_mask.astype("float32")}))
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((x, y.astype("float32")))
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    if augment:
+        # left-right flip: lesion shape cues (taller-than-wide, shadowing) survive it
+        def flip(a, b):
+            f = tf.random.uniform(()) < 0.5
+            a = tf.cond(f, lambda: tf.image.flip_left_right(a), lambda: a)
+            if get_task(task).name == "segment":
+                b = tf.cond(f, lambda: tf.image.flip_left_right(b), lambda: b)
+            elif aux_mask is not None:
+                b = dict(b)
+                b[AUX_MASK] = tf.cond(f, lambda: tf.image.flip_left_right(b[AUX_MASK]), lambda: b[AUX_MASK])
+            return a, b
+
+        # sequential on purpose: a parallel map draws the random flips in thread order, so two runs with
+        # the same seed would differ (and a resumed grid would not repeat its cells)
+        ds = ds.map(flip)
+    return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
+
+
+def _seg_loss(keras, tf):
+    """Binary cross-entropy + soft Jaccard, as the study's segmentation_models setup."""
+
+    def loss(y_true, y_pred):
+        bce = keras.losses.binary_crossentropy(y_true, y_pred)
+        inter = tf.reduce_sum(y_true * y_pred, axis=[1, 2, 3])
+        union = tf.reduce_sum(y_true + y_pred, axis=[1, 2, 3]) - inter
+        jac = 1.0 - (inter + 1.0) / (union + 1.0)
+        return tf.reduce_mean(bce, axis=[1, 2]) + jac
+
+    return loss
+
+
+def _iou_metric(tf):
+    def iou(y_true, y_pred):
+        p = tf.cast(y_pred >= 0.5, tf.float32)
+        inter = tf.reduce_sum(y_true * p, axis=[1, 2, 3])
+        union = tf.reduce_sum(tf.maximum(y_true, p), axis=[1, 2, 3])
+        return tf.reduce_mean(tf.where(union > 0, inter / tf.maximum(union, 1.0), 1.0))
+
+    return iou
+
+
+def compile_model(model, task: str, lr: float):
+    from edgebus.compat import keras, tf
+
+    if has_aux_mask(model):
+        model.compile(
+            optimizer=keras.optimizers.Adam(lr),
+            loss={"malignant_prob": "binary_crossentropy", AUX_MASK: _seg_loss(keras, tf)},
+            metrics={"malignant_prob": ["accuracy", keras.metrics.AUC(name="auc")]},
+        )
+    elif get_task(task).name == "classify":
+        model.compile(
+            optimizer=keras.optimizers.Adam(lr),
+            loss="binary_crossentropy",
+            metrics=["accuracy", keras.metrics.AUC(name="auc")],
+        )
+    else:
+        model.compile(optimizer=keras.optimizers.Adam(lr), loss=_seg_loss(keras, tf), metrics=[_iou_metric(tf)])
+    return model
+
+
+def predict(model, x, batch: int = 16) -> np.ndarray:
+    out = model.predict(x, batch_size=batch, verbose=0)
+    return out[0] if isinstance(out, list) else out  # a model with an auxiliary mask: its first output
+
+
+class Progress:
+    """A rich progress bar over epochs, showing training and (inference-mode) validation metrics."""
+
+    def __new__(cls, epochs: int, enabled: bool):
+        from edgebus.compat import keras
+
+        class Cb(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                if not enabled:
+                    return
+                from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+                self.bar = Progress(
+                    TextColumn("epoch {task.completed}/{task.total}"), BarColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                )
+                self.bar.start()
+                self.task = self.bar.add_task("train", total=epochs, info="")
+
+            def on_epoch_end(self, epoch, logs=None):
+                if enabled:
+                    info = " ".join(f"{k}={v:.3f}" for k, v in (logs or {}).items())
+                    self.bar.update(self.task, advance=1, info=info)
+
+            def on_train_end(self, logs=None):
+                if enabled:
+                    self.bar.stop()
+
+        return Cb()
+
+
+class KeepBest:
+    """Keep the weights of the epoch with the best validation metric (accuracy, or IoU), as the
+    study selected, ties going to the lower validation loss. Keras computes both in inference mode.
+
+    On ~200 images a small network's batch-norm statistics swing from epoch to epoch, so the last
+    epoch can rank lesions perfectly yet sit on the wrong side of the threshold. (Selecting by
+    validation loss instead picked an untrained epoch-1 MobileNetV2 on the real set: its loss was
+    lowest because it predicted 0.5 for everything.)"""
+
+    def __new__(cls, task: str):
+        from edgebus.compat import keras
+
+        names = get_task(task).keep_metrics
+
+        class Cb(keras.callbacks.Callback):
+            best, epoch, weights = (-float("inf"), 0.0), 0, None
+
+            def on_epoch_end(self, epoch, logs=None):
+                logs = logs or {}
+                metric = next((n for n in names if n in logs), None)
+                if metric is None:
+                    return
+                score = (logs[metric], -logs.get("val_loss", 0.0))
+                if score > self.best:
+                    self.best, self.epoch, self.weights = score, epoch + 1, self.model.get_weights()
+
+        return Cb()
+
+
+def history_csv(history: dict) -> str:
+    keys = list(history)
+    if not keys:
+        return "epoch\n"
+    lines = ["epoch," + ",".join(keys)] + [
+        f"{e + 1}," + ",".join(f"{history[k][e]:.6g}" for k in keys) for e in range(len(history[keys[0]]))
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def eval_at(epochs: set, xs: dict, batch: int, on_eval):
+    """A callback that, at each epoch count in `epochs`, predicts every array of `xs` in inference
+    mode and calls on_eval(epoch, {name: prob}, model)."""
+    from edgebus.compat import keras
+
+    class Cb(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 in epochs:
+                on_eval(epoch + 1, {k: predict(self.model, x, batch) for k, x in xs.items()}, self.model)
+
+    return Cb()
+
+
+def fit_arrays(model, task: str, lr: float, data: dict, epochs: int, batch: int = 16, seed: int = 0,
+               augment: bool = True, callbacks=(), progress: bool = False, compile: bool = True):
+    """Fit a (compiled, when compile=False) model on data["train"], validating on data["val"]
+    (arrays (x, y) per part, as load_split_data gives). Returns the Keras History."""
+    from edgebus.compat import tf
+
+    if compile:
+        with strategy().scope():
+            compile_model(model, task, lr)
+    aux = has_aux_mask(model)
+    if aux and len(data["train"]) < 3:
+        raise EdgebusError(f"{model.name}: trains with an auxiliary lesion mask; load the data with masks=True")
+    (xtr, ytr, *mtr), (xva, yva, *mva) = data["train"], data["val"]
+    return model.fit(
+        _dataset(tf, xtr, ytr, batch, True, augment, seed, task, mtr[0] if aux else None),
+        validation_data=_dataset(tf, xva, yva, batch, False, False, seed, task, mva[0] if aux else None),
+        epochs=epochs, verbose=0, callbacks=[Progress(epochs, progress), *callbacks],
+    )
+
+
+def fit_eval(model, task: str, lr: float, data: dict, eval_epochs, batch: int = 16, seed: int = 0,
+             augment: bool = True, threshold: float = DEFAULT_THRESHOLD, on_eval=None, progress: bool = False,
+             parts=("val", "test")):
+    """Fit up to max(eval_epochs) and, at each epoch count in eval_epochs, evaluate the model in
+    inference mode (model.predict, not Keras' training-mode metrics) on each of `parts`.
+
+    on_eval(epoch, metrics: {part: task_metrics}, probs: {part: prediction}, model) is called at
+    each of those epochs; the return value is (History, [(epoch, metrics), ...])."""
+    eval_epochs = sorted({int(e) for e in eval_epochs})
+    if not eval_epochs or eval_epochs[0] < 1:
+        raise EdgebusError(f"epochs {eval_epochs}: give positive epoch counts")
+    results = []
+
+    def handle(epoch, probs, m):
+        metrics = {k: get_task(task).metrics(data[k][1], probs[k], threshold) for k in probs}
+        results.append((epoch, metrics))
+        if on_eval is not None:
+            on_eval(epoch, metrics, probs, m)
+
+    cb = eval_at(set(eval_epochs), {k: data[k][0] for k in parts}, batch, handle)
+    hist = fit_arrays(model, task, lr, data, eval_epochs[-1], batch, seed, augment, [cb], progress)
+    return hist, results
+
+
+def fit_keep(model, task, cfg, data: dict, progress: bool = False):
+    """Fit `cfg.epochs` epochs and keep the epoch `cfg.keep` names ("best": the best validation
+    accuracy or IoU; "last"); returns (deployable model, History, kept epoch, wall seconds)."""
+    if cfg.keep not in ("best", "last"):
+        raise EdgebusError(f"keep='{cfg.keep}': choose best or last")
+    keep = KeepBest(task)
+    t0 = time.time()
+    hist = fit_arrays(model, task, cfg.lr, data, cfg.epochs, cfg.batch, cfg.seed, cfg.augment, [keep], progress)
+    wall = time.time() - t0
+    kept = cfg.epochs
+    if cfg.keep == "best" and keep.weights is not None:
+        model.set_weights(keep.weights)
+        kept = keep.epoch
+    return classifier_only(model), hist, kept, wall  # an auxiliary mask output is training-only

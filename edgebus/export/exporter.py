@@ -1,0 +1,249 @@
+"""`edgebus export`: convert a run's Keras model to TFLite, then run every file with the
+interpreter on the test split and record its metric and its agreement with the Keras parent (as
+Ultralytics' exporter does).
+
+int8's source is "qat" (quantization-aware fine-tuning, edgebus.export.int8; the default) or "ptq"
+(post-training calibration only); a QAT export also writes the PTQ file (model_int8_ptq.tflite) so
+the validation table compares them. Every file carries its metadata (embedded and in a sidecar
+JSON), is validated next to the float Keras model, can be gated (--max-drop, --max-recall-drop), is
+loaded in every installed interpreter, and each int8 file gets an offline Edge TPU readiness report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+
+import numpy as np
+
+from edgebus.core.errors import EdgebusError
+from edgebus.core.io import atomic_write
+from edgebus.core.manifest import Run
+from edgebus.export.config import ExportConfig
+from edgebus.export.convert import convert, float_tensors, model_metadata, write_tflite
+from edgebus.export.validate import gate_check, validation_table
+
+ORDER = ("float32", "float16", "dynamic", "int8_ptq", "int8")
+
+
+def write_eval_pack(run: Run, split_ids: list, x: np.ndarray, truth: np.ndarray) -> None:
+    """The test split as uint8 model-input pixels + truth, so a device benchmark needs no data reader."""
+    images = np.round(x[..., 0] * 255).astype(np.uint8)
+    arrays = {"images": images, "case_ids": np.asarray(split_ids)}
+    if run.task.name == "classify":
+        arrays["labels"] = np.asarray(truth).astype(np.uint8).reshape(len(x))
+    else:
+        arrays["masks"] = np.asarray(truth).astype(np.uint8).reshape(images.shape)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write(run.file("eval_pack.npz"), buf.getvalue())
+    run.add_artifact("eval_pack.npz", "eval-pack", split="test", n=len(x))
+
+
+def run_metadata(run: Run, fmt: str, source: str) -> dict:
+    m = run.manifest
+    return model_metadata(run.task, fmt, source, m.preprocess, m.threshold, model=dataclasses.asdict(m.model),
+                          source_run=str(run.path.resolve()), run_created=m.created, fingerprint=m.data.fingerprint)
+
+
+def _export_file(run: Run, key: str, fmt: str, source: str, model, calib, io_type: str, xte, yte, ref_prob,
+                 extra_meta: dict | None = None) -> dict:
+    """Convert one file, embed its metadata, write the sidecar, validate it on the test split."""
+    from edgebus.runtime.model import ExportedModel
+
+    name, side = f"model_{key}.tflite", f"model_{key}.json"
+    meta = write_tflite(run.file(name), convert(model, fmt, calib if fmt == "int8" else None, io_type),
+                        {**run_metadata(run, fmt, source), **(extra_meta or {})}, run.file(side))
+    em = ExportedModel(run.file(name), run.task)  # the loader the cart uses: metadata, contract, shapes
+    prob = em.predict(xte)
+    thr = run.manifest.threshold
+    entry = {
+        "file": name, "metadata": side, "bytes": run.file(name).stat().st_size, "format": fmt, "source": source,
+        "io": meta["io"], "ops": sorted(set(em.model.op_names())),
+        "metrics": run.task.metrics(yte, prob, thr), "agreement": run.task.agreement(ref_prob, prob, thr),
+        "interpreter": f"{em.model.backend} {em.model.backend_version}",
+        "xnnpack": em.model.xnnpack, "xnnpack_error": em.model.xnnpack_error, "status": "ok",
+    }
+    if fmt == "int8":
+        left = float_tensors(em.model)
+        entry["float_tensors"] = left
+        if left:
+            entry["status"] = "failed"
+            entry["error"] = f"{name}: {len(left)} float tensors left (first: {left[0]}); not a full-integer model"
+    run.add_artifact(name, "tflite", format=fmt, source=source)
+    run.add_artifact(side, "tflite-metadata", format=fmt, source=source)
+    return entry, prob
+
+
+def _qat(run: Run, model, data, calib, cfg: ExportConfig, log) -> tuple:
+    """The run's QAT model: fine-tuned on its training split, saved, and proven to reload the same."""
+    from edgebus.engine.fit import predict
+    from edgebus.export import qat
+    from edgebus.export.int8 import QAT_LR_FRACTION, qat_model
+
+    train_stage = run.manifest.stages.get("train", {})
+    lr = cfg.qat_lr if cfg.qat_lr is not None else QAT_LR_FRACTION * float(train_stage.get("lr", 1e-3))
+    batch = cfg.qat_batch or int(train_stage.get("batch", 16))
+    (xtr, ytr), xte = data["train"], data["test"][0]
+    qmodel, info = qat_model(model, run.task, xtr, ytr, calib, cfg.qat_epochs, lr, batch,
+                             seed=run.manifest.split.seed if run.manifest.split else 0, log=log)
+    qat.save_qat_model(qmodel, run.file(qat.QAT_MODEL))
+    # the saved file, not the object in memory, is what a later session has: prove it reloads the same
+    again = qat.load_qat_model(run.file(qat.QAT_MODEL))
+    k = min(len(xte), 2)
+    diff = float(np.abs(predict(qmodel, xte[:k]) - predict(again, xte[:k])).max()) if k else 0.0
+    if diff > 1e-4:
+        raise EdgebusError(f"{run.file(qat.QAT_MODEL)}: reloaded QAT model differs from the trained one (max {diff:.2g}); re-run the export")
+    info["reload_max_abs_diff"] = diff
+    run.add_artifact(qat.QAT_MODEL, "keras-qat-model", epochs=cfg.qat_epochs, lr=lr)
+    log(f"QAT: {info['wall_s']} s; saved {qat.QAT_MODEL} (reloads inside quantize_scope)")
+    return qmodel, info
+
+
+def _edgetpu(run: Run, new: dict, compile_files: bool, log) -> list:
+    """Edge TPU readiness of the new int8 files (and compilation where the compiler is installed)."""
+    from edgebus.export import edgetpu as etpu
+
+    keys = [k for k, e in new.items() if e["format"] == "int8"]
+    if not keys:
+        return keys
+    reports = {new[k]["file"]: etpu.check_model(run.file(new[k]["file"])) for k in keys}
+    compiled = {}
+    if compile_files:
+        for k in keys:
+            c = etpu.compile_model(run.file(new[k]["file"]))
+            compiled[new[k]["file"]] = c
+            if "install" in c:
+                log(f"--edgetpu: {c['reason']}; skipping compilation.\n{etpu.INSTALL_HINT}")
+                compiled.update({new[j]["file"]: c for j in keys})
+                break
+            log(f"  {c['file'] if c['compiled'] else new[k]['file'] + ': compilation failed: ' + str(c.get('error'))}")
+            for name, kind in ((c.get("file"), "edgetpu-tflite"), (c.get("log"), "edgetpu-log"), (c.get("console"), "edgetpu-log")):
+                if name and run.file(name).is_file():
+                    run.add_artifact(name, kind, source_file=new[k]["file"])
+    etpu.write_reports(run.path, reports, compiled)
+    run.add_artifact("edgetpu_report.json", "edgetpu-report")
+    run.add_artifact("edgetpu_report.md", "edgetpu-report")
+    for k in keys:
+        e = new[k]
+        e["edgetpu"] = {**etpu.summary(reports[e["file"]]), "report": "edgetpu_report.json"}
+        if e["file"] in compiled:
+            e["edgetpu"]["compile"] = {x: compiled[e["file"]].get(x) for x in
+                                       ("compiled", "file", "log", "console", "error", "reason", "ops_on_edgetpu", "ops_on_cpu")
+                                       if compiled[e["file"]].get(x) is not None}
+        r = reports[e["file"]]
+        log(f"  Edge TPU: {e['file']}: " + ("fully mappable" if r["fully_mappable"] else
+                                            f"first unmappable op #{r['first_unmappable']['index']} {r['first_unmappable']['op']} "
+                                            f"({r['ops_on_edgetpu']}/{r['n_ops']} ops on the Edge TPU)"))
+    return keys
+
+
+def _report(run: Run, refs, results: dict, cfg: ExportConfig, n: int, edgetpu: bool) -> str:
+    table = validation_table(run.task, refs, results)
+    rt_lines = [f"- {e['file']}: " + "; ".join(f"{k}: {v['status']}" + (f" ({v['error']})" if v.get("error") else "")
+                                               for k, v in e.get("runtimes", {}).items()) for e in results.values()]
+    off = lambda v: "off" if v is None else v  # noqa: E731
+    md = [f"# Export validation: {run.manifest.model.name} ({run.task.name})", "",
+          f"Test split, n={n}, threshold {run.manifest.threshold}; Δ against the float Keras model. "
+          f"Gates: --max-drop {off(cfg.max_drop)}, --max-recall-drop {off(cfg.max_recall_drop)}.", "",
+          table, "", "## Interpreters", ""] + rt_lines
+    if edgetpu:
+        md += ["", "## Edge TPU", "", "See edgetpu_report.md."]
+    atomic_write(run.file("export_report.md"), "\n".join(md) + "\n")
+    run.add_artifact("export_report.md", "export-report")
+    return table
+
+
+def export_run(run_dir: str | Path, cfg: ExportConfig | None = None, log=print) -> dict:
+    """Export the run's model to each format, validate each file, record it all in the manifest.
+
+    Gates compare each delivered file with the float Keras model on the test split; a failure keeps
+    every file, records status "gate_failed" and raises EdgebusError. The PTQ comparison file of a
+    QAT export is gated for information only (entry["gate"]["enforced"] is False): QAT exists for
+    the models PTQ hurts."""
+    from edgebus.data.arrays import load_run_arrays
+    from edgebus.engine.fit import predict
+    from edgebus.engine.models import load_run_model
+    from edgebus.export.int8 import calibration_set
+    from edgebus.export.runtimes import check_files
+
+    cfg = cfg or ExportConfig()
+    cfg.check()
+    run = Run.load(run_dir)
+    plan = cfg.plan()
+    done = run.manifest.exports
+    again = [k for k, _, _ in plan if k in done]
+    if again and not cfg.overwrite:
+        raise EdgebusError(f"{run.path}: already exported ({', '.join(again)}); pass --overwrite to replace them")
+
+    model = load_run_model(run)
+    data = load_run_arrays(run)
+    xtr, ytr = data["train"]
+    xte, yte = data["test"]
+    write_eval_pack(run, run.read_artifact_json("split.json")["test"], xte, yte)
+    thr = run.manifest.threshold
+    keras_prob = predict(model, xte)
+    keras_metrics = run.task.metrics(yte, keras_prob, thr)
+    calib = calibration_set(xtr, cfg.calibration_images)
+
+    results = {k: v for k, v in done.items() if k not in {p[0] for p in plan}}
+    prev_stage = run.manifest.stages.get("export", {})
+    redo_int8 = any(k == "int8" for k, _, _ in plan)
+    if redo_int8:  # a new int8 export replaces its comparison file and QAT record too
+        results.pop("int8_ptq", None)
+        for name in ("model_int8_ptq.tflite", "model_int8_ptq.json"):
+            run.manifest.artifacts.pop(name, None)
+        run.manifest.metrics.pop("keras_qat_test", None)
+    qmodel, qat_info, qat_prob = None, None, None
+    refs = [("model.keras (float)", "keras", keras_metrics)]
+    if any(src == "qat" for _, _, src in plan):
+        qmodel, qat_info = _qat(run, model, data, calib, cfg, log)
+        qat_prob = predict(qmodel, xte)
+        qat_metrics = run.task.metrics(yte, qat_prob, thr)
+        run.manifest.metrics["keras_qat_test"] = qat_metrics
+        refs.append(("model_qat.h5 (QAT Keras)", "qat", qat_metrics))
+
+    new = {}
+    for key, fmt, source in plan:
+        log(f"converting {key} ({source}) ...")
+        extra = {"qat": {"epochs": qat_info["epochs"], "lr": qat_info["lr"], "keras_model": "model_qat.h5"}} if source == "qat" else {}
+        entry, prob = _export_file(run, key, fmt, source, qmodel if source == "qat" else model, calib, cfg.io_type,
+                                   xte, yte, keras_prob, extra)
+        entry["role"] = "comparison" if key == "int8_ptq" else "deliverable"
+        if source == "qat":
+            entry["agreement_vs_qat_keras"] = run.task.agreement(qat_prob, prob, thr)
+        gate = gate_check(run.task, keras_metrics, entry["metrics"], cfg.max_drop, cfg.max_recall_drop)
+        gate["enforced"] = entry["role"] == "deliverable"
+        entry["gate"] = gate
+        if not gate["passed"] and gate["enforced"] and entry["status"] == "ok":
+            entry["status"] = "gate_failed"
+            entry["error"] = f"{entry['file']}: " + "; ".join(gate["failures"])
+        new[key] = entry
+        log(f"  {entry['file']}: {entry['bytes'] / 1e6:.2f} MB, status {entry['status']}")
+
+    log("loading every file in each installed interpreter ...")
+    rt = check_files([run.file(e["file"]) for e in new.values()])
+    for e in new.values():
+        e["runtimes"] = rt[e["file"]]
+    int8_keys = _edgetpu(run, new, cfg.edgetpu, log)
+
+    results.update(new)
+    run.manifest.exports = dict(sorted(results.items(), key=lambda kv: ORDER.index(kv[0]) if kv[0] in ORDER else 99))
+    table = _report(run, refs, run.manifest.exports, cfg, keras_metrics["n"], bool(int8_keys))
+    stage = {"formats": list(cfg.formats), "files": list(new), "int8_source": cfg.int8_source if "int8" in cfg.formats else None,
+             "calibration_images": int(len(calib)), "io_type": cfg.io_type,
+             "gates": {"max_drop": cfg.max_drop, "max_recall_drop": cfg.max_recall_drop}, "edgetpu_compile": cfg.edgetpu}
+    if qat_info is not None:
+        stage["qat"] = qat_info
+    elif not redo_int8 and "qat" in prev_stage:  # the int8 file in the run still comes from that QAT
+        stage["qat"] = prev_stage["qat"]
+    run.stage("export", **stage)
+    run.save()
+    log(table)
+
+    failed = [e for e in new.values() if e["status"] != "ok"]
+    if failed:
+        more = f" (and {len(failed) - 1} more; see export_report.md)" if len(failed) > 1 else ""
+        raise EdgebusError(f"{failed[0]['error']}{more}; files kept in {run.path} for inspection")
+    return run.manifest.exports

@@ -1,0 +1,58 @@
+"""Full-integer int8 models, made the same way by `edgebus export --int8` and by CV's int8 folds:
+calibration images drawn from the training part, quantization-aware fine-tuning (qat.py), and a
+conversion whose result must hold no float tensor."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from edgebus.core.errors import EdgebusError
+from edgebus.export import qat
+from edgebus.export.convert import convert, float_tensors, model_metadata, write_tflite
+
+QAT_LR_FRACTION = 0.1  # QAT fine-tunes at a tenth of the training learning rate unless told
+
+
+def calibration_set(x: np.ndarray, n: int = 100, seed: int = 0) -> np.ndarray:
+    """Up to `n` training images, drawn at random with `seed`: the converter's representative
+    data set and QAT's range calibration."""
+    return x[np.random.default_rng(seed).permutation(len(x))[:n]]
+
+
+def qat_model(model, task, x: np.ndarray, y: np.ndarray, calib: np.ndarray, epochs: int, lr: float, batch: int,
+              seed: int = 0, log=None) -> tuple:
+    """A quantization-aware copy of `model`: activation ranges calibrated on `calib`, then
+    fine-tuned on (x, y). Returns (QAT Keras model, info with history and the custom configs)."""
+    plan = qat.annotate_plan(model)
+    if plan and log:
+        log(f"QAT: custom quantize configs for {len(plan)} layers ({', '.join(sorted(set(plan.values())))})")
+    qmodel = qat.quantize(model)
+    qat.calibrate_ranges(qmodel, calib, batch)
+    if log:
+        log(f"QAT: fine-tuning {epochs} epochs at lr {lr:g}, batch {batch}, on {len(x)} training images ...")
+    info = qat.fine_tune(qmodel, task, x, y, epochs, lr, batch, seed=seed)
+    info["custom_configs"] = plan
+    return qmodel, info
+
+
+def int8_probs(models: dict, task, calib: np.ndarray, contract: dict, threshold: float, x: np.ndarray,
+               io_type: str = "uint8") -> dict:
+    """{source: outputs on x} of each Keras model in `models` ({"ptq": float model, "qat": QAT model})
+    converted to full int8 and run by the interpreter, loaded as the cart loads it (ExportedModel)."""
+    from edgebus.runtime.model import ExportedModel
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for source, m in models.items():
+            path = Path(tmp) / f"int8_{source}.tflite"
+            write_tflite(path, convert(m, "int8", calib, io_type), model_metadata(task, "int8", source, contract, threshold))
+            em = ExportedModel(path, task)
+            left = float_tensors(em.model)
+            if left:
+                raise EdgebusError(f"{path.name}: int8 conversion left {len(left)} float tensors (first: {left[0]}); "
+                                   "not a full-integer model")
+            out[source] = em.predict(x)
+    return out

@@ -1,0 +1,107 @@
+"""Ultrasound frames in: a file or a numpy / PIL frame becomes uint8 HxW grayscale through the
+shared preprocessing (edgebus.data.preprocess), with a clear one-line error for a bad one."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from edgebus.core.errors import EdgebusError
+from edgebus.data.preprocess import _to_gray, load_gray
+
+MAX_FRAME_PIXELS = 50_000_000  # refuse bigger frames before decoding them (about 7000 x 7000)
+FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
+# Pillow modes a frame may have; 16-bit gray is rescaled to 8 bits by the shared preprocessing.
+_FRAME_MODES = {"L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr",
+                "I;16", "I;16B", "I;16L", "I;16N"}
+_MODE_WORDS = {"1": "1-bit black-and-white", "F": "32-bit float", "I": "32-bit integer"}
+_MASK_NAME = re.compile(r"_(tumor|other\d*)$", re.IGNORECASE)
+
+
+def _check_frame(where, w: int, h: int, mode: str, fmt: str | None, max_pixels: int) -> None:
+    if w <= 0 or h <= 0:
+        raise EdgebusError(f"{where}: empty image ({w}x{h} pixels); replace or remove the file")
+    if w * h > max_pixels:
+        raise EdgebusError(f"{where}: image too large ({w}x{h} = {w * h / 1e6:.0f} Mpx, limit "
+                           f"{max_pixels / 1e6:.0f} Mpx); pass ultrasound frames, not a mosaic or a corrupt header")
+    if mode == "I" and fmt == "PNG":  # older Pillow opens 16-bit gray PNGs as "I"
+        return
+    if mode not in _FRAME_MODES:
+        words = _MODE_WORDS.get(mode, f"mode {mode}")
+        raise EdgebusError(f"{where}: unsupported bit depth ({words} image); save the frame as 8-bit grayscale "
+                           "or RGB(A) PNG/JPEG (16-bit grayscale is accepted)")
+
+
+def load_frame(path: str | Path, max_pixels: int = MAX_FRAME_PIXELS) -> np.ndarray:
+    """A frame file as uint8 HxW grayscale, with a clear EdgebusError for a bad one: missing, not an
+    image, empty, wrong bit depth, or too large (checked from the header, before decoding)."""
+    path = Path(path)
+    if path.is_dir():
+        raise EdgebusError(f"{path}: is a folder, not an image")
+    if not path.is_file():
+        raise EdgebusError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise EdgebusError(f"{path}: empty file (0 bytes); replace or remove it")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:  # reads the header only
+                w, h, mode, fmt = im.width, im.height, im.mode, im.format
+    except Image.DecompressionBombError as e:
+        raise EdgebusError(f"{path}: image too large ({e}); pass ultrasound frames only") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise EdgebusError(f"{path}: not a readable image ({e}); replace or remove the file") from None
+    _check_frame(path, w, h, mode, fmt, max_pixels)
+    return load_gray(path)  # the one preprocessing path: alpha over black -> 8-bit gray
+
+
+def gray_from_array(frame, max_pixels: int = MAX_FRAME_PIXELS) -> np.ndarray:
+    """A numpy frame (HxW uint8/uint16 gray, HxWx3 RGB or HxWx4 RGBA uint8) or PIL image -> uint8 HxW gray."""
+    if isinstance(frame, Image.Image):
+        _check_frame("frame", frame.width, frame.height, frame.mode, frame.format, max_pixels)
+        return np.asarray(_to_gray(frame), dtype=np.uint8)
+    a = np.asarray(frame)
+    ok = (a.ndim == 2 and a.dtype in (np.uint8, np.uint16)) or (a.ndim == 3 and a.shape[-1] in (3, 4) and a.dtype == np.uint8)
+    if not ok:
+        raise EdgebusError(f"frame: array of shape {a.shape} and dtype {a.dtype} is not a frame; pass HxW uint8 "
+                           "(or uint16) grayscale, or HxWx3 / HxWx4 uint8 RGB(A)")
+    h, w = a.shape[:2]
+    _check_frame("frame", w, h, "L", None, max_pixels)
+    if a.ndim == 2 and a.dtype == np.uint8:
+        return np.ascontiguousarray(a)
+    if a.dtype == np.uint16:
+        im = Image.frombytes("I;16", (w, h), np.ascontiguousarray(a, dtype="<u2").tobytes())
+    else:
+        im = Image.fromarray(np.ascontiguousarray(a))
+    return np.asarray(_to_gray(im), dtype=np.uint8)
+
+
+def list_frames(folder: str | Path) -> tuple[list[Path], int]:
+    """(sorted PNG/JPEG frames in folder, number of BrEaST mask files skipped: *_tumor, *_otherN)."""
+    folder = Path(folder)
+    frames, skipped = [], 0
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or not p.is_file() or p.suffix.lower() not in FRAME_SUFFIXES:
+            continue
+        if _MASK_NAME.search(p.stem):
+            skipped += 1
+            continue
+        frames.append(p)
+    return frames, skipped
+
+
+def resolve_inputs(path: str | Path) -> tuple[list[Path], int]:
+    """(frames, mask files skipped) for an image or a folder of frames."""
+    path = Path(path)
+    if not path.exists():
+        raise EdgebusError(f"{path}: not found; pass an image or a folder of frames")
+    if not path.is_dir():
+        return [path], 0
+    files, skipped = list_frames(path)
+    if not files:
+        raise EdgebusError(f"{path}: no PNG/JPEG frames in the folder")
+    return files, skipped

@@ -1,0 +1,113 @@
+"""The one loader for exported models: `ExportedModel` is a .tflite checked against its embedded
+edgebus metadata (task, preprocessing contract, I/O shapes) and, when it comes from a run, against
+the sha256 the run's manifest recorded. Export validation, bench, CV, evaluation and the cart all
+load exported files through it, so they all see the same checks and the same preprocessing.
+
+Core install only: numpy, Pillow, a TFLite interpreter; never TensorFlow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgebus.core.errors import EdgebusError
+from edgebus.core.io import sha256_file
+from edgebus.core.manifest import MANIFEST, Run
+from edgebus.core.metrics import DEFAULT_THRESHOLD
+from edgebus.core.tasks import TASKS, get_task
+from edgebus.data.preprocess import PREPROCESS_VERSION, SUPPORTED_VERSIONS, pixels_to_input, to_model_input
+from edgebus.runtime.interpreter import TFLiteModel
+from edgebus.runtime.metadata import read_metadata
+
+
+def run_export(run: Run, key: str = "int8") -> Path:
+    """The file of a run's `key` export, sha256-checked against the manifest."""
+    e = run.manifest.exports.get(key)
+    if not e or e.get("status") != "ok":
+        raise EdgebusError(f"{run.path}: no usable {key} export; run 'edgebus export {run.path} --int8' "
+                           "or pass a .tflite file")
+    return run.verify_artifact(e["file"])
+
+
+def resolve_model_path(path: str | Path, key: str = "int8") -> Path:
+    """A .tflite path as given, or a run directory's `key` export (sha256-checked)."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / MANIFEST).is_file():
+            raise EdgebusError(f"{path}: a folder but not a run directory (no {MANIFEST}); pass a .tflite file")
+        return run_export(Run.load(path), key)
+    if not path.is_file():
+        raise EdgebusError(f"{path}: model file not found; check the path or re-run 'edgebus export'")
+    return path
+
+
+class ExportedModel:
+    """One exported .tflite of a task, loaded and checked against its own metadata.
+
+    path: a .tflite, or a run directory (its `key` export, sha256-checked). task: the task it must
+    have (None: whatever its metadata says)."""
+
+    def __init__(self, path: str | Path, task=None, num_threads: int = 1, xnnpack: bool = True,
+                 key: str = "int8", delegates=None):
+        path = resolve_model_path(path, key)
+        meta = read_metadata(path)
+        if meta is None:
+            raise EdgebusError(f"{path}: no edgebus metadata; export it with 'edgebus export'")
+        have = meta.get("task")
+        if have not in TASKS:
+            raise EdgebusError(f"{path}: metadata names no known task ({have!r}); re-export it with 'edgebus export'")
+        if task is not None and get_task(task).name != have:
+            want = get_task(task)
+            raise EdgebusError(f"{path}: metadata says task '{have}' but it was given as the {want.role}; "
+                               f"pass it as --{TASKS[have].role}")
+        self.task = TASKS[have]
+        pre = meta.get("preprocess") or {}
+        try:
+            h, w = (int(s) for s in pre["size"])
+            c = int(pre["channels"])
+        except (KeyError, TypeError, ValueError):
+            raise EdgebusError(f"{path}: metadata has no valid preprocess contract (size, channels); "
+                               "re-export it with 'edgebus export'") from None
+        if pre.get("version", PREPROCESS_VERSION) not in SUPPORTED_VERSIONS:
+            raise EdgebusError(f"{path}: made for preprocess version {pre.get('version')}, this edgebus implements "
+                               f"versions {', '.join(map(str, SUPPORTED_VERSIONS))}; use the matching edgebus or re-export")
+        self.model = TFLiteModel(path, num_threads=num_threads, xnnpack=xnnpack, experimental_delegates=delegates)
+        if self.model.input_shape != (1, h, w, c):
+            raise EdgebusError(f"{path}: input shape {self.model.input_shape} does not match its metadata's preprocess "
+                               f"size {h}x{w}x{c}; the file was altered or mislabelled, re-export it")
+        wrong = self.task.check_output(tuple(int(s) for s in self.model.outputs[0]["shape"]), (h, w))
+        if wrong:
+            raise EdgebusError(f"{path}: output shape {tuple(self.model.outputs[0]['shape'])} is not {wrong}; "
+                               f"not an edgebus {have} model")
+        try:
+            self.threshold = float(meta.get("threshold", DEFAULT_THRESHOLD))
+        except (TypeError, ValueError):
+            raise EdgebusError(f"{path}: metadata threshold {meta.get('threshold')!r} is not a number; re-export it") from None
+        self.path, self.meta, self.contract, self.size = path, meta, pre, (h, w)
+        self.labels = list(meta.get("labels") or self.task.labels)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """NHWC float [0, 1] at the contract's size -> float outputs, one invoke per image."""
+        return self.model.predict(x)
+
+    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """(N, H, W) uint8 pixels at the model's size (an evaluation pack) -> outputs."""
+        return self.predict(pixels_to_input(pixels, self.contract))
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """HxWxC float [0, 1] at the contract's size -> the model's float output (batch dim dropped)."""
+        return self.model.predict(x[None])[0]
+
+    def input_for(self, gray: np.ndarray, box=None) -> np.ndarray:
+        """A uint8 HxW frame through the model's own preprocessing contract."""
+        return to_model_input(gray, self.contract, box)
+
+    def describe(self) -> dict:
+        m = self.meta
+        return {"file": str(self.path), "sha256": sha256_file(self.path), "task": self.task.name,
+                "format": m.get("format"), "source": m.get("source"), "model": (m.get("model") or {}).get("name"),
+                "input_size": list(self.size), "threshold": self.threshold, "labels": self.labels,
+                "source_run": m.get("source_run"), "data_fingerprint": m.get("data_fingerprint"),
+                "interpreter": f"{self.model.backend} {self.model.backend_version}",
+                "xnnpack": self.model.xnnpack, "threads": self.model.num_threads}

@@ -1,0 +1,159 @@
+"""The cart pipeline: classify and segment ultrasound frames with exported .tflite files, offline.
+
+Core install only (numpy, Pillow, a TFLite interpreter): no TensorFlow, tf_keras or pandas is
+imported here, so a cart application can embed it::
+
+    from edgebus.runtime import LesionPipeline
+    cart = LesionPipeline(classifier="classifier.tflite", segmenter="segmenter.tflite")  # load once
+    r = cart.predict("frame.png", pixel_size_mm=0.078)                                     # per frame
+    r["prob_malignant"], r["label"], r["mask"], r["mask_area_mm2"], r["bbox"]
+
+Each model is preprocessed with the contract recorded in its own embedded metadata (the shared
+`edgebus.data.preprocess` path) and thresholded at the operating threshold stored there. A
+lesion-crop classifier (segmentation-guided; its contract has a `crop`) needs the segmenter: the
+frame is segmented first, and the classifier sees the square around the largest predicted region
+(`r["crop"]`, frame pixels), or the whole frame padded square when no lesion is found.
+
+The mask is returned at the ORIGINAL frame size: the model's lesion-probability map is resized
+back with bilinear interpolation, then thresholded (smoother outlines than resizing a binary
+mask with nearest neighbour, and the same threshold rule, prob >= threshold, as the metrics).
+The bbox is [x0, y0, x1, y1] in frame pixels with exclusive ends (PIL's box convention: the box
+is x1 - x0 pixels wide), None when the mask is empty.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from edgebus.core.errors import EdgebusError
+from edgebus.data.preprocess import crop_square_px, lesion_box
+from edgebus.runtime.bundle import find_bundle
+from edgebus.runtime.frames import MAX_FRAME_PIXELS, gray_from_array, load_frame
+from edgebus.runtime.model import ExportedModel
+from edgebus.runtime.overlay import render_overlay
+
+LATENCY_KEYS = ("load", "classify", "segment", "total")
+RESULT_FIELDS = ("file", "width", "height", "prob_malignant", "label", "threshold", "mask_threshold", "mask",
+                 "mask_area_px", "pixel_size_mm", "mask_area_mm2", "bbox", "crop", "latency_ms", "error")
+
+
+def _ms(t0: float, t1: float) -> float:
+    return round((t1 - t0) * 1000, 3)
+
+
+class LesionPipeline:
+    """Classification + segmentation of one frame at a time. Load once, call `predict` per frame.
+
+    classifier / segmenter: an exported .tflite (or a run directory: its int8 export); either may be
+    None to run only the other. A file without edgebus metadata, of the wrong task, or whose input
+    shape disagrees with its metadata raises EdgebusError here, at load time.
+    """
+
+    def __init__(self, classifier: str | Path | None = None, segmenter: str | Path | None = None,
+                 num_threads: int = 1, xnnpack: bool = True, max_pixels: int = MAX_FRAME_PIXELS):
+        if classifier is None and segmenter is None:
+            raise EdgebusError("pass a classifier and/or a segmenter model (or a bundle folder)")
+        self.classifier = ExportedModel(classifier, "classify", num_threads, xnnpack) if classifier is not None else None
+        self.segmenter = ExportedModel(segmenter, "segment", num_threads, xnnpack) if segmenter is not None else None
+        self.crops = self.classifier is not None and "crop" in self.classifier.contract  # segmentation-guided
+        if self.crops and self.segmenter is None:
+            raise EdgebusError(f"{self.classifier.path}: classifies a crop around the lesion (segmentation-guided, per "
+                               "its metadata); give a segmenter too (--segmenter, or a bundle with both)")
+        self.max_pixels = int(max_pixels)
+
+    @classmethod
+    def from_bundle(cls, folder: str | Path, **kw) -> "LesionPipeline":
+        c, s = find_bundle(folder)
+        return cls(classifier=c, segmenter=s, **kw)
+
+    def describe(self) -> dict:
+        return {m.task.role: m.describe() for m in (self.classifier, self.segmenter) if m is not None}
+
+    def load(self, frame) -> np.ndarray:
+        """A frame (path, numpy array or PIL image) as uint8 HxW gray; EdgebusError for a bad one."""
+        if isinstance(frame, (str, Path)):
+            return load_frame(frame, self.max_pixels)
+        return gray_from_array(frame, self.max_pixels)
+
+    def predict(self, frame, pixel_size_mm: float | None = None, name: str | None = None) -> dict:
+        """One frame -> a result dict (see RESULT_FIELDS). Never raises for a bad frame: the result's
+        `error` holds the message and the other values are None."""
+        return self.predict_with_frame(frame, pixel_size_mm, name)[0]
+
+    def predict_with_frame(self, frame, pixel_size_mm: float | None = None, name: str | None = None):
+        """(result, uint8 gray frame or None): the frame too, e.g. for `render_overlay`."""
+        if name is None:
+            name = str(frame) if isinstance(frame, (str, Path)) else None
+        res = {k: None for k in RESULT_FIELDS}
+        res["file"] = name
+        if pixel_size_mm is not None and not (np.isfinite(pixel_size_mm) and pixel_size_mm > 0):
+            raise EdgebusError(f"pixel size {pixel_size_mm} mm: must be a positive number")
+        res["pixel_size_mm"] = None if pixel_size_mm is None else float(pixel_size_mm)
+        t0 = time.perf_counter()
+        try:
+            gray = self.load(frame)
+        except EdgebusError as e:
+            res["error"] = str(e)
+            return res, None
+        except Exception as e:  # anything else a decoder throws: still one frame's error, not a crash
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            res["error"] = f"{name or 'frame'}: could not be read ({type(e).__name__}: {first}); replace or remove it"
+            return res, None
+        t1 = time.perf_counter()
+        lat = {"load": _ms(t0, t1), "classify": None, "segment": None}
+        h, w = gray.shape
+        res["height"], res["width"] = int(h), int(w)
+        inputs = {}
+
+        def model_input(m: ExportedModel) -> np.ndarray:
+            key = (tuple(m.contract["size"]), m.contract["channels"])
+            if key not in inputs:
+                inputs[key] = m.input_for(gray)
+            return inputs[key]
+
+        box = None
+        if self.segmenter is not None:  # first: a lesion-crop classifier needs its box
+            s = self.segmenter
+            ta = time.perf_counter()
+            prob = s.run(model_input(s)).reshape(s.size).astype(np.float32)
+            full = np.asarray(Image.fromarray(prob).resize((w, h), Image.BILINEAR))
+            mask = (full >= s.threshold).astype(np.uint8)
+            lat["segment"] = _ms(ta, time.perf_counter())
+            area = int(mask.sum())
+            res["mask"] = mask
+            res["mask_threshold"] = s.threshold
+            res["mask_area_px"] = area
+            if pixel_size_mm is not None:
+                res["mask_area_mm2"] = round(area * float(pixel_size_mm) ** 2, 4)
+            if area:
+                ys, xs = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+                res["bbox"] = [int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1]
+            if self.crops:  # on the model's map, as in training (edgebus.training.crops)
+                box = lesion_box(prob >= s.threshold)
+        if self.classifier is not None:
+            c = self.classifier
+            ta = time.perf_counter()
+            if self.crops:
+                x = c.input_for(gray, box)
+                res["crop"] = crop_square_px(gray.shape, box, c.contract["crop"]["margin"])
+            else:
+                x = model_input(c)
+            p = float(np.clip(c.run(x).reshape(-1)[0], 0.0, 1.0))
+            res["prob_malignant"] = round(p, 6)
+            res["threshold"] = c.threshold
+            res["label"] = c.labels[1] if p >= c.threshold else c.labels[0]
+            lat["classify"] = _ms(ta, time.perf_counter())
+        lat["total"] = _ms(t0, time.perf_counter())
+        res["latency_ms"] = lat
+        return res, gray
+
+    def overlay(self, frame, result: dict | None = None) -> Image.Image:
+        """The overlay image of a frame (predicting it first when no result is given)."""
+        gray = self.load(frame)
+        if result is None:
+            result = self.predict(gray)
+        return render_overlay(gray, result)

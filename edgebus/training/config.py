@@ -1,0 +1,88 @@
+"""The settings of the training stages. `FitConfig` holds what train, grid and CV share; each
+stage's config adds its own. `resolve()` fills what was not given from the model's registry
+defaults (task, size, batch) and refuses bad values in one line, before any folder is made."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from edgebus.core.errors import EdgebusError
+from edgebus.core.metrics import DEFAULT_THRESHOLD
+
+
+@dataclasses.dataclass(kw_only=True)
+class FitConfig:
+    """What every training stage (train, grid, cv) shares: the data, the model and how it is fed."""
+
+    data: str
+    model: str
+    out: str | None = None
+    task: str | None = None  # checked against the model's task
+    size: int | None = None  # default: the model's (registry)
+    batch: int | None = None  # default: the model's (registry)
+    seed: int = 0
+    weights: str = "none"  # none, imagenet (downloads) or a local weights file
+    model_kwargs: dict = dataclasses.field(default_factory=dict)
+    augment: bool = True
+    threshold: float = DEFAULT_THRESHOLD
+
+    def resolve(self, command: str) -> str:
+        """Fill registry defaults, check every value; returns the task."""
+        from edgebus.models.registry import check_task, model_defaults
+
+        task = check_task(self.model, self.task, command)
+        d = model_defaults(self.model)
+        self.task = task
+        self.size = d["size"] if self.size is None else self.size
+        self.batch = d["batch"] if self.batch is None else self.batch
+        _whole("--size", self.size, 1)
+        _whole("--batch", self.batch, 1)
+        if not 0 < self.threshold < 1:
+            raise EdgebusError(f"threshold {self.threshold}: give a probability between 0 and 1")
+        for name in ("epochs", "lr"):
+            if hasattr(self, name) and isinstance(getattr(self, name), (int, float)):
+                (_positive if name == "lr" else _whole)(f"--{name}", getattr(self, name), 1)
+        return task
+
+
+def _whole(opt: str, v, lo: int) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise EdgebusError(f"{opt} {v}: give a whole number >= {lo}")
+
+
+def _positive(opt: str, v, _=None) -> None:
+    if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+        raise EdgebusError(f"{opt} {v}: give a positive number")
+
+
+def check_positive(opt: str, v) -> None:
+    _positive(opt, v)
+
+
+def check_whole(opt: str, v, lo: int = 1) -> None:
+    _whole(opt, v, lo)
+
+
+@dataclasses.dataclass(kw_only=True)
+class TrainConfig(FitConfig):
+    epochs: int = 20
+    lr: float = 1e-3
+    split_fractions: tuple = (0.8, 0.1, 0.1)
+    keep: str = "best"  # "best": the epoch with the best validation accuracy (IoU); "last": final epoch
+    overwrite: bool = False
+    crop_margin: float | None = None  # lesion-crop classifier: cut a square around the lesion first
+    segmenter: str | None = None  # segment run (same split) whose predicted boxes cut the val/test crops
+
+
+EXIT_ENV = "EDGEBUS_EXIT_AFTER_UNITS"  # tests: os._exit after this many grid cells / CV folds are written
+
+
+def maybe_exit(written: int) -> None:
+    """Tests kill a grid or CV on purpose: with EDGEBUS_EXIT_AFTER_UNITS=n the process ends with
+    os._exit(75) right after its n-th result line is written."""
+    import os
+
+    n = os.environ.get(EXIT_ENV)
+    if n and written >= int(n):
+        os._exit(75)
