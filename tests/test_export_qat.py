@@ -57,7 +57,7 @@ def test_qat_export_writes_full_integer_qat_and_ptq_files(run_name, request):
 def test_int8_agrees_with_float_within_tolerance(cls_run, seg_run):
     for run, key, min_agree in ((cls_run, "label_agreement", 0.75), (seg_run, "pixel_agreement", 0.97)):
         m = manifest(run)
-        ref = m["metrics"]["keras_test"]
+        ref = m["metrics"]["keras"]["test"]
         for name in ("int8", "int8_ptq"):
             e = m["exports"][name]
             assert e["agreement"][key] >= min_agree, (run, name, e["agreement"])

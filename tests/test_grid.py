@@ -156,7 +156,7 @@ def test_segment_grid_in_two_shards(synthetic_breast_dir, tmp_path):
 
 
 def test_shards_partition_the_learning_rates():
-    from edgebus.training.grid import parse_shard, shard_lrs
+    from edgebus.training.cells import parse_shard, shard_lrs
 
     lrs = [1e-6, 1e-5, 1e-4, 1e-3, 5e-3, 1e-2, 5e-2]
     for n in (1, 2, 3, 7):

@@ -55,7 +55,8 @@ def _train_command(task: str):
 
 
 def _grid(task: Optional[str], recipe, shard, quiet, **opts) -> None:
-    from edgebus.training.grid import GridConfig, parse_shard, run_grid
+    from edgebus.training.cells import parse_shard
+    from edgebus.training.grid import GridConfig, run_grid
     from edgebus.training.recipes import grid_config, load_recipe
 
     sh = parse_shard(shard)

@@ -16,6 +16,17 @@ from edgebus.engine.models import strategy
 from edgebus.models.registry import AUX_MASK, classifier_only, has_aux_mask
 
 
+def build_compiled(name: str, size: int, weights: str, model_kwargs: dict, task: str, lr: float | None = None):
+    """Build a registry model inside the distribution strategy's scope (compiled when lr is given)."""
+    from edgebus.models.registry import build_model
+
+    with strategy().scope():
+        model = build_model(name, size, weights, **model_kwargs)
+        if lr is not None:
+            compile_model(model, task, lr)
+    return model
+
+
 def _dataset(tf, x, y, batch, shuffle, augment, seed, task, aux_mask=None):
     if aux_mask is not None:  # a classifier with an auxiliary mask output: two targets, by output name
         ds = tf.data.Dataset.from_tensor_slices((x, {"malignant_prob": y.astype("float32"),

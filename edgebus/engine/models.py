@@ -41,18 +41,6 @@ def framework() -> dict:
     return {"tensorflow": tf.__version__, "keras": keras.__version__, "device": device_name()}
 
 
-def build_compiled(name: str, size: int, weights: str, model_kwargs: dict, task: str, lr: float | None = None):
-    """Build a registry model inside the distribution strategy's scope (compiled when lr is given)."""
-    from edgebus.engine.fit import compile_model
-    from edgebus.models.registry import build_model
-
-    with strategy().scope():
-        model = build_model(name, size, weights, **model_kwargs)
-        if lr is not None:
-            compile_model(model, task, lr)
-    return model
-
-
 def keras_custom_objects() -> dict:
     """Custom Keras objects of the registry models (segmentation_models' FixedDropout, swish)."""
     from edgebus.compat import keras

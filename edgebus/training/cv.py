@@ -150,8 +150,8 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print) -> dict:
     out = Path(cfg.out or Path("runs") / f"cv-{cfg.model}-{cfg.size}")
 
     from edgebus.compat import keras, set_seed
-    from edgebus.engine.fit import fit_keep, predict
-    from edgebus.engine.models import build_compiled, device_name
+    from edgebus.engine.fit import build_compiled, fit_keep, predict
+    from edgebus.engine.models import device_name
     from edgebus.models.registry import has_aux_mask
     from edgebus.training.train import model_info
 

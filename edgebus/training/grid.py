@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from edgebus.core.errors import EdgebusError
-from edgebus.core.io import append_jsonl, atomic_write, now, read_jsonl, repair_jsonl, sha256_file, write_json
+from edgebus.core.io import append_jsonl, atomic_write, now, repair_jsonl, sha256_file, write_json
 from edgebus.core.manifest import Run, SplitInfo, open_results_dir
 from edgebus.core.splits import check_split, content_groups, content_summary, grouped_split
 from edgebus.core.tasks import get_task
@@ -44,6 +44,7 @@ from edgebus.data.arrays import data_info, load_split_data, read_lesions
 from edgebus.data.breast import fingerprint
 from edgebus.data.content import content_hashes
 from edgebus.data.preprocess import preprocess_contract
+from edgebus.training.cells import _lr_tag, _shard_tag, cell_key, rank_key, read_cells, select, shard_lrs
 from edgebus.training.config import FitConfig, maybe_exit
 
 
@@ -76,67 +77,6 @@ _IDENTITY = ("task", "model", "lrs", "epochs", "size", "batch", "seed", "weights
 
 
 # --- cells --------------------------------------------------------------------------------------
-
-
-def cell_key(c: dict) -> tuple:
-    return (float(c["lr"]), int(c["epochs"]))
-
-
-def cells_files(out: Path) -> list[Path]:
-    return sorted(Path(out).glob("cells*.jsonl"))
-
-
-def read_cells(out: str | Path) -> list[dict]:
-    """Finished cells from every cells*.jsonl in the grid directory, first occurrence of each kept."""
-    seen, cells = set(), []
-    for f in cells_files(Path(out)):
-        for c in read_jsonl(f):
-            if cell_key(c) not in seen:
-                seen.add(cell_key(c))
-                cells.append(c)
-    return cells
-
-
-def rank_key(c: dict, metric: str, task) -> tuple:
-    """Larger is better: val metric, then the val tie-break metric, then fewer epochs, lower lr."""
-    task = get_task(task)
-    flat = {**task.flat(c["val"]), **{k: v for k, v in c["val"].items() if not isinstance(v, (dict, list))}}
-
-    def val(name):
-        v = flat.get(name)
-        return -math.inf if v is None else float(v)
-
-    return (val(metric), val(task.tiebreak(metric)), -int(c["epochs"]), -float(c["lr"]))
-
-
-def select(cells: list[dict], metric: str, task: str) -> dict:
-    return max(cells, key=lambda c: rank_key(c, metric, task))
-
-
-def parse_shard(s: str | None) -> tuple[int, int]:
-    if not s:
-        return 1, 1
-    try:
-        i, n = (int(v) for v in s.split("/"))
-    except ValueError:
-        raise EdgebusError(f"--shard '{s}': give i/n, e.g. 1/3 (shards are numbered 1..n)") from None
-    if not 1 <= i <= n:
-        raise EdgebusError(f"--shard '{s}': need 1 <= i <= n (shards are numbered 1..n)")
-    return i, n
-
-
-def shard_lrs(lrs: list[float], shard: tuple[int, int]) -> list[float]:
-    """Learning rates of shard i of n: every n-th of the sorted list, starting at the i-th."""
-    i, n = shard
-    return [lr for j, lr in enumerate(sorted(lrs)) if j % n == i - 1]
-
-
-def _lr_tag(lr: float) -> str:
-    return f"{lr:g}"
-
-
-def _shard_tag(shard) -> str:
-    return "all" if shard == (1, 1) else f"shard{shard[0]}of{shard[1]}"
 
 
 def _validate(cfg: GridConfig, task: str) -> None:
@@ -188,8 +128,8 @@ def run_grid(cfg: GridConfig, shard: tuple[int, int] = (1, 1), progress: bool = 
     out = Path(cfg.out or Path("runs") / f"grid-{cfg.model}-{cfg.size}")
 
     from edgebus.compat import keras, set_seed
-    from edgebus.engine.fit import fit_eval, history_csv
-    from edgebus.engine.models import build_compiled, device_name, save_model
+    from edgebus.engine.fit import build_compiled, fit_eval, history_csv
+    from edgebus.engine.models import device_name, save_model
     from edgebus.models.registry import classifier_only, has_aux_mask
     from edgebus.training.train import model_info
 

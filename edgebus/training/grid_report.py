@@ -15,7 +15,7 @@ from edgebus.core.manifest import MANIFEST, Run
 from edgebus.core.stats import bootstrap_classification, bootstrap_means, dice_from_iou
 from edgebus.core.tasks import get_task
 from edgebus.data.arrays import load_split_data, run_dataset
-from edgebus.training.grid import _lr_tag, cell_key, read_cells, select
+from edgebus.training.cells import _lr_tag, cell_key, read_cells, select
 
 
 def _matching_candidate(out: Path, chosen: dict) -> Path | None:
@@ -44,8 +44,8 @@ def _history_rows(out: Path, lr: float, epochs: int) -> str | None:
 def _write_best_run(out: Path, manifest, chosen: dict, ds, split: dict, data: dict, progress: bool, log):
     """The chosen cell as a standard run directory `best/`; returns (Run, model, source)."""
     from edgebus.compat import keras, set_seed
-    from edgebus.engine.fit import fit_arrays, history_csv
-    from edgebus.engine.models import build_compiled, framework, load_model
+    from edgebus.engine.fit import build_compiled, fit_arrays, history_csv
+    from edgebus.engine.models import framework, load_model
     from edgebus.models.registry import classifier_only
     from edgebus.training.train import TrainConfig, write_metrics, write_model, write_run_header
 

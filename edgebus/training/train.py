@@ -87,8 +87,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Run:
 
     # Everything that can fail on bad input (model name, weights path) fails before the run exists.
     from edgebus.compat import set_seed
-    from edgebus.engine.fit import fit_keep, history_csv
-    from edgebus.engine.models import build_compiled, framework
+    from edgebus.engine.fit import build_compiled, fit_keep, history_csv
+    from edgebus.engine.models import framework
     from edgebus.models.registry import has_aux_mask
 
     set_seed(cfg.seed)

@@ -1,0 +1,77 @@
+"""One tester for every model in the registry (as timm tests its registry): it builds, gives the
+output its task promises, is one flat graph, takes quantization-aware annotation, converts to a
+full-int8 TFLite file with no float tensor that the cart's loader accepts, and rebuilds from a run
+manifest with the same outputs. A model added to the registry is tested here without a new test."""
+
+import numpy as np
+import pytest
+
+from edgebus.models.registry import MODELS
+
+SIZE = 64  # every registry model builds at 64 px (the Lite encoders need a multiple of 32)
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    return rng.random((4, SIZE, SIZE, 3), dtype=np.float32)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_registry_model(name, images, tmp_path):
+    from edgebus.compat import keras, set_seed
+    from edgebus.core.manifest import ModelInfo
+    from edgebus.core.tasks import get_task
+    from edgebus.engine.fit import predict
+    from edgebus.engine.models import load_model, save_model
+    from edgebus.export import qat
+    from edgebus.export.convert import convert, float_tensors, model_metadata, write_tflite
+    from edgebus.models.registry import build_from_manifest, build_model, classifier_only, model_defaults
+    from edgebus.runtime.model import ExportedModel
+
+    task = get_task(MODELS[name]["task"])
+    defaults = model_defaults(name)
+    assert defaults["size"] >= 32 and defaults["batch"] >= 1
+    keras.backend.clear_session()
+    set_seed(0)
+    built = build_model(name, SIZE)
+    model = classifier_only(built)  # what is saved, exported and deployed
+    assert not any(isinstance(layer, keras.Model) for layer in model.layers), "nested model: QAT needs a flat graph"
+    out = predict(model, images)
+    assert task.check_output((1, *out.shape[1:]), (SIZE, SIZE)) is None, out.shape
+    assert np.all((out >= 0) & (out <= 1)) and np.isfinite(out).all()
+
+    qmodel = qat.quantize(model)
+    assert any(type(layer).__name__.startswith("QuantizeWrapper") for layer in qmodel.layers)
+    qat.calibrate_ranges(qmodel, images, 4)
+    path = tmp_path / "model_int8.tflite"
+    write_tflite(path, convert(qmodel, "int8", images), model_metadata(task, "int8", "qat", _contract(), 0.5))
+    em = ExportedModel(path, task)  # the cart's loader: metadata, contract, input and output shapes
+    assert float_tensors(em.model) == [], f"{name}: int8 file keeps float tensors"
+    assert em.predict(images).shape == out.shape
+
+    save_model(model, tmp_path / "model.keras")
+    info = ModelInfo(name=name, task=task.name, input_size=[SIZE, SIZE])
+    assert len(build_from_manifest(info).layers) == len(model.layers)
+    again = load_model(tmp_path / "model.keras", info)
+    np.testing.assert_allclose(predict(again, images), out, atol=1e-6)
+
+
+def _contract():
+    from edgebus.data.preprocess import preprocess_contract
+
+    return preprocess_contract(SIZE, 3)
+
+
+def test_a_weights_file_that_does_not_fit_the_manifest_is_refused(tmp_path):
+    from edgebus.core.errors import EdgebusError
+    from edgebus.core.manifest import ModelInfo
+    from edgebus.engine.models import load_model, save_model
+    from edgebus.models.registry import build_model
+
+    save_model(build_model("test-cnn", SIZE), tmp_path / "model.keras")
+    with pytest.raises(EdgebusError, match="do not fit model 'test-unet'"):
+        load_model(tmp_path / "model.keras", ModelInfo(name="test-unet", task="segment", input_size=[SIZE, SIZE]))
+    (tmp_path / "fake.keras").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))
+    with pytest.raises(EdgebusError, match="not a Keras zip archive"):
+        load_model(tmp_path / "fake.keras", ModelInfo(name="test-cnn", task="classify", input_size=[SIZE, SIZE]))
