@@ -20,7 +20,7 @@ from edgebus.runtime import TFLiteModel
 
 
 def default_model(tmp: Path) -> Path:
-    from edgebus.export.tflite import convert
+    from edgebus.export.convert import convert
     from edgebus.models import build_model
 
     model = build_model("mobilenetv2", 128)

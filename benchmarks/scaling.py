@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgebus.benchmarks.bench import machine_info, time_model
-from edgebus.rundir import atomic_write, write_json
+from edgebus.core.io import atomic_write, write_json
 
 
 def main():
@@ -25,7 +25,7 @@ def main():
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--out", default="benchmarks/results/scaling")
     a = ap.parse_args()
-    from edgebus.export.tflite import convert
+    from edgebus.export.convert import convert
     from edgebus.models import build_model
 
     rows = []

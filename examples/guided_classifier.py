@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from edgebus.data.synthetic import make_synthetic
-from edgebus.export import export_run
+from edgebus.export import ExportConfig, export_run
 from edgebus.runtime import LesionPipeline
 from edgebus.training import TrainConfig, train
 
@@ -24,7 +24,7 @@ cls = train(TrainConfig(data=str(data), model="test-cnn", out=str(out / "classif
                         crop_margin=0.5, segmenter=str(seg.path)))
 print("crop classifier, test:", {k: cls.manifest["metrics"]["keras"]["test"][k] for k in ("accuracy", "auc")})
 for run in (seg, cls):
-    export_run(run.path, ("float32", "int8"), qat_epochs=2)
+    export_run(run.path, ExportConfig(formats=["float32", "int8"], qat_epochs=2))
 
 cart = LesionPipeline(classifier=cls.path, segmenter=seg.path)  # the int8 exports
 frame = sorted((data / "BrEaST-Lesions_USG-images_and_masks").glob("case0??.png"))[0]

@@ -1,6 +1,14 @@
-"""Shared fixtures: the real BrEaST-Lesions_USG folder (or a skip) and one small synthetic set."""
+"""Shared fixtures: the real BrEaST-Lesions_USG folder (or a skip), small synthetic sets, one trained
+and exported classifier and segmenter, the CLI runner, and a Python without TensorFlow.
 
+Session fixtures are read-only: after every test, each one that exists is compared with what it was
+(every file's name, size, mtime and inode), and a test that wrote into one fails by name. A test
+that needs to change a run copies it to its tmp_path first."""
+
+import json
 import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -13,20 +21,54 @@ REAL_BREAST_DIR = Path(__file__).resolve().parents[2] / "shared/data/BrEaST-Lesi
 SYNTHETIC = {"n_cases": 40, "malignant_fraction": 0.4, "n_normal": 2, "seed": 0}
 
 
+_READ_ONLY: dict = {}  # path -> state when the fixture was made
+
+
+def _state(root: Path) -> tuple:
+    out = []
+    for p in sorted(Path(root).rglob("*")):
+        st = p.lstat()
+        out.append((str(p.relative_to(root)), st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(out)
+
+
+def read_only(path: Path) -> Path:
+    """Register a shared fixture folder as read-only for the rest of the session."""
+    _READ_ONLY[Path(path)] = _state(path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _shared_fixtures_stay_unchanged(request):
+    yield
+    for path, before in list(_READ_ONLY.items()):
+        after = _state(path)
+        if after != before:
+            _READ_ONLY[path] = after  # blame this test only
+            changed = sorted({f[0] for f in set(after) ^ set(before)})[:5]
+            pytest.fail(f"{request.node.nodeid} wrote into the shared fixture {path} ({', '.join(changed)}); "
+                        "copy it to tmp_path first", pytrace=False)
+
+
+def manifest(run) -> dict:
+    """A run directory's manifest.json as a dict."""
+    return json.loads((Path(run) / "manifest.json").read_text())
+
+
 @pytest.fixture(scope="session")
 def real_breast_dir() -> Path:
     path = Path(os.environ.get("EDGEBUS_BREAST_DIR") or REAL_BREAST_DIR)
     if not path.is_dir():
         pytest.skip(f"real BrEaST-Lesions_USG not found at {path}; set EDGEBUS_BREAST_DIR to its folder")
-    return path
+    return read_only(path)
 
 
 @pytest.fixture(scope="session")
 def synthetic_breast_dir(tmp_path_factory) -> Path:
-    """A 40-case synthetic set in the BrEaST layout (made once per session; treat as read-only)."""
+    """A 40-case synthetic set in the BrEaST layout (made once per session; read-only)."""
     from edgebus.data.synthetic import make_synthetic
 
-    return make_synthetic(tmp_path_factory.mktemp("breast-synthetic"), **SYNTHETIC)
+    return read_only(make_synthetic(tmp_path_factory.mktemp("breast-synthetic"), **SYNTHETIC))
 
 
 def cli(*args):
@@ -47,7 +89,7 @@ def one_line_error(r, *needles):
 
 
 # Prepended to a subprocess's code: importing TensorFlow (or pandas) there fails, as on a cart.
-BLOCK_TF = textwrap.dedent("""
+_BLOCK_TF = textwrap.dedent("""
     import sys
     class Block:
         def find_spec(self, name, path=None, target=None):
@@ -58,11 +100,26 @@ BLOCK_TF = textwrap.dedent("""
 
 
 @pytest.fixture(scope="session")
+def without_tf():
+    """run(code, **subprocess options): run Python code in a fresh interpreter where TensorFlow,
+    Keras, tfmot and pandas cannot be imported (a cart, a Raspberry Pi); fails the test on a
+    non-zero exit, with the process's output."""
+
+    def run(code: str, timeout: int = 300, **kw) -> subprocess.CompletedProcess:
+        out = subprocess.run([sys.executable, "-c", _BLOCK_TF + textwrap.dedent(code)], capture_output=True,
+                             text=True, timeout=timeout, **kw)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        return out
+
+    return run
+
+
+@pytest.fixture(scope="session")
 def chain_data(tmp_path_factory):
     """120 cases: enough for a 12-image test split."""
     from edgebus.data.synthetic import make_synthetic
 
-    return make_synthetic(tmp_path_factory.mktemp("chain-data"), n_cases=120, seed=1)
+    return read_only(make_synthetic(tmp_path_factory.mktemp("chain-data"), n_cases=120, seed=1))
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +130,7 @@ def cls_run(chain_data, tmp_path_factory):
     assert r.exit_code == 0, r.output
     r = cli("export", out, "--int8")
     assert r.exit_code == 0, r.output
-    return out
+    return read_only(out)
 
 
 @pytest.fixture(scope="session")
@@ -84,4 +141,4 @@ def seg_run(chain_data, tmp_path_factory):
     assert r.exit_code == 0, r.output
     r = cli("export", out, "--int8")
     assert r.exit_code == 0, r.output
-    return out
+    return read_only(out)

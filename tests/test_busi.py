@@ -8,6 +8,7 @@ from edgebus.data.breast import load_arrays
 from edgebus.data.busi import read_busi, make_synthetic_busi
 from edgebus.data.preprocess import load_mask, preprocess_contract
 from edgebus.core.errors import EdgebusError
+from tests.conftest import manifest
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +44,14 @@ def test_missing_mask_is_one_line_error(busi, tmp_path):
         read_busi(tmp_path / "nowhere")
 
 
-def test_evaluate_a_run_on_busi(cls_run, busi):
+def test_evaluate_a_run_on_busi(cls_run, busi, tmp_path):
     """External validation scores the Keras model and an exported int8 file alike, without TF for the latter."""
     import json
+    import shutil
 
     from tests.conftest import cli
 
+    cls_run = shutil.copytree(cls_run, tmp_path / "run")
     r = cli("evaluate", cls_run, "--data", busi, "--format", "busi")
     assert r.exit_code == 0, r.output
     r = cli("evaluate", cls_run, "--data", busi, "--format", "busi", "--model-file", "model_int8.tflite")
@@ -57,5 +60,5 @@ def test_evaluate_a_run_on_busi(cls_run, busi):
     assert len(files) == 2
     res = [json.loads(f.read_text()) for f in files]
     assert all(x["metrics"]["n"] == 8 for x in res)
-    m = json.loads((cls_run / "manifest.json").read_text())
+    m = manifest(cls_run)
     assert {f.name for f in files} <= set(m["artifacts"])

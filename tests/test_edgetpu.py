@@ -11,7 +11,7 @@ import stat
 import numpy as np
 import pytest
 
-from tests.conftest import cli
+from tests.conftest import cli, manifest
 
 FAKE_COMPILER = """#!/bin/sh
 # stand-in for Coral's edgetpu_compiler: -s -o OUTDIR MODEL
@@ -172,7 +172,7 @@ def test_compile_with_a_compiler_keeps_model_and_log(models, monkeypatch, tmp_pa
 
 def test_export_records_edgetpu_report_for_registry_models(cls_run, seg_run):
     for run in (cls_run, seg_run):
-        m = json.loads((run / "manifest.json").read_text())
+        m = manifest(run)
         assert {"edgetpu_report.json", "edgetpu_report.md"} <= set(m["artifacts"])
         for key in ("int8", "int8_ptq"):
             e = m["exports"][key]["edgetpu"]
@@ -193,7 +193,7 @@ def test_export_edgetpu_flag_compiles_or_explains(cls_run, tmp_path, monkeypatch
     monkeypatch.setenv("PATH", f"{_fake_compiler(tmp_path)}{os.pathsep}{path}")
     r = cli("export", run, "--formats", "int8", "--ptq", "--edgetpu", "--overwrite")
     assert r.exit_code == 0, r.output
-    m = json.loads((run / "manifest.json").read_text())
+    m = manifest(run)
     comp = m["exports"]["int8"]["edgetpu"]["compile"]
     assert comp["compiled"] and comp["file"] == "model_int8_edgetpu.tflite"
     assert {"model_int8_edgetpu.tflite", "model_int8_edgetpu.log"} <= set(m["artifacts"])

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tests.conftest import cli, one_line_error as _one_line_error
+from tests.conftest import cli, manifest, one_line_error as _one_line_error
 
 from edgebus.core.errors import EdgebusError
 
@@ -79,9 +79,9 @@ def test_grid_resumes_without_redoing_a_cell(killed_and_resumed):
 
     # a finished grid run again trains nothing and appends nothing
     before = (out / "cells.jsonl").read_bytes()
-    manifest = json.loads((out / "manifest.json").read_text())
-    recipe_path = manifest["grid"]["recipe"]["path"]
-    r = cli("grid", "classify", "--recipe", recipe_path, "--data", manifest["data"]["root"], "--out", out, "--quiet")
+    m = manifest(out)
+    recipe_path = m["grid"]["recipe"]["path"]
+    r = cli("grid", "classify", "--recipe", recipe_path, "--data", m["data"]["root"], "--out", out, "--quiet")
     assert r.exit_code == 0, r.output
     assert "all 2 cells done, skipped" in r.output
     assert (out / "cells.jsonl").read_bytes() == before
@@ -107,7 +107,7 @@ def test_grid_report_figures_and_best_run(killed_and_resumed):
         assert needle in md, needle
     # best/ is a standard run directory with the chosen cell's weights
     best = out / "best"
-    m = json.loads((best / "manifest.json").read_text())
+    m = manifest(best)
     assert m["stages"]["train"]["grid_cell"] == {"lr": report["chosen"]["lr"], "epochs": report["chosen"]["epochs"]}
     assert set(m["artifacts"]) >= {"config.json", "split.json", "model.keras", "metrics.json", "history.csv"}
     assert json.loads((best / "split.json").read_text())["test"] == json.loads((out / "split.json").read_text())["test"]
@@ -125,7 +125,7 @@ def test_grid_cell_equals_a_shorter_run(killed_and_resumed, synthetic_breast_dir
     cell = [json.loads(c) for c in lines(out / "cells.jsonl") if json.loads(c)["epochs"] == 1][0]
     run = train(TrainConfig(data=str(synthetic_breast_dir), model="test-cnn", out=str(tmp_path / "r"), size=32,
                             epochs=1, lr=cell["lr"], keep="last"), progress=False)
-    m = json.loads((run.path / "manifest.json").read_text())
+    m = manifest(run.path)
     from edgebus.data.breast import read_breast
 
     by_id = {c.case_id: c for c in read_breast(synthetic_breast_dir).lesions()}
@@ -152,7 +152,7 @@ def test_segment_grid_in_two_shards(synthetic_breast_dir, tmp_path):
     assert_png(out / "overlay.png")
     md = (out / "report.md").read_text()
     assert "| train |" in md and "| val |" in md and "| test |" in md and "Dice" in md
-    assert json.loads((out / "best" / "manifest.json").read_text())["task"] == "segment"
+    assert manifest(out / "best")["task"] == "segment"
 
 
 def test_shards_partition_the_learning_rates():
@@ -190,9 +190,8 @@ def test_kfold_partitions_and_cv_summary(synthetic_breast_dir, recipe, tmp_path)
     assert s["k"] == 3 and s["pooled"]["n"] == len(cases)
     for key in ("accuracy", "malignant_recall", "auc"):
         assert len(s["mean_std"][key]["folds"]) == 3
-        b = s["bootstrap"][key]
-        if b["lo"] is not None:
-            assert b["lo"] <= b["value"] <= b["hi"]
+        b = s["bootstrap"][key]  # defined for every resample of 40 cases with both classes in each
+        assert b["lo"] is not None and b["lo"] <= b["value"] <= b["hi"] and b["lo"] < b["hi"], (key, b)
     assert_png(out / "confusion_matrix.png")
     assert "mean +- std" in (out / "report.md").read_text()
 

@@ -5,9 +5,6 @@ TensorFlow cannot be imported."""
 import csv
 import json
 import struct
-import subprocess
-import sys
-import textwrap
 import zlib
 from pathlib import Path
 
@@ -15,13 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import BLOCK_TF, cli, one_line_error as _one_line_error
+from tests.conftest import cli, manifest, one_line_error as _one_line_error
 
 IMAGES = "BrEaST-Lesions_USG-images_and_masks"
 
 
 def _int8_file(run: Path) -> Path:
-    exports = json.loads((run / "manifest.json").read_text())["exports"]
+    exports = manifest(run)["exports"]
     e = exports["int8"]
     assert e["status"] == "ok", e
     return run / e["file"]
@@ -228,9 +225,9 @@ def test_bundle_and_pixel_sizes_from_the_sheet(cart_models, synthetic_breast_dir
     _one_line_error(cli("predict", "--bundle", b, synthetic_breast_dir, "--out", tmp_path / "x"), "sha256")
 
 
-def test_runtime_runs_where_tensorflow_cannot_be_imported(cart_models, synthetic_breast_dir, tmp_path):
+def test_runtime_runs_where_tensorflow_cannot_be_imported(cart_models, synthetic_breast_dir, tmp_path, without_tf):
     frames = _frames(synthetic_breast_dir, 2)
-    code = BLOCK_TF + textwrap.dedent(f"""
+    without_tf(f"""
         import json
         import numpy as np
         from edgebus.runtime import LesionPipeline
@@ -249,26 +246,19 @@ def test_runtime_runs_where_tensorflow_cannot_be_imported(cart_models, synthetic
                                        {str(frames[1])!r}, '--data', {str(synthetic_breast_dir)!r}, '--out', {str(tmp_path / 'o2')!r}])
         assert res.exit_code == 2 and '--pixel-size' in res.output, res.output
         assert not any(m in sys.modules for m in ('tensorflow', 'tf_keras', 'pandas'))
-        print('cart-ok')
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert "cart-ok" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
 
 
-def test_cart_example_runs_on_a_bundle(cls_run, seg_run, chain_data, tmp_path):
+def test_cart_example_runs_on_a_bundle(cls_run, seg_run, chain_data, tmp_path, without_tf):
     """examples/cart_predict.py uses only the public API, with TensorFlow blocked."""
-    import subprocess
-    import sys
     from pathlib import Path
 
     from edgebus.runtime import make_bundle
-    from tests.conftest import BLOCK_TF
 
     bundle = make_bundle(tmp_path / "cart", cls_run, seg_run)
     frame = sorted((chain_data / "BrEaST-Lesions_USG-images_and_masks").glob("case00[0-9].png"))[0]
     example = Path(__file__).resolve().parents[1] / "examples" / "cart_predict.py"
-    code = BLOCK_TF + f"import sys, runpy; sys.argv = ['cart_predict.py', {str(bundle)!r}, {str(frame)!r}, '0.08']; runpy.run_path({str(example)!r}, run_name='__main__')"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-2000:]
+    out = without_tf(f"import sys, runpy; sys.argv = ['cart_predict.py', {str(bundle)!r}, {str(frame)!r}, '0.08']; "
+                     f"runpy.run_path({str(example)!r}, run_name='__main__')", timeout=120, cwd=tmp_path)
     assert "overlay.png written" in out.stdout and "mm^2" in out.stdout
     assert (tmp_path / "overlay.png").stat().st_size > 0

@@ -162,10 +162,9 @@ def load_pack(path: str | Path) -> dict:
 def evaluate(m: ExportedModel, pack: dict) -> dict:
     """Score a loaded model on an evaluation pack (uint8 test pixels at the model's size), at the
     threshold its metadata carries."""
-    truth = m.task.truth(pack.get("labels"), pack.get("masks"))
+    truth = pack.get(m.task.pack_key)
     if truth is None:
-        raise EdgebusError(f"evaluation pack has no {'labels' if m.task.name == 'classify' else 'masks'} for a "
-                           f"{m.task.name} model; re-run 'edgebus export'")
+        raise EdgebusError(f"evaluation pack has no {m.task.pack_key} for a {m.task.name} model; re-run 'edgebus export'")
     return m.task.metrics(truth, m.predict_pixels(pack["images"]), m.threshold)
 
 

@@ -27,6 +27,8 @@ class Task:
     keep_metrics: tuple  # Keras log names of the validation metric that keeps the best epoch
     agreement_key: str
     gates: tuple  # (metric, words, option, scale, unit): what an export may lose against its parent
+    truth_is_mask: bool  # scored against lesion masks (else against labels)
+    pack_key: str  # the truth's name in an evaluation pack
 
     def metrics(self, truth, prob, threshold: float = DEFAULT_THRESHOLD) -> dict:
         raise NotImplementedError
@@ -55,6 +57,10 @@ class Task:
 
     def truth(self, labels, masks):
         """Which of (labels, masks) this task's metrics score against."""
+        return masks if self.truth_is_mask else labels
+
+    def case_record(self, truth, prob, metrics: dict, suffix: str = "") -> dict:
+        """The per-case arrays a CV fold or grid cell record stores (read back by fold_arrays)."""
         raise NotImplementedError
 
     def fold_arrays(self, rec: dict, suffix: str = "") -> dict | None:
@@ -80,8 +86,11 @@ class _Classify(Task):
     def check_output(self, shape, size):
         return None if int(np.prod(shape[1:])) == 1 else "one malignant probability"
 
-    def truth(self, labels, masks):
-        return labels
+    def case_record(self, truth, prob, metrics, suffix=""):
+        rec = {f"test_prob{suffix}": [round(float(p), 6) for p in np.asarray(prob).ravel()]}
+        if not suffix:
+            rec["test_label"] = [int(v) for v in np.asarray(truth).ravel()]
+        return rec
 
     def fold_arrays(self, rec, suffix=""):
         if f"test_prob{suffix}" not in rec:
@@ -105,8 +114,12 @@ class _Segment(Task):
         ok = tuple(shape[1:3]) == (h, w) and int(np.prod(shape[3:])) == 1
         return None if ok else f"one {h}x{w} probability map"
 
-    def truth(self, labels, masks):
-        return masks
+    def case_record(self, truth, prob, metrics, suffix=""):
+        iou = metrics["iou_per_image"]
+        rec = {f"test_iou{suffix}": iou}
+        if not suffix:
+            rec["test_dice"] = [round(v, 4) for v in stats.dice_from_iou(iou)]
+        return rec
 
     def fold_arrays(self, rec, suffix=""):
         if f"test_iou{suffix}" not in rec:
@@ -124,13 +137,13 @@ CLASSIFY = _Classify(
     name="classify", role="classifier", labels=CLASS_NAMES, output="malignant probability",
     default_model="mobilenetv2", default_batch=16, select=("accuracy", "auc", "malignant_recall", "f1_macro"),
     ci_keys=stats.CLASSIFY_KEYS, keep_metrics=("val_accuracy", "val_malignant_prob_accuracy"),
-    agreement_key="label_agreement",
+    agreement_key="label_agreement", truth_is_mask=False, pack_key="labels",
     gates=(("accuracy", "accuracy", "--max-drop", 100.0, "points"),
            ("malignant_recall", "malignant recall", "--max-recall-drop", 100.0, "points")))
 SEGMENT = _Segment(
     name="segment", role="segmenter", labels=("background", "lesion"), output="lesion probability per pixel",
     default_model="unet-efficientnetb2", default_batch=8, select=("iou", "dice"), ci_keys=stats.SEGMENT_KEYS,
-    keep_metrics=("val_iou",), agreement_key="pixel_agreement",
+    keep_metrics=("val_iou",), agreement_key="pixel_agreement", truth_is_mask=True, pack_key="masks",
     gates=(("iou", "IoU", "--max-drop", 1.0, ""),))
 TASKS = {t.name: t for t in (CLASSIFY, SEGMENT)}
 

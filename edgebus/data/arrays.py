@@ -44,7 +44,7 @@ def load_split_data(cases_by_id: dict, split: dict, contract: dict, task, boxes:
     parts = {}
     for name in [n for n in PARTS if n in split]:
         cases = [cases_by_id[i] for i in split[name]]
-        x, y, m = load_arrays(cases, contract, with_masks=task.name == "segment" or masks, boxes=boxes)
+        x, y, m = load_arrays(cases, contract, with_masks=task.truth_is_mask or masks, boxes=boxes)
         truth = task.truth(y, m)
         parts[name] = (x, truth, m) if masks and truth is y else (x, truth)
     return parts

@@ -40,7 +40,7 @@ def _dataset(tf, x, y, batch, shuffle, augment, seed, task, aux_mask=None):
         def flip(a, b):
             f = tf.random.uniform(()) < 0.5
             a = tf.cond(f, lambda: tf.image.flip_left_right(a), lambda: a)
-            if get_task(task).name == "segment":
+            if get_task(task).truth_is_mask:
                 b = tf.cond(f, lambda: tf.image.flip_left_right(b), lambda: b)
             elif aux_mask is not None:
                 b = dict(b)

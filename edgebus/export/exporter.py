@@ -30,11 +30,8 @@ ORDER = ("float32", "float16", "dynamic", "int8_ptq", "int8")
 def write_eval_pack(run: Run, split_ids: list, x: np.ndarray, truth: np.ndarray) -> None:
     """The test split as uint8 model-input pixels + truth, so a device benchmark needs no data reader."""
     images = np.round(x[..., 0] * 255).astype(np.uint8)
-    arrays = {"images": images, "case_ids": np.asarray(split_ids)}
-    if run.task.name == "classify":
-        arrays["labels"] = np.asarray(truth).astype(np.uint8).reshape(len(x))
-    else:
-        arrays["masks"] = np.asarray(truth).astype(np.uint8).reshape(images.shape)
+    shape = images.shape if run.task.truth_is_mask else (len(x),)
+    arrays = {"images": images, "case_ids": np.asarray(split_ids), run.task.pack_key: np.asarray(truth).astype(np.uint8).reshape(shape)}
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     atomic_write(run.file("eval_pack.npz"), buf.getvalue())

@@ -18,7 +18,6 @@ from edgebus.core.errors import EdgebusError
 from edgebus.core.io import append_jsonl, atomic_write, now, read_jsonl, repair_jsonl, write_json
 from edgebus.core.manifest import Run, open_results_dir
 from edgebus.core.splits import check_split, content_groups, content_summary, grouped_kfold
-from edgebus.core.stats import dice_from_iou
 from edgebus.core.tasks import get_task
 from edgebus.data.arrays import data_info, load_split_data, read_lesions
 from edgebus.data.breast import fingerprint
@@ -47,22 +46,13 @@ _CV_IDENTITY = ("task", "model", "folds", "size", "epochs", "lr", "batch", "seed
                 "val_fraction", "augment", "keep", "threshold", "int8", "crop_margin", "int8_source", "qat_epochs")
 
 
-def _probs(v) -> list:
-    return [round(float(p), 6) for p in np.asarray(v).ravel()]
-
-
 def _fold_record(task, f, fold, data, probs, metrics, kept_epoch, wall, threshold) -> dict:
     from edgebus.training.crops import predicted_boxes
 
     rec = {"fold": f, "kept_epoch": kept_epoch, "wall_s": round(wall, 1), "val": metrics["val"],
-           "test": metrics["test"], "test_ids": fold["test"], "finished": now()}
-    if task.name == "classify":
-        rec["test_prob"] = _probs(probs["test"])
-        rec["test_label"] = [int(v) for v in data["test"][1]]
-    else:
-        rec["test_iou"] = metrics["test"]["iou_per_image"]
-        rec["test_dice"] = [round(v, 4) for v in dice_from_iou(metrics["test"]["iou_per_image"])]
-        # the lesion boxes a crop classifier's cross-validation cuts its val/test frames with
+           "test": metrics["test"], "test_ids": fold["test"], "finished": now(),
+           **task.case_record(data["test"][1], probs["test"], metrics["test"])}
+    if task.truth_is_mask:  # the lesion boxes a crop classifier's cross-validation cuts its val/test frames with
         rec["val_ids"] = fold["val"]
         rec["boxes"] = {part: predicted_boxes(probs[part], threshold) for part in ("val", "test")}
     return rec
@@ -86,14 +76,10 @@ def _int8_fold(model, task, data, cfg: CVConfig, contract: dict, test_x=None) ->
     probs = int8_probs(models, task, calib, contract, cfg.threshold, xte if test_x is None else test_x)
     src = "qat" if "qat" in probs else "ptq"
     rec = {"test_int8": task.metrics(yte, probs[src], cfg.threshold), "int8_source": src}
-    if task.name == "classify":
-        rec["test_prob_int8"] = _probs(probs[src])
-        if src == "qat":
-            rec["test_prob_int8_ptq"] = _probs(probs["ptq"])
-    else:
-        rec["test_iou_int8"] = rec["test_int8"]["iou_per_image"]
-        if src == "qat":
-            rec["test_iou_int8_ptq"] = task.metrics(yte, probs["ptq"], cfg.threshold)["iou_per_image"]
+    rec.update(task.case_record(yte, probs[src], rec["test_int8"], "_int8"))
+    if src == "qat":
+        rec.update(task.case_record(yte, probs["ptq"], task.metrics(yte, probs["ptq"], cfg.threshold), "_int8_ptq"))
+    if task.truth_is_mask:
         rec["boxes_int8"] = {"test": predicted_boxes(probs[src], cfg.threshold)}
     return rec
 
@@ -109,7 +95,7 @@ def _crop_extras(model, task, cfg, contract, fold, by_id, fold_boxes, rec) -> np
     x_gt, y, _ = load_arrays(test_cases, contract)
     p_gt = predict(model, x_gt, cfg.batch)
     rec["test_oracle"] = task.metrics(y, p_gt, cfg.threshold)
-    rec["test_prob_oracle"] = _probs(p_gt)
+    rec.update(task.case_record(y, p_gt, rec["test_oracle"], "_oracle"))
     if cfg.int8 and "test_int8" in fold_boxes:
         return load_arrays(test_cases, contract, boxes=fold_boxes["test_int8"])[0]
     return None
@@ -127,7 +113,7 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print) -> dict:
         raise EdgebusError(f"keep='{cfg.keep}': choose best or last")
     if cfg.int8_source not in ("ptq", "qat"):
         raise EdgebusError(f"--int8-source '{cfg.int8_source}': choose ptq or qat")
-    if cfg.crop_margin is not None and task.name != "classify":
+    if cfg.crop_margin is not None and task.truth_is_mask:
         raise EdgebusError("--crop-margin is for classifiers")
     if cfg.boxes_from is not None and cfg.crop_margin is None:
         raise EdgebusError("--boxes-from serves a lesion-crop classifier: give --crop-margin too")
@@ -247,7 +233,7 @@ def summarize_cv(out: str | Path, n_boot: int = 2000) -> dict:
     if int8 is not None:
         summary["pooled_int8"], summary["bootstrap_int8"] = int8
         summary["int8_source"] = ident.get("int8_source") or "ptq"
-        if task.name == "classify":
+        if not task.truth_is_mask:
             p, q = (np.concatenate([r[key] for r in recs]) for key in ("test_prob", "test_prob_int8"))
             summary["int8_label_agreement"] = float(((p >= thr) == (q >= thr)).mean())
     for suffix in ("_int8_ptq", "_oracle"):

@@ -63,7 +63,7 @@ def evaluate_external(run_dir, data, fmt: str = "busi", model_file: str | None =
     if not cases:
         raise EdgebusError(f"{ds.root}: no benign/malignant cases with masks to evaluate on")
     boxes, boxes_from = (None, None) if "crop" not in contract else external_boxes(segmenter, cases)
-    x, y, m = load_arrays(cases, contract, with_masks=run.task.name == "segment", boxes=boxes)
+    x, y, m = load_arrays(cases, contract, with_masks=run.task.truth_is_mask, boxes=boxes)
     thr = run.manifest.threshold
     if model_file:
         from edgebus.runtime.model import ExportedModel

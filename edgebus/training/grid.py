@@ -105,7 +105,7 @@ def _identity(cfg: GridConfig, task: str, fp: str) -> dict:
 
 def _cell_record(task, lr, epoch, metrics, probs, wall, shard) -> dict:
     rec = {"lr": lr, "epochs": epoch, "val": metrics["val"], "test": metrics["test"]}
-    if get_task(task).name == "classify":
+    if not get_task(task).truth_is_mask:  # a cell's test probabilities (a cell is re-checked against a short run)
         rec["test_prob"] = [round(float(v), 6) for v in np.asarray(probs["test"]).ravel()]
     rec.update(wall_s=round(wall, 1), shard=f"{shard[0]}/{shard[1]}", finished=now())
     return rec

@@ -12,7 +12,6 @@ from pathlib import Path
 from edgebus.core.errors import EdgebusError
 from edgebus.core.io import atomic_write, now, sha256_file, write_json
 from edgebus.core.manifest import MANIFEST, Run
-from edgebus.core.stats import bootstrap_classification, bootstrap_means, dice_from_iou
 from edgebus.core.tasks import get_task
 from edgebus.data.arrays import load_split_data, run_dataset
 from edgebus.training.cells import _lr_tag, cell_key, read_cells, select
@@ -131,11 +130,8 @@ def finalize(out: str | Path, log=print, progress: bool = False) -> dict:
     if not same:
         log("note: the chosen model's val/test metrics differ from the grid cell's "
             f"({'re-trained: TensorFlow on this machine is not bit-reproducible' if source == 'retrained' else 'check the candidate'})")
-    if task.name == "classify":
-        ci = bootstrap_classification(data["test"][1], probs["test"], ident["threshold"], 2000, ident["seed"])
-    else:
-        iou = per_split["test"]["iou_per_image"]
-        ci = bootstrap_means({"iou": iou, "dice": dice_from_iou(iou)}, 2000, ident["seed"])
+    test = task.case_record(data["test"][1], probs["test"], per_split["test"])
+    ci = task.pooled(task.fold_arrays(test), ident["threshold"], 2000, ident["seed"])[1]
 
     name = (run.manifest.grid.get("recipe") or {}).get("name") or ident["model"]
     figs = {"grid": f"grid_{metric}.png"}

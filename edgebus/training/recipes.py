@@ -91,7 +91,9 @@ def cv_config(task: str, recipe: str | Path | None = None, **given):
     kw.update({k: v for k, v in given.items() if v is not None})
     if kw.get("data") is None:
         raise EdgebusError("cv: pass --data (a BrEaST-layout folder)")
-    kw.setdefault("model", "mobilenetv2" if task == "classify" else "unet-efficientnetb2")
+    from edgebus.core.tasks import get_task
+
+    kw.setdefault("model", get_task(task).default_model)
     for k in ("data", "out", "boxes_from"):
         if kw.get(k) is not None:
             kw[k] = str(kw[k])
