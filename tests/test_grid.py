@@ -191,7 +191,9 @@ def test_kfold_partitions_and_cv_summary(synthetic_breast_dir, recipe, tmp_path)
     for key in ("accuracy", "malignant_recall", "auc"):
         assert len(s["mean_std"][key]["folds"]) == 3
         b = s["bootstrap"][key]  # defined for every resample of 40 cases with both classes in each
-        assert b["lo"] is not None and b["lo"] <= b["value"] <= b["hi"] and b["lo"] < b["hi"], (key, b)
+        assert b["lo"] is not None and b["lo"] <= b["value"] <= b["hi"], (key, b)
+    acc = s["bootstrap"]["accuracy"]
+    assert 0 < acc["value"] < 1 and acc["lo"] < acc["hi"], acc  # an interval with a width, around the pooled value
     assert_png(out / "confusion_matrix.png")
     assert "mean +- std" in (out / "report.md").read_text()
 
