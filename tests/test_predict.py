@@ -45,7 +45,7 @@ def _frames(data: Path, n: int) -> list[Path]:
     return sorted(p for p in (data / IMAGES).glob("case*.png") if "_" not in p.stem)[:n]
 
 
-DOCUMENTED = {"file", "width", "height", "prob_malignant", "label", "threshold", "mask_threshold", "mask",
+DOCUMENTED = {"file", "width", "height", "prob_malignant", "prob_raw", "label", "threshold", "mask_threshold", "mask",
               "mask_area_px", "pixel_size_mm", "mask_area_mm2", "bbox", "crop", "latency_ms", "error"}
 
 
@@ -61,7 +61,8 @@ def test_pipeline_predicts_documented_fields(cart_models, synthetic_breast_dir):
     assert r["crop"] is None  # a whole-frame classifier (lesion-crop ones: tests/test_guided.py)
     assert (r["width"], r["height"]) == (w, h)
     assert 0.0 <= r["prob_malignant"] <= 1.0
-    assert r["label"] == ("malignant" if r["prob_malignant"] >= r["threshold"] else "benign")
+    assert r["prob_raw"] == r["prob_malignant"]  # this model carries no calibration
+    assert r["label"] == ("malignant" if r["prob_raw"] >= r["threshold"] else "benign")
     m = r["mask"]
     assert m.shape == (h, w) and m.dtype == np.uint8 and set(np.unique(m)) <= {0, 1}
     assert r["mask_area_px"] == int(m.sum())

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from edgebus.cli.common import friendly
+from edgebus.core.errors import EdgebusError
 
 
 def _given(ctx: typer.Context, **opts) -> dict:
@@ -50,12 +51,31 @@ def export(ctx: typer.Context, run: Path = typer.Argument(..., help="run directo
 
 
 @friendly
-def operating_point(run: Path = typer.Argument(..., help="a classify run directory, before export"),
-                    target_sensitivity: float = typer.Option(0.9, help="malignant sensitivity to reach on validation")):
-    """Choose the decision threshold on validation data for a target malignant sensitivity."""
-    from edgebus.training.operating_point import set_operating_point
+def operating_point(target: Path = typer.Argument(..., help="a classifier CV folder ('edgebus cv classify'), or a run "
+                                                  "directory before export"),
+                    target_sensitivity: float = typer.Option(0.9, help="malignant sensitivity to reach"),
+                    from_cv: Optional[Path] = typer.Option(None, "--from-cv", help="give the run the operating point and "
+                                                           "calibration chosen on this CV folder's out-of-fold predictions"),
+                    source: str = typer.Option("auto", help="CV: choose on int8 (the cart's file; auto when the CV scored "
+                                               "it) or float predictions"),
+                    out: Optional[Path] = typer.Option(None, "--out", help="CV: where to write operating_point.json/.md and "
+                                                       "reliability.png (default: the CV folder)")):
+    """Choose the decision threshold for a target malignant sensitivity, and calibrate.
 
-    set_operating_point(run, target_sensitivity, log=typer.echo)
+    On a CV folder: on the pooled out-of-fold predictions, with Platt calibration and a cross-fitted
+    estimate (95% CI) of the sensitivity and specificity it gives on unseen cases. On a run with
+    --from-cv: take that CV's threshold and calibration (export embeds them). On a run alone: on its
+    validation part (small; prefer a CV)."""
+    from edgebus.training.operating_point import apply_cv_operating_point, cv_operating_point, set_operating_point
+
+    if (target / "folds.jsonl").is_file():
+        if from_cv is not None:
+            raise EdgebusError("--from-cv gives a run a CV's operating point: pass a run directory, not a CV folder")
+        cv_operating_point(target, target_sensitivity, source, out, log=typer.echo)
+    elif from_cv is not None:
+        apply_cv_operating_point(target, from_cv, log=typer.echo)
+    else:
+        set_operating_point(target, target_sensitivity, log=typer.echo)
 
 
 @friendly

@@ -68,6 +68,7 @@ class RunManifest:
     threshold: float = DEFAULT_THRESHOLD
     exports: dict = field(default_factory=dict)  # key ("float32", "int8", ...) -> validated export entry
     operating_point: dict | None = None
+    calibration: dict | None = None  # Platt scaling of the malignant probability (edgebus.core.calibration)
     crop: dict | None = None  # lesion-crop classifier: where its boxes came from
     grid: dict | None = None  # a grid directory: identity, recipe, content check
     cv: dict | None = None  # a cross-validation directory: identity, recipe, content check

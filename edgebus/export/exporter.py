@@ -40,8 +40,11 @@ def write_eval_pack(run: Run, split_ids: list, x: np.ndarray, truth: np.ndarray)
 
 def run_metadata(run: Run, fmt: str, source: str) -> dict:
     m = run.manifest
+    op = m.operating_point or {}
+    summary = {k: op[k] for k in ("target_sensitivity", "chosen_on", "source", "cross_fitted", "n") if k in op} or None
     return model_metadata(run.task, fmt, source, m.preprocess, m.threshold, model=dataclasses.asdict(m.model),
-                          source_run=str(run.path.resolve()), run_created=m.created, fingerprint=m.data.fingerprint)
+                          source_run=str(run.path.resolve()), run_created=m.created, fingerprint=m.data.fingerprint,
+                          calibration=m.calibration, operating_point=summary)
 
 
 def _export_file(run: Run, key: str, fmt: str, source: str, model, calib, io_type: str, xte, yte, ref_prob,

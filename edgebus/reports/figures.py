@@ -124,3 +124,24 @@ def overlay_grid(images, masks_true, masks_prob, path: str | Path, names=None, t
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)
+
+
+def reliability_plot(curves: dict, path: str | Path, title: str = "") -> Path:
+    """Observed malignant rate against mean predicted probability per bin, one line per curve
+    ({name: edgebus.core.calibration.reliability(...)}), marker size by cases in the bin."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.4, 4.2))
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfectly calibrated")
+    for name, bins in curves.items():
+        pts = [(b["predicted"], b["observed"], b["n"]) for b in bins if b["n"]]
+        if pts:
+            x, y, n = zip(*pts)
+            ax.plot(x, y, marker="o", lw=1.2, label=name)
+            ax.scatter(x, y, s=[8 + 2 * k for k in n], alpha=0.35)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("predicted malignant probability")
+    ax.set_ylabel("observed malignant rate")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(title or "reliability", fontsize=10)
+    return _save(fig, path)

@@ -17,7 +17,7 @@ from edgebus.core.io import atomic_write, write_json
 from edgebus.runtime.overlay import render_overlay, save_png
 from edgebus.runtime.pipeline import LATENCY_KEYS, LesionPipeline
 
-CSV_FIELDS = ("file", "width", "height", "prob_malignant", "label", "threshold", "mask_threshold", "mask_area_px",
+CSV_FIELDS = ("file", "width", "height", "prob_malignant", "prob_raw", "label", "threshold", "mask_threshold", "mask_area_px",
               "pixel_size_mm", "mask_area_mm2", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1",
               *(f"latency_{k}_ms" for k in LATENCY_KEYS), "overlay", "mask_file", "error")
 
@@ -100,7 +100,11 @@ def predict_files(pipeline: LesionPipeline, files: list[Path], out: str | Path, 
 def _describe_result(res: dict) -> str:
     parts = []
     if res["prob_malignant"] is not None:
-        parts.append(f"{res['label']} {res['prob_malignant']:.3f} (threshold {res['threshold']:.2f})")
+        if res["prob_raw"] == res["prob_malignant"]:
+            parts.append(f"{res['label']} {res['prob_malignant']:.3f} (threshold {res['threshold']:.2f})")
+        else:
+            parts.append(f"{res['label']} {res['prob_malignant']:.3f} calibrated (model output {res['prob_raw']:.3f}, "
+                         f"threshold {res['threshold']:.2f})")
     if res["mask_area_px"] is not None:
         if res["mask_area_px"] == 0:
             parts.append("no lesion found")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgebus.core.calibration import apply as calibrate
 from edgebus.core.errors import EdgebusError
 from edgebus.core.io import sha256_file
 from edgebus.core.manifest import MANIFEST, Run
@@ -84,6 +85,12 @@ class ExportedModel:
             self.threshold = float(meta.get("threshold", DEFAULT_THRESHOLD))
         except (TypeError, ValueError):
             raise EdgebusError(f"{path}: metadata threshold {meta.get('threshold')!r} is not a number; re-export it") from None
+        self.calibration = meta.get("calibration")
+        if self.calibration is not None:
+            try:
+                calibrate(self.calibration, 0.5)
+            except (EdgebusError, KeyError, TypeError) as e:
+                raise EdgebusError(f"{path}: metadata calibration {self.calibration!r} is not usable ({e}); re-export it") from None
         self.path, self.meta, self.contract, self.size = path, meta, pre, (h, w)
         self.labels = list(meta.get("labels") or self.task.labels)
 
@@ -99,6 +106,10 @@ class ExportedModel:
         """HxWxC float [0, 1] at the contract's size -> the model's float output (batch dim dropped)."""
         return self.model.predict(x[None])[0]
 
+    def calibrated(self, p) -> np.ndarray:
+        """The probability to show for raw outputs `p` (the identity without a calibration)."""
+        return calibrate(self.calibration, p)
+
     def input_for(self, gray: np.ndarray, box=None) -> np.ndarray:
         """A uint8 HxW frame through the model's own preprocessing contract."""
         return to_model_input(gray, self.contract, box)
@@ -108,6 +119,7 @@ class ExportedModel:
         return {"file": str(self.path), "sha256": sha256_file(self.path), "task": self.task.name,
                 "format": m.get("format"), "source": m.get("source"), "model": (m.get("model") or {}).get("name"),
                 "input_size": list(self.size), "threshold": self.threshold, "labels": self.labels,
+                "calibration": self.calibration,
                 "source_run": m.get("source_run"), "data_fingerprint": m.get("data_fingerprint"),
                 "interpreter": f"{self.model.backend} {self.model.backend_version}",
                 "xnnpack": self.model.xnnpack, "threads": self.model.num_threads}

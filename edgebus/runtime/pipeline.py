@@ -8,6 +8,10 @@ imported here, so a cart application can embed it::
     r = cart.predict("frame.png", pixel_size_mm=0.078)                                     # per frame
     r["prob_malignant"], r["label"], r["mask"], r["mask_area_mm2"], r["bbox"]
 
+`prob_raw` is the classifier's output, which its stored threshold applies to (`label`);
+`prob_malignant` is that output through the model's calibration (Platt scaling fitted out-of-fold,
+`edgebus operating-point CV_DIR`), or the same number when the model carries none.
+
 Each model is preprocessed with the contract recorded in its own embedded metadata (the shared
 `edgebus.data.preprocess` path) and thresholded at the operating threshold stored there. A
 lesion-crop classifier (segmentation-guided; its contract has a `crop`) needs the segmenter: the
@@ -37,7 +41,7 @@ from edgebus.runtime.model import ExportedModel
 from edgebus.runtime.overlay import render_overlay
 
 LATENCY_KEYS = ("load", "classify", "segment", "total")
-RESULT_FIELDS = ("file", "width", "height", "prob_malignant", "label", "threshold", "mask_threshold", "mask",
+RESULT_FIELDS = ("file", "width", "height", "prob_malignant", "prob_raw", "label", "threshold", "mask_threshold", "mask",
                  "mask_area_px", "pixel_size_mm", "mask_area_mm2", "bbox", "crop", "latency_ms", "error")
 
 
@@ -143,7 +147,8 @@ class LesionPipeline:
             else:
                 x = model_input(c)
             p = float(np.clip(c.run(x).reshape(-1)[0], 0.0, 1.0))
-            res["prob_malignant"] = round(p, 6)
+            res["prob_raw"] = round(p, 6)  # the model's output: what the threshold applies to
+            res["prob_malignant"] = round(float(c.calibrated(p)), 6)  # calibrated where the model carries one
             res["threshold"] = c.threshold
             res["label"] = c.labels[1] if p >= c.threshold else c.labels[0]
             lat["classify"] = _ms(ta, time.perf_counter())

@@ -1,8 +1,16 @@
 """A sensitivity-first operating point: the study calls a false "benign" the worst error, so the
-decision threshold is chosen on validation data to reach a target malignant sensitivity (default
-0.90), then stored in the run; export embeds it in every model and the cart runtime applies it."""
+decision threshold is chosen to reach a target malignant sensitivity (default 0.90), then stored in
+the run; export embeds it in every model and the cart runtime applies it.
+
+Chosen on a CV's pooled out-of-fold predictions (`cv_operating_point`, 252 cases here), with a
+calibration and a cross-fitted estimate of what it gives on unseen cases; or, the older way, on the
+run's own validation part (`set_operating_point`, ~25 images: an estimate with a wide error)."""
 
 from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
 
 from edgebus.core.errors import EdgebusError
 from edgebus.core.manifest import Run
@@ -49,3 +57,123 @@ def set_operating_point(run_dir, target: float = 0.9, log=print) -> dict:
         f"test sensitivity {result['test']['sensitivity']:.3f}, specificity {result['test']['specificity']:.3f} "
         f"(n={test['n']}); ECE val {result['val_ece']:.3f}, test {result['test']['ece']:.3f}")
     return result
+
+
+SOURCES = ("int8", "float")
+
+
+def _oof(cv_dir: Path, source: str):
+    """Pooled out-of-fold (labels, probabilities, folds) of a classifier CV folder and the source used."""
+    from edgebus.core.io import read_jsonl
+
+    recs = sorted(read_jsonl(cv_dir / "folds.jsonl"), key=lambda r: r["fold"])
+    if not recs:
+        raise EdgebusError(f"{cv_dir}: no folds.jsonl results; pass a folder 'edgebus cv classify' wrote")
+    if "test_label" not in recs[0]:
+        raise EdgebusError(f"{cv_dir}: a segmentation CV; an operating point applies to classifiers")
+    have_int8 = all("test_prob_int8" in r for r in recs)
+    if source == "auto":
+        source = "int8" if have_int8 else "float"
+    if source not in SOURCES:
+        raise EdgebusError(f"--source '{source}': choose int8, float or auto")
+    if source == "int8" and not have_int8:
+        raise EdgebusError(f"{cv_dir}: no int8 predictions per fold; run 'edgebus cv classify ... --int8' or use --source float")
+    key = "test_prob_int8" if source == "int8" else "test_prob"
+    y = np.concatenate([r["test_label"] for r in recs])
+    p = np.concatenate([r[key] for r in recs])
+    fold = np.concatenate([[r["fold"]] * len(r["test_label"]) for r in recs])
+    return y, p, fold, source
+
+
+def cv_operating_point(cv_dir, target: float = 0.9, source: str = "auto", out=None, log=print) -> dict:
+    """The operating point and calibration chosen on a CV's pooled out-of-fold predictions (int8 by
+    default when the CV scored it: what the cart runs), with the cross-fitted estimate of its
+    sensitivity and specificity [95% CI]. Writes operating_point.json / .md and reliability.png to
+    `out` (default: the CV folder) and, in a CV run directory, records it in the manifest."""
+    from edgebus.core.calibration import crossfit_operating_point
+    from edgebus.core.io import atomic_write, write_json
+    from edgebus.core.manifest import MANIFEST
+    from edgebus.reports.figures import reliability_plot
+
+    cv_dir = Path(cv_dir)
+    if not 0 < target <= 1:
+        raise EdgebusError(f"--target-sensitivity {target}: give a value in (0, 1], e.g. 0.9")
+    y, p, fold, source = _oof(cv_dir, source)
+    op = crossfit_operating_point(y, p, fold, target)
+    op.update(chosen_on="cv out-of-fold", source=source, cv=str(cv_dir))
+    out = Path(out or cv_dir)
+    if out.exists() and not out.is_dir():
+        raise EdgebusError(f"{out}: exists and is not a folder; pick another --out")
+    write_json(out / "operating_point.json", op)
+    reliability_plot({"raw": op["reliability"]["raw"], "Platt, cross-fitted": op["reliability"]["calibrated_cross_fitted"]},
+                     out / "reliability.png", f"{cv_dir.name}: {source} out-of-fold (n={op['n']})")
+    atomic_write(out / "operating_point.md", operating_point_md(op))
+    if (cv_dir / MANIFEST).is_file() and out == cv_dir:
+        run = Run.load(cv_dir)
+        run.manifest.operating_point = {k: v for k, v in op.items() if k != "reliability"}
+        run.save()
+    est = op["cross_fitted"]
+    log(f"threshold {op['threshold']:.4f} ({source} output; {op['threshold_calibrated']:.4f} calibrated): cross-fitted "
+        f"sensitivity {est['sensitivity']:.3f} [{est['sensitivity_ci'][0]:.3f}, {est['sensitivity_ci'][1]:.3f}], "
+        f"specificity {est['specificity']:.3f} [{est['specificity_ci'][0]:.3f}, {est['specificity_ci'][1]:.3f}] "
+        f"(n={op['n']}); ECE {op['ece']['raw']:.3f} raw, {op['ece']['calibrated_cross_fitted']:.3f} calibrated")
+    return op
+
+
+def operating_point_md(op: dict) -> str:
+    est, ins = op["cross_fitted"], op["in_sample"]
+    cal = op["calibration"]
+    f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    return "\n".join([
+        f"# Operating point: {op['target_sensitivity']:.2f} malignant sensitivity, chosen out-of-fold", "",
+        f"Pooled out-of-fold {op['source']} predictions of `{op['cv']}` ({op['folds']} folds, n={op['n']}). "
+        f"Platt calibration p' = sigmoid({cal['a']:.4f} * logit(p) {'-' if cal['b'] < 0 else '+'} {abs(cal['b']):.4f}); "
+        f"threshold {op['threshold']:.4f} on the "
+        f"model's output ({op['threshold_calibrated']:.4f} on the calibrated probability).", "",
+        "| | sensitivity | specificity |", "|---|---|---|",
+        f"| cross-fitted: calibrator and threshold fitted on the other folds, applied to each fold [95% CI] | "
+        f"{f(est['sensitivity'])} [{f(est['sensitivity_ci'][0])}, {f(est['sensitivity_ci'][1])}] | "
+        f"{f(est['specificity'])} [{f(est['specificity_ci'][0])}, {f(est['specificity_ci'][1])}] |",
+        f"| in-sample: the shipped threshold on the predictions it was chosen on (optimistic) | {f(ins['sensitivity'])} | "
+        f"{f(ins['specificity'])} |", "",
+        f"Expected calibration error (10 bins): {f(op['ece']['raw'])} raw, {f(op['ece']['calibrated_cross_fitted'])} after "
+        "cross-fitted Platt scaling.", "", "![reliability](reliability.png)", ""])
+
+
+def apply_cv_operating_point(run_dir, cv_dir, log=print) -> dict:
+    """Give a run (same model and input size as the CV, trained the same way) the operating point
+    and calibration chosen on the CV's out-of-fold predictions; export then embeds both."""
+    from edgebus.core.io import read_json
+
+    run, cv_dir = Run.load(run_dir), Path(cv_dir)
+    if run.task.name != "classify":
+        raise EdgebusError(f"{run.path}: an operating point applies to classifiers; this is a {run.task.name} run")
+    if run.manifest.exports:
+        raise EdgebusError(f"{run.path}: already exported; set the operating point before 'edgebus export' "
+                           "so the threshold is embedded in the models (or train a new run)")
+    op_file = cv_dir / "operating_point.json"
+    if not op_file.is_file():
+        raise EdgebusError(f"{cv_dir}: no operating_point.json; run 'edgebus operating-point {cv_dir}' first")
+    op = read_json(op_file)
+    summary = read_json(cv_dir / "summary.json") if (cv_dir / "summary.json").is_file() else {}
+    mine = (run.manifest.model.name, run.manifest.preprocess["size"][0])
+    theirs = (summary.get("model"), summary.get("size"))
+    if theirs != mine:
+        raise EdgebusError(f"{cv_dir}: cross-validated {theirs[0]} at {theirs[1]} px, the run is {mine[0]} at {mine[1]} px; "
+                           "an operating point transfers only between models trained the same way")
+    run.manifest.threshold = float(op["threshold"])
+    run.manifest.calibration = op["calibration"]
+    run.manifest.operating_point = {k: v for k, v in op.items() if k != "reliability"}
+    from edgebus.data.arrays import load_run_arrays
+    from edgebus.engine.fit import predict
+    from edgebus.engine.models import load_run_model
+
+    model = load_run_model(run)
+    data = load_run_arrays(run, ("val", "test"))
+    run.manifest.metrics["keras"] = {k: classification_metrics(data[k][1], predict(model, data[k][0]), op["threshold"])
+                                     for k in ("val", "test")}
+    run.stage("operating_point", target=op["target_sensitivity"], chosen_on="cv out-of-fold", cv=str(cv_dir.resolve()))
+    run.save()
+    log(f"{run.path}: threshold {op['threshold']:.4f} and Platt calibration from {cv_dir} "
+        f"(cross-fitted sensitivity {op['cross_fitted']['sensitivity']:.3f}, specificity {op['cross_fitted']['specificity']:.3f})")
+    return op

@@ -1,0 +1,131 @@
+"""Probability calibration and an operating point chosen out-of-fold.
+
+Platt scaling maps a model's malignant probability p to sigmoid(a * logit(p) + b), fitted by
+maximum likelihood on predictions the model made for cases it never trained on (pooled out-of-fold
+predictions of a k-fold CV). With a > 0 it is monotone, so a decision threshold keeps its meaning:
+the operating threshold is stored in the model's raw output space and the calibrated probability
+is what the cart shows.
+
+The honest estimate of an operating point is cross-fitted: for each fold, the calibrator and the
+threshold are fitted on the other folds' predictions only and applied to that fold; the pooled
+decisions then say what the procedure gives on cases it did not see, with bootstrap intervals.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgebus.core.errors import EdgebusError
+from edgebus.core.metrics import expected_calibration_error, threshold_for_sensitivity
+
+EPS = 1e-6
+
+
+def logit(p) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
+    return np.log(p / (1 - p))
+
+
+def sigmoid(z) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+
+
+def fit_platt(y, p, l2: float = 1e-3, steps: int = 100) -> dict:
+    """{"method": "platt", "a", "b"} by Newton's method on the log loss (a small L2 pull towards the
+    identity a=1, b=0 keeps it finite when the classes separate perfectly)."""
+    y = np.asarray(y, dtype=np.float64).ravel()
+    z = logit(p).ravel()
+    if len(np.unique(y)) < 2:
+        raise EdgebusError("calibration needs both benign and malignant cases")
+    w = np.array([1.0, 0.0])
+    for _ in range(steps):
+        q = sigmoid(w[0] * z + w[1])
+        g = np.array([np.sum((q - y) * z), np.sum(q - y)]) + l2 * (w - [1.0, 0.0])
+        h = q * (1 - q)
+        hess = np.array([[np.sum(h * z * z), np.sum(h * z)], [np.sum(h * z), np.sum(h)]]) + l2 * np.eye(2)
+        step = np.linalg.solve(hess, g)
+        w -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    if not w[0] > 0:
+        raise EdgebusError(f"calibration slope {w[0]:.3g} is not positive: the scores rank cases backwards; "
+                           "the model has not learned the task")
+    return {"method": "platt", "a": float(w[0]), "b": float(w[1])}
+
+
+def apply(cal: dict | None, p) -> np.ndarray:
+    """Calibrated probabilities (the identity without a calibrator)."""
+    p = np.asarray(p, dtype=np.float64)
+    if not cal:
+        return p
+    if cal.get("method") != "platt":
+        raise EdgebusError(f"unknown calibration method {cal.get('method')!r}; this edgebus knows platt")
+    return sigmoid(cal["a"] * logit(p) + cal["b"])
+
+
+def raw_threshold(cal: dict | None, t_cal: float) -> float:
+    """The raw-output threshold equivalent to `t_cal` on calibrated probabilities."""
+    if not cal:
+        return float(t_cal)
+    return float(sigmoid((logit(t_cal) - cal["b"]) / cal["a"]))
+
+
+def reliability(y, p, bins: int = 10) -> list[dict]:
+    """Per equal-width bin: cases, mean predicted probability, observed malignant rate."""
+    y = np.asarray(y, dtype=np.float64).ravel()
+    p = np.asarray(p, dtype=np.float64).ravel()
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    return [{"bin": [b / bins, (b + 1) / bins], "n": int((idx == b).sum()),
+             "predicted": float(p[idx == b].mean()) if (idx == b).any() else None,
+             "observed": float(y[idx == b].mean()) if (idx == b).any() else None} for b in range(bins)]
+
+
+def _rates(y, pred) -> dict:
+    y, pred = np.asarray(y).astype(bool), np.asarray(pred).astype(bool)
+    return {"sensitivity": float(pred[y].mean()) if y.any() else None,
+            "specificity": float((~pred[~y]).mean()) if (~y).any() else None}
+
+
+def crossfit_operating_point(y, p, fold, target: float, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Calibrate and pick the threshold for `target` sensitivity on pooled out-of-fold predictions.
+
+    y, p: labels and out-of-fold probabilities; fold: each case's test fold. Returns the shipped
+    operating point (calibrator and threshold fitted on all cases; threshold in raw output space),
+    the cross-fitted estimate of what it gives on unseen cases (sensitivity, specificity with 95%
+    bootstrap intervals), and calibration error before and after."""
+    y = np.asarray(y).astype(int).ravel()
+    p = np.asarray(p, dtype=np.float64).ravel()
+    fold = np.asarray(fold).ravel()
+    if not (len(y) == len(p) == len(fold)) or len(np.unique(fold)) < 2:
+        raise EdgebusError("an out-of-fold operating point needs per-case labels, probabilities and folds (2 or more)")
+    cal = fit_platt(y, p)
+    pc = apply(cal, p)
+    shipped = threshold_for_sensitivity(y, pc, target)
+    pred_cf, pc_cf = np.zeros(len(y), dtype=bool), np.zeros(len(y))
+    for f in np.unique(fold):
+        test, rest = fold == f, fold != f
+        c = fit_platt(y[rest], p[rest])
+        t = threshold_for_sensitivity(y[rest], apply(c, p[rest]), target)["threshold"]
+        pc_cf[test] = apply(c, p[test])
+        pred_cf[test] = pc_cf[test] >= t
+    est = _rates(y, pred_cf)
+    rng = np.random.default_rng(seed)
+    boot = {"sensitivity": [], "specificity": []}
+    for _ in range(n_boot):
+        i = rng.integers(0, len(y), len(y))
+        for k, v in _rates(y[i], pred_cf[i]).items():
+            if v is not None:
+                boot[k].append(v)
+    for k in boot:
+        est[f"{k}_ci"] = [float(np.quantile(boot[k], 0.025)), float(np.quantile(boot[k], 0.975))]
+    return {
+        "target_sensitivity": float(target), "n": int(len(y)), "folds": int(len(np.unique(fold))),
+        "calibration": cal,
+        "threshold": raw_threshold(cal, shipped["threshold"]),  # raw output space: what every stage compares
+        "threshold_calibrated": shipped["threshold"],
+        "in_sample": {"sensitivity": shipped["sensitivity"], "specificity": shipped["specificity"]},
+        "cross_fitted": est,
+        "ece": {"raw": expected_calibration_error(y, p), "calibrated_cross_fitted": expected_calibration_error(y, pc_cf)},
+        "reliability": {"raw": reliability(y, p), "calibrated_cross_fitted": reliability(y, pc_cf)},
+        "bootstrap": {"resamples": n_boot, "seed": seed, "method": "percentile, cases resampled"},
+    }

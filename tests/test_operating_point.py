@@ -1,0 +1,107 @@
+"""An operating point chosen out-of-fold: Platt calibration, a threshold for a target sensitivity
+chosen on other folds' predictions only, its cross-fitted estimate with intervals, and the chain
+CV -> operating point -> run -> int8 export -> cart, where the calibration is applied."""
+
+import json
+
+import numpy as np
+import pytest
+
+from edgebus.core.calibration import apply, crossfit_operating_point, fit_platt, raw_threshold
+from edgebus.core.metrics import expected_calibration_error
+from tests.conftest import cli, manifest, one_line_error
+
+
+def test_platt_recovers_a_known_miscalibration():
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.01, 0.99, 20000)
+    z = np.log(p / (1 - p))
+    y = rng.random(len(p)) < 1 / (1 + np.exp(-(0.5 * z - 0.3)))  # the truth is half as confident, shifted
+    cal = fit_platt(y, p)
+    assert cal["a"] == pytest.approx(0.5, abs=0.05) and cal["b"] == pytest.approx(-0.3, abs=0.06)
+    assert expected_calibration_error(y, apply(cal, p)) < 0.02 < expected_calibration_error(y, p)
+    for t in (0.1, 0.5, 0.8):  # the raw threshold is the same decision as the calibrated one
+        assert apply(cal, [raw_threshold(cal, t)])[0] == pytest.approx(t, abs=1e-9)
+
+
+def test_threshold_is_chosen_on_other_folds_only():
+    """Folds 1 and 2 separate the classes at ~0.9 vs ~0.1; fold 0's cancers score only 0.3. A
+    threshold chosen without fold 0 misses them; one that saw fold 0 would not."""
+    rng = np.random.default_rng(1)
+    y, p, fold = [], [], []
+    for f in range(3):
+        mal, ben = 20, 30
+        y += [1] * mal + [0] * ben
+        hi = 0.3 if f == 0 else 0.9
+        p += list(np.clip(rng.normal(hi, 0.02, mal), 0.01, 0.99)) + list(np.clip(rng.normal(0.1, 0.02, ben), 0.01, 0.99))
+        fold += [f] * (mal + ben)
+    op = crossfit_operating_point(y, p, fold, target=0.9, n_boot=200)
+    assert op["in_sample"]["sensitivity"] >= 0.9  # chosen on all predictions it reaches the target there
+    assert op["cross_fitted"]["sensitivity"] <= 2 / 3 + 1e-9  # ... but fold 0's cancers were never seen
+    lo, hi = op["cross_fitted"]["sensitivity_ci"]
+    assert lo <= op["cross_fitted"]["sensitivity"] <= hi and lo < hi
+    assert op["calibration"]["a"] > 0 and 0 < op["threshold"] < 1
+
+
+@pytest.fixture(scope="module")
+def cv_dir(synthetic_breast_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("op") / "cv"
+    r = cli("cv", "classify", "--data", synthetic_breast_dir, "--model", "test-cnn", "--size", 32, "--folds", 3,
+            "--epochs", 8, "--lr", 3e-3, "--int8", "--out", out, "--quiet")
+    assert r.exit_code == 0, r.output
+    r = cli("operating-point", out, "--target-sensitivity", 0.9)
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_cv_operating_point_uses_the_pooled_out_of_fold_int8_predictions(cv_dir):
+    recs = sorted((json.loads(line) for line in (cv_dir / "folds.jsonl").read_text().splitlines()), key=lambda r: r["fold"])
+    y = np.concatenate([r["test_label"] for r in recs])
+    p = np.concatenate([r["test_prob_int8"] for r in recs])
+    fold = np.concatenate([[r["fold"]] * len(r["test_label"]) for r in recs])
+    op = json.loads((cv_dir / "operating_point.json").read_text())
+    want = crossfit_operating_point(y, p, fold, 0.9)
+    assert op["source"] == "int8" and op["n"] == len(y) == manifest(cv_dir)["data"]["n_lesions"]
+    assert op["threshold"] == pytest.approx(want["threshold"]) and op["calibration"] == want["calibration"]
+    assert op["cross_fitted"] == want["cross_fitted"]
+    assert manifest(cv_dir)["operating_point"]["threshold"] == op["threshold"]
+    assert (cv_dir / "reliability.png").stat().st_size > 1000
+    assert "cross-fitted" in (cv_dir / "operating_point.md").read_text()
+
+
+def test_a_run_takes_the_cv_operating_point_into_its_int8_file_and_the_cart_applies_it(
+        cv_dir, synthetic_breast_dir, tmp_path):
+    from edgebus.runtime import LesionPipeline
+    from edgebus.runtime.metadata import read_metadata
+
+    run = tmp_path / "run"
+    r = cli("train", "classify", "--data", synthetic_breast_dir, "--model", "test-cnn", "--size", 32, "--epochs", 8,
+            "--lr", 3e-3, "--out", run, "--quiet")
+    assert r.exit_code == 0, r.output
+    r = cli("operating-point", run, "--from-cv", cv_dir)
+    assert r.exit_code == 0, r.output
+    op = json.loads((cv_dir / "operating_point.json").read_text())
+    m = manifest(run)
+    assert m["threshold"] == op["threshold"] and m["calibration"] == op["calibration"]
+    assert m["metrics"]["keras"]["test"]["threshold"] == op["threshold"]
+    r = cli("export", run, "--int8", "--ptq")
+    assert r.exit_code == 0, r.output
+    meta = read_metadata(run / "model_int8.tflite")
+    assert meta["calibration"] == op["calibration"] and meta["threshold"] == op["threshold"]
+    assert meta["operating_point"]["chosen_on"] == "cv out-of-fold"
+    frames = sorted((synthetic_breast_dir / "BrEaST-Lesions_USG-images_and_masks").glob("case*[0-9].png"))[:6]
+    pipe = LesionPipeline(classifier=run / "model_int8.tflite")
+    for f in frames:
+        res = pipe.predict(f)
+        assert res["prob_malignant"] == pytest.approx(float(apply(op["calibration"], res["prob_raw"])), abs=1e-5)
+        assert res["label"] == ("malignant" if res["prob_raw"] >= op["threshold"] else "benign")
+
+
+def test_operating_point_bad_input(cv_dir, synthetic_breast_dir, tmp_path):
+    run = tmp_path / "run64"
+    assert cli("train", "classify", "--data", synthetic_breast_dir, "--model", "test-cnn", "--size", 64, "--epochs", 1,
+               "--out", run, "--quiet").exit_code == 0
+    one_line_error(cli("operating-point", run, "--from-cv", cv_dir), "at 32 px", "at 64 px")
+    one_line_error(cli("operating-point", run, "--from-cv", tmp_path), "operating_point.json")
+    one_line_error(cli("operating-point", cv_dir, "--source", "fp16"), "--source")
+    one_line_error(cli("operating-point", cv_dir, "--from-cv", cv_dir), "--from-cv")
