@@ -39,9 +39,11 @@ def qat_model(model, task, x: np.ndarray, y: np.ndarray, calib: np.ndarray, epoc
 
 
 def int8_probs(models: dict, task, calib: np.ndarray, contract: dict, threshold: float, x: np.ndarray,
-               io_type: str = "uint8") -> dict:
+               io_type: str = "uint8", keep: dict | None = None) -> dict:
     """{source: outputs on x} of each Keras model in `models` ({"ptq": float model, "qat": QAT model})
-    converted to full int8 and run by the interpreter, loaded as the cart loads it (ExportedModel)."""
+    converted to full int8 and run by the interpreter, loaded as the cart loads it (ExportedModel).
+    keep: {source: path} of files to keep (copied atomically once they passed)."""
+    from edgebus.core.io import atomic_write
     from edgebus.runtime.model import ExportedModel
 
     out = {}
@@ -55,4 +57,6 @@ def int8_probs(models: dict, task, calib: np.ndarray, contract: dict, threshold:
                 raise EdgebusError(f"{path.name}: int8 conversion left {len(left)} float tensors (first: {left[0]}); "
                                    "not a full-integer model")
             out[source] = em.predict(x)
+            if keep and source in keep:
+                atomic_write(keep[source], path.read_bytes())
     return out

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgebus.core.errors import EdgebusError
-from edgebus.core.io import append_jsonl, atomic_write, now, read_jsonl, repair_jsonl, write_json
+from edgebus.core.io import append_jsonl, atomic_write, now, read_jsonl, repair_jsonl, sha256_file, write_json
 from edgebus.core.manifest import Run, open_results_dir
 from edgebus.core.splits import check_split, content_groups, content_summary, grouped_kfold
 from edgebus.core.tasks import get_task
@@ -58,7 +58,7 @@ def _fold_record(task, f, fold, data, probs, metrics, kept_epoch, wall, threshol
     return rec
 
 
-def _int8_fold(model, task, data, cfg: CVConfig, contract: dict, test_x=None) -> dict:
+def _int8_fold(model, task, data, cfg: CVConfig, contract: dict, test_x=None, keep=None) -> dict:
     """The fold's model as full-integer TFLite, made as `edgebus export --int8` makes it
     (edgebus.export.int8: calibrated on the fold's training part; with int8_source "qat" also
     quantization-aware fine-tuned there, and then the QAT file is the result and PTQ the
@@ -73,8 +73,9 @@ def _int8_fold(model, task, data, cfg: CVConfig, contract: dict, test_x=None) ->
     if cfg.int8_source == "qat":
         models["qat"] = qat_model(model, task, xtr, ytr, calib, cfg.qat_epochs, QAT_LR_FRACTION * cfg.lr, cfg.batch,
                                   cfg.seed)[0]
-    probs = int8_probs(models, task, calib, contract, cfg.threshold, xte if test_x is None else test_x)
-    src = "qat" if "qat" in probs else "ptq"
+    src = "qat" if "qat" in models else "ptq"
+    probs = int8_probs(models, task, calib, contract, cfg.threshold, xte if test_x is None else test_x,
+                       keep={src: keep} if keep else None)
     rec = {"test_int8": task.metrics(yte, probs[src], cfg.threshold), "int8_source": src}
     rec.update(task.case_record(yte, probs[src], rec["test_int8"], "_int8"))
     if src == "qat":
@@ -137,7 +138,7 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print) -> dict:
 
     from edgebus.compat import keras, set_seed
     from edgebus.engine.fit import build_compiled, fit_keep, predict
-    from edgebus.engine.models import device_name
+    from edgebus.engine.models import device_name, save_model
     from edgebus.models.registry import has_aux_mask
     from edgebus.training.train import model_info
 
@@ -178,9 +179,14 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print) -> dict:
         metrics = {k: task.metrics(data[k][1], probs[k], cfg.threshold) for k in probs}
         rec = _fold_record(task, f, fold, data, probs, metrics, kept, wall, cfg.threshold)
         test_x8 = None if seg_boxes is None else _crop_extras(model, task, cfg, contract, fold, by_id, seg_boxes[f], rec)
+        fold_dir = out / f"fold{f}"
+        fold_dir.mkdir(exist_ok=True)
+        save_model(model, fold_dir / "model.keras")  # the fold's deployable model: stress, ensembles
         if cfg.int8:
-            rec.update(_int8_fold(model, task, data, cfg, contract, test_x8))
+            rec.update(_int8_fold(model, task, data, cfg, contract, test_x8, keep=fold_dir / "model_int8.tflite"))
             log(f"fold {f + 1}/{cfg.folds}: int8 test {task.headline_text(rec['test_int8'])}")
+        rec["models"] = {p.name: {"file": f"{fold_dir.name}/{p.name}", "sha256": sha256_file(p)}
+                         for p in sorted(fold_dir.glob("model*")) if p.suffix in (".keras", ".tflite")}
         append_jsonl(results, rec)
         model = None
         written += 1
