@@ -1,0 +1,52 @@
+"""The stress benchmark's report: stress.json as markdown, and one figure of the key metric per
+acquisition change, float beside int8."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgebus.reports.figures import _plt, _save
+
+
+def _label(r: dict) -> str:
+    return "clean" if r["strength"] is None else f"{r['change']} {r['strength']:g}"
+
+
+def stress_markdown(res: dict) -> str:
+    kinds = res["kinds"]
+    metrics = list(res["rows"][0][kinds[0]])
+    head = ["change"] + [f"{m} {k}" for k in kinds for m in metrics] + [f"drop {k}" for k in kinds]
+    lines = [f"# Scanner-shift stress benchmark ({res['task']})", "",
+             f"{res['description']}, n={res['n']}; threshold {res['threshold']:.4f}; seed {res['seed']}. Each change is "
+             "applied to the full-resolution frame before the preprocessing the cart uses (edgebus/data/stress.py "
+             "documents them). Drop = clean minus changed " + res["summary"][kinds[0]]["metric"] + ".", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in res["rows"]:
+        cells = [_label(r)] + [("n/a" if r[k][m] is None else f"{r[k][m]:.3f}") for k in kinds for m in metrics]
+        cells += ["" if "drop" not in r[k] else f"{r[k]['drop']:+.3f}" for k in kinds]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Worst case: " + "; ".join(
+        f"{k} {s['metric']} {s['clean']:.3f} clean, {s['worst']:.3f} under {s['worst_change']} (drop {s['worst_drop']:.3f})"
+        + (f", lowest sensitivity {s['worst_sensitivity']:.3f}" if "worst_sensitivity" in s else "")
+        for k, s in res["summary"].items()), "", "![stress](stress.png)", ""]
+    return "\n".join(lines)
+
+
+def stress_plot(res: dict, path: str | Path) -> Path:
+    plt = _plt()
+    rows = res["rows"]
+    kinds = res["kinds"]
+    metric = res["summary"][kinds[0]]["metric"]
+    fig, ax = plt.subplots(figsize=(6.4, 0.28 * len(rows) + 1.2))
+    ys = list(range(len(rows)))[::-1]
+    width = 0.8 / len(kinds)
+    for i, k in enumerate(kinds):
+        ax.barh([y + (i - (len(kinds) - 1) / 2) * width for y in ys], [r[k][metric] or 0 for r in rows], height=width, label=k)
+    ax.axvline(rows[0][kinds[0]][metric], color="0.3", lw=1, ls="--")
+    ax.set_yticks(ys)
+    ax.set_yticklabels([_label(r) for r in rows], fontsize=8)
+    ax.set_xlabel(metric)
+    ax.set_xlim(0, 1)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(f"stress: {metric} per acquisition change (n={res['n']})", fontsize=10)
+    return _save(fig, path)

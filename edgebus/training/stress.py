@@ -1,0 +1,162 @@
+"""`edgebus stress`: the scanner-shift stress benchmark, the proxy for a set from another hospital.
+
+Every acquisition change of edgebus.data.stress, at each strength, is applied to held-out frames
+(full resolution, before the one preprocessing path, as on the cart), and the models are scored on
+them: the float Keras model and the full-int8 file (through ExportedModel, as the cart loads it).
+
+Targets: a run directory (its test split, its model.keras and int8 export); a CV directory (every
+case out-of-fold: each fold's own models on its own test part, pooled); or a lone exported
+.tflite with --data (every lesion case of that data set). Reported per change: AUC, sensitivity
+and specificity at the stored threshold (IoU and Dice for a segmenter), the drop against clean,
+and the worst case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgebus.core.errors import EdgebusError
+from edgebus.core.io import atomic_write, now, read_jsonl, sha256_file, write_json
+from edgebus.core.manifest import MANIFEST, Run
+from edgebus.data.breast import case_mask
+from edgebus.data.preprocess import load_gray, resize_mask, to_model_input
+from edgebus.data.stress import CHANGES, apply_change, conditions
+
+
+@dataclass
+class Group:
+    """Cases scored by one pair of models (a run, or one CV fold)."""
+
+    cases: list
+    float_model: object | None  # a Keras model, or None
+    int8_model: object | None  # an ExportedModel, or None
+
+
+def _run_groups(run: Run) -> list[Group]:
+    from edgebus.data.arrays import run_dataset
+    from edgebus.engine.models import load_run_model
+    from edgebus.runtime.model import ExportedModel
+
+    by_id = {c.case_id: c for c in run_dataset(run).lesions()}
+    test = run.read_artifact_json("split.json")["test"]
+    e = run.manifest.exports.get("int8") or {}
+    int8 = ExportedModel(run.path, run.task, key="int8") if e.get("status") == "ok" else None
+    return [Group([by_id[i] for i in test], load_run_model(run), int8)]
+
+
+def _cv_groups(run: Run, cv_dir: Path) -> list[Group]:
+    from edgebus.data.arrays import run_dataset
+    from edgebus.engine.models import load_model
+    from edgebus.runtime.model import ExportedModel
+
+    by_id = {c.case_id: c for c in run_dataset(run).lesions()}
+    recs = sorted(read_jsonl(cv_dir / "folds.jsonl"), key=lambda r: r["fold"])
+    if len(recs) != run.manifest.cv["identity"]["folds"]:
+        raise EdgebusError(f"{cv_dir}: not every fold is done; finish 'edgebus cv' first")
+    groups = []
+    for r in recs:
+        if "models" not in r:
+            raise EdgebusError(f"{cv_dir}: made by an edgebus that did not keep each fold's model; re-run 'edgebus cv' "
+                               "into a new --out")
+        paths = {}
+        for name, m in r["models"].items():
+            p = cv_dir / m["file"]
+            if not p.is_file() or sha256_file(p) != m["sha256"]:
+                raise EdgebusError(f"{p}: missing, or changed since the CV wrote it (sha256); re-run 'edgebus cv'")
+            paths[name] = p
+        int8 = ExportedModel(paths["model_int8.tflite"], run.task) if "model_int8.tflite" in paths else None
+        groups.append(Group([by_id[i] for i in r["test_ids"]], load_model(paths["model.keras"], run.manifest.model), int8))
+    return groups
+
+
+def _target(target: Path, data, fmt: str):
+    """(groups, task, contract, threshold, description) of a stress target."""
+    if target.is_file():
+        from edgebus.runtime.model import ExportedModel
+        from edgebus.training.evaluate import read_dataset
+
+        if data is None:
+            raise EdgebusError(f"{target}: a lone model file is stressed on a data set; pass --data (and --format)")
+        em = ExportedModel(target)
+        cases = read_dataset(data, fmt).lesions()
+        return [Group(cases, None, em)], em.task, em.contract, em.threshold, f"`{target.name}` on {data} (all lesions)"
+    if not (target / MANIFEST).is_file():
+        raise EdgebusError(f"{target}: not a run, a CV folder or a .tflite file")
+    run = Run.load(target)
+    m = run.manifest
+    if m.cv is not None:
+        thr = (m.operating_point or {}).get("threshold", m.threshold)
+        where = "out-of-fold operating point" if m.operating_point else "CV threshold"
+        return _cv_groups(run, target), run.task, m.preprocess, thr, f"`{target}`, every case out-of-fold ({where})"
+    return _run_groups(run), run.task, m.preprocess, m.threshold, f"`{target}`, its test split"
+
+
+def _scores(task, truth, prob, threshold) -> dict:
+    m = task.metrics(truth, prob, threshold)
+    if task.truth_is_mask:
+        return {"iou": m["iou"], "dice": m["dice"]}
+    pc = m["per_class"]
+    return {"auc": m["auc"], "sensitivity": pc["malignant"]["recall"], "specificity": pc["benign"]["recall"]}
+
+
+def run_stress(target, data=None, fmt: str = "breast", out=None, seed: int = 0, log=print) -> dict:
+    """Score every acquisition change; write stress.json, stress.md and stress.png to `out`
+    (default: <target>/stress, or beside a lone file)."""
+    from edgebus.engine.fit import predict
+    from edgebus.reports.stress import stress_markdown, stress_plot
+
+    target = Path(target)
+    groups, task, contract, thr, desc = _target(target, data, fmt)
+    if "crop" in contract:
+        raise EdgebusError(f"{target}: a lesion-crop classifier needs its segmenter's boxes for every changed frame; "
+                           "stress it through a whole-frame model")
+    kinds = [k for k in ("float", "int8") if any(getattr(g, f"{k}_model") is not None for g in groups)]
+    frames = [[(c, load_gray(c.image), case_mask(c) if c.mask is not None else None) for c in g.cases] for g in groups]
+    size = tuple(contract["size"])
+    rows = []
+    for name, strength in [("clean", None), *conditions()]:
+        probs = {k: [] for k in kinds}
+        labels, masks = [], []
+        for g, items in zip(groups, frames):
+            xs = []
+            for c, gray, mask in items:
+                g2, m2 = (gray, mask) if name == "clean" else apply_change(gray, mask, name, strength, seed, c.case_id)
+                xs.append(to_model_input(g2, contract))
+                labels.append(c.label)
+                masks.append(resize_mask(m2 if m2 is not None else np.zeros_like(g2), size)[..., None])
+            x = np.stack(xs)
+            if "float" in kinds:
+                probs["float"].append(predict(g.float_model, x))
+            if "int8" in kinds:
+                probs["int8"].append(g.int8_model.predict(x))
+        truth = task.truth(np.asarray(labels), np.stack(masks))
+        row = {"change": name, "strength": strength}
+        for k in kinds:
+            row[k] = _scores(task, truth, np.concatenate(probs[k]), thr)
+        rows.append(row)
+        log(f"{name}{'' if strength is None else ' ' + format(strength, 'g')}: "
+            + "; ".join(f"{k} " + ", ".join(f"{m} {v:.3f}" for m, v in row[k].items() if v is not None) for k in kinds))
+    key = "iou" if task.truth_is_mask else "auc"
+    clean = rows[0]
+    summary = {}
+    for k in kinds:
+        for r in rows[1:]:
+            r[k]["drop"] = clean[k][key] - r[k][key]
+        worst = max(rows[1:], key=lambda r: r[k]["drop"])
+        summary[k] = {"clean": clean[k][key], "worst": worst[k][key], "worst_drop": worst[k]["drop"],
+                      "worst_change": f"{worst['change']} {worst['strength']:g}", "metric": key}
+        if not task.truth_is_mask:
+            summary[k]["worst_sensitivity"] = min(r[k]["sensitivity"] for r in rows)
+    result = {"schema": "edgebus.stress/1", "created": now(), "target": str(target), "description": desc,
+              "task": task.name, "threshold": thr, "seed": seed, "n": len(labels), "changes": CHANGES,
+              "kinds": kinds, "rows": rows, "summary": summary}
+    out = Path(out) if out else (target.parent if target.is_file() else target / "stress")
+    if out.exists() and not out.is_dir():
+        raise EdgebusError(f"{out}: exists and is not a folder; pick another --out")
+    write_json(out / "stress.json", result)
+    stress_plot(result, out / "stress.png")
+    atomic_write(out / "stress.md", stress_markdown(result))
+    return result | {"out": str(out)}

@@ -1,0 +1,92 @@
+"""The scanner-shift stress benchmark: changes are deterministic per seed, geometric ones move the
+mask with the frame, and the clean row reproduces the metrics the run (or the CV, out-of-fold)
+recorded, so stress images go through exactly the preprocessing path everything else uses."""
+
+import json
+
+import numpy as np
+import pytest
+
+from edgebus.data.stress import CHANGES, GEOMETRIC, apply_change, conditions
+from tests.conftest import cli, manifest, one_line_error
+
+
+def _frame():
+    rng = np.random.default_rng(0)
+    g = (40 + 20 * rng.random((120, 160))).astype(np.uint8)
+    m = np.zeros((120, 160), np.uint8)
+    m[30:60, 50:90] = 1  # a bright lesion off-centre, in the near field (inside every zoom)
+    g[m == 1] = 220
+    return g, m
+
+
+@pytest.mark.parametrize("name,strength", conditions())
+def test_change_is_deterministic_and_keeps_its_mask_on_the_lesion(name, strength):
+    g, m = _frame()
+    a = apply_change(g, m, name, strength, seed=0, case_id=7)
+    b = apply_change(g, m, name, strength, seed=0, case_id=7)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    g2, m2 = a
+    assert g2.dtype == np.uint8 and g2.shape == m2.shape
+    if name not in GEOMETRIC:
+        assert g2.shape == g.shape and np.array_equal(m2, m)
+    else:  # the mask moved with the frame: it still covers the bright lesion and nothing else
+        assert m2.sum() > 0
+        inside, outside = g2[m2 == 1].mean(), g2[m2 == 0].mean()
+        assert inside > 150 > outside, (name, inside, outside)
+    if name in ("noise", "speckle", "marks"):
+        assert not np.array_equal(g2, apply_change(g, m, name, strength, seed=1, case_id=7)[0])
+
+
+def test_geometry_exactly():
+    g, m = _frame()
+    assert np.array_equal(apply_change(g, m, "flip", 1)[1], m[:, ::-1])
+    g2, m2 = apply_change(g, m, "pad", 0.4)
+    assert g2.shape == (120, 160 + 64) and m2[:, 32:32 + 160].sum() == m.sum() and g2[:, :32].max() == 0
+    _, m3 = apply_change(g, m, "zoom", 0.7)
+    assert m3.sum() == pytest.approx(m.sum() / 0.49, rel=0.1)  # the lesion is magnified 1/0.7 each way
+    assert set(CHANGES) >= {"gain", "gamma", "contrast", "speckle", "noise", "blur", "lowres", "zoom", "flip", "jpeg",
+                            "pad", "marks"}
+
+
+@pytest.mark.parametrize("run_name", ["cls_run", "seg_run"])
+def test_clean_row_reproduces_the_runs_own_metrics(run_name, request, tmp_path):
+    run = request.getfixturevalue(run_name)
+    r = cli("stress", run, "--out", tmp_path)
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "stress.json").read_text())
+    m = manifest(run)
+    assert res["kinds"] == ["float", "int8"] and len(res["rows"]) == 1 + len(conditions())
+    clean = res["rows"][0]
+    key = "auc" if m["task"] == "classify" else "iou"
+    assert clean["float"][key] == pytest.approx(m["metrics"]["keras"]["test"][key], abs=1e-6)
+    assert clean["int8"][key] == pytest.approx(m["exports"]["int8"]["metrics"][key], abs=1e-6)
+    assert res["summary"]["int8"]["worst_drop"] == max(r["int8"]["drop"] for r in res["rows"][1:])
+    assert (tmp_path / "stress.png").stat().st_size > 1000 and "Worst case" in (tmp_path / "stress.md").read_text()
+
+
+def test_cv_stress_scores_every_case_out_of_fold(synthetic_breast_dir, tmp_path):
+    cv = tmp_path / "cv"
+    r = cli("cv", "classify", "--data", synthetic_breast_dir, "--model", "test-cnn", "--size", 32, "--folds", 3,
+            "--epochs", 6, "--lr", 3e-3, "--int8", "--out", cv, "--quiet")
+    assert r.exit_code == 0, r.output
+    r = cli("stress", cv)
+    assert r.exit_code == 0, r.output
+    res = json.loads((cv / "stress" / "stress.json").read_text())
+    s = json.loads((cv / "summary.json").read_text())
+    assert res["n"] == s["pooled"]["n"] == manifest(cv)["data"]["n_lesions"]
+    assert res["rows"][0]["float"]["auc"] == pytest.approx(s["pooled"]["auc"], abs=1e-6)
+    assert res["rows"][0]["int8"]["auc"] == pytest.approx(s["pooled_int8"]["auc"], abs=1e-6)
+    # a fold model changed after the CV is refused, naming the file
+    (cv / "fold1" / "model_int8.tflite").write_bytes(b"TFL3" * 8)
+    one_line_error(cli("stress", cv, "--out", tmp_path / "again"), "fold1/model_int8.tflite", "sha256")
+
+
+def test_a_lone_file_needs_data(cls_run, chain_data, tmp_path):
+    one_line_error(cli("stress", cls_run / "model_int8.tflite", "--out", tmp_path), "--data")
+    r = cli("stress", cls_run / "model_int8.tflite", "--data", chain_data, "--out", tmp_path)
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "stress.json").read_text())
+    from edgebus.data.breast import read_breast
+
+    assert res["kinds"] == ["int8"] and res["n"] == len(read_breast(chain_data).lesions())
