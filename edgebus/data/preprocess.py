@@ -5,6 +5,9 @@ An ultrasound frame becomes: alpha composited over black -> 8-bit grayscale -> b
 own graph, so an int8 model's uint8 input is simply the resized pixel value (scale 1/255, zero 0).
 The parameters are written into every manifest and exported model as the "preprocessing contract".
 
+A contract with a `normalize` entry (version 3) stretches each resized frame's gray levels between
+two percentiles to the full range, so a scanner's overall gain or contrast setting cancels.
+
 A lesion-crop classifier (segmentation-guided classification) has a contract with a `crop` entry
 (version 2): before the resize, the frame is cut to a square around the lesion's box (from the ground
 truth mask in training, from the segmenter's mask on the cart), with a margin so the lesion's border
@@ -23,11 +26,15 @@ from edgebus.core.errors import EdgebusError
 
 PREPROCESS_VERSION = 1  # whole frame
 CROP_VERSION = 2  # lesion crop (contract has "crop")
-SUPPORTED_VERSIONS = (PREPROCESS_VERSION, CROP_VERSION)
+NORMALIZE_VERSION = 3  # intensity normalisation (contract has "normalize")
+SUPPORTED_VERSIONS = (PREPROCESS_VERSION, CROP_VERSION, NORMALIZE_VERSION)
+NORMALIZE = ("percentile",)
+PERCENTILES = (0.5, 99.5)
 BOX_GRID = 128  # masks are reduced to at most this many pixels a side to find their largest region
 
 
-def preprocess_contract(size: int | tuple[int, int], channels: int = 3, crop_margin: float | None = None) -> dict:
+def preprocess_contract(size: int | tuple[int, int], channels: int = 3, crop_margin: float | None = None,
+                        normalize: str | None = None) -> dict:
     h, w = (size, size) if isinstance(size, int) else size
     contract = {
         "version": PREPROCESS_VERSION,
@@ -51,6 +58,13 @@ def preprocess_contract(size: int | tuple[int, int], channels: int = 3, crop_mar
             "outside": "black",
             "no_lesion": "the whole frame, centred in a black square",
         }
+    if normalize is not None:
+        if normalize not in NORMALIZE:
+            raise EdgebusError(f"--normalize '{normalize}': choose {', '.join(NORMALIZE)} (or leave it out)")
+        contract["version"] = NORMALIZE_VERSION
+        contract["normalize"] = {"kind": normalize, "percentiles": list(PERCENTILES),
+                                 "rule": "after the resize, the gray levels at these percentiles are stretched to 0 and "
+                                         "255 (clipped): an overall gain or contrast change of the scanner cancels"}
     return contract
 
 
@@ -107,6 +121,9 @@ def to_uint8_input(gray: np.ndarray, contract: dict, box: list[float] | None = N
     if "crop" in contract:
         gray = crop_to_box(gray, box, contract["crop"]["margin"])
     g = resize_gray(gray, tuple(contract["size"]))
+    if "normalize" in contract:
+        lo, hi = np.percentile(g, contract["normalize"]["percentiles"])
+        g = np.clip(np.round((g.astype(np.float64) - lo) * (255.0 / max(hi - lo, 1.0))), 0, 255).astype(np.uint8)
     return np.repeat(g[..., None], contract["channels"], axis=-1)
 
 

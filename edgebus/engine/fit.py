@@ -12,6 +12,7 @@ import numpy as np
 from edgebus.core.errors import EdgebusError
 from edgebus.core.metrics import DEFAULT_THRESHOLD
 from edgebus.core.tasks import get_task
+from edgebus.engine.augment import augment_name
 from edgebus.engine.models import strategy
 from edgebus.models.registry import AUX_MASK, classifier_only, has_aux_mask
 
@@ -35,21 +36,26 @@ def _dataset(tf, x, y, batch, shuffle, augment, seed, task, aux_mask=None):
         ds = tf.data.Dataset.from_tensor_slices((x, y.astype("float32")))
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    if augment:
-        # left-right flip: lesion shape cues (taller-than-wide, shadowing) survive it
-        def flip(a, b):
-            f = tf.random.uniform(()) < 0.5
-            a = tf.cond(f, lambda: tf.image.flip_left_right(a), lambda: a)
-            if get_task(task).truth_is_mask:
-                b = tf.cond(f, lambda: tf.image.flip_left_right(b), lambda: b)
+    name = augment_name(augment)
+    if name != "none":
+        from edgebus.engine import augment as aug
+
+        change = getattr(aug, name)
+        mask_target = get_task(task).truth_is_mask
+
+        def apply(a, b):
+            if mask_target:
+                a, (b,) = change(tf, a, [b])
             elif aux_mask is not None:
                 b = dict(b)
-                b[AUX_MASK] = tf.cond(f, lambda: tf.image.flip_left_right(b[AUX_MASK]), lambda: b[AUX_MASK])
+                a, (b[AUX_MASK],) = change(tf, a, [b[AUX_MASK]])
+            else:
+                a, _ = change(tf, a, [])
             return a, b
 
-        # sequential on purpose: a parallel map draws the random flips in thread order, so two runs with
+        # sequential on purpose: a parallel map draws the random changes in thread order, so two runs with
         # the same seed would differ (and a resumed grid would not repeat its cells)
-        ds = ds.map(flip)
+        ds = ds.map(apply)
     return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
 
 

@@ -24,7 +24,8 @@ class FitConfig:
     seed: int = 0
     weights: str = "none"  # none, imagenet (downloads) or a local weights file
     model_kwargs: dict = dataclasses.field(default_factory=dict)
-    augment: bool = True
+    augment: bool | str = True  # True / "flip", "ultrasound" (edgebus.engine.augment), False / "none"
+    normalize: str | None = None  # "percentile": intensity normalisation in the preprocessing contract
     threshold: float = DEFAULT_THRESHOLD
 
     def resolve(self, command: str) -> str:
@@ -38,6 +39,9 @@ class FitConfig:
         self.batch = d["batch"] if self.batch is None else self.batch
         _whole("--size", self.size, 1)
         _whole("--batch", self.batch, 1)
+        from edgebus.engine.augment import augment_name
+
+        augment_name(self.augment)
         if not 0 < self.threshold < 1:
             raise EdgebusError(f"threshold {self.threshold}: give a probability between 0 and 1")
         for name in ("epochs", "lr"):

@@ -43,7 +43,8 @@ class CVConfig(FitConfig):
 
 
 _CV_IDENTITY = ("task", "model", "folds", "size", "epochs", "lr", "batch", "seed", "weights", "model_kwargs",
-                "val_fraction", "augment", "keep", "threshold", "int8", "crop_margin", "int8_source", "qat_epochs")
+                "val_fraction", "augment", "keep", "threshold", "int8", "crop_margin", "int8_source", "qat_epochs",
+                "normalize")
 
 
 def _fold_record(task, f, fold, data, probs, metrics, kept_epoch, wall, threshold) -> dict:
@@ -118,7 +119,7 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print) -> dict:
         raise EdgebusError("--crop-margin is for classifiers")
     if cfg.boxes_from is not None and cfg.crop_margin is None:
         raise EdgebusError("--boxes-from serves a lesion-crop classifier: give --crop-margin too")
-    contract = preprocess_contract(cfg.size, 3, cfg.crop_margin)
+    contract = preprocess_contract(cfg.size, 3, cfg.crop_margin, cfg.normalize)
     ds, cases = read_lesions(cfg.data)
     by_id = {c.case_id: c for c in cases}
     hashes = content_hashes(cases)

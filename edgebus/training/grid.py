@@ -73,7 +73,7 @@ class GridConfig(FitConfig):
 
 
 _IDENTITY = ("task", "model", "lrs", "epochs", "size", "batch", "seed", "weights", "model_kwargs", "split_fractions",
-             "augment", "threshold", "select")
+             "augment", "threshold", "select", "normalize")
 
 
 # --- cells --------------------------------------------------------------------------------------
@@ -124,7 +124,7 @@ def run_grid(cfg: GridConfig, shard: tuple[int, int] = (1, 1), progress: bool = 
     split = grouped_split(cases, groups, cfg.split_fractions, cfg.seed)
     check_split(split, hashes, "grid split")
     fp = fingerprint(ds)
-    contract = preprocess_contract(cfg.size, 3)
+    contract = preprocess_contract(cfg.size, 3, normalize=cfg.normalize)
     out = Path(cfg.out or Path("runs") / f"grid-{cfg.model}-{cfg.size}")
 
     from edgebus.compat import keras, set_seed

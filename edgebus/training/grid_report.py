@@ -60,7 +60,7 @@ def _write_best_run(out: Path, manifest, chosen: dict, ds, split: dict, data: di
     cfg = TrainConfig(data=manifest.data.root, model=ident["model"], out=str(best_dir), task=task,
                       size=ident["size"], epochs=int(chosen["epochs"]), lr=float(chosen["lr"]), batch=ident["batch"],
                       seed=ident["seed"], weights=ident["weights"], model_kwargs=ident["model_kwargs"],
-                      split_fractions=tuple(ident["split_fractions"]), augment=ident["augment"], keep="last",
+                      split_fractions=tuple(ident["split_fractions"]), augment=ident["augment"], normalize=ident.get("normalize"), keep="last",
                       threshold=ident["threshold"], overwrite=True)
     if best_dir.exists():
         shutil.rmtree(best_dir)

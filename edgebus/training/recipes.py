@@ -9,7 +9,7 @@ from edgebus.core.errors import EdgebusError
 from edgebus.core.io import sha256_file
 
 _RECIPE_KEYS = {"name", "description", "reduced", "task", "model", "size", "batch", "seed", "weights", "lrs", "epochs",
-                "select", "split", "augment", "threshold", "data", "out", "model_kwargs", "cv"}
+                "select", "split", "augment", "normalize", "threshold", "data", "out", "model_kwargs", "cv"}
 _CV_KEYS = {"folds", "lr", "epochs", "keep", "val_fraction", "n_boot", "batch", "size", "out"}
 
 
@@ -57,7 +57,7 @@ def grid_config(r: dict, **overrides):
     """GridConfig from a recipe; overrides that are not None win (the command line)."""
     from edgebus.training.grid import GridConfig
 
-    keys = {"task", "model", "size", "batch", "seed", "weights", "lrs", "epochs", "select", "augment", "threshold",
+    keys = {"task", "model", "size", "batch", "seed", "weights", "lrs", "epochs", "select", "augment", "normalize", "threshold",
             "data", "out", "model_kwargs"}
     kw = {k: r[k] for k in keys if k in r}
     if "split" in r:
@@ -71,7 +71,7 @@ def grid_config(r: dict, **overrides):
     return GridConfig(**kw)
 
 
-_CV_FROM_RECIPE = ("model", "size", "batch", "seed", "weights", "model_kwargs", "data", "augment", "threshold")
+_CV_FROM_RECIPE = ("model", "size", "batch", "seed", "weights", "model_kwargs", "data", "augment", "normalize", "threshold")
 
 
 def cv_config(task: str, recipe: str | Path | None = None, **given):

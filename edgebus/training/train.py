@@ -72,7 +72,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Run:
         raise EdgebusError("--segmenter cuts lesion crops: give --crop-margin too (e.g. 0.5)")
     if cfg.keep not in ("best", "last"):
         raise EdgebusError(f"--keep '{cfg.keep}': choose best or last")
-    contract = preprocess_contract(cfg.size, 3, cfg.crop_margin)
+    contract = preprocess_contract(cfg.size, 3, cfg.crop_margin, cfg.normalize)
     ds, cases = read_lesions(cfg.data)
     by_id = {c.case_id: c for c in cases}
     split = stratified_split([c.case_id for c in cases], [c.label for c in cases], cfg.split_fractions, cfg.seed)
