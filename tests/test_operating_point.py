@@ -105,3 +105,27 @@ def test_operating_point_bad_input(cv_dir, synthetic_breast_dir, tmp_path):
     one_line_error(cli("operating-point", run, "--from-cv", tmp_path), "operating_point.json")
     one_line_error(cli("operating-point", cv_dir, "--source", "fp16"), "--source")
     one_line_error(cli("operating-point", cv_dir, "--from-cv", cv_dir), "--from-cv")
+
+
+def test_a_cv_becomes_a_fold_ensemble_bundle(cv_dir, seg_run, synthetic_breast_dir, tmp_path):
+    """`edgebus bundle --classifier CV_DIR`: every fold's int8 file, averaged, at the out-of-fold threshold."""
+    from edgebus.runtime import ExportedModel, LesionPipeline
+
+    out = tmp_path / "cart"
+    r = cli("bundle", "--classifier", cv_dir, "--segmenter", seg_run, "--out", out)
+    assert r.exit_code == 0, r.output
+    b = json.loads((out / "bundle.json").read_text())
+    op = json.loads((cv_dir / "operating_point.json").read_text())
+    assert len(b["classifier"]["ensemble"]) == 3 and b["classifier"]["threshold"] == op["threshold"]
+    members = [ExportedModel(out / m["file"], "classify") for m in b["classifier"]["ensemble"]]
+    pipe = LesionPipeline.from_bundle(out)
+    frame = sorted((synthetic_breast_dir / "BrEaST-Lesions_USG-images_and_masks").glob("case*[0-9].png"))[0]
+    res = pipe.predict(frame)
+    x = members[0].input_for(pipe.load(frame))
+    assert res["prob_raw"] == pytest.approx(float(np.mean([m.run(x).ravel()[0] for m in members])), abs=1e-6)
+    assert res["prob_malignant"] == pytest.approx(float(apply(op["calibration"], res["prob_raw"])), abs=1e-5)
+    assert res["threshold"] == op["threshold"] and res["mask"] is not None
+    r = cli("predict", "--bundle", out, frame, "--out", tmp_path / "pred")
+    assert r.exit_code == 0, r.output
+    (out / "classifier_fold1.tflite").write_bytes((out / "classifier_fold0.tflite").read_bytes())
+    one_line_error(cli("predict", "--bundle", out, frame, "--out", tmp_path / "p2"), "classifier_fold1.tflite", "sha256")

@@ -87,13 +87,14 @@ def predict(
     Exit code: 0 when every frame succeeded; 1 when some frames failed (each is reported, its row has 'error' set, the other frames are still processed); 2 for bad arguments or models.
     """
     from edgebus.data.breast import IMAGES_DIR, breast_pixel_sizes, is_breast_layout
-    from edgebus.runtime import LesionPipeline, find_bundle, predict_files
+    from edgebus.runtime import LesionPipeline, predict_files
+    from edgebus.runtime.bundle import load_bundle
     from edgebus.runtime.frames import resolve_inputs
 
     if bundle is not None:
         if classifier is not None or segmenter is not None:
             raise EdgebusError("pass either --bundle or --classifier/--segmenter, not both")
-        classifier, segmenter = find_bundle(bundle)
+        classifier, segmenter = load_bundle(bundle, threads if threads >= 1 else 1, xnnpack)
     if classifier is None and segmenter is None:
         raise EdgebusError("pass --classifier and/or --segmenter (a .tflite file or a run directory), or --bundle DIR")
     if threads < 1:
@@ -124,12 +125,15 @@ def predict(
 
 
 @friendly
-def bundle(classifier: Optional[Path] = typer.Option(None, "--classifier", help="classifier run directory or .tflite"),
+def bundle(classifier: Optional[Path] = typer.Option(None, "--classifier", help="classifier run directory, .tflite, or a CV folder (a fold ensemble)"),
            segmenter: Optional[Path] = typer.Option(None, "--segmenter", help="segmenter run directory or .tflite"),
            out: Path = typer.Option(..., "--out", help="bundle folder to write"),
            format: str = typer.Option("int8", "--format", help="which export of a run directory to take"),
            overwrite: bool = typer.Option(False, "--overwrite", help="replace the models in an existing bundle")):
-    """Copy a classifier and a segmenter into one folder for the cart (classifier.tflite, segmenter.tflite, bundle.json)."""
+    """Copy a classifier and a segmenter into one folder for the cart (classifier.tflite, segmenter.tflite, bundle.json).
+
+    A classifier given as a CV folder ('edgebus cv classify --int8') becomes a fold ensemble: every fold's int8 file,
+    averaged on the cart, with the CV's out-of-fold operating point ('edgebus operating-point CV_DIR')."""
     from edgebus.runtime import make_bundle
 
     path = make_bundle(out, classifier, segmenter, format, overwrite)

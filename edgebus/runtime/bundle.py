@@ -1,5 +1,6 @@
 """Cart bundles: one folder holding the classifier and the segmenter (classifier.tflite,
-segmenter.tflite) and bundle.json recording where they came from and their sha256."""
+segmenter.tflite) and bundle.json recording where they came from and their sha256. A classifier
+given as a CV directory becomes a fold ensemble (classifier_fold<k>.tflite, averaged on the cart)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from edgebus.core.errors import EdgebusError
 from edgebus.core.io import atomic_write, sha256_file, write_json
 from edgebus.core.tasks import TASKS
 from edgebus.runtime.metadata import read_metadata
+from edgebus.runtime.ensemble import EnsembleModel, cv_fold_files
 from edgebus.runtime.model import ExportedModel, resolve_model_path
 
 BUNDLE_FILES = {"classify": "classifier.tflite", "segment": "segmenter.tflite"}
@@ -63,7 +65,11 @@ def make_bundle(out: str | Path, classifier: str | Path | None = None, segmenter
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise EdgebusError(f"{out}: folder is not empty; pick another --out or pass --overwrite")
     record = {"schema": "edgebus.bundle/1"}
-    staged = []
+    staged, ensemble = [], None
+    if classifier is not None and (Path(classifier) / "folds.jsonl").is_file():  # a CV: its fold models, averaged
+        files, threshold, calibration, source = cv_fold_files(classifier)
+        ensemble = (EnsembleModel(files, threshold, calibration), source)
+        classifier = None
     for task, src in (("classify", classifier), ("segment", segmenter)):
         if src is None:
             continue
@@ -73,8 +79,45 @@ def make_bundle(out: str | Path, classifier: str | Path | None = None, segmenter
         name = BUNDLE_FILES[task]
         atomic_write(out / name, m.path.read_bytes())
         record[TASKS[task].role] = {**m.describe(), "file": name, "copied_from": str(m.path.resolve())}
-    for task, name in BUNDLE_FILES.items():  # a replaced bundle keeps no stale model of the other task
-        if task not in dict(staged) and (out / name).exists():
-            (out / name).unlink()
+    members = []
+    if ensemble is not None:
+        ens, source = ensemble
+        for k, m in enumerate(ens.members):
+            name = f"classifier_fold{k}.tflite"
+            atomic_write(out / name, m.path.read_bytes())
+            members.append({"file": name, "sha256": sha256_file(out / name), "copied_from": str(m.path.resolve())})
+        record["classifier"] = {"ensemble": members, "threshold": ens.threshold, "calibration": ens.calibration,
+                                "combine": "mean of the members' outputs", "task": "classify", **source}
+    keep = {BUNDLE_JSON, *(m["file"] for m in members), *(BUNDLE_FILES[t] for t, _ in staged)}
+    for p in out.glob("*.tflite"):  # a replaced bundle keeps no stale model
+        if p.name not in keep and (p.name in BUNDLE_FILES.values() or p.name.startswith("classifier_fold")):
+            p.unlink()
     write_json(out / BUNDLE_JSON, record)
     return out
+
+
+def load_bundle(folder: str | Path, num_threads: int = 1, xnnpack: bool = True):
+    """(classifier: a file, or the EnsembleModel of a fold-ensemble bundle, or None; segmenter file or None)."""
+    folder = Path(folder)
+    manifest = folder / BUNDLE_JSON
+    entry = {}
+    if manifest.is_file():
+        try:
+            entry = json.loads(manifest.read_text()).get("classifier") or {}
+        except json.JSONDecodeError as e:
+            raise EdgebusError(f"{manifest}: not valid JSON ({e.msg}); re-run 'edgebus bundle'") from None
+    if "ensemble" not in entry:
+        return find_bundle(folder)
+    paths = []
+    for m in entry["ensemble"]:
+        p = folder / Path(m["file"]).name
+        if not p.is_file() or sha256_file(p) != m.get("sha256"):
+            raise EdgebusError(f"{p}: missing, or sha256 differs from {BUNDLE_JSON}; the file was changed, re-run 'edgebus bundle'")
+        paths.append(p)
+    seg = folder / BUNDLE_FILES["segment"]
+    if seg.is_file():
+        recorded = (json.loads(manifest.read_text()).get("segmenter") or {}).get("sha256")
+        if recorded and sha256_file(seg) != recorded:
+            raise EdgebusError(f"{seg}: sha256 differs from {BUNDLE_JSON}; the file was changed, re-run 'edgebus bundle'")
+    ens = EnsembleModel(paths, entry["threshold"], entry.get("calibration"), num_threads, xnnpack)
+    return ens, seg if seg.is_file() else None

@@ -35,7 +35,8 @@ from PIL import Image
 
 from edgebus.core.errors import EdgebusError
 from edgebus.data.preprocess import crop_square_px, lesion_box
-from edgebus.runtime.bundle import find_bundle
+from edgebus.runtime.bundle import load_bundle
+from edgebus.runtime.ensemble import EnsembleModel
 from edgebus.runtime.frames import MAX_FRAME_PIXELS, gray_from_array, load_frame
 from edgebus.runtime.model import ExportedModel
 from edgebus.runtime.overlay import render_overlay
@@ -61,7 +62,10 @@ class LesionPipeline:
                  num_threads: int = 1, xnnpack: bool = True, max_pixels: int = MAX_FRAME_PIXELS):
         if classifier is None and segmenter is None:
             raise EdgebusError("pass a classifier and/or a segmenter model (or a bundle folder)")
-        self.classifier = ExportedModel(classifier, "classify", num_threads, xnnpack) if classifier is not None else None
+        if classifier is None or isinstance(classifier, EnsembleModel):
+            self.classifier = classifier
+        else:
+            self.classifier = ExportedModel(classifier, "classify", num_threads, xnnpack)
         self.segmenter = ExportedModel(segmenter, "segment", num_threads, xnnpack) if segmenter is not None else None
         self.crops = self.classifier is not None and "crop" in self.classifier.contract  # segmentation-guided
         if self.crops and self.segmenter is None:
@@ -70,9 +74,9 @@ class LesionPipeline:
         self.max_pixels = int(max_pixels)
 
     @classmethod
-    def from_bundle(cls, folder: str | Path, **kw) -> "LesionPipeline":
-        c, s = find_bundle(folder)
-        return cls(classifier=c, segmenter=s, **kw)
+    def from_bundle(cls, folder: str | Path, num_threads: int = 1, xnnpack: bool = True, **kw) -> "LesionPipeline":
+        c, s = load_bundle(folder, num_threads, xnnpack)
+        return cls(classifier=c, segmenter=s, num_threads=num_threads, xnnpack=xnnpack, **kw)
 
     def describe(self) -> dict:
         return {m.task.role: m.describe() for m in (self.classifier, self.segmenter) if m is not None}
