@@ -45,7 +45,7 @@ def _frames(data: Path, n: int) -> list[Path]:
     return sorted(p for p in (data / IMAGES).glob("case*.png") if "_" not in p.stem)[:n]
 
 
-DOCUMENTED = {"file", "width", "height", "prob_malignant", "prob_raw", "label", "threshold", "mask_threshold", "mask",
+DOCUMENTED = {"file", "width", "height", "prob_malignant", "prob_raw", "label", "descriptors", "findings", "threshold", "mask_threshold", "mask",
               "mask_area_px", "pixel_size_mm", "mask_area_mm2", "bbox", "crop", "latency_ms", "error"}
 
 

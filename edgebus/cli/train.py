@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from edgebus.cli.common import (AUGMENT, BATCH, CROP_MARGIN, DATA, KEEP, NORMALIZE, QUIET, RECIPE, SEED, SIZE, WEIGHTS,
+from edgebus.cli.common import (AUGMENT, BATCH, CROP_MARGIN, DATA, DESCRIPTORS, KEEP, NORMALIZE, QUIET, RECIPE, SEED, SIZE, WEIGHTS,
                                 friendly, given, model_option, numbers)
 from edgebus.core.errors import EdgebusError
 from edgebus.core.tasks import TASKS
@@ -33,7 +33,7 @@ def _train_command(task: str):
                 keep: str = typer.Option("best", help="best: the epoch with the best validation accuracy (segment: IoU); last"),
                 overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run at --out"),
                 quiet: bool = QUIET, crop_margin: Optional[float] = CROP_MARGIN,
-                augment: Optional[str] = AUGMENT, normalize: Optional[str] = NORMALIZE,
+                augment: Optional[str] = AUGMENT, normalize: Optional[str] = NORMALIZE, descriptors: bool = DESCRIPTORS,
                 segmenter: Optional[Path] = typer.Option(None, help="segment run (same split) whose predicted lesion boxes "
                                                          "cut the val/test crops; without it they use the true masks (oracle)")):
         from edgebus.training import TrainConfig, train
@@ -44,10 +44,10 @@ def _train_command(task: str):
         cfg = TrainConfig(data=str(data), model=model, task=task, size=size, epochs=epochs, lr=lr, batch=batch,
                           seed=seed, weights=weights, keep=keep, overwrite=overwrite, crop_margin=crop_margin,
                           segmenter=None if segmenter is None else str(segmenter), normalize=normalize,
-                          augment=True if augment is None else augment)
+                          augment=True if augment is None else augment, descriptors=descriptors)
         cfg.resolve("train")
         cfg.out = str(out or Path("runs") / f"{model}-{cfg.size}")
-        run = train(cfg, progress=not quiet)
+        run = train(cfg, progress=not quiet, log=typer.echo)
         t = run.manifest.keras_metrics("test")
         typer.echo(f"{run.path}: test {run.task.headline_text(t)} (n={t['n']})")
 
@@ -152,7 +152,7 @@ def _cv_command(task: str):
                                                           "calibration) or qat (quantization-aware fine-tuning per fold, as "
                                                           "'edgebus export --int8'; PTQ is scored too)"),
                 crop_margin: Optional[float] = CROP_MARGIN, augment: Optional[str] = AUGMENT,
-                normalize: Optional[str] = NORMALIZE,
+                normalize: Optional[str] = NORMALIZE, descriptors: bool = DESCRIPTORS,
                 boxes_from: Optional[Path] = typer.Option(None, help="a segment CV folder (same folds) whose predicted "
                                                           "lesion boxes cut the val/test crops (classify only)")):
         from edgebus.core.stats import interval_text
@@ -164,7 +164,8 @@ def _cv_command(task: str):
         cfg = cv_config(task, recipe, **given(data=data, model=model, folds=folds, lr=lr, epochs=epochs, size=size,
                                               batch=batch, seed=seed, weights=weights, keep=keep, out=out,
                                               int8=int8 or None, int8_source=int8_source, crop_margin=crop_margin,
-                                              boxes_from=boxes_from, augment=augment, normalize=normalize))
+                                              boxes_from=boxes_from, augment=augment, normalize=normalize,
+                                              descriptors=descriptors or None))
         s = run_cv(cfg, progress=not quiet, log=typer.echo)
         for k in TASKS[task].headline(s["pooled"]):
             ms = s["mean_std"][k]

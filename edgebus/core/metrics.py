@@ -139,3 +139,26 @@ def output_agreement(ref, other, threshold: float = DEFAULT_THRESHOLD) -> dict:
     b = np.asarray(other, dtype=np.float32)
     same = ((a >= threshold) == (b >= threshold)).mean()
     return {"agreement": float(same), "max_abs_diff": float(np.abs(a - b).max()), "mean_abs_diff": float(np.abs(a - b).mean())}
+
+
+def cohen_kappa(a, b) -> float | None:
+    """Cohen's kappa of two binary raters (agreement beyond chance); None when it is undefined."""
+    a, b = np.asarray(a).astype(int).ravel(), np.asarray(b).astype(int).ravel()
+    if len(a) == 0:
+        return None
+    po = float((a == b).mean())
+    pe = float(a.mean() * b.mean() + (1 - a.mean()) * (1 - b.mean()))
+    return None if pe >= 1 else (po - pe) / (1 - pe)
+
+
+def descriptor_metrics(truth, prob, names, threshold: float = DEFAULT_THRESHOLD) -> dict:
+    """Per descriptor (columns of truth/prob): n known, accuracy, Cohen's kappa, AUC; unknown (-1) left out."""
+    t, p = np.asarray(truth), np.asarray(prob, dtype=np.float64)
+    out = {}
+    for j, name in enumerate(names):
+        known = t[:, j] >= 0
+        y, q = t[known, j], p[known, j]
+        out[name] = {"n": int(known.sum()), "positive": int((y == 1).sum()),
+                     "accuracy": float(((q >= threshold) == (y == 1)).mean()) if len(y) else None,
+                     "kappa": cohen_kappa(y, q >= threshold) if len(y) else None, "auc": roc_auc(y, q)}
+    return out

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from edgebus.core.errors import EdgebusError
 from edgebus.core.manifest import DataInfo, Run
 from edgebus.core.metrics import CLASS_NAMES
+from edgebus.core.descriptors import DESCRIPTORS
 from edgebus.core.tasks import get_task
 from edgebus.data.breast import fingerprint, load_arrays, read_breast
 
@@ -34,19 +37,29 @@ def data_info(ds, fp: str, n_lesions: int) -> DataInfo:
                     n_lesions=n_lesions, classes=list(CLASS_NAMES))
 
 
+def descriptor_array(cases) -> np.ndarray:
+    """(N, len(DESCRIPTORS)) BI-RADS findings, 1 / 0 / -1 unknown (all unknown for a case without them)."""
+    n = len(DESCRIPTORS)
+    return np.array([c.descriptors if c.descriptors is not None else (-1,) * n for c in cases], dtype=np.float32).reshape(-1, n)
+
+
 def load_split_data(cases_by_id: dict, split: dict, contract: dict, task, boxes: dict | None = None,
-                    masks: bool = False) -> dict:
+                    masks: bool = False, descriptors: bool = False) -> dict:
     """Arrays for each part named in `split` (train/val/test), in split order: (x, labels) to
-    classify, (x, masks) to segment, (x, labels, masks) with masks=True for a classifier trained
-    with an auxiliary mask. Masks are (N,H,W,1). A crop contract cuts around boxes[case_id] where
-    given, else around the case's true mask (see load_arrays)."""
+    classify, (x, masks) to segment; a classifier with training heads gets (x, labels, masks or
+    None, descriptors or None): masks=True for an auxiliary mask, descriptors=True for BI-RADS
+    descriptor heads. Masks are (N,H,W,1). A crop contract cuts around boxes[case_id] where given,
+    else around the case's true mask (see load_arrays)."""
     task = get_task(task)
     parts = {}
     for name in [n for n in PARTS if n in split]:
         cases = [cases_by_id[i] for i in split[name]]
         x, y, m = load_arrays(cases, contract, with_masks=task.truth_is_mask or masks, boxes=boxes)
         truth = task.truth(y, m)
-        parts[name] = (x, truth, m) if masks and truth is y else (x, truth)
+        if task.truth_is_mask or not (masks or descriptors):
+            parts[name] = (x, truth)
+        else:
+            parts[name] = (x, truth, m if masks else None, descriptor_array(cases) if descriptors else None)
     return parts
 
 
@@ -71,4 +84,6 @@ def load_run_arrays(run: Run, parts=("train", "test")) -> dict:
     ds = run_dataset(run)
     split = run.read_artifact_json(run.manifest.split.file if run.manifest.split else "split.json")
     by_id = {c.case_id: c for c in ds.lesions()}
-    return load_split_data(by_id, {k: split[k] for k in parts}, run.manifest.preprocess, run.task, run_boxes(run))
+    heads = bool(run.manifest.model.kwargs.get("descriptors")) if run.manifest.model else False
+    return load_split_data(by_id, {k: split[k] for k in parts}, run.manifest.preprocess, run.task, run_boxes(run),
+                           descriptors=heads)

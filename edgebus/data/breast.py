@@ -43,6 +43,7 @@ class Case:
     classification: str  # as in the sheet, lower-cased, stripped
     pixel_size: float | None  # sheet's Pixel_size (cm per pixel), None if missing
     extra_masks: tuple = ()  # more masks of the same lesion, OR-merged (BUSI's _mask_1.png ...)
+    descriptors: tuple | None = None  # BI-RADS findings (edgebus.core.descriptors): 1, 0, -1 unknown
 
 
 @dataclass
@@ -50,6 +51,7 @@ class Dataset:
     root: Path
     sheet: Path | None  # None for layouts without a sheet (BUSI)
     cases: list[Case]  # every row of the sheet, in sheet order
+    has_descriptors: bool = False  # the sheet has every BI-RADS descriptor column
 
     def lesions(self) -> list[Case]:
         """Rows with a tumor mask and a benign/malignant label (the study's filter: drops the normal cases)."""
@@ -114,9 +116,13 @@ def read_breast(root: str | Path) -> Dataset:
         raise EdgebusError(f"{images}: images folder not found; {EXPECTED_LAYOUT}")
     on_disk = set(os.listdir(images))  # one listing instead of a stat per file
 
+    from edgebus.core.descriptors import COLUMNS as DESCRIPTOR_COLUMNS, encode_row
+
+    has_descriptors = all(c in df.columns for c in DESCRIPTOR_COLUMNS)
     cases, seen = [], set()
-    for i, row in enumerate(df[list(REQUIRED_COLUMNS)].itertuples(index=False), start=2):
-        case_id, image_name, mask_name, pixel_size, classification = row
+    cols = list(REQUIRED_COLUMNS) + (list(DESCRIPTOR_COLUMNS) if has_descriptors else [])
+    for i, row in enumerate(df[cols].itertuples(index=False), start=2):
+        case_id, image_name, mask_name, pixel_size, classification = row[:len(REQUIRED_COLUMNS)]
         where = f"{sheet}: row {i}"
         try:
             case_id = int(case_id)
@@ -153,6 +159,9 @@ def read_breast(root: str | Path) -> Dataset:
             px = None if _missing(pixel_size) else float(pixel_size)
         except (TypeError, ValueError):
             px = None
+        desc = None
+        if has_descriptors:
+            desc = encode_row(dict(zip(DESCRIPTOR_COLUMNS, row[len(REQUIRED_COLUMNS):])), where)
         cases.append(Case(
             case_id=case_id,
             image=images / image_name,
@@ -160,10 +169,11 @@ def read_breast(root: str | Path) -> Dataset:
             label=CLASSES.index(cls) if cls in CLASSES else None,
             classification=cls,
             pixel_size=px,
+            descriptors=desc,
         ))
     if not cases:
         raise EdgebusError(f"{sheet}: the sheet has no rows; restore the original sheet")
-    return Dataset(root=root, sheet=sheet, cases=cases)
+    return Dataset(root=root, sheet=sheet, cases=cases, has_descriptors=has_descriptors)
 
 
 def fingerprint(ds: Dataset) -> str:

@@ -14,7 +14,7 @@ from edgebus.core.metrics import DEFAULT_THRESHOLD
 from edgebus.core.tasks import get_task
 from edgebus.engine.augment import augment_name
 from edgebus.engine.models import strategy
-from edgebus.models.registry import AUX_MASK, classifier_only, has_aux_mask
+from edgebus.models.registry import AUX_MASK, DESCRIPTORS_OUTPUT, classifier_only, output_names
 
 
 def build_compiled(name: str, size: int, weights: str, model_kwargs: dict, task: str, lr: float | None = None):
@@ -28,12 +28,28 @@ def build_compiled(name: str, size: int, weights: str, model_kwargs: dict, task:
     return model
 
 
-def _dataset(tf, x, y, batch, shuffle, augment, seed, task, aux_mask=None):
-    if aux_mask is not None:  # a classifier with an auxiliary mask output: two targets, by output name
-        ds = tf.data.Dataset.from_tensor_slices((x, {"malignant_prob": y.astype("float32"),
-                                                     AUX_MASK: aux_mask.astype("float32")}))
-    else:
-        ds = tf.data.Dataset.from_tensor_slices((x, y.astype("float32")))
+def targets(model, part: tuple):
+    """The training targets of a split part (x, truth[, masks[, descriptors]]) for `model`: the truth
+    array for a one-output model, else a tuple in output order."""
+    names = output_names(model)
+    if len(names) == 1:
+        return part[1].astype("float32")
+    where = {"malignant_prob": 1, AUX_MASK: 2, DESCRIPTORS_OUTPUT: 3}
+    out = []
+    for name in names:
+        i = where[name]
+        if len(part) <= i or part[i] is None:
+            what = "masks=True" if name == AUX_MASK else "descriptors=True"
+            raise EdgebusError(f"{model.name}: trains its '{name}' output too; load the data with {what}")
+        out.append(part[i].astype("float32"))
+    return tuple(out)
+
+
+def _dataset(tf, x, y, batch, shuffle, augment, seed, task, names=()):
+    """y: the truth array, or a tuple of targets in the order of `names` (a mask target is moved
+    with the image)."""
+    aux = list(names).index(AUX_MASK) if AUX_MASK in names else None
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     name = augment_name(augment)
@@ -46,9 +62,10 @@ def _dataset(tf, x, y, batch, shuffle, augment, seed, task, aux_mask=None):
         def apply(a, b):
             if mask_target:
                 a, (b,) = change(tf, a, [b])
-            elif aux_mask is not None:
-                b = dict(b)
-                a, (b[AUX_MASK],) = change(tf, a, [b[AUX_MASK]])
+            elif aux is not None:
+                b = list(b)
+                a, (b[aux],) = change(tf, a, [b[aux]])
+                b = tuple(b)
             else:
                 a, _ = change(tf, a, [])
             return a, b
@@ -82,14 +99,29 @@ def _iou_metric(tf):
     return iou
 
 
+def _masked_bce(tf):
+    """Binary cross-entropy over the known entries only (a descriptor the sheet leaves unknown is -1)."""
+
+    def loss(y_true, y_pred):
+        known = tf.cast(y_true >= 0, tf.float32)
+        p = tf.clip_by_value(y_pred, 1e-7, 1 - 1e-7)
+        t = tf.clip_by_value(y_true, 0.0, 1.0)
+        bce = -(t * tf.math.log(p) + (1 - t) * tf.math.log(1 - p))
+        return tf.reduce_sum(bce * known, axis=-1) / tf.maximum(tf.reduce_sum(known, axis=-1), 1.0)
+
+    return loss
+
+
 def compile_model(model, task: str, lr: float):
     from edgebus.compat import keras, tf
 
-    if has_aux_mask(model):
+    names = output_names(model)
+    if len(names) > 1:  # a classifier with training heads beside malignancy, in output order
+        losses = {"malignant_prob": "binary_crossentropy", AUX_MASK: _seg_loss(keras, tf), DESCRIPTORS_OUTPUT: _masked_bce(tf)}
         model.compile(
             optimizer=keras.optimizers.Adam(lr),
-            loss={"malignant_prob": "binary_crossentropy", AUX_MASK: _seg_loss(keras, tf)},
-            metrics={"malignant_prob": ["accuracy", keras.metrics.AUC(name="auc")]},
+            loss=[losses[n] for n in names],
+            metrics=[["accuracy", keras.metrics.AUC(name="auc")] if n == "malignant_prob" else [] for n in names],
         )
     elif get_task(task).name == "classify":
         model.compile(
@@ -100,6 +132,13 @@ def compile_model(model, task: str, lr: float):
     else:
         model.compile(optimizer=keras.optimizers.Adam(lr), loss=_seg_loss(keras, tf), metrics=[_iou_metric(tf)])
     return model
+
+
+def predict_outputs(model, x, batch: int = 16) -> dict:
+    """{output name: array} of every output of `model` on x."""
+    out = model.predict(x, batch_size=batch, verbose=0)
+    out = out if isinstance(out, list) else [out]
+    return dict(zip(output_names(model), out))
 
 
 def predict(model, x, batch: int = 16) -> np.ndarray:
@@ -199,13 +238,11 @@ def fit_arrays(model, task: str, lr: float, data: dict, epochs: int, batch: int 
     if compile:
         with strategy().scope():
             compile_model(model, task, lr)
-    aux = has_aux_mask(model)
-    if aux and len(data["train"]) < 3:
-        raise EdgebusError(f"{model.name}: trains with an auxiliary lesion mask; load the data with masks=True")
-    (xtr, ytr, *mtr), (xva, yva, *mva) = data["train"], data["val"]
+    train, val = data["train"], data["val"]
+    names = output_names(model)
     return model.fit(
-        _dataset(tf, xtr, ytr, batch, True, augment, seed, task, mtr[0] if aux else None),
-        validation_data=_dataset(tf, xva, yva, batch, False, False, seed, task, mva[0] if aux else None),
+        _dataset(tf, train[0], targets(model, train), batch, True, augment, seed, task, names),
+        validation_data=_dataset(tf, val[0], targets(model, val), batch, False, False, seed, task, names),
         epochs=epochs, verbose=0, callbacks=[Progress(epochs, progress), *callbacks],
     )
 

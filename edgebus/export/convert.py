@@ -98,12 +98,14 @@ def float_tensors(m: TFLiteModel) -> list[str]:
 
 def model_metadata(task, fmt: str, source: str, contract: dict, threshold: float, model: dict | None = None,
                    source_run: str | None = None, run_created: str | None = None, fingerprint: str | None = None,
-                   calibration: dict | None = None, operating_point: dict | None = None) -> dict:
+                   calibration: dict | None = None, operating_point: dict | None = None,
+                   descriptors: list | None = None) -> dict:
     """What a lone .tflite needs to be used correctly on a cart. `threshold` is on the model's
     output; `calibration` maps that output to the probability the cart shows."""
     task = get_task(task)
     return {
         "calibration": calibration, "operating_point": operating_point,
+        "descriptors": descriptors,  # [{"name", "column", "labels"}] of a BI-RADS descriptor output, in order
         "edgebus_version": __version__, "task": task.name, "format": fmt,
         "source": source,  # "float" / "ptq" / "qat"
         "labels": list(task.labels), "output": task.output, "threshold": float(threshold), "preprocess": contract,

@@ -42,12 +42,15 @@ def run_metadata(run: Run, fmt: str, source: str) -> dict:
     m = run.manifest
     op = m.operating_point or {}
     summary = {k: op[k] for k in ("target_sensitivity", "chosen_on", "source", "cross_fitted", "n") if k in op} or None
+    from edgebus.core.descriptors import metadata as descriptor_metadata
+
+    heads = descriptor_metadata() if m.model.kwargs.get("descriptors") else None
     return model_metadata(run.task, fmt, source, m.preprocess, m.threshold, model=dataclasses.asdict(m.model),
                           source_run=str(run.path.resolve()), run_created=m.created, fingerprint=m.data.fingerprint,
-                          calibration=m.calibration, operating_point=summary)
+                          calibration=m.calibration, operating_point=summary, descriptors=heads)
 
 
-def _export_file(run: Run, key: str, fmt: str, source: str, model, calib, io_type: str, xte, yte, ref_prob,
+def _export_file(run: Run, key: str, fmt: str, source: str, model, calib, io_type: str, test: tuple, ref_prob,
                  extra_meta: dict | None = None) -> dict:
     """Convert one file, embed its metadata, write the sidecar, validate it on the test split."""
     from edgebus.runtime.model import ExportedModel
@@ -56,7 +59,8 @@ def _export_file(run: Run, key: str, fmt: str, source: str, model, calib, io_typ
     meta = write_tflite(run.file(name), convert(model, fmt, calib if fmt == "int8" else None, io_type),
                         {**run_metadata(run, fmt, source), **(extra_meta or {})}, run.file(side))
     em = ExportedModel(run.file(name), run.task)  # the loader the cart uses: metadata, contract, shapes
-    prob = em.predict(xte)
+    xte, yte = test[:2]
+    prob, desc = em.predict_with_descriptors(xte)
     thr = run.manifest.threshold
     entry = {
         "file": name, "metadata": side, "bytes": run.file(name).stat().st_size, "format": fmt, "source": source,
@@ -65,6 +69,10 @@ def _export_file(run: Run, key: str, fmt: str, source: str, model, calib, io_typ
         "interpreter": f"{em.model.backend} {em.model.backend_version}",
         "xnnpack": em.model.xnnpack, "xnnpack_error": em.model.xnnpack_error, "status": "ok",
     }
+    if desc is not None:
+        from edgebus.core.metrics import descriptor_metrics
+
+        entry["descriptors"] = descriptor_metrics(test[3], desc, [d["name"] for d in em.descriptors])
     if fmt == "int8":
         left = float_tensors(em.model)
         entry["float_tensors"] = left
@@ -85,8 +93,8 @@ def _qat(run: Run, model, data, calib, cfg: ExportConfig, log) -> tuple:
     train_stage = run.manifest.stages.get("train", {})
     lr = cfg.qat_lr if cfg.qat_lr is not None else QAT_LR_FRACTION * float(train_stage.get("lr", 1e-3))
     batch = cfg.qat_batch or int(train_stage.get("batch", 16))
-    (xtr, ytr), xte = data["train"], data["test"][0]
-    qmodel, info = qat_model(model, run.task, xtr, ytr, calib, cfg.qat_epochs, lr, batch,
+    xte = data["test"][0]
+    qmodel, info = qat_model(model, run.task, data["train"], calib, cfg.qat_epochs, lr, batch,
                              seed=run.manifest.split.seed if run.manifest.split else 0, log=log)
     qat.save_qat_model(qmodel, run.file(qat.QAT_MODEL))
     # the saved file, not the object in memory, is what a later session has: prove it reloads the same
@@ -179,8 +187,8 @@ def export_run(run_dir: str | Path, cfg: ExportConfig | None = None, log=print) 
 
     model = load_run_model(run)
     data = load_run_arrays(run)
-    xtr, ytr = data["train"]
-    xte, yte = data["test"]
+    xtr = data["train"][0]
+    xte, yte = data["test"][:2]
     write_eval_pack(run, run.read_artifact_json("split.json")["test"], xte, yte)
     thr = run.manifest.threshold
     keras_prob = predict(model, xte)
@@ -209,7 +217,7 @@ def export_run(run_dir: str | Path, cfg: ExportConfig | None = None, log=print) 
         log(f"converting {key} ({source}) ...")
         extra = {"qat": {"epochs": qat_info["epochs"], "lr": qat_info["lr"], "keras_model": "model_qat.h5"}} if source == "qat" else {}
         entry, prob = _export_file(run, key, fmt, source, qmodel if source == "qat" else model, calib, cfg.io_type,
-                                   xte, yte, keras_prob, extra)
+                                   data["test"], keras_prob, extra)
         entry["role"] = "comparison" if key == "int8_ptq" else "deliverable"
         if source == "qat":
             entry["agreement_vs_qat_keras"] = run.task.agreement(qat_prob, prob, thr)

@@ -22,24 +22,25 @@ def calibration_set(x: np.ndarray, n: int = 100, seed: int = 0) -> np.ndarray:
     return x[np.random.default_rng(seed).permutation(len(x))[:n]]
 
 
-def qat_model(model, task, x: np.ndarray, y: np.ndarray, calib: np.ndarray, epochs: int, lr: float, batch: int,
+def qat_model(model, task, part: tuple, calib: np.ndarray, epochs: int, lr: float, batch: int,
               seed: int = 0, log=None) -> tuple:
     """A quantization-aware copy of `model`: activation ranges calibrated on `calib`, then
-    fine-tuned on (x, y). Returns (QAT Keras model, info with history and the custom configs)."""
+    fine-tuned on the training part (x, truth[, masks, descriptors]). Returns (QAT Keras model, info
+    with history and the custom configs)."""
     plan = qat.annotate_plan(model)
     if plan and log:
         log(f"QAT: custom quantize configs for {len(plan)} layers ({', '.join(sorted(set(plan.values())))})")
     qmodel = qat.quantize(model)
     qat.calibrate_ranges(qmodel, calib, batch)
     if log:
-        log(f"QAT: fine-tuning {epochs} epochs at lr {lr:g}, batch {batch}, on {len(x)} training images ...")
-    info = qat.fine_tune(qmodel, task, x, y, epochs, lr, batch, seed=seed)
+        log(f"QAT: fine-tuning {epochs} epochs at lr {lr:g}, batch {batch}, on {len(part[0])} training images ...")
+    info = qat.fine_tune(qmodel, task, part, epochs, lr, batch, seed=seed)
     info["custom_configs"] = plan
     return qmodel, info
 
 
 def int8_probs(models: dict, task, calib: np.ndarray, contract: dict, threshold: float, x: np.ndarray,
-               io_type: str = "uint8", keep: dict | None = None) -> dict:
+               io_type: str = "uint8", keep: dict | None = None, descriptors: list | None = None) -> dict:
     """{source: outputs on x} of each Keras model in `models` ({"ptq": float model, "qat": QAT model})
     converted to full int8 and run by the interpreter, loaded as the cart loads it (ExportedModel).
     keep: {source: path} of files to keep (copied atomically once they passed)."""
@@ -50,7 +51,8 @@ def int8_probs(models: dict, task, calib: np.ndarray, contract: dict, threshold:
     with tempfile.TemporaryDirectory() as tmp:
         for source, m in models.items():
             path = Path(tmp) / f"int8_{source}.tflite"
-            write_tflite(path, convert(m, "int8", calib, io_type), model_metadata(task, "int8", source, contract, threshold))
+            write_tflite(path, convert(m, "int8", calib, io_type),
+                         model_metadata(task, "int8", source, contract, threshold, descriptors=descriptors))
             em = ExportedModel(path, task)
             left = float_tensors(em.model)
             if left:

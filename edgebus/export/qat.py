@@ -255,11 +255,11 @@ def calibrate_ranges(qmodel, x: np.ndarray, batch: int = 16) -> int:
     return n
 
 
-def fine_tune(qmodel, task: str, x: np.ndarray, y: np.ndarray, epochs: int, lr: float, batch: int, seed: int = 0) -> dict:
-    """Fine-tune a QAT model on (x, y) with the run's own loss (calibrate_ranges first); returns
-    the loss history and wall time."""
+def fine_tune(qmodel, task: str, part: tuple, epochs: int, lr: float, batch: int, seed: int = 0) -> dict:
+    """Fine-tune a QAT model on a training part (x, truth[, masks, descriptors]) with the run's own
+    losses, one per output (calibrate_ranges first); returns the loss history and wall time."""
     from edgebus.compat import set_seed
-    from edgebus.engine.fit import compile_model
+    from edgebus.engine.fit import compile_model, targets
 
     if epochs < 0:
         raise EdgebusError(f"--qat-epochs {epochs}: give 0 or more epochs")
@@ -270,7 +270,9 @@ def fine_tune(qmodel, task: str, x: np.ndarray, y: np.ndarray, epochs: int, lr: 
     t0 = time.time()
     hist = {}
     if epochs:
-        h = qmodel.fit(x, y.astype("float32"), batch_size=batch, epochs=epochs, shuffle=True, verbose=0)
+        y = targets(qmodel, part)
+        h = qmodel.fit(part[0], list(y) if isinstance(y, tuple) else y, batch_size=batch, epochs=epochs, shuffle=True,
+                       verbose=0)
         hist = {k: [round(float(v), 6) for v in vals] for k, vals in h.history.items()}
     pin_input_range(qmodel)  # training cannot widen it on [0, 1] data, but make it exact
     return {"epochs": epochs, "lr": lr, "batch": batch, "history": hist, "wall_s": round(time.time() - t0, 1)}

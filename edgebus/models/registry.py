@@ -88,27 +88,53 @@ def build_from_manifest(model_info):
     return classifier_only(build_model(model_info.name, tuple(model_info.input_size), "none", **model_info.kwargs))
 
 
+def output_names(model) -> list[str]:
+    """The model's outputs by layer name, in output order (a quantization-aware copy keeps its
+    float model's names: tfmot prefixes them with 'quant_')."""
+    return [n.removeprefix("quant_") for n in model.output_names]
+
+
 def has_aux_mask(model) -> bool:
     """A classifier with an auxiliary lesion-mask output (efficientnet-lite0-segaux)."""
-    return len(model.outputs) == 2
+    return AUX_MASK in output_names(model)
+
+
+def has_descriptors(model) -> bool:
+    """A classifier with a BI-RADS descriptor head."""
+    return DESCRIPTORS_OUTPUT in output_names(model)
 
 
 def classifier_only(model):
-    """The classification path of a model with an auxiliary mask output (input -> malignant_prob),
-    sharing its layers; other models as they are. This is what is saved, exported and deployed."""
+    """The deployed part of a model with an auxiliary mask output (input -> malignant_prob and, where
+    present, the descriptors), sharing its layers; other models as they are. This is what is saved,
+    exported and deployed."""
     if not has_aux_mask(model):
         return model
     from edgebus.compat import keras
 
-    return keras.Model(model.inputs, model.get_layer("malignant_prob").output, name=model.name)
+    outs = [model.get_layer("malignant_prob").output]
+    if has_descriptors(model):
+        outs.append(model.get_layer(DESCRIPTORS_OUTPUT).output)
+    return keras.Model(model.inputs, outs if len(outs) > 1 else outs[0], name=model.name)
 
 
-def _classifier_head(keras, inputs, features, dropout: float, name: str):
+DESCRIPTORS_OUTPUT = "descriptors"  # the BI-RADS descriptor head's output name (edgebus.core.descriptors)
+
+
+def _heads(keras, features, dropout: float, descriptors: int) -> list:
+    """malignant_prob (and, with descriptors > 0, one sigmoid per BI-RADS descriptor) on pooled features."""
     x = keras.layers.GlobalAveragePooling2D(name="head_pool")(features)
     if dropout:
         x = keras.layers.Dropout(dropout, name="head_dropout")(x)
-    out = keras.layers.Dense(1, activation="sigmoid", name="malignant_prob")(x)
-    return keras.Model(inputs, out, name=name)
+    outs = [keras.layers.Dense(1, activation="sigmoid", name="malignant_prob")(x)]
+    if descriptors:
+        outs.append(keras.layers.Dense(int(descriptors), activation="sigmoid", name=DESCRIPTORS_OUTPUT)(x))
+    return outs
+
+
+def _classifier_head(keras, inputs, features, dropout: float, name: str, descriptors: int = 0):
+    outs = _heads(keras, features, dropout, descriptors)
+    return keras.Model(inputs, outs if len(outs) > 1 else outs[0], name=name)
 
 
 def _set_bn_momentum(model, momentum: float | None) -> None:
@@ -125,7 +151,8 @@ def _set_bn_momentum(model, momentum: float | None) -> None:
 
 
 @register("mobilenetv2", "classify")
-def mobilenetv2(input_shape, weights=None, alpha: float = 1.0, dropout: float = 0.2, bn_momentum: float | None = 0.9):
+def mobilenetv2(input_shape, weights=None, alpha: float = 1.0, dropout: float = 0.2, bn_momentum: float | None = 0.9,
+                descriptors: int = 0):
     """MobileNetV2 backbone (keras.applications) + global pool + sigmoid head, one flat graph."""
     from edgebus.compat import keras
 
@@ -134,13 +161,13 @@ def mobilenetv2(input_shape, weights=None, alpha: float = 1.0, dropout: float = 
     base = keras.applications.MobileNetV2(
         input_tensor=x, include_top=False, weights=weights, alpha=alpha
     )
-    model = _classifier_head(keras, inputs, base.output, dropout, "mobilenetv2")
+    model = _classifier_head(keras, inputs, base.output, dropout, "mobilenetv2", descriptors)
     _set_bn_momentum(model, bn_momentum)
     return model
 
 
 @register("resnet50", "classify")
-def resnet50(input_shape, weights=None, dropout: float = 0.2, bn_momentum: float | None = 0.9):
+def resnet50(input_shape, weights=None, dropout: float = 0.2, bn_momentum: float | None = 0.9, descriptors: int = 0):
     """ResNet50 backbone (keras.applications) + global pool + sigmoid head, one flat graph."""
     from edgebus.compat import keras
 
@@ -148,7 +175,7 @@ def resnet50(input_shape, weights=None, dropout: float = 0.2, bn_momentum: float
     # caffe-style input: 0..255 minus the ImageNet mean (gray input: one mean for all channels)
     x = keras.layers.Rescaling(255.0, offset=-116.78, name="to_caffe")(inputs)
     base = keras.applications.ResNet50(input_tensor=x, include_top=False, weights=weights)
-    model = _classifier_head(keras, inputs, base.output, dropout, "resnet50")
+    model = _classifier_head(keras, inputs, base.output, dropout, "resnet50", descriptors)
     _set_bn_momentum(model, bn_momentum)
     return model
 
@@ -172,7 +199,7 @@ def _conv_bn(keras, x, filters, name, stride=1):
 
 
 @register("test-cnn", "classify", size=64)
-def test_cnn(input_shape, weights=None, width: int = 8, dropout: float = 0.0):
+def test_cnn(input_shape, weights=None, width: int = 8, dropout: float = 0.0, descriptors: int = 0):
     """Tiny CNN classifier for tests (seconds to train)."""
     from edgebus.compat import keras
 
@@ -182,7 +209,7 @@ def test_cnn(input_shape, weights=None, width: int = 8, dropout: float = 0.0):
     x = inputs
     for i, f in enumerate((width, width * 2, width * 4)):
         x = _conv_bn(keras, x, f, f"b{i}", stride=2)
-    return _classifier_head(keras, inputs, x, dropout, "test_cnn")
+    return _classifier_head(keras, inputs, x, dropout, "test_cnn", descriptors)
 
 
 def _se(keras, x, name):
@@ -233,14 +260,14 @@ def _lite_weights(weights, variant: str):
     return weights
 
 
-def _lite_classifier(variant: str, input_shape, weights, dropout: float, bn_momentum: float | None):
+def _lite_classifier(variant: str, input_shape, weights, dropout: float, bn_momentum: float | None, descriptors: int = 0):
     from edgebus.compat import keras
     from edgebus.models import efficientnet_lite as lite
 
     weights = _lite_weights(weights, variant)
     inputs = keras.Input(input_shape, name="image")
     features = lite.lite_backbone(keras, lite.normalise(keras, inputs), variant)
-    model = _classifier_head(keras, inputs, features["stride32"], dropout, f"efficientnet_{variant}")
+    model = _classifier_head(keras, inputs, features["stride32"], dropout, f"efficientnet_{variant}", descriptors)
     if weights is not None:
         from edgebus.models.weights import load_backbone_weights
 
@@ -264,7 +291,7 @@ AUX_MASK = "aux_mask"  # the output name of a classifier's auxiliary lesion mask
 
 
 def _lite_classifier_segaux(variant: str, input_shape, weights, dropout: float, bn_momentum: float | None,
-                            decoder_filters=(128, 64, 32)):
+                            descriptors: int = 0, decoder_filters=(128, 64, 32)):
     """The Lite classifier plus a light U-Net decoder on the same encoder (skips at strides 16, 8, 4)
     predicting the lesion mask, upsampled x4 (bilinear) to the input size. Two outputs:
     malignant_prob and aux_mask. Training on both makes the encoder learn where the lesion is;
@@ -274,10 +301,7 @@ def _lite_classifier_segaux(variant: str, input_shape, weights, dropout: float, 
 
     weights = _lite_weights(weights, variant)
     inputs, features = _lite_encoder(keras, variant, input_shape, f"efficientnet-{variant}-segaux")
-    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(features["stride32"])
-    if dropout:
-        x = keras.layers.Dropout(dropout, name="head_dropout")(x)
-    prob = keras.layers.Dense(1, activation="sigmoid", name="malignant_prob")(x)
+    heads = _heads(keras, features["stride32"], dropout, descriptors)
     m = features["stride32"]
     for i, (filters, skip) in enumerate(zip(decoder_filters, ("stride16", "stride8", "stride4"))):
         m = keras.layers.UpSampling2D(2, name=f"aux_stage{i}_up")(m)
@@ -287,7 +311,7 @@ def _lite_classifier_segaux(variant: str, input_shape, weights, dropout: float, 
         m = keras.layers.ReLU(name=f"aux_stage{i}_relu")(m)
     m = keras.layers.Conv2D(1, 1, activation="sigmoid", name="aux_mask_stride4")(m)
     mask = keras.layers.UpSampling2D(4, interpolation="bilinear", name=AUX_MASK)(m)
-    model = keras.Model(inputs, [prob, mask], name=f"efficientnet_{variant}_segaux")
+    model = keras.Model(inputs, [*heads, mask], name=f"efficientnet_{variant}_segaux")
     if weights is not None:
         from edgebus.models.weights import load_backbone_weights
 
@@ -297,27 +321,27 @@ def _lite_classifier_segaux(variant: str, input_shape, weights, dropout: float, 
 
 
 @register("efficientnet-lite0-segaux", "classify", size=160)
-def efficientnet_lite0_segaux(input_shape, weights=None, dropout: float = 0.2, bn_momentum: float | None = 0.9):
+def efficientnet_lite0_segaux(input_shape, weights=None, dropout: float = 0.2, bn_momentum: float | None = 0.9, descriptors: int = 0):
     """EfficientNet-Lite0 classifier trained with an auxiliary lesion-mask decoder (segmentation-guided); exports as a plain classifier."""
-    return _lite_classifier_segaux("lite0", input_shape, weights, dropout, bn_momentum)
+    return _lite_classifier_segaux("lite0", input_shape, weights, dropout, bn_momentum, descriptors)
 
 
 @register("efficientnet-lite0", "classify", size=160)
-def efficientnet_lite0(input_shape, weights=None, dropout: float = 0.2, bn_momentum: float | None = 0.9):
+def efficientnet_lite0(input_shape, weights=None, dropout: float = 0.2, bn_momentum: float | None = 0.9, descriptors: int = 0):
     """EfficientNet-Lite0 (ReLU6, no SE; int8/Edge TPU friendly) + global pool + sigmoid head, one flat graph."""
-    return _lite_classifier("lite0", input_shape, weights, dropout, bn_momentum)
+    return _lite_classifier("lite0", input_shape, weights, dropout, bn_momentum, descriptors)
 
 
 @register("efficientnet-lite1", "classify", size=224)
-def efficientnet_lite1(input_shape, weights=None, dropout: float = 0.2, bn_momentum: float | None = 0.9):
+def efficientnet_lite1(input_shape, weights=None, dropout: float = 0.2, bn_momentum: float | None = 0.9, descriptors: int = 0):
     """EfficientNet-Lite1 (native 240 px) + global pool + sigmoid head, one flat graph."""
-    return _lite_classifier("lite1", input_shape, weights, dropout, bn_momentum)
+    return _lite_classifier("lite1", input_shape, weights, dropout, bn_momentum, descriptors)
 
 
 @register("efficientnet-lite2", "classify", size=256)
-def efficientnet_lite2(input_shape, weights=None, dropout: float = 0.3, bn_momentum: float | None = 0.9):
+def efficientnet_lite2(input_shape, weights=None, dropout: float = 0.3, bn_momentum: float | None = 0.9, descriptors: int = 0):
     """EfficientNet-Lite2 (native 260 px) + global pool + sigmoid head, one flat graph."""
-    return _lite_classifier("lite2", input_shape, weights, dropout, bn_momentum)
+    return _lite_classifier("lite2", input_shape, weights, dropout, bn_momentum, descriptors)
 
 
 def _lite_unet(variant: str, input_shape, weights, bn_momentum: float | None,

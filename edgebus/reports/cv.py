@@ -65,6 +65,12 @@ def cv_markdown(summary: dict, recs: list, manifest) -> str:
         lines += ["", "The same float models on crops around the TRUE masks (what segmentation errors cost):", "",
                   "| metric | pooled out-of-fold, true-mask crops [95% bootstrap CI] |", "|---|---|"]
         lines += [f"| {key} | {interval_text(summary['bootstrap_oracle'][key])} |" for key in keys]
+    if "descriptors" in summary:
+        lines += ["", "BI-RADS descriptors predicted beside malignancy (float, pooled out-of-fold; unknown cells left out):", "",
+                  "| descriptor | n | present | accuracy | Cohen's kappa | AUC |", "|---|---|---|---|---|---|"]
+        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+        for name, m in summary["descriptors"].items():
+            lines.append(f"| {name} | {m['n']} | {m['positive']} | {fmt(m['accuracy'])} | {fmt(m['kappa'])} | {fmt(m['auc'])} |")
     if "crop_fallbacks" in summary:
         fb = summary["crop_fallbacks"]
         lines.append("\nFrames where the segmenter found no lesion (classified whole, padded to a square): "

@@ -17,7 +17,7 @@ from edgebus.core.io import atomic_write, write_json
 from edgebus.runtime.overlay import render_overlay, save_png
 from edgebus.runtime.pipeline import LATENCY_KEYS, LesionPipeline
 
-CSV_FIELDS = ("file", "width", "height", "prob_malignant", "prob_raw", "label", "threshold", "mask_threshold", "mask_area_px",
+CSV_FIELDS = ("file", "width", "height", "prob_malignant", "prob_raw", "label", "threshold", "findings", "mask_threshold", "mask_area_px",
               "pixel_size_mm", "mask_area_mm2", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1",
               *(f"latency_{k}_ms" for k in LATENCY_KEYS), "overlay", "mask_file", "error")
 
@@ -105,6 +105,8 @@ def _describe_result(res: dict) -> str:
         else:
             parts.append(f"{res['label']} {res['prob_malignant']:.3f} calibrated (model output {res['prob_raw']:.3f}, "
                          f"threshold {res['threshold']:.2f})")
+    if res.get("findings"):
+        parts.append(res["findings"])
     if res["mask_area_px"] is not None:
         if res["mask_area_px"] == 0:
             parts.append("no lesion found")

@@ -124,8 +124,9 @@ class TFLiteModel:
         d = self.outputs[i]
         return self.dequantize(self.interpreter.get_tensor(d["index"]), d)
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """NHWC float [0, 1] batch of any size -> float outputs, one invoke per image."""
+    def predict(self, x: np.ndarray, outputs=(0,)) -> np.ndarray | list:
+        """NHWC float [0, 1] batch of any size -> float outputs, one invoke per image: the first
+        output, or a list of the outputs at the indices in `outputs` when more than one is asked."""
         if x.ndim == 3:
             x = x[None]
         if tuple(x.shape[1:]) != self.input_shape[1:]:
@@ -133,12 +134,14 @@ class TFLiteModel:
                 f"{self.path}: input shape {tuple(x.shape[1:])} does not match the model's {self.input_shape[1:]}; "
                 "preprocess with the model's own contract"
             )
-        out = []
+        out = [[] for _ in outputs]
         for xi in x:
             self.set_input(xi[None])
             self.invoke()
-            out.append(self.get_output(0)[0])
-        return np.stack(out)
+            for k, i in enumerate(outputs):
+                out[k].append(self.get_output(i)[0])
+        res = [np.stack(o) for o in out]
+        return res[0] if len(outputs) == 1 else res
 
     def tensor_dtypes(self) -> list[str]:
         return sorted({np.dtype(t["dtype"]).name for t in self.interpreter.get_tensor_details()})

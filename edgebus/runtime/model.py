@@ -77,10 +77,19 @@ class ExportedModel:
         if self.model.input_shape != (1, h, w, c):
             raise EdgebusError(f"{path}: input shape {self.model.input_shape} does not match its metadata's preprocess "
                                f"size {h}x{w}x{c}; the file was altered or mislabelled, re-export it")
-        wrong = self.task.check_output(tuple(int(s) for s in self.model.outputs[0]["shape"]), (h, w))
-        if wrong:
-            raise EdgebusError(f"{path}: output shape {tuple(self.model.outputs[0]['shape'])} is not {wrong}; "
+        shapes = [tuple(int(s) for s in o["shape"]) for o in self.model.outputs]
+        self.descriptors = meta.get("descriptors") or []  # [{"name", "column", "labels"}], in output order
+        # the outputs are told apart by size: the interpreter does not keep the Keras output order
+        self.out_index = next((i for i, sh in enumerate(shapes) if self.task.check_output(sh, (h, w)) is None), None)
+        if self.out_index is None:
+            raise EdgebusError(f"{path}: output shape {shapes[0]} is not {self.task.check_output(shapes[0], (h, w))}; "
                                f"not an edgebus {have} model")
+        self.desc_index = None
+        if self.descriptors:
+            n = len(self.descriptors)
+            self.desc_index = next((i for i, sh in enumerate(shapes) if i != self.out_index and int(np.prod(sh[1:])) == n), None)
+            if self.desc_index is None:
+                raise EdgebusError(f"{path}: metadata names {n} BI-RADS descriptors but no output has {n} values; re-export it")
         try:
             self.threshold = float(meta.get("threshold", DEFAULT_THRESHOLD))
         except (TypeError, ValueError):
@@ -95,8 +104,16 @@ class ExportedModel:
         self.labels = list(meta.get("labels") or self.task.labels)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """NHWC float [0, 1] at the contract's size -> float outputs, one invoke per image."""
-        return self.model.predict(x)
+        """NHWC float [0, 1] at the contract's size -> the task's output (malignant probability or
+        mask), one invoke per image."""
+        return self.model.predict(x, (self.out_index,))
+
+    def predict_with_descriptors(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(task output, BI-RADS descriptor probabilities (N, k) or None) in one invoke per image."""
+        if self.desc_index is None:
+            return self.predict(x), None
+        out, desc = self.model.predict(x, (self.out_index, self.desc_index))
+        return out, desc.reshape(len(x), -1)
 
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """(N, H, W) uint8 pixels at the model's size (an evaluation pack) -> outputs."""
@@ -104,7 +121,7 @@ class ExportedModel:
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """HxWxC float [0, 1] at the contract's size -> the model's float output (batch dim dropped)."""
-        return self.model.predict(x[None])[0]
+        return self.predict(x[None])[0]
 
     def calibrated(self, p) -> np.ndarray:
         """The probability to show for raw outputs `p` (the identity without a calibration)."""
@@ -119,7 +136,7 @@ class ExportedModel:
         return {"file": str(self.path), "sha256": sha256_file(self.path), "task": self.task.name,
                 "format": m.get("format"), "source": m.get("source"), "model": (m.get("model") or {}).get("name"),
                 "input_size": list(self.size), "threshold": self.threshold, "labels": self.labels,
-                "calibration": self.calibration,
+                "calibration": self.calibration, "descriptors": [d["name"] for d in self.descriptors],
                 "source_run": m.get("source_run"), "data_fingerprint": m.get("data_fingerprint"),
                 "interpreter": f"{self.model.backend} {self.model.backend_version}",
                 "xnnpack": self.model.xnnpack, "threads": self.model.num_threads}

@@ -58,6 +58,9 @@ def caption(result: dict) -> list[str]:
     lines = []
     if result.get("prob_malignant") is not None:
         lines.append(f"{result['label']} {result['prob_malignant']:.2f}")
+    for v in (result.get("descriptors") or {}).values():  # the findings the model sees, in the lexicon's words
+        if v["probability"] >= 0.5:
+            lines.append(v["finding"])
     if result.get("mask_area_px") is not None:
         if not result["mask_area_px"]:
             lines.append("no lesion found")

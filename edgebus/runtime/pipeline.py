@@ -8,6 +8,9 @@ imported here, so a cart application can embed it::
     r = cart.predict("frame.png", pixel_size_mm=0.078)                                     # per frame
     r["prob_malignant"], r["label"], r["mask"], r["mask_area_mm2"], r["bbox"]
 
+A classifier trained with BI-RADS descriptor heads also gives `descriptors` ({name: {"probability",
+"finding"}}) and `findings` ("irregular shape, not circumscribed margin, posterior shadowing, ...").
+
 `prob_raw` is the classifier's output, which its stored threshold applies to (`label`);
 `prob_malignant` is that output through the model's calibration (Platt scaling fitted out-of-fold,
 `edgebus operating-point CV_DIR`), or the same number when the model carries none.
@@ -42,7 +45,7 @@ from edgebus.runtime.model import ExportedModel
 from edgebus.runtime.overlay import render_overlay
 
 LATENCY_KEYS = ("load", "classify", "segment", "total")
-RESULT_FIELDS = ("file", "width", "height", "prob_malignant", "prob_raw", "label", "threshold", "mask_threshold", "mask",
+RESULT_FIELDS = ("file", "width", "height", "prob_malignant", "prob_raw", "label", "threshold", "descriptors", "findings", "mask_threshold", "mask",
                  "mask_area_px", "pixel_size_mm", "mask_area_mm2", "bbox", "crop", "latency_ms", "error")
 
 
@@ -150,7 +153,12 @@ class LesionPipeline:
                 res["crop"] = crop_square_px(gray.shape, box, c.contract["crop"]["margin"])
             else:
                 x = model_input(c)
-            p = float(np.clip(c.run(x).reshape(-1)[0], 0.0, 1.0))
+            out, desc = c.predict_with_descriptors(x[None])
+            p = float(np.clip(np.asarray(out).reshape(-1)[0], 0.0, 1.0))
+            if desc is not None:  # the radiologist's words: "irregular shape, not circumscribed margin, ..."
+                res["descriptors"] = {d["name"]: {"probability": round(float(q), 4), "finding": d["labels"][int(q >= 0.5)]}
+                                      for d, q in zip(c.descriptors, np.asarray(desc).reshape(-1))}
+                res["findings"] = ", ".join(v["finding"] for v in res["descriptors"].values())
             res["prob_raw"] = round(p, 6)  # the model's output: what the threshold applies to
             res["prob_malignant"] = round(float(c.calibrated(p)), 6)  # calibrated where the model carries one
             res["threshold"] = c.threshold

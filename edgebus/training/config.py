@@ -26,6 +26,7 @@ class FitConfig:
     model_kwargs: dict = dataclasses.field(default_factory=dict)
     augment: bool | str = True  # True / "flip", "ultrasound" (edgebus.engine.augment), False / "none"
     normalize: str | None = None  # "percentile": intensity normalisation in the preprocessing contract
+    descriptors: bool = False  # also train BI-RADS descriptor heads (edgebus.core.descriptors), where the sheet has them
     threshold: float = DEFAULT_THRESHOLD
 
     def resolve(self, command: str) -> str:
@@ -47,7 +48,21 @@ class FitConfig:
         for name in ("epochs", "lr"):
             if hasattr(self, name) and isinstance(getattr(self, name), (int, float)):
                 (_positive if name == "lr" else _whole)(f"--{name}", getattr(self, name), 1)
+        if self.descriptors and task != "classify":
+            raise EdgebusError("--descriptors adds BI-RADS heads to a classifier; a segmenter has none")
         return task
+
+    def use_descriptors(self, ds, log=print) -> bool:
+        """Give the model its descriptor heads when asked and the sheet has the columns; else say so."""
+        if not self.descriptors:
+            return False
+        from edgebus.core.descriptors import COLUMNS, DESCRIPTORS
+
+        if not ds.has_descriptors:
+            log(f"{ds.sheet}: no BI-RADS descriptor columns ({', '.join(COLUMNS)}); training malignancy only")
+            return False
+        self.model_kwargs = {**self.model_kwargs, "descriptors": len(DESCRIPTORS)}
+        return True
 
 
 def _whole(opt: str, v, lo: int) -> None:

@@ -44,7 +44,7 @@ class CVConfig(FitConfig):
 
 _CV_IDENTITY = ("task", "model", "folds", "size", "epochs", "lr", "batch", "seed", "weights", "model_kwargs",
                 "val_fraction", "augment", "keep", "threshold", "int8", "crop_margin", "int8_source", "qat_epochs",
-                "normalize")
+                "normalize", "descriptors")
 
 
 def _fold_record(task, f, fold, data, probs, metrics, kept_epoch, wall, threshold) -> dict:
@@ -68,15 +68,18 @@ def _int8_fold(model, task, data, cfg: CVConfig, contract: dict, test_x=None, ke
     from edgebus.export.int8 import QAT_LR_FRACTION, calibration_set, int8_probs, qat_model
     from edgebus.training.crops import predicted_boxes
 
-    (xtr, ytr, *_), (xte, yte, *_) = data["train"], data["test"]
-    calib = calibration_set(xtr, 100, cfg.seed)
+    xte, yte = data["test"][:2]
+    calib = calibration_set(data["train"][0], 100, cfg.seed)
     models = {"ptq": model}
     if cfg.int8_source == "qat":
-        models["qat"] = qat_model(model, task, xtr, ytr, calib, cfg.qat_epochs, QAT_LR_FRACTION * cfg.lr, cfg.batch,
+        models["qat"] = qat_model(model, task, data["train"], calib, cfg.qat_epochs, QAT_LR_FRACTION * cfg.lr, cfg.batch,
                                   cfg.seed)[0]
     src = "qat" if "qat" in models else "ptq"
+    from edgebus.core.descriptors import metadata as descriptor_metadata
+
+    heads = descriptor_metadata() if cfg.model_kwargs.get("descriptors") else None
     probs = int8_probs(models, task, calib, contract, cfg.threshold, xte if test_x is None else test_x,
-                       keep={src: keep} if keep else None)
+                       keep={src: keep} if keep else None, descriptors=heads)
     rec = {"test_int8": task.metrics(yte, probs[src], cfg.threshold), "int8_source": src}
     rec.update(task.case_record(yte, probs[src], rec["test_int8"], "_int8"))
     if src == "qat":
@@ -121,6 +124,7 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print) -> dict:
         raise EdgebusError("--boxes-from serves a lesion-crop classifier: give --crop-margin too")
     contract = preprocess_contract(cfg.size, 3, cfg.crop_margin, cfg.normalize)
     ds, cases = read_lesions(cfg.data)
+    cfg.use_descriptors(ds, log)
     by_id = {c.case_id: c for c in cases}
     hashes = content_hashes(cases)
     groups = content_groups(hashes)
@@ -140,7 +144,7 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print) -> dict:
     from edgebus.compat import keras, set_seed
     from edgebus.engine.fit import build_compiled, fit_keep, predict
     from edgebus.engine.models import device_name, save_model
-    from edgebus.models.registry import has_aux_mask
+    from edgebus.models.registry import DESCRIPTORS_OUTPUT, has_aux_mask, has_descriptors
     from edgebus.training.train import model_info
 
     set_seed(cfg.seed)
@@ -174,11 +178,18 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print) -> dict:
             set_seed(cfg.seed)
             model = build_compiled(cfg.model, cfg.size, cfg.weights, cfg.model_kwargs, task.name)
         boxes = None if seg_boxes is None else {**seg_boxes[f]["val"], **seg_boxes[f]["test"]}
-        data = load_split_data(by_id, fold, contract, task, boxes, masks=has_aux_mask(model))
+        data = load_split_data(by_id, fold, contract, task, boxes, masks=has_aux_mask(model),
+                               descriptors=has_descriptors(model))
         model, _, kept, wall = fit_keep(model, task.name, cfg, data, progress)
         probs = {k: predict(model, data[k][0], cfg.batch) for k in ("val", "test")}
         metrics = {k: task.metrics(data[k][1], probs[k], cfg.threshold) for k in probs}
         rec = _fold_record(task, f, fold, data, probs, metrics, kept, wall, cfg.threshold)
+        if has_descriptors(model):  # out-of-fold BI-RADS descriptor outputs, for per-descriptor scores
+            from edgebus.engine.fit import predict_outputs
+
+            d = predict_outputs(model, data["test"][0], cfg.batch)[DESCRIPTORS_OUTPUT]
+            rec["test_descriptor_prob"] = np.round(d, 5).tolist()
+            rec["test_descriptors"] = data["test"][3].astype(int).tolist()
         test_x8 = None if seg_boxes is None else _crop_extras(model, task, cfg, contract, fold, by_id, seg_boxes[f], rec)
         fold_dir = out / f"fold{f}"
         fold_dir.mkdir(exist_ok=True)
@@ -247,6 +258,13 @@ def summarize_cv(out: str | Path, n_boot: int = 2000) -> dict:
         extra = pooled(suffix)
         if extra is not None:
             summary[f"bootstrap{suffix}"] = extra[1]
+    if all("test_descriptor_prob" in r for r in recs):
+        from edgebus.core.descriptors import DESCRIPTORS
+        from edgebus.core.metrics import descriptor_metrics
+
+        summary["descriptors"] = descriptor_metrics(np.concatenate([r["test_descriptors"] for r in recs]),
+                                                    np.concatenate([r["test_descriptor_prob"] for r in recs]),
+                                                    [d.name for d in DESCRIPTORS])
     if all("crop_fallbacks" in r for r in recs):
         summary["crop_fallbacks"] = {k: sum(r["crop_fallbacks"].get(k, 0) for r in recs) for k in recs[0]["crop_fallbacks"]}
     if "confusion_matrix" in summary["pooled"]:

@@ -35,7 +35,7 @@ def set_operating_point(run_dir, target: float = 0.9, log=print) -> dict:
 
     model = load_run_model(run)
     data = load_run_arrays(run, ("val", "test"))
-    (xva, yva), (xte, yte) = data["val"], data["test"]
+    (xva, yva), (xte, yte) = data["val"][:2], data["test"][:2]
     pva, pte = predict(model, xva).ravel(), predict(model, xte).ravel()
     op = threshold_for_sensitivity(yva, pva, target)
     thr = op["threshold"]

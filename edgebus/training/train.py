@@ -50,18 +50,28 @@ def write_model(run: Run, model, history_csv: str | None) -> None:
 
 
 def write_metrics(run: Run, model, data: dict, batch: int) -> dict:
-    """The float Keras model's val/test metrics at the run's threshold: metrics.json and the manifest."""
-    from edgebus.engine.fit import predict
+    """The float Keras model's val/test metrics at the run's threshold (and, with descriptor heads,
+    each descriptor's accuracy and Cohen's kappa): metrics.json and the manifest."""
+    from edgebus.core.descriptors import DESCRIPTORS
+    from edgebus.core.metrics import descriptor_metrics
+    from edgebus.engine.fit import predict_outputs
+    from edgebus.models.registry import DESCRIPTORS_OUTPUT
 
-    metrics = {k: run.task.metrics(data[k][1], predict(model, data[k][0], batch), run.manifest.threshold)
-               for k in ("val", "test")}
-    write_json(run.file("metrics.json"), metrics)
+    metrics, desc = {}, {}
+    for k in ("val", "test"):
+        out = predict_outputs(model, data[k][0], batch)
+        metrics[k] = run.task.metrics(data[k][1], out.get("malignant_prob", next(iter(out.values()))), run.manifest.threshold)
+        if DESCRIPTORS_OUTPUT in out:
+            desc[k] = descriptor_metrics(data[k][3], out[DESCRIPTORS_OUTPUT], [d.name for d in DESCRIPTORS])
+    write_json(run.file("metrics.json"), {**metrics, **({"descriptors": desc} if desc else {})})
     run.add_artifact("metrics.json", "metrics")
     run.manifest.metrics["keras"] = metrics
+    if desc:
+        run.manifest.metrics["descriptors"] = desc
     return metrics
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> Run:
+def train(cfg: TrainConfig, progress: bool = True, log=print) -> Run:
     """Read the data, split it, train, evaluate on val and test, and write the run directory."""
     task = cfg.resolve("train")
     if not cfg.out:
@@ -74,6 +84,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Run:
         raise EdgebusError(f"--keep '{cfg.keep}': choose best or last")
     contract = preprocess_contract(cfg.size, 3, cfg.crop_margin, cfg.normalize)
     ds, cases = read_lesions(cfg.data)
+    cfg.use_descriptors(ds, log)
     by_id = {c.case_id: c for c in cases}
     split = stratified_split([c.case_id for c in cases], [c.label for c in cases], cfg.split_fractions, cfg.seed)
     fp = fingerprint(ds)
@@ -89,7 +100,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Run:
     from edgebus.compat import set_seed
     from edgebus.engine.fit import build_compiled, fit_keep, history_csv
     from edgebus.engine.models import framework
-    from edgebus.models.registry import has_aux_mask
+    from edgebus.models.registry import has_aux_mask, has_descriptors
 
     set_seed(cfg.seed)
     model = build_compiled(cfg.model, cfg.size, cfg.weights, cfg.model_kwargs, task)
@@ -101,7 +112,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Run:
         run.manifest.crop = {"boxes": "boxes.json", "train": "true masks", "val_test": box_source}
         run.save()
 
-    data = load_split_data(by_id, split, contract, task, boxes, masks=has_aux_mask(model))
+    data = load_split_data(by_id, split, contract, task, boxes, masks=has_aux_mask(model),
+                           descriptors=has_descriptors(model))
     model, hist, kept, wall = fit_keep(model, task, cfg, data, progress)
     write_model(run, model, history_csv(hist.history))
     write_metrics(run, model, data, cfg.batch)
