@@ -65,15 +65,14 @@ def encode_row(cells: dict, where: str = "") -> tuple:
     return tuple(encode_value(d, cells.get(d.column), where) for d in DESCRIPTORS)
 
 
-def findings(probs, threshold: float = 0.5) -> tuple[dict, str]:
+def findings(probs, described: list | None = None, threshold: float = 0.5) -> tuple[dict, str]:
     """({name: {"probability", "finding"}}, "irregular shape, not circumscribed margin, ...") of one
-    lesion's descriptor outputs."""
-    out, words = {}, []
-    for d, p in zip(DESCRIPTORS, np.asarray(probs, dtype=np.float64).ravel()):
-        label = d.labels[int(p >= threshold)]
-        out[d.name] = {"probability": round(float(p), 4), "finding": label}
-        words.append(label)
-    return out, ", ".join(words)
+    lesion's descriptor outputs; `described`: an exported file's descriptor metadata (default: DESCRIPTORS)."""
+    described = described or metadata()
+    out = {}
+    for d, p in zip(described, np.asarray(probs, dtype=np.float64).ravel()):
+        out[d["name"]] = {"probability": round(float(p), 4), "finding": d["labels"][int(p >= threshold)]}
+    return out, ", ".join(v["finding"] for v in out.values())
 
 
 def metadata() -> list[dict]:

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from edgebus.core.descriptors import findings
 from edgebus.core.errors import EdgebusError
 from edgebus.data.preprocess import crop_square_px, lesion_box
 from edgebus.runtime.bundle import load_bundle
@@ -156,9 +157,7 @@ class LesionPipeline:
             out, desc = c.predict_with_descriptors(x[None])
             p = float(np.clip(np.asarray(out).reshape(-1)[0], 0.0, 1.0))
             if desc is not None:  # the radiologist's words: "irregular shape, not circumscribed margin, ..."
-                res["descriptors"] = {d["name"]: {"probability": round(float(q), 4), "finding": d["labels"][int(q >= 0.5)]}
-                                      for d, q in zip(c.descriptors, np.asarray(desc).reshape(-1))}
-                res["findings"] = ", ".join(v["finding"] for v in res["descriptors"].values())
+                res["descriptors"], res["findings"] = findings(desc, c.descriptors)
             res["prob_raw"] = round(p, 6)  # the model's output: what the threshold applies to
             res["prob_malignant"] = round(float(c.calibrated(p)), 6)  # calibrated where the model carries one
             res["threshold"] = c.threshold

@@ -75,14 +75,6 @@ def _positive(opt: str, v, _=None) -> None:
         raise EdgebusError(f"{opt} {v}: give a positive number")
 
 
-def check_positive(opt: str, v) -> None:
-    _positive(opt, v)
-
-
-def check_whole(opt: str, v, lo: int = 1) -> None:
-    _whole(opt, v, lo)
-
-
 @dataclasses.dataclass(kw_only=True)
 class TrainConfig(FitConfig):
     epochs: int = 20
