@@ -84,6 +84,8 @@ def test_cv_stress_scores_every_case_out_of_fold(synthetic_breast_dir, tmp_path)
 
 def test_a_lone_file_needs_data(cls_run, chain_data, tmp_path):
     one_line_error(cli("stress", cls_run / "model_int8.tflite", "--out", tmp_path), "--data")
+    (tmp_path / "taken").write_text("x")
+    one_line_error(cli("stress", cls_run, "--out", tmp_path / "taken"), "taken", "not a folder")
     r = cli("stress", cls_run / "model_int8.tflite", "--data", chain_data, "--out", tmp_path)
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "stress.json").read_text())

@@ -98,12 +98,12 @@ def cv_operating_point(cv_dir, target: float = 0.9, source: str = "auto", out=No
     cv_dir = Path(cv_dir)
     if not 0 < target <= 1:
         raise EdgebusError(f"--target-sensitivity {target}: give a value in (0, 1], e.g. 0.9")
-    y, p, fold, source = _oof(cv_dir, source)
-    op = crossfit_operating_point(y, p, fold, target)
-    op.update(chosen_on="cv out-of-fold", source=source, cv=str(cv_dir))
     out = Path(out or cv_dir)
     if out.exists() and not out.is_dir():
         raise EdgebusError(f"{out}: exists and is not a folder; pick another --out")
+    y, p, fold, source = _oof(cv_dir, source)
+    op = crossfit_operating_point(y, p, fold, target)
+    op.update(chosen_on="cv out-of-fold", source=source, cv=str(cv_dir))
     write_json(out / "operating_point.json", op)
     reliability_plot({"raw": op["reliability"]["raw"], "Platt, cross-fitted": op["reliability"]["calibrated_cross_fitted"]},
                      out / "reliability.png", f"{cv_dir.name}: {source} out-of-fold (n={op['n']})")

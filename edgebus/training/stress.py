@@ -109,6 +109,9 @@ def run_stress(target, data=None, fmt: str = "breast", out=None, seed: int = 0, 
     from edgebus.reports.stress import stress_markdown, stress_plot
 
     target = Path(target)
+    out = Path(out) if out else (target.parent if target.is_file() else target / "stress")
+    if out.exists() and not out.is_dir():  # before minutes of scoring, not after
+        raise EdgebusError(f"{out}: exists and is not a folder; pick another --out")
     groups, task, contract, thr, desc = _target(target, data, fmt)
     if "crop" in contract:
         raise EdgebusError(f"{target}: a lesion-crop classifier needs its segmenter's boxes for every changed frame; "
@@ -153,9 +156,6 @@ def run_stress(target, data=None, fmt: str = "breast", out=None, seed: int = 0, 
     result = {"schema": "edgebus.stress/1", "created": now(), "target": str(target), "description": desc,
               "task": task.name, "threshold": thr, "seed": seed, "n": len(labels), "changes": CHANGES,
               "kinds": kinds, "rows": rows, "summary": summary}
-    out = Path(out) if out else (target.parent if target.is_file() else target / "stress")
-    if out.exists() and not out.is_dir():
-        raise EdgebusError(f"{out}: exists and is not a folder; pick another --out")
     write_json(out / "stress.json", result)
     stress_plot(result, out / "stress.png")
     atomic_write(out / "stress.md", stress_markdown(result))
