@@ -59,8 +59,10 @@ def test_a_robust_run_trains_exports_and_the_cart_normalises(synthetic_breast_di
     assert r.exit_code == 0, r.output
     m = manifest(run)
     assert m["preprocess"]["normalize"]["kind"] == "percentile"
-    assert m["stages"]["train"]["epochs"] == 3
-    assert cli("export", run, "--int8", "--ptq").exit_code == 0
+    assert m["stages"]["train"]["epochs"] == 3 and m["stages"]["train"]["augment"] == "ultrasound"
+    r = cli("export", run, "--int8", "--qat-epochs", 1)
+    assert r.exit_code == 0, r.output
+    assert manifest(run)["stages"]["export"]["qat"]["augment"] == "ultrasound"  # QAT sees what training saw
     assert read_metadata(run / "model_int8.tflite")["preprocess"]["version"] == 3
     frame = sorted((synthetic_breast_dir / "BrEaST-Lesions_USG-images_and_masks").glob("case*[0-9].png"))[0]
     res = LesionPipeline(segmenter=run / "model_int8.tflite").predict(frame)

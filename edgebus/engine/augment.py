@@ -3,7 +3,8 @@
 "flip" (the default since 0.1.0): a left-right mirror; lesion shape cues (taller-than-wide,
 shadowing) survive it. "ultrasound": the acquisition changes of the stress benchmark at training
 strength, so a model learns what must not matter: overall gain, dynamic range (gamma, contrast),
-electronic noise, a softer or lower-resolution image, less depth (the near field zoomed), another
+electronic noise, a softer image (Gaussian blur, sigma 0.3-1.6 px) or a coarser one (down- and
+up-sampled by 0.3-0.8), less depth (the near field zoomed), another
 frame aspect (black side bars), and the mirror. Written with tf.image / tf.nn ops (no extra
 dependency, runs inside the same input pipeline, deterministic under the run's seed) and
 independently of edgebus.data.stress's PIL implementation, so the stress benchmark does not test
@@ -49,6 +50,28 @@ def _geometric(tf, a, masks, frac_h, frac_w, pad):
     return one(a, "bilinear"), [one(m, "nearest") for m in masks]
 
 
+def _blur(tf, a, sigma):
+    """Separable Gaussian blur of an (H, W, C) image, `sigma` in pixels of the model input: a
+    lower-frequency transducer or a different focus, the change the stress benchmark found most
+    harmful (3x3 averaging alone, sigma ~0.8, was too gentle to teach it)."""
+    r = tf.range(-4, 5, dtype=tf.float32)
+    k = tf.exp(-0.5 * tf.square(r / sigma))
+    k = k / tf.reduce_sum(k)
+    c = tf.shape(a)[-1]
+    kx = tf.tile(tf.reshape(k, (1, 9, 1, 1)), [1, 1, c, 1])
+    ky = tf.tile(tf.reshape(k, (9, 1, 1, 1)), [1, 1, c, 1])
+    x = tf.nn.depthwise_conv2d(a[None], kx, (1, 1, 1, 1), "SAME")
+    return tf.nn.depthwise_conv2d(x, ky, (1, 1, 1, 1), "SAME")[0]
+
+
+def _lowres(tf, a, factor):
+    """Down- then up-sampling by `factor` (bilinear): a coarser scan line density or a frame grabbed
+    at a lower resolution."""
+    h, w = tf.shape(a)[0], tf.shape(a)[1]
+    small = tf.maximum(8, tf.cast(tf.cast(tf.stack([h, w]), tf.float32) * factor, tf.int32))
+    return tf.image.resize(tf.image.resize(a, small, "area"), (h, w), "bilinear")
+
+
 def ultrasound(tf, a, masks: list):
     """One training sample (H, W, C image in [0, 1], masks (H, W, 1)) through random acquisition changes."""
     a = tf.cond(_p(tf, 0.8), lambda: a * tf.random.uniform((), 0.7, 1.4), lambda: a)  # gain
@@ -58,7 +81,8 @@ def ultrasound(tf, a, masks: list):
     a = tf.cond(_p(tf, 0.5), lambda: mean + (a - mean) * tf.random.uniform((), 0.65, 1.45), lambda: a)  # contrast
     a = tf.cond(_p(tf, 0.3), lambda: a + tf.random.normal(tf.shape(a), 0.0, tf.random.uniform((), 0.0, 0.05)),
                 lambda: a)  # noise
-    a = tf.cond(_p(tf, 0.25), lambda: tf.nn.avg_pool2d(a[None], 3, 1, "SAME")[0], lambda: a)  # softer image
+    a = tf.cond(_p(tf, 0.35), lambda: _blur(tf, a, tf.random.uniform((), 0.3, 1.6)), lambda: a)  # softer image
+    a = tf.cond(_p(tf, 0.25), lambda: _lowres(tf, a, tf.random.uniform((), 0.3, 0.8)), lambda: a)  # coarser probe
     a = tf.clip_by_value(a, 0.0, 1.0)
     zoom = _p(tf, 0.4)
     frac = tf.where(zoom, tf.random.uniform((), 0.72, 1.0), 1.0)

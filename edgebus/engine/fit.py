@@ -45,7 +45,7 @@ def targets(model, part: tuple):
     return tuple(out)
 
 
-def _dataset(tf, x, y, batch, shuffle, augment, seed, task, names=()):
+def dataset(tf, x, y, batch, shuffle, augment, seed, task, names=()):
     """y: the truth array, or a tuple of targets in the order of `names` (a mask target is moved
     with the image)."""
     aux = list(names).index(AUX_MASK) if AUX_MASK in names else None
@@ -241,8 +241,8 @@ def fit_arrays(model, task: str, lr: float, data: dict, epochs: int, batch: int 
     train, val = data["train"], data["val"]
     names = output_names(model)
     return model.fit(
-        _dataset(tf, train[0], targets(model, train), batch, True, augment, seed, task, names),
-        validation_data=_dataset(tf, val[0], targets(model, val), batch, False, False, seed, task, names),
+        dataset(tf, train[0], targets(model, train), batch, True, augment, seed, task, names),
+        validation_data=dataset(tf, val[0], targets(model, val), batch, False, False, seed, task, names),
         epochs=epochs, verbose=0, callbacks=[Progress(epochs, progress), *callbacks],
     )
 

@@ -85,7 +85,8 @@ def _export_file(run: Run, key: str, fmt: str, source: str, model, calib, io_typ
 
 
 def _qat(run: Run, model, data, calib, cfg: ExportConfig, log) -> tuple:
-    """The run's QAT model: fine-tuned on its training split, saved, and proven to reload the same."""
+    """The run's QAT model: fine-tuned on its training split with the run's training augmentation
+    (older runs recorded none: clean images), saved, and proven to reload the same."""
     from edgebus.engine.fit import predict
     from edgebus.export import qat
     from edgebus.export.int8 import QAT_LR_FRACTION, qat_model
@@ -95,7 +96,8 @@ def _qat(run: Run, model, data, calib, cfg: ExportConfig, log) -> tuple:
     batch = cfg.qat_batch or int(train_stage.get("batch", 16))
     xte = data["test"][0]
     qmodel, info = qat_model(model, run.task, data["train"], calib, cfg.qat_epochs, lr, batch,
-                             seed=run.manifest.split.seed if run.manifest.split else 0, log=log)
+                             seed=run.manifest.split.seed if run.manifest.split else 0, log=log,
+                             augment=train_stage.get("augment", "none"))
     qat.save_qat_model(qmodel, run.file(qat.QAT_MODEL))
     # the saved file, not the object in memory, is what a later session has: prove it reloads the same
     again = qat.load_qat_model(run.file(qat.QAT_MODEL))

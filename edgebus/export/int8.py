@@ -23,9 +23,10 @@ def calibration_set(x: np.ndarray, n: int = 100, seed: int = 0) -> np.ndarray:
 
 
 def qat_model(model, task, part: tuple, calib: np.ndarray, epochs: int, lr: float, batch: int,
-              seed: int = 0, log=None) -> tuple:
+              seed: int = 0, log=None, augment="none") -> tuple:
     """A quantization-aware copy of `model`: activation ranges calibrated on `calib`, then
-    fine-tuned on the training part (x, truth[, masks, descriptors]). Returns (QAT Keras model, info
+    fine-tuned on the training part (x, truth[, masks, descriptors]) through the training
+    augmentation `augment`. Returns (QAT Keras model, info
     with history and the custom configs)."""
     plan = qat.annotate_plan(model)
     if plan and log:
@@ -33,8 +34,9 @@ def qat_model(model, task, part: tuple, calib: np.ndarray, epochs: int, lr: floa
     qmodel = qat.quantize(model)
     qat.calibrate_ranges(qmodel, calib, batch)
     if log:
-        log(f"QAT: fine-tuning {epochs} epochs at lr {lr:g}, batch {batch}, on {len(part[0])} training images ...")
-    info = qat.fine_tune(qmodel, task, part, epochs, lr, batch, seed=seed)
+        log(f"QAT: fine-tuning {epochs} epochs at lr {lr:g}, batch {batch}, augment {augment}, "
+            f"on {len(part[0])} training images ...")
+    info = qat.fine_tune(qmodel, task, part, epochs, lr, batch, seed=seed, augment=augment)
     info["custom_configs"] = plan
     return qmodel, info
 

@@ -255,11 +255,15 @@ def calibrate_ranges(qmodel, x: np.ndarray, batch: int = 16) -> int:
     return n
 
 
-def fine_tune(qmodel, task: str, part: tuple, epochs: int, lr: float, batch: int, seed: int = 0) -> dict:
+def fine_tune(qmodel, task: str, part: tuple, epochs: int, lr: float, batch: int, seed: int = 0,
+              augment="none") -> dict:
     """Fine-tune a QAT model on a training part (x, truth[, masks, descriptors]) with the run's own
-    losses, one per output (calibrate_ranges first); returns the loss history and wall time."""
-    from edgebus.compat import set_seed
-    from edgebus.engine.fit import compile_model, targets
+    losses, one per output (calibrate_ranges first), through the run's own training augmentation:
+    fine-tuned on clean images only, an int8 model lost twice the float model's AUC under blur.
+    Returns the loss history and wall time."""
+    from edgebus.compat import set_seed, tf
+    from edgebus.engine.augment import augment_name
+    from edgebus.engine.fit import compile_model, dataset, output_names, targets
 
     if epochs < 0:
         raise EdgebusError(f"--qat-epochs {epochs}: give 0 or more epochs")
@@ -270,12 +274,12 @@ def fine_tune(qmodel, task: str, part: tuple, epochs: int, lr: float, batch: int
     t0 = time.time()
     hist = {}
     if epochs:
-        y = targets(qmodel, part)
-        h = qmodel.fit(part[0], list(y) if isinstance(y, tuple) else y, batch_size=batch, epochs=epochs, shuffle=True,
-                       verbose=0)
+        ds = dataset(tf, part[0], targets(qmodel, part), batch, True, augment, seed, task, output_names(qmodel))
+        h = qmodel.fit(ds, epochs=epochs, verbose=0)
         hist = {k: [round(float(v), 6) for v in vals] for k, vals in h.history.items()}
     pin_input_range(qmodel)  # training cannot widen it on [0, 1] data, but make it exact
-    return {"epochs": epochs, "lr": lr, "batch": batch, "history": hist, "wall_s": round(time.time() - t0, 1)}
+    return {"epochs": epochs, "lr": lr, "batch": batch, "augment": augment_name(augment), "history": hist,
+            "wall_s": round(time.time() - t0, 1)}
 
 
 def save_qat_model(qmodel, path: Path) -> None:

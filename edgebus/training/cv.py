@@ -65,6 +65,7 @@ def _int8_fold(model, task, data, cfg: CVConfig, contract: dict, test_x=None, ke
     quantization-aware fine-tuned there, and then the QAT file is the result and PTQ the
     comparison), scored on the fold's test part (test_x: other inputs, e.g. cut with the int8
     segmenter's boxes) by the interpreter as the cart runs it."""
+    from edgebus.engine.augment import augment_name
     from edgebus.export.int8 import QAT_LR_FRACTION, calibration_set, int8_probs, qat_model
     from edgebus.training.crops import predicted_boxes
 
@@ -73,7 +74,7 @@ def _int8_fold(model, task, data, cfg: CVConfig, contract: dict, test_x=None, ke
     models = {"ptq": model}
     if cfg.int8_source == "qat":
         models["qat"] = qat_model(model, task, data["train"], calib, cfg.qat_epochs, QAT_LR_FRACTION * cfg.lr, cfg.batch,
-                                  cfg.seed)[0]
+                                  cfg.seed, augment=augment_name(cfg.augment))[0]
     src = "qat" if "qat" in models else "ptq"
     from edgebus.core.descriptors import metadata as descriptor_metadata
 

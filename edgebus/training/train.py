@@ -98,6 +98,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> Run:
 
     # Everything that can fail on bad input (model name, weights path) fails before the run exists.
     from edgebus.compat import set_seed
+    from edgebus.engine.augment import augment_name
     from edgebus.engine.fit import build_compiled, fit_keep, history_csv
     from edgebus.engine.models import framework
     from edgebus.models.registry import has_aux_mask, has_descriptors
@@ -118,6 +119,6 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> Run:
     write_model(run, model, history_csv(hist.history))
     write_metrics(run, model, data, cfg.batch)
     run.stage("train", wall_s=round(wall, 1), epochs=cfg.epochs, kept_epoch=kept, keep=cfg.keep, lr=cfg.lr,
-              batch=cfg.batch, **framework())
+              batch=cfg.batch, augment=augment_name(cfg.augment), **framework())
     run.save()
     return run
