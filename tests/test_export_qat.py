@@ -44,7 +44,7 @@ def test_qat_export_writes_full_integer_qat_and_ptq_files(run_name, request):
     qat = m["stages"]["export"]["qat"]
     assert qat["epochs"] == 3 and qat["lr"] == pytest.approx(0.1 * m["stages"]["train"]["lr"])
     assert qat["reload_max_abs_diff"] < 1e-4
-    assert m["artifacts"]["model_qat.h5"]["kind"] == "keras-qat-model"
+    assert m["artifacts"]["model_qat.weights.h5"]["kind"] == "keras-qat-weights"
     if m["task"] == "segment":  # every squeeze-and-excite gate got the output-only config
         assert qat["custom_configs"] == {f"enc{i}_se_excite": "OutputOnlyQuantizeConfig" for i in range(3)}
 
@@ -64,23 +64,29 @@ def test_int8_agrees_with_float_within_tolerance(cls_run, seg_run):
         assert m["exports"]["int8"]["agreement_vs_qat_keras"][key] >= max(min_agree, 0.98)
 
 
-def test_qat_model_reloads_inside_the_quantize_scope(seg_run):
-    from edgebus.compat import keras
+def test_qat_weights_reload_onto_the_rebuilt_model(seg_run, tmp_path):
+    """The QAT file holds weights only (no layer config that could carry code): reloaded onto the
+    run's model rebuilt from its manifest it scores exactly as at export; a file that is not HDF5
+    weights gets one line."""
+    from edgebus.core.errors import EdgebusError
     from edgebus.export.qat import load_qat_model
     from edgebus.data.arrays import load_run_arrays
     from edgebus.core.tasks import get_task
     from edgebus.core.manifest import Run
     from edgebus.engine.fit import predict
+    from edgebus.engine.models import load_run_model
 
     run = Run.load(seg_run)
-    path = run.verify_artifact("model_qat.h5")
-    with pytest.raises(ValueError):  # outside the scope the tfmot wrappers are unknown
-        keras.models.load_model(path, compile=False)
-    qmodel = load_qat_model(path)
+    path = run.verify_artifact("model_qat.weights.h5")
+    qmodel = load_qat_model(path, load_run_model(run))
     assert any(type(layer).__name__ == "QuantizeWrapperV2" for layer in qmodel.layers)
     xte, yte = load_run_arrays(run)["test"]
     got = get_task("segment").metrics(yte, predict(qmodel, xte), run.manifest.threshold)
     assert got["iou"] == pytest.approx(run.manifest.metrics["keras_qat_test"]["iou"], abs=1e-9)
+    bad = tmp_path / "x.weights.h5"
+    bad.write_bytes(b"PK\x03\x04 not weights")
+    with pytest.raises(EdgebusError, match="not an HDF5 weights file"):
+        load_qat_model(bad, load_run_model(run))
 
 
 def test_se_multiply_and_fixed_dropout_get_quantize_configs(tmp_path):
@@ -117,8 +123,8 @@ def test_se_multiply_and_fixed_dropout_get_quantize_configs(tmp_path):
     path.write_bytes(convert(qmodel, "int8", x))
     m = TFLiteModel(path)
     assert float_tensors(m) == [] and "MUL" in m.op_names()
-    qat.save_qat_model(qmodel, tmp_path / "q.h5")
-    again = qat.load_qat_model(tmp_path / "q.h5")
+    qat.save_qat_model(qmodel, tmp_path / "q.weights.h5")
+    again = qat.load_qat_model(tmp_path / "q.weights.h5", model)
     np.testing.assert_allclose(again.predict(x, verbose=0), qmodel.predict(x, verbose=0), atol=1e-6)
 
 
@@ -133,7 +139,7 @@ def test_metadata_round_trips_from_a_lone_tflite(cls_run, tmp_path):
         assert meta["source"] == source and meta["labels"] == ["benign", "malignant"]
         assert meta["io"]["input"]["dtype"] == ("float32" if source == "float" else "uint8")
     qat_meta = read_metadata(cls_run / "model_int8.tflite")
-    assert qat_meta["qat"]["epochs"] == 3 and qat_meta["qat"]["keras_model"] == "model_qat.h5"
+    assert qat_meta["qat"]["epochs"] == 3 and qat_meta["qat"]["keras_weights"] == "model_qat.weights.h5"
 
 
 def test_every_file_is_loaded_in_each_installed_interpreter(cls_run):
@@ -190,7 +196,7 @@ def test_validation_table_compares_ptq_and_qat(cls_run, seg_run):
     for run in (cls_run, seg_run):
         text = (run / "export_report.md").read_text()
         rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| model")}
-        assert {"model.keras (float)", "model_qat.h5 (QAT Keras)", "model_float32.tflite", "model_int8_ptq.tflite",
+        assert {"model.keras (float)", "model_qat.weights.h5 (QAT Keras)", "model_float32.tflite", "model_int8_ptq.tflite",
                 "model_int8.tflite"} <= set(rows)
         assert "| ptq |" in rows["model_int8_ptq.tflite"] and "| qat |" in rows["model_int8.tflite"]
         assert manifest(run)["artifacts"]["export_report.md"]["kind"] == "export-report"

@@ -4,6 +4,7 @@ unit; a killed process loses at most the unit in progress)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -44,6 +45,78 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def make_dir(path: str | Path, what: str = "output folder") -> Path:
+    """Create (or reuse) an output folder, refusing one that is a symlink or a file: a link planted
+    in a run or output folder must not send writes outside it."""
+    path = Path(path)
+    if path.is_symlink():
+        raise EdgebusError(f"{path}: is a symbolic link; edgebus does not write through links, remove it or pick another {what}")
+    if path.exists() and not path.is_dir():
+        raise EdgebusError(f"{path}: exists and is not a folder; pick another {what}")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def atomic_save(path: str | Path, save) -> Path:
+    """Let `save(tmp_path)` write a file (a Keras model, say) under a temp folder made fresh in the
+    target folder (mkdtemp: a planted name cannot be followed), then rename it to `path`. A final
+    name that is a symlink is replaced, not followed."""
+    path = Path(path)
+    tmp_dir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        tmp = tmp_dir / path.name
+        save(tmp)
+        if tmp.is_symlink() or not tmp.is_file():
+            raise EdgebusError(f"{path}: the writer made no regular file")
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    finally:
+        for p in sorted(tmp_dir.rglob("*"), reverse=True):
+            p.unlink() if not p.is_dir() or p.is_symlink() else p.rmdir()
+        tmp_dir.rmdir()
+    return path
+
+
+@contextlib.contextmanager
+def locked(folder: str | Path):
+    """An exclusive advisory lock on `folder` (fcntl on its .edgebus.lock file) for a
+    read-modify-write of a shared file in it: two stages at once wait for each other instead of
+    one silently dropping the other's entries. Released when the process dies."""
+    import fcntl
+
+    lock = Path(folder) / ".edgebus.lock"
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as e:
+        raise EdgebusError(f"{lock}: cannot open the lock file ({e.strerror}); remove it if it is a link") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def merge3(base, mine, theirs):
+    """Three-way merge of JSON values: what this process changed since it read `base` (mine) is
+    laid over what is on disk now (theirs); dicts merge key by key, anything else that both sides
+    changed takes mine."""
+    if mine == base:
+        return theirs
+    if theirs == base or not (isinstance(mine, dict) and isinstance(theirs, dict) and isinstance(base, dict)):
+        return mine
+    out = {}
+    for k in list(theirs) + [k for k in mine if k not in theirs]:
+        b, m, t = base.get(k, _MISSING), mine.get(k, _MISSING), theirs.get(k, _MISSING)
+        v = merge3(b, m, t) if _MISSING not in (b, m, t) else (t if m == b else m)
+        if v is not _MISSING:
+            out[k] = v
+    return out
+
+
+_MISSING = object()
 
 
 def json_default(o):

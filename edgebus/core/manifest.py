@@ -16,7 +16,7 @@ from pathlib import Path
 
 from edgebus import __version__
 from edgebus.core.errors import EdgebusError
-from edgebus.core.io import now, read_json, sha256_file, write_json
+from edgebus.core.io import locked, merge3, now, read_json, sha256_file, write_json
 from edgebus.core.metrics import DEFAULT_THRESHOLD
 from edgebus.core.tasks import TASKS, Task, get_task
 
@@ -126,9 +126,10 @@ class Run:
     """A run directory and its manifest. Every stage loads the run, does its work, records
     artifacts and metrics, then `save()`s."""
 
-    def __init__(self, path: str | Path, manifest: RunManifest):
+    def __init__(self, path: str | Path, manifest: RunManifest, base: dict | None = None):
         self.path = Path(path)
         self.manifest = manifest
+        self._base = base  # the manifest as read, for the merge in save(); None: write as is
 
     @classmethod
     def create(cls, path: str | Path, task: str, overwrite: bool = False) -> "Run":
@@ -149,7 +150,8 @@ class Run:
         path = Path(path)
         if not (path / MANIFEST).is_file():
             raise EdgebusError(f"{path}: no {MANIFEST}; pass a run directory made by 'edgebus train'")
-        return cls(path, RunManifest.from_dict(read_json(path / MANIFEST), str(path / MANIFEST)))
+        m = RunManifest.from_dict(read_json(path / MANIFEST), str(path / MANIFEST))
+        return cls(path, m, m.to_dict())
 
     @property
     def task(self) -> Task:
@@ -184,7 +186,19 @@ class Run:
         self.manifest.stages[name] = info
 
     def save(self) -> None:
-        write_json(self.path / MANIFEST, self.manifest.to_dict())
+        """Write the manifest under the run's lock, merged with what other processes saved since
+        this one read it (two exports at once both keep their entries)."""
+        import copy
+
+        with locked(self.path):
+            mine = self.manifest.to_dict()
+            path = self.path / MANIFEST
+            merged = mine
+            if self._base is not None and path.is_file():
+                theirs = RunManifest.from_dict(read_json(path), str(path)).to_dict()
+                merged = merge3(self._base, mine, theirs)
+            write_json(path, merged)
+            self._base = copy.deepcopy(mine)  # the next save lays only what changes after this over the file
 
 
 def open_results_dir(out: Path, task: str, kind: str, identity: dict, what: str, defaults: dict | None = None):

@@ -57,11 +57,10 @@ def keras_custom_objects() -> dict:
 
 
 def save_model(model, path: Path) -> None:
-    """Save as a Keras zip archive atomically: write beside the target, then rename."""
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}")
-    model.save(tmp)
-    tmp.replace(path)
+    """Save as a Keras zip archive atomically (a fresh temp folder beside the target, then rename)."""
+    from edgebus.core.io import atomic_save
+
+    atomic_save(path, model.save)
 
 
 def check_keras_zip(path: Path) -> Path:

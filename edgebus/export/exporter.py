@@ -22,6 +22,7 @@ from edgebus.core.io import atomic_write
 from edgebus.core.manifest import Run
 from edgebus.export.config import ExportConfig
 from edgebus.export.convert import convert, float_tensors, model_metadata, write_tflite
+from edgebus.export.qat import QAT_MODEL
 from edgebus.export.validate import gate_check, validation_table
 
 ORDER = ("float32", "float16", "dynamic", "int8_ptq", "int8")
@@ -100,14 +101,14 @@ def _qat(run: Run, model, data, calib, cfg: ExportConfig, log) -> tuple:
                              augment=train_stage.get("augment", "none"))
     qat.save_qat_model(qmodel, run.file(qat.QAT_MODEL))
     # the saved file, not the object in memory, is what a later session has: prove it reloads the same
-    again = qat.load_qat_model(run.file(qat.QAT_MODEL))
+    again = qat.load_qat_model(run.file(qat.QAT_MODEL), model)
     k = min(len(xte), 2)
     diff = float(np.abs(predict(qmodel, xte[:k]) - predict(again, xte[:k])).max()) if k else 0.0
     if diff > 1e-4:
         raise EdgebusError(f"{run.file(qat.QAT_MODEL)}: reloaded QAT model differs from the trained one (max {diff:.2g}); re-run the export")
     info["reload_max_abs_diff"] = diff
-    run.add_artifact(qat.QAT_MODEL, "keras-qat-model", epochs=cfg.qat_epochs, lr=lr)
-    log(f"QAT: {info['wall_s']} s; saved {qat.QAT_MODEL} (reloads inside quantize_scope)")
+    run.add_artifact(qat.QAT_MODEL, "keras-qat-weights", epochs=cfg.qat_epochs, lr=lr)
+    log(f"QAT: {info['wall_s']} s; saved {qat.QAT_MODEL} (weights only; reloads onto the run's rebuilt model)")
     return qmodel, info
 
 
@@ -212,12 +213,12 @@ def export_run(run_dir: str | Path, cfg: ExportConfig | None = None, log=print) 
         qat_prob = predict(qmodel, xte)
         qat_metrics = run.task.metrics(yte, qat_prob, thr)
         run.manifest.metrics["keras_qat_test"] = qat_metrics
-        refs.append(("model_qat.h5 (QAT Keras)", "qat", qat_metrics))
+        refs.append((f"{QAT_MODEL} (QAT Keras)", "qat", qat_metrics))
 
     new = {}
     for key, fmt, source in plan:
         log(f"converting {key} ({source}) ...")
-        extra = {"qat": {"epochs": qat_info["epochs"], "lr": qat_info["lr"], "keras_model": "model_qat.h5"}} if source == "qat" else {}
+        extra = {"qat": {"epochs": qat_info["epochs"], "lr": qat_info["lr"], "keras_weights": QAT_MODEL}} if source == "qat" else {}
         entry, prob = _export_file(run, key, fmt, source, qmodel if source == "qat" else model, calib, cfg.io_type,
                                    data["test"], keras_prob, extra)
         entry["role"] = "comparison" if key == "int8_ptq" else "deliverable"

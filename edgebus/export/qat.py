@@ -37,7 +37,7 @@ import numpy as np
 
 from edgebus.core.errors import EdgebusError
 
-QAT_MODEL = "model_qat.h5"
+QAT_MODEL = "model_qat.weights.h5"
 # Layers that are the identity at inference: no quantizer.
 NO_OP_CLASS_NAMES = ("FixedDropout",)
 # Layers left out of QAT (not annotated): their output ranges come from the converter's calibration.
@@ -283,32 +283,31 @@ def fine_tune(qmodel, task: str, part: tuple, epochs: int, lr: float, batch: int
 
 
 def save_qat_model(qmodel, path: Path) -> None:
-    """Save as .h5 without optimizer state (not needed to convert; atomic rename); reload with
-    load_qat_model."""
-    import warnings
+    """Save the QAT model's weights only (HDF5 weights, no layer config: a file that cannot carry
+    code), atomically; load_qat_model rebuilds the graph from the run's float model."""
+    from edgebus.core.io import atomic_save
 
     path = Path(path)
-    if path.suffix != ".h5":
-        raise EdgebusError(f"{path}: a QAT model is saved as .h5 (it reloads only inside quantize_scope)")
-    tmp = path.with_name(f".tmp-{path.name}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "HDF5 ... is considered legacy"
-        qmodel.save(tmp, include_optimizer=False)
-    tmp.replace(path)
+    if not path.name.endswith(".weights.h5"):
+        raise EdgebusError(f"{path}: QAT weights are saved as .weights.h5")
+    atomic_save(path, lambda tmp: qmodel.save_weights(str(tmp)))
 
 
-def load_qat_model(path: str | Path):
-    """Reload a saved QAT model inside the quantize scope with edgebus's custom configs."""
-    from edgebus.compat import keras
-
+def load_qat_model(path: str | Path, model):
+    """The QAT model of the float Keras `model` (the run's, rebuilt from its manifest) with the
+    weights saved in `path`: edgebus's quantize() makes the graph, nothing is deserialized."""
     path = Path(path)
-    if not path.is_file():
-        raise EdgebusError(f"{path}: QAT model not found; re-run 'edgebus export RUN --int8 --overwrite'")
+    if not path.is_file() or path.is_symlink():
+        raise EdgebusError(f"{path}: QAT weights not found; re-run 'edgebus export RUN --int8 --overwrite'")
+    with open(path, "rb") as f:
+        if f.read(8) != b"\x89HDF\r\n\x1a\n":
+            raise EdgebusError(f"{path}: not an HDF5 weights file; re-run 'edgebus export RUN --int8 --overwrite'")
+    qmodel = quantize(model)
     try:
-        with qat_scope():
-            return keras.models.load_model(path, compile=False)
-    except (OSError, ValueError, TypeError) as e:
+        qmodel.load_weights(str(path))
+    except (OSError, ValueError, KeyError) as e:
         raise EdgebusError(
-            f"{path}: cannot load the QAT model ({str(e).splitlines()[0][:200]}); "
+            f"{path}: its weights do not fit the QAT model of '{model.name}' ({str(e).splitlines()[0][:200]}); "
             "re-run 'edgebus export RUN --int8 --overwrite'"
         ) from None
+    return qmodel
