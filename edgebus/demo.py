@@ -48,10 +48,11 @@ def run_demo(out: Path, data: Path | None = None, size: int = 96, epochs: int = 
     bundle = make_bundle(out / "cart", runs["classify"], runs["segment"], overwrite=True)
     frames, _ = list_frames(Path(data) / "BrEaST-Lesions_USG-images_and_masks")
     log(f"cart bundle {bundle}: predicting {min(4, len(frames))} frames with the int8 models ...")
-    summary = predict_files(LesionPipeline.from_bundle(bundle), frames[:4], out / "predictions", log=log)
+    summary = predict_files(LesionPipeline.from_bundle(bundle), frames[:4], out / "predictions", log=log, overwrite=True)
     parts.append(f"# Cart: int8 classifier + segmenter on {summary['ok']} frames\n\n"
                  f"- bundle: `{bundle}`; predictions, overlays and masks: `{out / 'predictions'}`\n"
-                 f"- frames per second (classify + segment, 1 thread): {summary['fps_inference']}; "
-                 f"end to end (decode, preprocess, overlay inputs): {summary['fps_end_to_end']}\n")
+                 f"- frames per second, 1 thread: {summary['fps']['inference']} inference only (classify + segment); "
+                 f"{summary['fps']['pipeline']} pipeline (decode to mask); {summary['fps']['wall']} wall clock "
+                 "(with overlay and mask files)\n")
     atomic_write(report, "\n".join(parts))
     return report

@@ -79,10 +79,13 @@ def predict(
         threads: int = typer.Option(1, "--threads", help="interpreter threads per model"),
         xnnpack: bool = typer.Option(True, "--xnnpack/--no-xnnpack", help="use the XNNPACK delegate (LiteRT's default)"),
         overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="write overlay PNGs (contour, box, label)"),
-        masks: bool = typer.Option(True, "--masks/--no-masks", help="write frame-sized lesion masks (PNG, 0/255)")):
+        masks: bool = typer.Option(True, "--masks/--no-masks", help="write frame-sized lesion masks (PNG, 0/255)"),
+        overwrite: bool = typer.Option(False, "--overwrite", help="replace the predictions already in --out instead of resuming")):
     """Classify and segment ultrasound frames with exported .tflite models, offline and without TensorFlow.
 
     Per frame: malignancy probability and label at the classifier's stored threshold, lesion mask at the frame's size, its area (pixels, and mm^2 with a pixel size), bounding box [x0, y0, x1, y1) and an overlay PNG; per-image latency and overall frames per second.
+
+    Results stream into predictions.jsonl as each frame finishes; run again with the same --out to go on where a killed run stopped (the frames done are kept, failed ones are tried again; other models or settings are refused).
 
     Exit code: 0 when every frame succeeded; 1 when some frames failed (each is reported, its row has 'error' set, the other frames are still processed); 2 for bad arguments or models.
     """
@@ -116,8 +119,10 @@ def predict(
     pipe = LesionPipeline(classifier, segmenter, num_threads=threads, xnnpack=xnnpack)
     for role, m in pipe.describe().items():
         typer.echo(f"{role}: {m['file']} ({m['format']}, {m['input_size'][0]}x{m['input_size'][1]}, threshold {m['threshold']:.2f})")
-    s = predict_files(pipe, files, out, pixel_sizes, pixel_size, overlays, masks, log=typer.echo)
-    fps = f"{s['fps_inference']} frames/s inference (classify + segment), {s['fps_end_to_end']} end to end" if s["ok"] else "no frame succeeded"
+    s = predict_files(pipe, files, out, pixel_sizes, pixel_size, overlays, masks, log=typer.echo, overwrite=overwrite)
+    f = s["fps"]
+    fps = (f"frames/s: {f['inference']} inference only, {f['pipeline']} pipeline (decode to mask), {f['wall']} wall clock "
+           "(with overlays and files)") if f["wall"] else "no frame predicted now"
     typer.echo(f"{s['frames']} frames: {s['ok']} ok, {s['failed']} failed; {fps}")
     typer.echo(f"results: {s['predictions']['jsonl']}, {s['predictions']['csv']}, {s['summary_file']}")
     if s["failed"]:

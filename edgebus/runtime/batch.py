@@ -1,5 +1,5 @@
-"""Folder runs of the cart pipeline: every frame predicted, one log line each, results written as
-predictions.jsonl / .csv, summary.json, overlays/ and masks/."""
+"""Folder runs of the cart pipeline: every frame predicted, one log line each, results streamed to
+predictions.jsonl (resumable) and then predictions.csv, summary.json, overlays/ and masks/."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from edgebus.core.errors import EdgebusError
-from edgebus.core.io import atomic_write, write_json
+from edgebus.core.io import append_jsonl, atomic_write, make_dir, read_json, read_jsonl, repair_jsonl, write_json
 from edgebus.runtime.overlay import render_overlay, save_png
 from edgebus.runtime.pipeline import LATENCY_KEYS, LesionPipeline
 
@@ -44,25 +44,77 @@ def _out_names(files: list[Path]) -> list[str]:
     return [f.name.replace(".", "_") if f.stem in dup else f.stem for f in files]
 
 
+RUN_FILE = "predict.json"  # what made the rows in predictions.jsonl: a resume must match it
+
+
+def _identity(pipeline: LesionPipeline, pixel_size_mm, overlays: bool, masks: bool) -> dict:
+    """What decides a frame's row: the models (by content) and the output settings."""
+    models = {role: {k: v for k, v in d.items() if k not in ("file", "threads", "xnnpack", "interpreter")}
+              for role, d in pipeline.describe().items()}
+    return {"schema": "edgebus.predict-run/1", "models": models, "pixel_size_mm": pixel_size_mm,
+            "overlays": overlays, "masks": masks}
+
+
+def _clear(out: Path) -> None:
+    """Remove what an earlier predict wrote into `out` (its own files only)."""
+    for name in (RUN_FILE, "predictions.jsonl", "predictions.csv", "summary.json"):
+        (out / name).unlink(missing_ok=True)
+    for sub in ("overlays", "masks"):
+        if (out / sub).is_dir() and not (out / sub).is_symlink():
+            for p in (out / sub).glob("*.png"):
+                p.unlink()
+
+
+def _open_out(out: Path, ident: dict, overlays: bool, masks: bool, overwrite: bool) -> dict:
+    """Create `out` or reopen it to resume: {file: row} of the frames already done. Refuses a
+    folder whose rows came from other models or settings (they would mix), unless `overwrite`."""
+    out = make_dir(out, "--out")
+    if overwrite:
+        _clear(out)
+    for sub, wanted in (("overlays", overlays), ("masks", masks)):
+        if wanted:
+            make_dir(out / sub, "--out")
+    run_file = out / RUN_FILE
+    jsonl = out / "predictions.jsonl"
+    if run_file.exists() or jsonl.exists():
+        old = read_json(run_file) if run_file.exists() else None
+        if old != json.loads(json.dumps(ident, default=str)):
+            raise EdgebusError(f"{out}: holds predictions made with other models or settings; pick another --out "
+                               "or pass --overwrite to replace them")
+        repair_jsonl(jsonl)
+        return {r["file"]: r for r in read_jsonl(jsonl) if r.get("error") is None}
+    write_json(run_file, ident)
+    return {}
+
+
 def predict_files(pipeline: LesionPipeline, files: list[Path], out: str | Path, pixel_sizes: dict | None = None,
-                  pixel_size_mm: float | None = None, overlays: bool = True, masks: bool = True, log=print) -> dict:
-    """Predict every file, one log line each; write predictions.jsonl, predictions.csv, summary.json,
-    overlays/<name>.png and masks/<name>.png (0/255) into `out`. A bad frame gets a row with `error`
-    and the run goes on. Returns the summary (counts, frames per second, models, output paths)."""
+                  pixel_size_mm: float | None = None, overlays: bool = True, masks: bool = True, log=print,
+                  overwrite: bool = False) -> dict:
+    """Predict every file, one log line each, into `out`: predictions.jsonl gets one flushed line
+    per frame as it completes (a killed run keeps every finished frame), then predictions.csv and
+    summary.json at the end, with overlays/<name>.png and masks/<name>.png (0/255). Run again with
+    the same --out, it skips the frames already done (a frame that failed is tried again). A bad
+    frame gets a row with `error` and the run goes on. overwrite: first remove what an earlier
+    predict wrote there. Returns the summary."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise EdgebusError(f"{out}: exists and is not a folder; pick another --out")
-    rows, infer_s, total_s = [], 0.0, 0.0
+    done = _open_out(out, _identity(pipeline, pixel_size_mm, overlays, masks), overlays, masks, overwrite)
+    jsonl = out / "predictions.jsonl"
     pixel_sizes = pixel_sizes or {}
+    rows, resumed = [], 0
+    infer_s = pipe_s = 0.0
     t_start = time.perf_counter()
     for f, stem in zip(files, _out_names(files)):
+        if str(f) in done:
+            rows.append(done[str(f)])
+            resumed += 1
+            continue
         px = pixel_sizes.get(f.name, pixel_size_mm)
         res, gray = pipeline.predict_with_frame(f, px, name=str(f))
         ov = mk = None
         if res["error"] is None:
             lat = res["latency_ms"]
             infer_s += ((lat["classify"] or 0) + (lat["segment"] or 0)) / 1000
-            total_s += lat["total"] / 1000
+            pipe_s += lat["total"] / 1000
             if overlays:
                 ov = str(save_png(out / "overlays" / f"{stem}.png", render_overlay(gray, res)))
             if masks and res["mask"] is not None:
@@ -70,24 +122,43 @@ def predict_files(pipeline: LesionPipeline, files: list[Path], out: str | Path, 
             log(f"{f.name}: {_describe_result(res)}")
         else:
             log(f"{f.name}: error: {res['error']}")
-        rows.append(_row(res, ov, mk))
+        row = _row(res, ov, mk)
+        try:
+            append_jsonl(jsonl, row)
+        except OSError as e:
+            raise EdgebusError(f"{jsonl}: cannot write results ({e.strerror or e}); check the output folder") from None
+        rows.append(row)
     wall = time.perf_counter() - t_start
+    if resumed:
+        log(f"{out}: {resumed} frames were already done there (kept); {len(rows) - resumed} predicted now")
     ok = sum(r["error"] is None for r in rows)
+    new_ok = ok - resumed
+    # the rows in frame order, once each (a frame that failed before and now succeeded has two lines)
+    final = {r["file"]: r for r in read_jsonl(jsonl)}
+    rows = [final.get(r["file"], r) for r in rows]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
     w.writeheader()
     w.writerows(_csv_row(r) for r in rows)
     try:
-        jsonl = atomic_write(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         csv_path = atomic_write(out / "predictions.csv", buf.getvalue())
     except OSError as e:
         raise EdgebusError(f"{out}: cannot write results ({e.strerror or e}); check the output folder") from None
     summary = {
-        "schema": "edgebus.predict/1",
-        "frames": len(rows), "ok": ok, "failed": len(rows) - ok,
+        "schema": "edgebus.predict/2",
+        "frames": len(rows), "ok": ok, "failed": len(rows) - ok, "resumed": resumed,
         "failed_files": [r["file"] for r in rows if r["error"] is not None],
-        "fps_inference": round(ok / infer_s, 2) if infer_s > 0 else None,  # classify + segment only
-        "fps_end_to_end": round(ok / total_s, 2) if total_s > 0 else None,  # + decode and post-processing
+        # frames per second over the frames predicted in this call, each naming what it counts
+        "fps": {
+            "inference": round(new_ok / infer_s, 2) if infer_s > 0 else None,
+            "pipeline": round(new_ok / pipe_s, 2) if pipe_s > 0 else None,
+            "wall": round(new_ok / wall, 2) if new_ok and wall > 0 else None,
+        },
+        "fps_includes": {
+            "inference": "the interpreter calls only (classify + segment)",
+            "pipeline": "decode, preprocessing, inference and post-processing (mask, area, box, findings)",
+            "wall": "everything: the pipeline plus overlay and mask PNGs and the results lines, wall clock",
+        },
         "wall_s": round(wall, 3),
         "models": pipeline.describe(),
         "predictions": {"jsonl": str(jsonl), "csv": str(csv_path)},
