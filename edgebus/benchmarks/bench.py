@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 
 from edgebus import __version__
 from edgebus.core.errors import EdgebusError
-from edgebus.core.io import now, write_json
+from edgebus.core.io import atomic_write, make_dir, now, write_json
 from edgebus.core.manifest import MANIFEST, Run
 from edgebus.runtime.interpreter import TFLiteModel, interpreter_backend
 from edgebus.runtime.metadata import read_metadata
@@ -310,9 +309,9 @@ def make_pack(run_dir: str | Path, out: str | Path) -> Path:
     for e in run.manifest.exports.values():
         keep |= {e["file"], e.get("metadata")} - {None}
     sources = {name: run.verify_artifact(name) for name in sorted(keep)}  # every file checked before any copy
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out, "pack folder")
     for name, src in sources.items():
-        shutil.copyfile(src, out / name)
+        atomic_write(out / name, src.read_bytes())  # a fresh temp file, renamed: never through a planted link
     manifest = dataclasses.replace(run.manifest, artifacts={k: v for k, v in run.manifest.artifacts.items() if k in keep},
                                    pack_of=str(run.path.resolve()))
     write_json(out / MANIFEST, manifest.to_dict())

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import io
 from pathlib import Path
 
 from edgebus.core.errors import EdgebusError
-from edgebus.core.io import atomic_write, read_json, write_json
+from edgebus.core.io import atomic_write, json_default, locked, make_dir, read_json, write_json
 
 
 def _f(v, nd=2):
@@ -174,15 +175,46 @@ def html_page(results: list[dict], md: str) -> str:
             "</head><body>" + "\n".join(body) + "</body></html>\n")
 
 
+_SAME_BENCH = ("run", "task", "model", "input_size", "data_fingerprint", "eval_split", "machine")
+
+
+def _row_key(row: dict) -> tuple:
+    return row.get("file"), row.get("threads"), row.get("xnnpack"), row.get("delegate")
+
+
+def merge_bench(old, new: dict) -> dict:
+    """One bench result from `new` and the rows of an earlier (or concurrent) bench of the same
+    model on the same machine that `new` did not measure again: two benches of one run keep
+    both sets of rows; a row measured again takes the new numbers."""
+    if not isinstance(old, dict) or old.get("schema") != new.get("schema") or \
+            any(old.get(k) != new.get(k) for k in _SAME_BENCH):
+        return new
+    keys = {_row_key(r) for r in new["rows"]}
+    return {**new, "rows": [r for r in old.get("rows", []) if _row_key(r) not in keys] + new["rows"]}
+
+
 def write_report(result_or_results, out_dir: str | Path) -> tuple[Path, Path]:
-    """report.md + report.json (+ report.html) into out_dir; a list of results is merged."""
-    results = result_or_results if isinstance(result_or_results, list) else [result_or_results]
-    out_dir = Path(out_dir)
-    md_text = markdown(results)
-    md = atomic_write(out_dir / "report.md", md_text)
-    js = write_json(out_dir / "report.json", result_or_results if len(results) == 1 and not isinstance(result_or_results, list)
-                    else {"schema": "edgebus.report/1", "results": results, "ratios": ratios(results)})
-    atomic_write(out_dir / "report.html", html_page(results, md_text))
+    """report.md + report.json (+ report.html) into out_dir; a list of results is merged. One
+    result is merged, under the folder's lock, with the rows a bench of the same model on this
+    machine already wrote there (merge_bench)."""
+    out_dir = make_dir(out_dir, "--out")
+    with locked(out_dir):
+        if isinstance(result_or_results, list):
+            results = result_or_results
+            obj = {"schema": "edgebus.report/1", "results": results, "ratios": ratios(results)}
+        else:
+            old = None
+            if (out_dir / "report.json").is_file():
+                try:
+                    old = read_json(out_dir / "report.json")
+                except EdgebusError:
+                    old = None  # a torn or foreign file is replaced, not merged
+            obj = merge_bench(old, json.loads(json.dumps(result_or_results, default=json_default)))
+            results = [obj]
+        md_text = markdown(results)
+        md = atomic_write(out_dir / "report.md", md_text)
+        js = write_json(out_dir / "report.json", obj)
+        atomic_write(out_dir / "report.html", html_page(results, md_text))
     return md, js
 
 

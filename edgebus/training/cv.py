@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgebus.core.errors import EdgebusError
-from edgebus.core.io import append_jsonl, atomic_write, now, read_jsonl, repair_jsonl, sha256_file, write_json
+from edgebus.core.io import append_jsonl, atomic_write, make_dir, now, read_jsonl, repair_jsonl, sha256_file, write_json
 from edgebus.core.manifest import Run, open_results_dir
 from edgebus.core.splits import check_split, content_groups, content_summary, grouped_kfold
 from edgebus.core.tasks import get_task
@@ -193,7 +193,7 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print) -> dict:
             rec["test_descriptors"] = data["test"][3].astype(int).tolist()
         test_x8 = None if seg_boxes is None else _crop_extras(model, task, cfg, contract, fold, by_id, seg_boxes[f], rec)
         fold_dir = out / f"fold{f}"
-        fold_dir.mkdir(exist_ok=True)
+        make_dir(fold_dir, "CV folder")
         save_model(model, fold_dir / "model.keras")  # the fold's deployable model: stress, ensembles
         if cfg.int8:
             rec.update(_int8_fold(model, task, data, cfg, contract, test_x8, keep=fold_dir / "model_int8.tflite"))

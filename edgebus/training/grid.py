@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from edgebus.core.errors import EdgebusError
-from edgebus.core.io import append_jsonl, atomic_write, now, repair_jsonl, sha256_file, write_json
+from edgebus.core.io import append_jsonl, atomic_write, make_dir, now, repair_jsonl, sha256_file, write_json
 from edgebus.core.manifest import Run, SplitInfo, open_results_dir
 from edgebus.core.splits import check_split, content_groups, content_summary, grouped_split
 from edgebus.core.tasks import get_task
@@ -156,7 +156,7 @@ def run_grid(cfg: GridConfig, shard: tuple[int, int] = (1, 1), progress: bool = 
     done = {cell_key(c) for c in cells}
     best = select(cells, cfg.select, task) if cells else None
     cand = out / "candidates" / f"{_shard_tag(shard)}.keras"
-    cand.parent.mkdir(exist_ok=True)
+    make_dir(cand.parent, "grid folder")
     mine = shard_lrs(cfg.lrs, shard)
     todo_all = {lr: [e for e in cfg.epochs if (lr, e) not in done] for lr in mine}
     n_todo = sum(len(v) for v in todo_all.values())
