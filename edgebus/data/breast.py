@@ -92,6 +92,26 @@ def _read_sheet(sheet: Path):
         raise EdgebusError(f"{sheet}: not a readable xlsx sheet ({msg}); re-download or restore it") from None
 
 
+def _header_size(path: Path) -> tuple[int, int]:
+    """An image's (width, height) from its header only (no decode), or one line naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise EdgebusError(f"{path}: not a readable image ({e}); replace or remove the file") from None
+
+
+def _check_pair(image: Path, mask: Path) -> None:
+    """A tumor mask must cover its image pixel for pixel: a mask of another frame, or one resized,
+    would train the U-Net on the wrong outline without a word."""
+    a, b = _header_size(image), _header_size(mask)
+    if a != b:
+        raise EdgebusError(f"{mask}: mask is {b[0]}x{b[1]} but its image {image.name} is {a[0]}x{a[1]}; "
+                           "they must be the same size, restore the pair")
+
+
 def read_breast(root: str | Path) -> Dataset:
     """The sheet's rows as Cases, after checking the layout and that every named file exists."""
     root = Path(root).expanduser()
@@ -149,6 +169,7 @@ def read_breast(root: str | Path) -> Dataset:
                     "restore the file"
                 )
             mask = images / mask_name
+            _check_pair(images / image_name, mask)
         cls = "" if _missing(classification) else str(classification).strip().lower()
         if cls not in KNOWN_CLASSIFICATIONS:
             raise EdgebusError(
