@@ -105,12 +105,13 @@ def merge3(base, mine, theirs):
     changed takes mine."""
     if mine == base:
         return theirs
-    if theirs == base or not (isinstance(mine, dict) and isinstance(theirs, dict) and isinstance(base, dict)):
+    if theirs == base or not (isinstance(mine, dict) and isinstance(theirs, dict)):
         return mine
+    if not isinstance(base, dict):  # both sides made the dict (an empty or absent entry before)
+        base = {}
     out = {}
     for k in list(theirs) + [k for k in mine if k not in theirs]:
-        b, m, t = base.get(k, _MISSING), mine.get(k, _MISSING), theirs.get(k, _MISSING)
-        v = merge3(b, m, t) if _MISSING not in (b, m, t) else (t if m == b else m)
+        v = merge3(base.get(k, _MISSING), mine.get(k, _MISSING), theirs.get(k, _MISSING))
         if v is not _MISSING:
             out[k] = v
     return out
