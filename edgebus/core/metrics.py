@@ -141,6 +141,30 @@ def output_agreement(ref, other, threshold: float = DEFAULT_THRESHOLD) -> dict:
     return {"agreement": float(same), "max_abs_diff": float(np.abs(a - b).max()), "mean_abs_diff": float(np.abs(a - b).mean())}
 
 
+def label_flips(ref, other, threshold: float = DEFAULT_THRESHOLD) -> dict:
+    """Case by case, where an exported classifier's decision differs from its float parent's:
+    the flips out of all scored cases, by direction (the float call -> the exported call), and
+    the probability gaps. An agreement rate alone hides which way the flips go."""
+    a, b = np.asarray(ref, dtype=np.float64).ravel(), np.asarray(other, dtype=np.float64).ravel()
+    fa, fb = a >= threshold, b >= threshold
+    gap = np.abs(a - b)
+    return {"n": int(len(a)), "flips": int((fa != fb).sum()), "benign_to_malignant": int((~fa & fb).sum()),
+            "malignant_to_benign": int((fa & ~fb).sum()), "mean_abs_diff": float(gap.mean()) if len(a) else None,
+            "max_abs_diff": float(gap.max()) if len(a) else None}
+
+
+def mask_fidelity(ref, other, threshold: float = DEFAULT_THRESHOLD) -> dict:
+    """Per image, the IoU between a float segmenter's mask and its exported copy's (two empty
+    masks agree: 1.0); the mean, the worst image and the pixels that changed side."""
+    a = np.asarray(ref) >= threshold
+    b = np.asarray(other) >= threshold
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    inter, union = (a & b).sum(1), (a | b).sum(1)
+    iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    return {"n": int(len(a)), "mask_iou_mean": float(iou.mean()) if len(a) else None,
+            "mask_iou_min": float(iou.min()) if len(a) else None, "pixel_flips": int((a != b).sum())}
+
+
 def cohen_kappa(a, b) -> float | None:
     """Cohen's kappa of two binary raters (agreement beyond chance); None when it is undefined."""
     a, b = np.asarray(a).astype(int).ravel(), np.asarray(b).astype(int).ravel()

@@ -11,7 +11,7 @@ import numpy as np
 from edgebus.core import stats
 from edgebus.core.errors import EdgebusError
 from edgebus.core.metrics import (CLASS_NAMES, DEFAULT_THRESHOLD, classification_metrics, flat_classification,
-                                  output_agreement, segmentation_metrics)
+                                  label_flips, mask_fidelity, output_agreement, segmentation_metrics)
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,11 @@ class Task:
         a = output_agreement(ref, other, threshold)
         return {self.agreement_key: a.pop("agreement"), **a}
 
+    def fidelity(self, ref, other, threshold: float = DEFAULT_THRESHOLD) -> dict:
+        """Case by case, how an exported file departs from its float parent (label_flips /
+        mask_fidelity)."""
+        raise NotImplementedError
+
     def check_output(self, shape: tuple, size: tuple) -> str | None:
         """None when an output of `shape` fits a model of this task at input `size`, else what it should be."""
         raise NotImplementedError
@@ -75,6 +80,9 @@ class Task:
 class _Classify(Task):
     def metrics(self, truth, prob, threshold=DEFAULT_THRESHOLD):
         return classification_metrics(truth, prob, threshold)
+
+    def fidelity(self, ref, other, threshold=DEFAULT_THRESHOLD):
+        return label_flips(ref, other, threshold)
 
     def flat(self, m):
         f = flat_classification(m)
@@ -105,6 +113,9 @@ class _Classify(Task):
 class _Segment(Task):
     def metrics(self, truth, prob, threshold=DEFAULT_THRESHOLD):
         return segmentation_metrics(truth, prob, threshold)
+
+    def fidelity(self, ref, other, threshold=DEFAULT_THRESHOLD):
+        return mask_fidelity(ref, other, threshold)
 
     def headline(self, m):
         return {"iou": m["iou"], "dice": m["dice"]}

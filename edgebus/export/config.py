@@ -11,7 +11,7 @@ FORMATS = ("float32", "float16", "dynamic", "int8")
 INT8_SOURCES = ("qat", "ptq")
 
 PROFILE_KEYS = {"target", "formats", "int8_source", "io_type", "calibration_images", "qat_epochs", "qat_lr",
-                "max_drop", "max_recall_drop", "edgetpu"}
+                "max_drop", "max_recall_drop", "max_flips", "edgetpu"}
 
 
 def load_profile(path: str | Path) -> dict:
@@ -45,6 +45,7 @@ class ExportConfig:
     qat_batch: int | None = None  # default: the training batch
     max_drop: float | None = None
     max_recall_drop: float | None = None
+    max_flips: int | None = None  # classifier labels an exported file may decide differently from the float model
     edgetpu: bool = False
     overwrite: bool = False
 
@@ -82,6 +83,8 @@ class ExportConfig:
         if self.qat_epochs < 0 or (self.qat_lr is not None and not self.qat_lr > 0) or \
                 (self.qat_batch is not None and self.qat_batch < 1):
             raise EdgebusError("--qat-epochs must be >= 0, --qat-lr > 0 and --qat-batch >= 1")
+        if self.max_flips is not None and self.max_flips < 0:
+            raise EdgebusError(f"--max-flips {self.max_flips}: give 0 or more labels")
         if self.calibration_images < 1 and "int8" in self.formats:
             raise EdgebusError(f"--calibration-images {self.calibration_images}: int8 needs at least 1 calibration image")
 

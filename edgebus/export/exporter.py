@@ -67,6 +67,7 @@ def _export_file(run: Run, key: str, fmt: str, source: str, model, calib, io_typ
         "file": name, "metadata": side, "bytes": run.file(name).stat().st_size, "format": fmt, "source": source,
         "io": meta["io"], "ops": sorted(set(em.model.op_names())),
         "metrics": run.task.metrics(yte, prob, thr), "agreement": run.task.agreement(ref_prob, prob, thr),
+        "fidelity": run.task.fidelity(ref_prob, prob, thr),
         "interpreter": f"{em.model.backend} {em.model.backend_version}",
         "xnnpack": em.model.xnnpack, "xnnpack_error": em.model.xnnpack_error, "status": "ok",
     }
@@ -157,7 +158,8 @@ def _report(run: Run, refs, results: dict, cfg: ExportConfig, n: int, edgetpu: b
     off = lambda v: "off" if v is None else v  # noqa: E731
     md = [f"# Export validation: {run.manifest.model.name} ({run.task.name})", "",
           f"Test split, n={n}, threshold {run.manifest.threshold}; Δ against the float Keras model. "
-          f"Gates: --max-drop {off(cfg.max_drop)}, --max-recall-drop {off(cfg.max_recall_drop)}.", "",
+          f"Gates: --max-drop {off(cfg.max_drop)}, --max-recall-drop {off(cfg.max_recall_drop)}, "
+          f"--max-flips {off(cfg.max_flips)}.", "",
           table, "", "## Interpreters", ""] + rt_lines
     if edgetpu:
         md += ["", "## Edge TPU", "", "See edgetpu_report.md."]
@@ -224,7 +226,8 @@ def export_run(run_dir: str | Path, cfg: ExportConfig | None = None, log=print) 
         entry["role"] = "comparison" if key == "int8_ptq" else "deliverable"
         if source == "qat":
             entry["agreement_vs_qat_keras"] = run.task.agreement(qat_prob, prob, thr)
-        gate = gate_check(run.task, keras_metrics, entry["metrics"], cfg.max_drop, cfg.max_recall_drop)
+        gate = gate_check(run.task, keras_metrics, entry["metrics"], cfg.max_drop, cfg.max_recall_drop,
+                          entry["fidelity"], cfg.max_flips)
         gate["enforced"] = entry["role"] == "deliverable"
         entry["gate"] = gate
         if not gate["passed"] and gate["enforced"] and entry["status"] == "ok":
@@ -244,7 +247,7 @@ def export_run(run_dir: str | Path, cfg: ExportConfig | None = None, log=print) 
     table = _report(run, refs, run.manifest.exports, cfg, keras_metrics["n"], bool(int8_keys))
     stage = {"formats": list(cfg.formats), "files": list(new), "int8_source": cfg.int8_source if "int8" in cfg.formats else None,
              "calibration_images": int(len(calib)), "io_type": cfg.io_type,
-             "gates": {"max_drop": cfg.max_drop, "max_recall_drop": cfg.max_recall_drop}, "edgetpu_compile": cfg.edgetpu}
+             "gates": {"max_drop": cfg.max_drop, "max_recall_drop": cfg.max_recall_drop, "max_flips": cfg.max_flips}, "edgetpu_compile": cfg.edgetpu}
     if qat_info is not None:
         stage["qat"] = qat_info
     elif not redo_int8 and "qat" in prev_stage:  # the int8 file in the run still comes from that QAT

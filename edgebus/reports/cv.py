@@ -61,6 +61,11 @@ def cv_markdown(summary: dict, recs: list, manifest) -> str:
                   if key in summary["bootstrap_int8"]]
         if "int8_label_agreement" in summary:
             lines.append(f"\nint8 vs float label agreement (pooled): {summary['int8_label_agreement']:.3f}")
+    if "int8_fidelity" in summary:
+        f = summary["int8_fidelity"]
+        lines.append(f"\nint8 against its float parent, case by case over all {f['n']} out-of-fold cases: {f['flips']} labels "
+                     f"flipped ({f['benign_to_malignant']} benign -> malignant, {f['malignant_to_benign']} malignant -> "
+                     f"benign); probability gap mean {f['mean_abs_diff']:.3f}, max {f['max_abs_diff']:.3f}.")
     if "bootstrap_oracle" in summary:
         lines += ["", "The same float models on crops around the TRUE masks (what segmentation errors cost):", "",
                   "| metric | pooled out-of-fold, true-mask crops [95% bootstrap CI] |", "|---|---|"]

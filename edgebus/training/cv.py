@@ -255,6 +255,7 @@ def summarize_cv(out: str | Path, n_boot: int = 2000) -> dict:
         if not task.truth_is_mask:
             p, q = (np.concatenate([r[key] for r in recs]) for key in ("test_prob", "test_prob_int8"))
             summary["int8_label_agreement"] = float(((p >= thr) == (q >= thr)).mean())
+            summary["int8_fidelity"] = task.fidelity(p, q, thr)  # every out-of-fold case, by direction
     for suffix in ("_int8_ptq", "_oracle"):
         extra = pooled(suffix)
         if extra is not None:

@@ -1,0 +1,59 @@
+"""int8 fidelity case by case (issue 14): labels flipped against the float parent, by direction;
+mask IoU between float and int8 masks; the --max-flips gate."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from edgebus.core.metrics import label_flips, mask_fidelity
+from edgebus.export.validate import gate_check
+from tests.conftest import cli, manifest, one_line_error
+
+
+def test_flip_counts_are_exact_on_a_hand_made_case():
+    ref = [0.1, 0.6, 0.7, 0.4, 0.9]
+    other = [0.6, 0.6, 0.2, 0.3, 0.95]
+    f = label_flips(ref, other, 0.5)
+    assert (f["n"], f["flips"], f["benign_to_malignant"], f["malignant_to_benign"]) == (5, 2, 1, 1)
+    assert f["max_abs_diff"] == pytest.approx(0.5) and f["mean_abs_diff"] == pytest.approx(0.23)
+    assert label_flips(ref, other, 0.05)["flips"] == 0  # at a low threshold both call all malignant
+
+
+def test_mask_fidelity_is_the_iou_between_the_two_masks():
+    a = np.zeros((2, 4, 4, 1))
+    b = np.zeros((2, 4, 4, 1))
+    a[0, :2, :2] = 0.9  # 4 pixels
+    b[0, :2, :3] = 0.8  # 6 pixels, 4 shared
+    f = mask_fidelity(a, b)  # image 2: both empty, they agree
+    assert f["n"] == 2 and f["pixel_flips"] == 2
+    assert f["mask_iou_min"] == pytest.approx(4 / 6) and f["mask_iou_mean"] == pytest.approx((4 / 6 + 1) / 2)
+
+
+def test_max_flips_gate():
+    ref = {"accuracy": 0.8, "malignant_recall": 0.8}
+    fid = label_flips([0.1, 0.6, 0.7, 0.4, 0.9, 0.2], [0.6, 0.6, 0.2, 0.3, 0.95, 0.7])
+    g = gate_check("classify", ref, ref, None, None, fid, 1)
+    assert not g["passed"] and g["failures"] == [
+        "3 of 6 test labels flipped against the float model (2 benign->malignant, 1 malignant->benign; > --max-flips 1)"]
+    assert gate_check("classify", ref, ref, None, None, fid, 3)["passed"]
+    seg = gate_check("segment", {"iou": 0.5}, {"iou": 0.5}, None, None, mask_fidelity(np.ones((1, 2, 2)), np.ones((1, 2, 2))), 0)
+    assert seg["passed"] and any(c.get("note", "").startswith("not applicable") and c["option"] == "--max-flips"
+                                 for c in seg["checks"])
+
+
+def test_export_records_flips_and_gates_on_them(cls_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(cls_run, run)
+    r = cli("export", run, "--formats", "int8", "--ptq", "--overwrite", "--max-flips", 0)
+    f = manifest(run)["exports"]["int8"]["fidelity"]
+    assert f["n"] == 12 and f["flips"] == f["benign_to_malignant"] + f["malignant_to_benign"]
+    assert f["flips"] == round((1 - manifest(run)["exports"]["int8"]["agreement"]["label_agreement"]) * 12)
+    if f["flips"]:
+        one_line_error(r, "--max-flips 0")
+    else:
+        assert r.exit_code == 0, r.output
+    assert "flips b→m / m→b" in (run / "export_report.md").read_text()
+    r = cli("export", run, "--formats", "int8", "--ptq", "--overwrite", "--max-flips", f["flips"])
+    assert r.exit_code == 0, r.output
+    one_line_error(cli("export", run, "--int8", "--overwrite", "--max-flips", -1), "--max-flips -1")
