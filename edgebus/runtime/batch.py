@@ -14,10 +14,11 @@ from PIL import Image
 
 from edgebus.core.errors import EdgebusError
 from edgebus.core.io import append_jsonl, atomic_write, make_dir, read_json, read_jsonl, repair_jsonl, write_json
+from edgebus.runtime.dicom import is_dicom, loop_summary
 from edgebus.runtime.overlay import render_overlay, save_png
 from edgebus.runtime.pipeline import LATENCY_KEYS, LesionPipeline
 
-CSV_FIELDS = ("file", "width", "height", "prob_malignant", "prob_raw", "label", "threshold", "findings", "mask_threshold", "mask_area_px",
+CSV_FIELDS = ("file", "frame", "sop_instance_uid", "width", "height", "prob_malignant", "prob_raw", "label", "threshold", "findings", "mask_threshold", "mask_area_px",
               "pixel_size_mm", "mask_area_mm2", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1",
               *(f"latency_{k}_ms" for k in LATENCY_KEYS), "overlay", "mask_file", "error")
 
@@ -87,6 +88,23 @@ def _open_out(out: Path, ident: dict, overlays: bool, masks: bool, overwrite: bo
     return {}
 
 
+def _predicted(pipeline: LesionPipeline, files, done: dict, pixel_sizes: dict, pixel_size_mm):
+    """(name, output stem, result or None when done before, gray) for every frame of `files`: a
+    PNG/JPEG is one frame, a DICOM file one per frame (decoded one at a time)."""
+    for f, stem in zip(files, _out_names(files)):
+        px = pixel_sizes.get(f.name, pixel_size_mm)
+        if is_dicom(f):
+            for res, gray in pipeline.iter_dicom(f, px):
+                name = res["file"]
+                many = (res.get("frames") or 1) > 1
+                yield name, f"{stem}_f{res['frame']:04d}" if many else stem, (None if name in done else res), gray
+        elif str(f) in done:
+            yield str(f), stem, None, None
+        else:
+            res, gray = pipeline.predict_with_frame(f, px, name=str(f))
+            yield str(f), stem, res, gray
+
+
 def predict_files(pipeline: LesionPipeline, files: list[Path], out: str | Path, pixel_sizes: dict | None = None,
                   pixel_size_mm: float | None = None, overlays: bool = True, masks: bool = True, log=print,
                   overwrite: bool = False) -> dict:
@@ -103,13 +121,11 @@ def predict_files(pipeline: LesionPipeline, files: list[Path], out: str | Path, 
     rows, resumed = [], 0
     infer_s = pipe_s = 0.0
     t_start = time.perf_counter()
-    for f, stem in zip(files, _out_names(files)):
-        if str(f) in done:
-            rows.append(done[str(f)])
+    for f, stem, res, gray in _predicted(pipeline, files, done, pixel_sizes, pixel_size_mm):
+        if res is None:  # done in an earlier run
+            rows.append(done[f])
             resumed += 1
             continue
-        px = pixel_sizes.get(f.name, pixel_size_mm)
-        res, gray = pipeline.predict_with_frame(f, px, name=str(f))
         ov = mk = None
         if res["error"] is None:
             lat = res["latency_ms"]
@@ -119,9 +135,9 @@ def predict_files(pipeline: LesionPipeline, files: list[Path], out: str | Path, 
                 ov = str(save_png(out / "overlays" / f"{stem}.png", render_overlay(gray, res)))
             if masks and res["mask"] is not None:
                 mk = str(save_png(out / "masks" / f"{stem}.png", Image.fromarray(res["mask"] * np.uint8(255))))
-            log(f"{f.name}: {_describe_result(res)}")
+            log(f"{Path(f).name}: {_describe_result(res)}")
         else:
-            log(f"{f.name}: error: {res['error']}")
+            log(f"{Path(f).name}: error: {res['error']}")
         row = _row(res, ov, mk)
         try:
             append_jsonl(jsonl, row)
@@ -164,6 +180,12 @@ def predict_files(pipeline: LesionPipeline, files: list[Path], out: str | Path, 
         "predictions": {"jsonl": str(jsonl), "csv": str(csv_path)},
         "overlays": str(out / "overlays") if overlays and ok else None,
     }
+    loops = {}
+    for r in rows:
+        if (r.get("frames") or 1) > 1:
+            loops.setdefault(r["source_file"], []).append(r)
+    if loops:  # cine loops: the frame with the largest lesion and the mean probability, per loop
+        summary["loops"] = {src: loop_summary(rs) for src, rs in loops.items()}
     summary["summary_file"] = str(write_json(out / "summary.json", summary))
     return summary
 

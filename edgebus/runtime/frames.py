@@ -14,7 +14,7 @@ from edgebus.core.errors import EdgebusError
 from edgebus.data.preprocess import _to_gray, load_gray
 
 MAX_FRAME_PIXELS = 50_000_000  # refuse bigger frames before decoding them (about 7000 x 7000)
-FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
+FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")  # DICOM: edgebus.runtime.dicom
 # Pillow modes a frame may have; 16-bit gray is rescaled to 8 bits by the shared preprocessing.
 _FRAME_MODES = {"L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr",
                 "I;16", "I;16B", "I;16L", "I;16N"}
@@ -103,5 +103,5 @@ def resolve_inputs(path: str | Path) -> tuple[list[Path], int]:
         return [path], 0
     files, skipped = list_frames(path)
     if not files:
-        raise EdgebusError(f"{path}: no PNG/JPEG frames in the folder")
+        raise EdgebusError(f"{path}: no PNG/JPEG/DICOM frames in the folder")
     return files, skipped

@@ -41,11 +41,21 @@ from edgebus.core.errors import EdgebusError
 from edgebus.data.preprocess import crop_square_px, lesion_box
 from edgebus.runtime.bundle import load_bundle
 from edgebus.runtime.ensemble import EnsembleModel
+from edgebus.runtime.dicom import is_dicom, iter_frames
 from edgebus.runtime.frames import MAX_FRAME_PIXELS, gray_from_array, load_frame
 from edgebus.runtime.model import ExportedModel
 from edgebus.runtime.overlay import render_overlay
 
 LATENCY_KEYS = ("load", "classify", "segment", "total")
+
+
+def dicom_fields(path, fr, pixel_size_mm=None) -> dict:
+    """The DICOM part of a frame's result: where it came from and where its pixel size did."""
+    return {"source_file": str(path), "frame": fr.number, "frames": fr.frames, "sop_instance_uid": fr.sop_instance_uid,
+            "region": fr.region, "pixel_size_from": "dicom regions" if fr.pixel_size_mm else
+            ("given" if pixel_size_mm else None), "note": fr.note}
+
+
 RESULT_FIELDS = ("file", "width", "height", "prob_malignant", "prob_raw", "label", "threshold", "descriptors", "findings", "mask_threshold", "mask",
                  "mask_area_px", "pixel_size_mm", "mask_area_mm2", "bbox", "crop", "latency_ms", "error")
 
@@ -93,8 +103,33 @@ class LesionPipeline:
 
     def predict(self, frame, pixel_size_mm: float | None = None, name: str | None = None) -> dict:
         """One frame -> a result dict (see RESULT_FIELDS). Never raises for a bad frame: the result's
-        `error` holds the message and the other values are None."""
+        `error` holds the message and the other values are None. A single-frame DICOM file is read
+        as predict_dicom reads it."""
+        if isinstance(frame, (str, Path)) and is_dicom(frame):
+            rows = self.predict_dicom(frame, pixel_size_mm)
+            if len(rows) > 1:
+                raise EdgebusError(f"{frame}: a multi-frame DICOM ({len(rows)} frames); use predict_dicom")
+            return rows[0]
         return self.predict_with_frame(frame, pixel_size_mm, name)[0]
+
+    def predict_dicom(self, path, pixel_size_mm: float | None = None) -> list[dict]:
+        """Every frame of an ultrasound DICOM file, one result each (with frame number and SOP
+        Instance UID); the pixel size from its ultrasound regions wins over `pixel_size_mm`."""
+        return [res for res, _ in self.iter_dicom(path, pixel_size_mm)]
+
+    def iter_dicom(self, path, pixel_size_mm: float | None = None):
+        """(result, gray) per frame of a DICOM file, decoded one at a time; a file that cannot be
+        read gives one result with its `error`."""
+        try:
+            for fr in iter_frames(path, self.max_pixels):
+                name = f"{path}#{fr.number}" if fr.frames > 1 else str(path)
+                res, gray = self.predict_with_frame(fr.gray, fr.pixel_size_mm or pixel_size_mm, name)
+                res.update(dicom_fields(path, fr, pixel_size_mm))
+                yield res, gray
+        except EdgebusError as e:
+            res = {k: None for k in RESULT_FIELDS}
+            res.update(file=str(path), error=str(e), source_file=str(path))
+            yield res, None
 
     def predict_with_frame(self, frame, pixel_size_mm: float | None = None, name: str | None = None):
         """(result, uint8 gray frame or None): the frame too, e.g. for `render_overlay`."""
