@@ -129,3 +129,41 @@ def test_a_cv_becomes_a_fold_ensemble_bundle(cv_dir, seg_run, synthetic_breast_d
     assert r.exit_code == 0, r.output
     (out / "classifier_fold1.tflite").write_bytes((out / "classifier_fold0.tflite").read_bytes())
     one_line_error(cli("predict", "--bundle", out, frame, "--out", tmp_path / "p2"), "classifier_fold1.tflite", "sha256")
+
+
+def test_model_card_is_filled_from_the_run_and_its_cv(cv_dir, synthetic_breast_dir, tmp_path):
+    """Issue 14: every section of model_card.json / .md comes from the run (and the CV its operating
+    point came from), the latency appears once benched, and the bundle carries the card."""
+    from edgebus.core.io import read_jsonl
+
+    run = tmp_path / "run"
+    assert cli("train", "classify", "--data", synthetic_breast_dir, "--model", "test-cnn", "--size", 32, "--epochs", 2,
+               "--out", run, "--quiet").exit_code == 0
+    assert cli("operating-point", run, "--from-cv", cv_dir).exit_code == 0
+    r = cli("export", run, "--int8", "--ptq")
+    assert r.exit_code == 0 and "model card:" in r.output, r.output
+    card = json.loads((run / "model_card.json").read_text())
+    m = manifest(run)
+    assert card["model"]["sha256"] == m["artifacts"]["model_int8.tflite"]["sha256"]
+    assert card["training_data"]["fingerprint"] == m["data"]["fingerprint"] and card["intended_use"] and card["not_for"]
+    assert card["io"]["inputs"]["image"]["dtype"] == "uint8" and card["io"]["outputs"]["malignant_probability"]["threshold"] == m["threshold"]
+    cv = card["evaluation"]["cv"]
+    assert cv["n"] == len([i for r in read_jsonl(cv_dir / "folds.jsonl") for i in r["test_ids"]]) == m["data"]["n_lesions"]
+    assert cv["pooled"]["auc"]["value"] is not None and cv["operating_point"]["threshold"] == m["threshold"]
+    groups = cv["subgroups"]
+    assert set(groups) == {"BI-RADS", "tissue composition", "age band", "lesion size"}
+    for kind, rows in groups.items():
+        assert sum(r["n"] for r in rows) == cv["n"] or kind == "BI-RADS", kind  # every case in one band
+    assert card["calibration"]["raw"] is not None
+    f = card["int8_vs_float"]["fidelity"]
+    assert f["n"] == m["metrics"]["keras"]["test"]["n"] and f["flips"] == f["benign_to_malignant"] + f["malignant_to_benign"]
+    assert card["latency"] == [] and card["versions"]["tensorflow"]
+    md = (run / "model_card.md").read_text()
+    for heading in ("Intended use", "Inputs and outputs", "Training data", "Evaluation", "By subgroup", "Calibration",
+                    "int8 against its float parent", "Latency", "Known limits", "Versions"):
+        assert f"## {heading}" in md or f"### {heading}" in md, heading
+    assert cli("bench", run, "--runs", 3, "--warmup", 0, "--no-keras").exit_code == 0
+    card = json.loads((run / "model_card.json").read_text())
+    assert {row["file"] for row in card["latency"]} >= {"model_int8.tflite"} and all(row["median_ms"] > 0 for row in card["latency"])
+    assert cli("bundle", "--classifier", run, "--out", tmp_path / "cart").exit_code == 0
+    assert json.loads((tmp_path / "cart" / "classifier_model_card.json").read_text()) == card

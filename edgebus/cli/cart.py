@@ -48,6 +48,10 @@ def bench(targets: list[Path] = typer.Argument(..., help="a run directory (or a 
     md, _ = write_report(result, out)
     typer.echo(markdown(result))
     typer.echo(f"report: {md}")
+    if len(targets) == 1 and (targets[0] / "model_card.json").is_file() and out == targets[0]:
+        from edgebus.export.model_card import write_model_card
+
+        typer.echo(f"model card (with this latency): {write_model_card(targets[0])}")
     if result["rows"] and all(r.get("status") != "ok" for r in result["rows"]):
         raise EdgebusError(f"every benchmark row failed (first: {result['rows'][0].get('error')}); report kept at {md}")
 

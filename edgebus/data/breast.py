@@ -278,3 +278,20 @@ def breast_pixel_sizes(root: str | Path) -> dict[str, float]:
                            "install edgebus[train] or pass --pixel-size")
     ds = read_breast(root)
     return {c.image.name: c.pixel_size * 10.0 for c in ds.cases if c.pixel_size and c.pixel_size > 0}
+
+
+def case_attributes(root: str | Path) -> dict[int, dict]:
+    """{CaseID: age, tissue composition, BI-RADS, lesion equivalent diameter in mm} from a BrEaST
+    sheet and its masks: the subgroups a model card reports performance by."""
+    ds = read_breast(root)
+    df = _read_sheet(ds.sheet).set_index("CaseID")
+    out = {}
+    for c in ds.lesions():
+        row = df.loc[c.case_id]
+        diameter = None
+        if c.mask is not None and c.pixel_size:
+            area_mm2 = float(load_mask(c.mask).sum()) * (c.pixel_size * 10.0) ** 2
+            diameter = 2.0 * float(np.sqrt(area_mm2 / np.pi))
+        out[c.case_id] = {"age": row.get("Age"), "tissue": row.get("Tissue_composition"), "birads": row.get("BIRADS"),
+                          "diameter_mm": diameter}
+    return out

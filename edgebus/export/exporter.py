@@ -255,6 +255,9 @@ def export_run(run_dir: str | Path, cfg: ExportConfig | None = None, log=print) 
     run.stage("export", **stage)
     run.save()
     log(table)
+    from edgebus.export.model_card import write_model_card
+
+    log(f"model card: {write_model_card(run.path)}")
 
     failed = [e for e in new.values() if e["status"] != "ok"]
     if failed:

@@ -53,6 +53,17 @@ def find_bundle(folder: str | Path) -> tuple[Path | None, Path | None]:
     return found.get("classify"), found.get("segment")
 
 
+def _model_card_files(src) -> list[Path]:
+    """A run directory's model_card.md / .json, sha256-checked against its manifest ([] for a file)."""
+    from edgebus.core.manifest import MANIFEST, Run
+
+    src = Path(src)
+    if not (src / MANIFEST).is_file():
+        return []
+    run = Run.load(src)
+    return [run.verify_artifact(n) for n in ("model_card.md", "model_card.json") if n in run.manifest.artifacts]
+
+
 def make_bundle(out: str | Path, classifier: str | Path | None = None, segmenter: str | Path | None = None,
                 fmt: str = "int8", overwrite: bool = False) -> Path:
     """Copy a classifier and/or segmenter (.tflite files or run directories: their `fmt` export) into
@@ -79,6 +90,9 @@ def make_bundle(out: str | Path, classifier: str | Path | None = None, segmenter
         name = BUNDLE_FILES[task]
         atomic_write(out / name, m.path.read_bytes())
         record[TASKS[task].role] = {**m.describe(), "file": name, "copied_from": str(m.path.resolve())}
+        src = classifier if task == "classify" else segmenter
+        for card in _model_card_files(src):  # the run's model card travels with its model
+            atomic_write(out / f"{TASKS[task].role}_{card.name}", card.read_bytes())
     members = []
     if ensemble is not None:
         ens, source = ensemble

@@ -1,0 +1,272 @@
+"""A model card per exported run (model_card.json + model_card.md beside the .tflite files, copied
+into the cart bundle): what the model is for and not for, what it was trained and checked on,
+how well it does overall and by subgroup with intervals, how calibrated it is, what int8 changed
+case by case, how fast it ran where it was measured, what it cannot be trusted with, and the
+version chain. The sections follow the model card the FDA's draft guidance on AI-enabled device
+software functions describes; inputs and outputs are typed as MONAI bundle metadata types them.
+Everything is filled from the run (and the CV its operating point came from); nothing is typed in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgebus import __version__
+from edgebus.core.io import atomic_write, now, read_json, read_jsonl, write_json
+from edgebus.core.manifest import Run
+from edgebus.core.stats import bootstrap_classification, interval_text
+
+CARD_JSON, CARD_MD = "model_card.json", "model_card.md"
+SCHEMA = "edgebus.model-card/1"
+DATASET = ("BrEaST-Lesions_USG (TCIA), breast ultrasound of one centre; Pawłowska et al., Sci Data 11:148, 2024; "
+           "CC BY 4.0")
+INTENDED_USE = {
+    "classify": "Decision support for a clinician reading a breast-ultrasound frame of a lesion already found: a "
+                "malignancy probability at a stated operating point, with BI-RADS-style findings where the model "
+                "has them. The reader decides; the output is a second opinion, not a diagnosis.",
+    "segment": "Outlining a breast lesion already found on an ultrasound frame, for its size (mm^2) and position; "
+               "the outline is checked by the reader.",
+}
+NOT_FOR = [
+    "screening or finding lesions (every training image holds a lesion a radiologist chose)",
+    "ruling out cancer or deferring a biopsy on its own",
+    "images other than 2D B-mode breast ultrasound (Doppler, elastography, other organs)",
+    "patients or devices unlike the training data without a local validation (see the limits)",
+]
+SUBGROUPS = ("BI-RADS", "tissue composition", "age band", "lesion size")
+
+
+def _dataset(data) -> str:
+    """What the training data was, from the run's data entry (a synthetic set says so)."""
+    if data is None:
+        return "not recorded"
+    root = Path(data.root)
+    if data.format == "busi":
+        return f"BUSI layout at {root.name} (Al-Dhabyani et al., Data in Brief 28, 2020)"
+    if any(root.glob("*synthetic*.xlsx")):
+        return f"a SYNTHETIC set in the BrEaST layout made by 'edgebus synth' ({root.name}): not patient data"
+    return DATASET
+
+
+def _band(kind: str, a: dict):
+    if kind == "BI-RADS":
+        return None if a["birads"] is None else f"BI-RADS {a['birads']}"
+    if kind == "tissue composition":
+        t = str(a["tissue"] or "not available").lower()
+        return "not available" if t == "not available" else ("fat" if "fat" in t else "fibroglandular")
+    if kind == "age band":
+        try:
+            age = float(a["age"])
+        except (TypeError, ValueError):
+            return "not available"
+        return "< 40" if age < 40 else ("40-54" if age < 55 else ("55-69" if age < 70 else ">= 70"))
+    d = a["diameter_mm"]
+    return "not available" if d is None else ("< 10 mm" if d < 10 else ("10-20 mm" if d <= 20 else "> 20 mm"))
+
+
+def subgroup_table(ids, y, p, threshold: float, attrs: dict, n_boot: int = 1000) -> dict:
+    """{subgroup kind: [{value, n, malignant, sensitivity, specificity, auc} with 95% CIs]} of
+    out-of-fold predictions at `threshold`. A subgroup of one class gets only the rate it has."""
+    out = {}
+    for kind in SUBGROUPS:
+        bands = np.array([_band(kind, attrs[i]) if i in attrs else "not available" for i in ids], dtype=object)
+        rows = []
+        for value in sorted({b for b in bands if b is not None}, key=str):
+            m = bands == value
+            if m.sum() < 5:
+                rows.append({"value": value, "n": int(m.sum()), "note": "fewer than 5 cases: not reported"})
+                continue
+            ci = bootstrap_classification(y[m], p[m], threshold, n_boot, seed=0)
+            rows.append({"value": value, "n": int(m.sum()), "malignant": int(y[m].sum()),
+                         "sensitivity": ci["malignant_recall"] if y[m].any() else None,
+                         "specificity": ci["benign_recall"] if (~y[m].astype(bool)).any() else None,
+                         "auc": ci["auc"] if 0 < y[m].sum() < m.sum() else None})
+        out[kind] = rows
+    return out
+
+
+def _cv_part(run: Run) -> dict | None:
+    """The CV the run's operating point came from: protocol, pooled int8 results, subgroups."""
+    op = run.manifest.operating_point or {}
+    cv_dir = Path(op["cv"]) if op.get("cv") else None
+    if cv_dir is None or not (cv_dir / "folds.jsonl").is_file():
+        return None
+    summary = read_json(cv_dir / "summary.json") if (cv_dir / "summary.json").is_file() else {}
+    recs = sorted(read_jsonl(cv_dir / "folds.jsonl"), key=lambda r: r["fold"])
+    key = "test_prob_int8" if all("test_prob_int8" in r for r in recs) else "test_prob"
+    ids = [i for r in recs for i in r["test_ids"]]
+    y = np.concatenate([r["test_label"] for r in recs]).astype(int)
+    p = np.concatenate([r[key] for r in recs])
+    part = {"folder": str(cv_dir), "folds": len(recs), "n": int(len(y)), "malignant": int(y.sum()), "scored": key,
+            "pooled": summary.get("bootstrap_int8" if key == "test_prob_int8" else "bootstrap"),
+            "int8_fidelity": summary.get("int8_fidelity"), "operating_point": {
+                k: op.get(k) for k in ("target_sensitivity", "threshold", "cross_fitted", "ece", "source")}}
+    root = run.manifest.data.root if run.manifest.data else None
+    try:
+        from edgebus.data.breast import case_attributes
+
+        attrs = case_attributes(root)
+        part["subgroups"] = subgroup_table(ids, y, p, float(op["threshold"]), attrs)
+        part["subgroups_note"] = ("at the shipped threshold, on the out-of-fold predictions it was chosen on (the "
+                                  "overall cross-fitted estimate is the honest one; subgroups show where it is weaker)")
+    except Exception as e:  # the data is not on this machine, or not a BrEaST sheet: say so
+        part["subgroups"] = None
+        part["subgroups_note"] = f"not available: {str(e).splitlines()[0][:160]}"
+    return part
+
+
+def _latency(run: Run) -> list[dict]:
+    path = run.file("report.json")
+    if not path.is_file():
+        return []
+    rep = read_json(path)
+    machine = rep.get("machine", {})
+    where = f"{machine.get('cpu')} ({machine.get('arch')}, {machine.get('cores')} cores), {machine.get('interpreter')}"
+    return [{"device": where, "file": Path(r["file"]).name, "threads": r.get("threads"), "xnnpack": r.get("xnnpack"),
+             "median_ms": (r.get("latency_ms") or {}).get("median"), "measured": rep.get("created")}
+            for r in rep.get("rows", []) if r.get("status") == "ok" and str(r.get("file", "")).endswith(".tflite")]
+
+
+def _io(run: Run, export: dict) -> dict:
+    """Inputs and outputs, typed (after MONAI bundle metadata's network_data_format)."""
+    meta = read_json(run.file(export["metadata"])) if export.get("metadata") and run.file(export["metadata"]).is_file() else {}
+    io = meta.get("io", {})
+    c = run.manifest.preprocess or {}
+    inputs = {"image": {"type": "image", "format": "grayscale B-mode frame, replicated to 3 channels",
+                        "dtype": io.get("input", {}).get("dtype"), "shape": io.get("input", {}).get("shape"),
+                        "value_range": [0, 255] if io.get("input", {}).get("dtype") == "uint8" else c.get("range"),
+                        "preprocessing": c}}
+    task = run.task.name
+    outputs = {"malignant_probability" if task == "classify" else "lesion_mask": {
+        "type": "probability" if task == "classify" else "segmentation",
+        "dtype": io.get("output", {}).get("dtype"), "shape": io.get("output", {}).get("shape"),
+        "threshold": meta.get("threshold"), "labels": meta.get("labels"), "calibration": meta.get("calibration")}}
+    if meta.get("descriptors"):
+        outputs["descriptors"] = {"type": "probabilities", "labels": [d["name"] for d in meta["descriptors"]]}
+    return {"inputs": inputs, "outputs": outputs}
+
+
+def model_card(run: Run) -> dict:
+    """The card of a run's deliverable export (int8 where there is one)."""
+    m = run.manifest
+    exports = m.exports or {}
+    key = "int8" if "int8" in exports else next(iter(exports))
+    e = exports[key]
+    train = m.stages.get("train", {})
+    keras_test = (m.metrics.get("keras") or {}).get("test")
+    card = {
+        "schema": SCHEMA, "written": now(), "model": {
+            "name": m.model.name if m.model else None, "task": run.task.name, "file": e["file"],
+            "sha256": m.artifacts.get(e["file"], {}).get("sha256"), "format": e.get("format"), "source": e.get("source"),
+            "input_size": (m.preprocess or {}).get("size")},
+        "intended_use": INTENDED_USE[run.task.name], "not_for": NOT_FOR,
+        "training_data": {"dataset": _dataset(m.data), "root": m.data.root if m.data else None,
+                          "fingerprint": m.data.fingerprint if m.data else None,
+                          "lesion_cases": m.data.n_lesions if m.data else None,
+                          "split": m.split.counts if m.split else None, "augment": train.get("augment"), "epochs": train.get("epochs"), "lr": train.get("lr")},
+        "evaluation": {"test_split": {"float": keras_test, key: e.get("metrics")}, "cv": _cv_part(run)},
+        "calibration": (m.operating_point or {}).get("ece"),
+        "int8_vs_float": {"fidelity": e.get("fidelity"), "agreement": e.get("agreement")} if key == "int8" else None,
+        "latency": _latency(run),
+        "limits": [
+            f"trained on {m.data.n_lesions if m.data else '?'} lesions from one centre's ultrasound archive; the sheet "
+            "does not record the scanner per image, so no scanner is known to be covered",
+            "every training image holds a lesion; normal frames and frames without a lesion were not seen",
+            "the stress benchmark (edgebus stress) shows how much blur and lower resolution cost; check a new "
+            "scanner's frames against it and validate locally before use",
+            "subgroups with few cases have wide intervals; a blank cell means the rate is undefined there",
+        ],
+        "versions": {"edgebus": __version__, "tensorflow": train.get("tensorflow"), "tf_keras": train.get("keras"),
+                     "interpreter": e.get("interpreter"), "run_created": m.created,
+                     "run": str(run.path.resolve())},
+    }
+    card["io"] = _io(run, e)
+    return card
+
+
+def _ci(v) -> str:
+    return "-" if v is None else interval_text(v)
+
+
+def card_markdown(card: dict) -> str:
+    md = card["model"]
+    lines = [f"# Model card: {md['name']} ({md['task']}, {md['format']} {md['source'] or ''})".rstrip(), "",
+             f"File `{md['file']}` (sha256 `{(md['sha256'] or '')[:16]}`), input {md['input_size']}. Written "
+             f"{card['written']} by edgebus {card['versions']['edgebus']} from the run; nothing here is typed by hand.", "",
+             "## Intended use", "", card["intended_use"], "", "Not for:", *[f"- {x}" for x in card["not_for"]], "",
+             "## Inputs and outputs", ""]
+    for part in ("inputs", "outputs"):
+        for name, d in card["io"][part].items():
+            lines.append(f"- {part[:-1]} `{name}`: " + ", ".join(f"{k} {v}" for k, v in d.items()
+                                                                  if k != "preprocessing" and v is not None))
+    td = card["training_data"]
+    lines += ["", "## Training data", "", f"{td['dataset']}. {td['lesion_cases']} lesion cases, data fingerprint "
+              f"`{(td['fingerprint'] or '')[:12]}`; training augmentation {td['augment']}, {td['epochs']} epochs at lr "
+              f"{td['lr']}.", "", "## Evaluation", ""]
+    cv = card["evaluation"]["cv"]
+    if cv:
+        op = cv["operating_point"]
+        cf = op.get("cross_fitted") or {}
+        lines += [f"{cv['folds']}-fold cross-validation, {cv['n']} cases ({cv['malignant']} malignant), every case scored "
+                  f"out-of-fold by the {cv['scored'].replace('test_prob', 'float').replace('float_int8', 'int8')} model of "
+                  f"its fold (`{cv['folder']}`).", ""]
+        if cv.get("pooled"):
+            lines += ["| metric | pooled out-of-fold [95% CI] |", "|---|---|"]
+            lines += [f"| {k} | {_ci(cv['pooled'].get(k))} |" for k in ("auc", "accuracy", "malignant_recall", "benign_recall")
+                      if k in cv["pooled"]]
+        if cf:
+            lines += ["", f"Operating point for sensitivity {op['target_sensitivity']}: threshold {op['threshold']:.4f}; "
+                      f"cross-fitted sensitivity {cf['sensitivity']:.3f} [{cf['sensitivity_ci'][0]:.3f}, "
+                      f"{cf['sensitivity_ci'][1]:.3f}], specificity {cf['specificity']:.3f} [{cf['specificity_ci'][0]:.3f}, "
+                      f"{cf['specificity_ci'][1]:.3f}]."]
+        lines += ["", "### By subgroup", "", f"Subgroups {cv['subgroups_note']}.", ""]
+        for kind, rows in (cv.get("subgroups") or {}).items():
+            lines += [f"| {kind} | n | malignant | sensitivity | specificity | AUC |", "|---|---|---|---|---|---|"]
+            for r in rows:
+                if "note" in r:
+                    lines.append(f"| {r['value']} | {r['n']} | - | {r['note']} | | |")
+                else:
+                    lines.append(f"| {r['value']} | {r['n']} | {r['malignant']} | {_ci(r['sensitivity'])} | "
+                                 f"{_ci(r['specificity'])} | {_ci(r['auc'])} |")
+            lines.append("")
+    else:
+        lines += ["No cross-validation is linked to this run (`edgebus operating-point RUN --from-cv CV_DIR` links one); "
+                  "only the run's own test split below, too small for subgroups.", ""]
+    ts = card["evaluation"]["test_split"]
+    lines += ["Test split of the run: " + "; ".join(f"{k}: " + ", ".join(f"{m} {v[m]:.3f}" for m in ("accuracy", "auc", "iou", "dice")
+                                                                      if isinstance(v, dict) and v.get(m) is not None)
+                                                 for k, v in ts.items() if v), ""]
+    lines += ["## Calibration", "", (f"Expected calibration error {card['calibration']}" if card["calibration"]
+                                     else "Not calibrated (no operating point from a CV)."), ""]
+    f = (card["int8_vs_float"] or {}).get("fidelity")
+    lines += ["## int8 against its float parent", ""]
+    if f and "flips" in f:
+        lines.append(f"Test split: {f['flips']} of {f['n']} labels flipped ({f['benign_to_malignant']} benign -> malignant, "
+                     f"{f['malignant_to_benign']} malignant -> benign); max probability gap {f['max_abs_diff']:.3f}.")
+    elif f:
+        lines.append(f"Test split: mask IoU between float and int8 {f['mask_iou_mean']:.3f} mean, {f['mask_iou_min']:.3f} worst image.")
+    else:
+        lines.append("Not recorded: the file was exported before edgebus counted flips (re-export to add it).")
+    if cv and cv.get("int8_fidelity"):
+        g = cv["int8_fidelity"]
+        lines.append(f"Cross-validation, all {g['n']} out-of-fold cases: {g['flips']} flipped ({g['benign_to_malignant']} "
+                     f"benign -> malignant, {g['malignant_to_benign']} malignant -> benign).")
+    lines += ["", "## Latency", ""]
+    lines += [f"- {r['device']}: `{r['file']}`, {r['threads']} thread(s), median {r['median_ms']} ms" for r in card["latency"]] \
+        or ["Not measured yet: `edgebus bench RUN` adds it."]
+    lines += ["", "## Known limits", "", *[f"- {x}" for x in card["limits"]], "", "## Versions", "",
+              *[f"- {k}: {v}" for k, v in card["versions"].items()], ""]
+    return "\n".join(lines)
+
+
+def write_model_card(run_dir) -> Path:
+    """Write model_card.json and model_card.md into an exported run and record them."""
+    run = Run.load(run_dir)
+    card = model_card(run)
+    write_json(run.file(CARD_JSON), card)
+    path = atomic_write(run.file(CARD_MD), card_markdown(card))
+    run.add_artifact(CARD_JSON, "model-card")
+    run.add_artifact(CARD_MD, "model-card")
+    run.save()
+    return path
