@@ -57,3 +57,30 @@ def test_export_records_flips_and_gates_on_them(cls_run, tmp_path):
     r = cli("export", run, "--formats", "int8", "--ptq", "--overwrite", "--max-flips", f["flips"])
     assert r.exit_code == 0, r.output
     one_line_error(cli("export", run, "--int8", "--overwrite", "--max-flips", -1), "--max-flips -1")
+
+
+def test_litert_quantizer_makes_a_full_integer_file_that_follows_its_parent(cls_run, tmp_path):
+    """Issue 14: --quantizer litert writes model_int8_litert.tflite beside QAT / PTQ: full integer,
+    loaded by the cart's loader, agreeing with the float model on most test images, with the
+    per-layer errors that show where int8 loses; --sensitive-int16 keeps the worst at 16 bits."""
+    pytest.importorskip("ai_edge_quantizer", reason="the quantizer extra is not installed: pip install 'edgebus[quantizer]'")
+    from edgebus.export.convert import float_tensors
+    from edgebus.runtime.model import ExportedModel
+
+    run = tmp_path / "run"
+    shutil.copytree(cls_run, run)
+    r = cli("export", run, "--formats", "int8", "--ptq", "--overwrite", "--quantizer", "litert", "--sensitive-int16", 2)
+    assert r.exit_code == 0, r.output
+    e = manifest(run)["exports"]["int8_litert"]
+    assert e["source"] == "litert" and e["role"] == "comparison" and e["status"] == "ok"
+    em = ExportedModel(run / "model_int8_litert.tflite", "classify")
+    assert float_tensors(em.model) == [] and e["io"]["input"]["dtype"] == "int8"
+    assert e["agreement"]["label_agreement"] >= 0.75, e["agreement"]
+    lit = e["litert"]
+    assert len(lit["int16_tensors"]) == 2 and lit["int16_tensors"] == [t["tensor"] for t in lit["layer_errors_int8"][:2]]
+    assert lit["layer_errors_int8"][0]["mse"] >= lit["layer_errors_int8"][-1]["mse"]
+    assert "Where int8 loses" in (run / "export_report.md").read_text()
+    r = cli("bench", run, "--runs", 3, "--warmup", 0, "--no-keras")
+    assert r.exit_code == 0 and "model_int8_litert.tflite" in r.output, r.output
+    one_line_error(cli("export", run, "--formats", "float32", "--quantizer", "litert", "--overwrite"), "--int8")
+    one_line_error(cli("export", run, "--int8", "--sensitive-int16", 2, "--overwrite"), "--quantizer litert")

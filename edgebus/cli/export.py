@@ -30,6 +30,10 @@ def export(ctx: typer.Context, run: Path = typer.Argument(..., help="run directo
            max_drop: Optional[float] = typer.Option(None, help="fail if a file loses more than this vs the float Keras model: "
                                                     "accuracy points for a classifier (1.0), IoU for a segmenter (0.01)"),
            max_recall_drop: Optional[float] = typer.Option(None, help="fail if malignant recall drops more than this many points"),
+           quantizer: str = typer.Option("tflite", "--quantizer", help="litert: also make model_int8_litert.tflite with the "
+                                         "AI Edge (LiteRT) quantizer, compared beside QAT and PTQ"),
+           sensitive_int16: int = typer.Option(0, "--sensitive-int16", help="with --quantizer litert: keep the N layers "
+                                               "whose int8 error is largest at 16-bit activations"),
            max_flips: Optional[int] = typer.Option(None, "--max-flips", help="fail if a classifier file decides more than this many "
                                                    "test cases differently from the float Keras model"),
            edgetpu: bool = typer.Option(False, "--edgetpu", help="compile the int8 files with edgetpu_compiler if installed"),
@@ -46,7 +50,7 @@ def export(ctx: typer.Context, run: Path = typer.Argument(..., help="run directo
 
     opts = dict(formats=formats, calibration_images=calibration_images, io_type=io_type, qat_epochs=qat_epochs,
                 qat_lr=qat_lr, qat_batch=qat_batch, max_drop=max_drop, max_recall_drop=max_recall_drop,
-                max_flips=max_flips, edgetpu=edgetpu, overwrite=overwrite)
+                max_flips=max_flips, edgetpu=edgetpu, quantizer=quantizer, sensitive_int16=sensitive_int16, overwrite=overwrite)
     cfg = ExportConfig.build(profile, int8=int8, ptq=ptq, **(_given(ctx, **opts) if profile is not None else opts))
     export_run(run, cfg, log=typer.echo)
     typer.echo(f"validation: {run / 'export_report.md'}" + (f"; Edge TPU: {run / 'edgetpu_report.md'}" if "int8" in cfg.formats else ""))

@@ -9,9 +9,11 @@ from pathlib import Path
 from edgebus.core.errors import EdgebusError
 FORMATS = ("float32", "float16", "dynamic", "int8")
 INT8_SOURCES = ("qat", "ptq")
+QUANTIZERS = ("tflite", "litert")  # the TF converter's (PTQ / QAT), and the AI Edge quantizer's beside it
 
 PROFILE_KEYS = {"target", "formats", "int8_source", "io_type", "calibration_images", "qat_epochs", "qat_lr",
-                "max_drop", "max_recall_drop", "max_flips", "edgetpu"}
+                "max_drop", "max_recall_drop", "max_flips", "edgetpu",
+                "quantizer", "sensitive_int16"}
 
 
 def load_profile(path: str | Path) -> dict:
@@ -47,6 +49,8 @@ class ExportConfig:
     max_recall_drop: float | None = None
     max_flips: int | None = None  # classifier labels an exported file may decide differently from the float model
     edgetpu: bool = False
+    quantizer: str = "tflite"  # "litert": also quantize with the AI Edge quantizer (model_int8_litert.tflite, compared)
+    sensitive_int16: int = 0  # with quantizer litert: keep the N tensors that lose most at 16-bit activations
     overwrite: bool = False
 
     @classmethod
@@ -72,6 +76,14 @@ class ExportConfig:
         bad = [f for f in self.formats if f not in FORMATS]
         if bad or not self.formats:
             raise EdgebusError(f"unknown format(s) {', '.join(bad) or '(none)'}; choose from {', '.join(FORMATS)}")
+        if self.quantizer not in QUANTIZERS:
+            raise EdgebusError(f"--quantizer '{self.quantizer}': choose {' or '.join(QUANTIZERS)}")
+        if self.quantizer == "litert" and "int8" not in self.formats:
+            raise EdgebusError("--quantizer litert makes an int8 file: add --int8")
+        if self.sensitive_int16 and self.quantizer != "litert":
+            raise EdgebusError("--sensitive-int16 applies to --quantizer litert")
+        if self.sensitive_int16 < 0:
+            raise EdgebusError(f"--sensitive-int16 {self.sensitive_int16}: give 0 or more layers")
         if self.int8_source not in INT8_SOURCES:
             raise EdgebusError(f"int8 source '{self.int8_source}': choose qat or ptq")
         if self.io_type not in ("uint8", "int8"):
@@ -99,6 +111,8 @@ class ExportConfig:
                 plan += [("int8_ptq", "int8", "ptq"), ("int8", "int8", "qat")]
             else:
                 plan.append((f, f, "ptq" if f == "int8" else "float"))
+            if f == "int8" and self.quantizer == "litert":
+                plan.append(("int8_litert", "int8", "litert"))
         seen, out = set(), []
         for p in plan:
             if p[0] not in seen:

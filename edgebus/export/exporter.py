@@ -25,7 +25,7 @@ from edgebus.export.convert import convert, float_tensors, model_metadata, write
 from edgebus.export.qat import QAT_MODEL
 from edgebus.export.validate import gate_check, validation_table
 
-ORDER = ("float32", "float16", "dynamic", "int8_ptq", "int8")
+ORDER = ("float32", "float16", "dynamic", "int8_ptq", "int8_litert", "int8")
 
 
 def write_eval_pack(run: Run, split_ids: list, x: np.ndarray, truth: np.ndarray) -> None:
@@ -52,13 +52,20 @@ def run_metadata(run: Run, fmt: str, source: str) -> dict:
 
 
 def _export_file(run: Run, key: str, fmt: str, source: str, model, calib, io_type: str, test: tuple, ref_prob,
-                 extra_meta: dict | None = None) -> dict:
+                 extra_meta: dict | None = None, sensitive_int16: int = 0) -> dict:
     """Convert one file, embed its metadata, write the sidecar, validate it on the test split."""
     from edgebus.runtime.model import ExportedModel
 
     name, side = f"model_{key}.tflite", f"model_{key}.json"
-    meta = write_tflite(run.file(name), convert(model, fmt, calib if fmt == "int8" else None, io_type),
-                        {**run_metadata(run, fmt, source), **(extra_meta or {})}, run.file(side))
+    litert = None
+    if source == "litert":  # the AI Edge quantizer on the float32 flatbuffer, same calibration images
+        from edgebus.export.litert_quant import litert_int8, quantizer_version
+
+        data, litert = litert_int8(convert(model, "float32"), calib, sensitive_int16)
+        litert["version"] = quantizer_version()
+    else:
+        data = convert(model, fmt, calib if fmt == "int8" else None, io_type)
+    meta = write_tflite(run.file(name), data, {**run_metadata(run, fmt, source), **(extra_meta or {})}, run.file(side))
     em = ExportedModel(run.file(name), run.task)  # the loader the cart uses: metadata, contract, shapes
     xte, yte = test[:2]
     prob, desc = em.predict_with_descriptors(xte)
@@ -71,6 +78,8 @@ def _export_file(run: Run, key: str, fmt: str, source: str, model, calib, io_typ
         "interpreter": f"{em.model.backend} {em.model.backend_version}",
         "xnnpack": em.model.xnnpack, "xnnpack_error": em.model.xnnpack_error, "status": "ok",
     }
+    if litert is not None:
+        entry["litert"] = litert
     if desc is not None:
         from edgebus.core.metrics import descriptor_metrics
 
@@ -163,6 +172,15 @@ def _report(run: Run, refs, results: dict, cfg: ExportConfig, n: int, edgetpu: b
           table, "", "## Interpreters", ""] + rt_lines
     if edgetpu:
         md += ["", "## Edge TPU", "", "See edgetpu_report.md."]
+    lit = (results.get("int8_litert") or {}).get("litert")
+    if lit:
+        kept = ", ".join(f"`{t}`" for t in lit["int16_tensors"]) or "none"
+        md += ["", f"## Where int8 loses (AI Edge quantizer {lit.get('version')}, {lit['layers']} tensors)", "",
+               f"Tensors kept at 16-bit activations (--sensitive-int16): {kept}.", "",
+               "| tensor | MSE vs float, all int8 | MSE, as exported |", "|---|---|---|"]
+        after = {r["tensor"]: r["mse"] for r in lit["layer_errors"]}
+        md += [f"| `{r['tensor'][:90]}` | {r['mse']:.3g} | {after[r['tensor']]:.3g} |" if r["tensor"] in after else
+               f"| `{r['tensor'][:90]}` | {r['mse']:.3g} | - |" for r in lit["layer_errors_int8"][:10]]
     atomic_write(run.file("export_report.md"), "\n".join(md) + "\n")
     run.add_artifact("export_report.md", "export-report")
     return table
@@ -222,8 +240,8 @@ def export_run(run_dir: str | Path, cfg: ExportConfig | None = None, log=print) 
         log(f"converting {key} ({source}) ...")
         extra = {"qat": {"epochs": qat_info["epochs"], "lr": qat_info["lr"], "keras_weights": QAT_MODEL}} if source == "qat" else {}
         entry, prob = _export_file(run, key, fmt, source, qmodel if source == "qat" else model, calib, cfg.io_type,
-                                   data["test"], keras_prob, extra)
-        entry["role"] = "comparison" if key == "int8_ptq" else "deliverable"
+                                   data["test"], keras_prob, extra, cfg.sensitive_int16)
+        entry["role"] = "comparison" if key in ("int8_ptq", "int8_litert") else "deliverable"
         if source == "qat":
             entry["agreement_vs_qat_keras"] = run.task.agreement(qat_prob, prob, thr)
         gate = gate_check(run.task, keras_metrics, entry["metrics"], cfg.max_drop, cfg.max_recall_drop,
