@@ -198,7 +198,9 @@ def test_bundle_and_pixel_sizes_from_the_sheet(cart_models, synthetic_breast_dir
     b = tmp_path / "bundle"
     r = cli("bundle", "--classifier", cart_models["cls"], "--segmenter", cart_models["seg"], "--out", b)
     assert r.exit_code == 0, r.output
-    assert {p.name for p in b.iterdir()} == {"classifier.tflite", "segmenter.tflite", "bundle.json"}
+    assert {p.name for p in b.iterdir()} == {"classifier.tflite", "segmenter.tflite", "bundle.json",
+                                            *(f"{role}_model_card.{ext}" for role in ("classifier", "segmenter")
+                                              for ext in ("md", "json"))}  # each run's card travels with its model
     # the whole BrEaST-layout folder: its frames, without mask files, pixel size from the sheet (cm -> mm)
     out = tmp_path / "pred"
     r = cli("predict", "--bundle", b, synthetic_breast_dir, "--out", out, "--no-overlays", "--no-masks")
