@@ -154,7 +154,10 @@ def _cv_command(task: str):
                 crop_margin: Optional[float] = CROP_MARGIN, augment: Optional[str] = AUGMENT,
                 normalize: Optional[str] = NORMALIZE, descriptors: bool = DESCRIPTORS,
                 boxes_from: Optional[Path] = typer.Option(None, help="a segment CV folder (same folds) whose predicted "
-                                                          "lesion boxes cut the val/test crops (classify only)")):
+                                                          "lesion boxes cut the val/test crops (classify only)"),
+                fold_seed: Optional[int] = typer.Option(None, "--fold-seed", help="seed of the folds, when it differs "
+                                                        "from --seed: another training seed on the same folds (for "
+                                                        "'edgebus cv-merge' seed ensembles)")):
         from edgebus.core.stats import interval_text
         from edgebus.training.cv import run_cv
         from edgebus.training.recipes import cv_config
@@ -165,7 +168,7 @@ def _cv_command(task: str):
                                               batch=batch, seed=seed, weights=weights, keep=keep, out=out,
                                               int8=int8 or None, int8_source=int8_source, crop_margin=crop_margin,
                                               boxes_from=boxes_from, augment=augment, normalize=normalize,
-                                              descriptors=descriptors or None))
+                                              descriptors=descriptors or None, fold_seed=fold_seed))
         s = run_cv(cfg, progress=not quiet, log=typer.echo)
         for k in TASKS[task].headline(s["pooled"]):
             ms = s["mean_std"][k]

@@ -40,11 +40,13 @@ class CVConfig(FitConfig):
     qat_epochs: int = 3
     crop_margin: float | None = None  # lesion-crop classifier (segmentation-guided): train on mask crops
     boxes_from: str | None = None  # a segment CV directory (same folds) whose predicted boxes cut val/test
+    fold_seed: int | None = None  # seed of the folds when it differs from the training seed: a second CV on the
+    #                               same folds with another initialisation and order (seed ensembles)
 
 
 _CV_IDENTITY = ("task", "model", "folds", "size", "epochs", "lr", "batch", "seed", "weights", "model_kwargs",
                 "val_fraction", "augment", "keep", "threshold", "int8", "crop_margin", "int8_source", "qat_epochs",
-                "normalize", "descriptors")
+                "normalize", "descriptors", "fold_seed")
 
 
 def _fold_record(task, f, fold, data, probs, metrics, kept_epoch, wall, threshold) -> dict:
@@ -129,7 +131,8 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print) -> dict:
     by_id = {c.case_id: c for c in cases}
     hashes = content_hashes(cases)
     groups = content_groups(hashes)
-    folds = grouped_kfold(cases, groups, cfg.folds, cfg.seed, cfg.val_fraction)
+    fold_seed = cfg.seed if cfg.fold_seed is None else cfg.fold_seed
+    folds = grouped_kfold(cases, groups, cfg.folds, fold_seed, cfg.val_fraction)
     for f, fold in enumerate(folds):
         check_split(fold, hashes, f"fold {f + 1} of {cfg.folds}")
     fp = fingerprint(ds)
@@ -154,7 +157,7 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print) -> dict:
     defaults = {f.name: f.default for f in dataclasses.fields(CVConfig) if f.default is not dataclasses.MISSING}
     run, fresh = open_results_dir(out, task.name, "cv", identity, "cross-validation", defaults)
     if fresh:
-        write_json(run.file("folds.json"), {"seed": cfg.seed, "k": cfg.folds, "val_fraction": cfg.val_fraction,
+        write_json(run.file("folds.json"), {"seed": fold_seed, "k": cfg.folds, "val_fraction": cfg.val_fraction,
                                             "folds": folds})
         run.add_artifact("folds.json", "folds")
         m = run.manifest
