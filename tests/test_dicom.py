@@ -23,11 +23,12 @@ def dicom_testdata(name):
     return path
 
 
-def write_us_dicom(path, frames, pixel_size_cm=None, pad=(30, 50), extra_region=False, modality="US"):
+def write_us_dicom(path, frames, pixel_size_cm=None, pad=(30, 50), extra_region=False, modality="US", single=False):
     """A multi-frame MONOCHROME2 ultrasound DICOM of `frames` (HxW uint8 each), placed at offset
-    `pad` (rows, cols) in a larger black frame, with a 2D tissue region around them (in cm)."""
+    `pad` (rows, cols) in a larger black frame, with a 2D tissue region around them (in cm);
+    single: one frame as an Ultrasound Image (not multi-frame) object."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage, generate_uid
+    from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, UltrasoundMultiFrameImageStorage, generate_uid
 
     h, w = frames[0].shape
     top, left = pad
@@ -36,15 +37,23 @@ def write_us_dicom(path, frames, pixel_size_cm=None, pad=(30, 50), extra_region=
         canvas[i, top:top + h, left:left + w] = f
     canvas[:, 5:15, 5:60] = 255  # burned-in text outside the tissue region
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UltrasoundMultiFrameImageStorage
+    meta.MediaStorageSOPClassUID = UltrasoundImageStorage if single else UltrasoundMultiFrameImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.Modality = modality
-    ds.Rows, ds.Columns = canvas.shape[1:]
-    ds.NumberOfFrames = len(frames)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientID, ds.PatientName, ds.StudyDate, ds.StudyTime, ds.AccessionNumber = "EB0001", "Test^Phantom", "20261202", "120000", ""
+    ds.StudyID, ds.SeriesNumber, ds.InstanceNumber, ds.PatientSex, ds.PatientBirthDate = "1", 1, 1, "F", ""
+    ds.ReferringPhysicianName = ""
+    ds.Rows, ds.Columns = canvas.shape[-2:]
+    if single:
+        assert len(frames) == 1
+        canvas = canvas[0]
+    else:
+        ds.NumberOfFrames = len(frames)
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
     regions = []

@@ -84,7 +84,9 @@ def predict(
         xnnpack: bool = typer.Option(True, "--xnnpack/--no-xnnpack", help="use the XNNPACK delegate (LiteRT's default)"),
         overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="write overlay PNGs (contour, box, label)"),
         masks: bool = typer.Option(True, "--masks/--no-masks", help="write frame-sized lesion masks (PNG, 0/255)"),
-        overwrite: bool = typer.Option(False, "--overwrite", help="replace the predictions already in --out instead of resuming")):
+        overwrite: bool = typer.Option(False, "--overwrite", help="replace the predictions already in --out instead of resuming"),
+        dicom_seg: bool = typer.Option(False, "--dicom-seg", help="also write each single-frame DICOM's lesion mask as a DICOM "
+                                       "Segmentation referencing it (seg/NAME.seg.dcm; the dicom extra)")):
     """Classify and segment ultrasound frames with exported .tflite models, offline and without TensorFlow.
 
     Per frame: malignancy probability and label at the classifier's stored threshold, lesion mask at the frame's size, its area (pixels, and mm^2 with a pixel size), bounding box [x0, y0, x1, y1) and an overlay PNG; per-image latency and overall frames per second.
@@ -123,7 +125,8 @@ def predict(
     pipe = LesionPipeline(classifier, segmenter, num_threads=threads, xnnpack=xnnpack)
     for role, m in pipe.describe().items():
         typer.echo(f"{role}: {m['file']} ({m['format']}, {m['input_size'][0]}x{m['input_size'][1]}, threshold {m['threshold']:.2f})")
-    s = predict_files(pipe, files, out, pixel_sizes, pixel_size, overlays, masks, log=typer.echo, overwrite=overwrite)
+    s = predict_files(pipe, files, out, pixel_sizes, pixel_size, overlays, masks, log=typer.echo, overwrite=overwrite,
+                      dicom_seg=dicom_seg)
     f = s["fps"]
     fps = (f"frames/s: {f['inference']} inference only, {f['pipeline']} pipeline (decode to mask), {f['wall']} wall clock "
            "(with overlays and files)") if f["wall"] else "no frame predicted now"

@@ -87,7 +87,8 @@ def operating_point(target: Path = typer.Argument(..., help="a classifier CV fol
 @friendly
 def evaluate(run: Path = typer.Argument(..., help="a run directory"),
              data: Path = typer.Option(..., "--data", help="the data set to score on (not trained on)"),
-             format: str = typer.Option("busi", "--format", help="busi or breast"),
+             format: str = typer.Option("busi", "--format", help="busi, breast, or dicom (a folder of ultrasound DICOM "
+                                        "files with labels.csv: file,label[,mask][,frame]; the dicom extra)"),
              model_file: Optional[str] = typer.Option(None, help="an exported .tflite of the run instead of the Keras model"),
              segmenter: Optional[Path] = typer.Option(None, help="for a lesion-crop classifier: a segment run or .tflite "
                                                       "that finds the lesions")):

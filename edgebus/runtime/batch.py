@@ -20,7 +20,7 @@ from edgebus.runtime.pipeline import LATENCY_KEYS, LesionPipeline
 
 CSV_FIELDS = ("file", "frame", "sop_instance_uid", "width", "height", "prob_malignant", "prob_raw", "label", "threshold", "findings", "mask_threshold", "mask_area_px",
               "pixel_size_mm", "mask_area_mm2", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1",
-              *(f"latency_{k}_ms" for k in LATENCY_KEYS), "overlay", "mask_file", "error")
+              *(f"latency_{k}_ms" for k in LATENCY_KEYS), "overlay", "mask_file", "dicom_seg", "error")
 
 
 def _row(res: dict, overlay: str | None, mask_file: str | None) -> dict:
@@ -48,31 +48,31 @@ def _out_names(files: list[Path]) -> list[str]:
 RUN_FILE = "predict.json"  # what made the rows in predictions.jsonl: a resume must match it
 
 
-def _identity(pipeline: LesionPipeline, pixel_size_mm, overlays: bool, masks: bool) -> dict:
+def _identity(pipeline: LesionPipeline, pixel_size_mm, overlays: bool, masks: bool, dicom_seg: bool) -> dict:
     """What decides a frame's row: the models (by content) and the output settings."""
     models = {role: {k: v for k, v in d.items() if k not in ("file", "threads", "xnnpack", "interpreter")}
               for role, d in pipeline.describe().items()}
     return {"schema": "edgebus.predict-run/1", "models": models, "pixel_size_mm": pixel_size_mm,
-            "overlays": overlays, "masks": masks}
+            "overlays": overlays, "masks": masks, **({"dicom_seg": True} if dicom_seg else {})}
 
 
 def _clear(out: Path) -> None:
     """Remove what an earlier predict wrote into `out` (its own files only)."""
     for name in (RUN_FILE, "predictions.jsonl", "predictions.csv", "summary.json"):
         (out / name).unlink(missing_ok=True)
-    for sub in ("overlays", "masks"):
+    for sub, pattern in (("overlays", "*.png"), ("masks", "*.png"), ("seg", "*.seg.dcm")):
         if (out / sub).is_dir() and not (out / sub).is_symlink():
-            for p in (out / sub).glob("*.png"):
+            for p in (out / sub).glob(pattern):
                 p.unlink()
 
 
-def _open_out(out: Path, ident: dict, overlays: bool, masks: bool, overwrite: bool) -> dict:
+def _open_out(out: Path, ident: dict, overlays: bool, masks: bool, overwrite: bool, dicom_seg: bool = False) -> dict:
     """Create `out` or reopen it to resume: {file: row} of the frames already done. Refuses a
     folder whose rows came from other models or settings (they would mix), unless `overwrite`."""
     out = make_dir(out, "--out")
     if overwrite:
         _clear(out)
-    for sub, wanted in (("overlays", overlays), ("masks", masks)):
+    for sub, wanted in (("overlays", overlays), ("masks", masks), ("seg", dicom_seg)):
         if wanted:
             make_dir(out / sub, "--out")
     run_file = out / RUN_FILE
@@ -94,10 +94,10 @@ def _predicted(pipeline: LesionPipeline, files, done: dict, pixel_sizes: dict, p
     for f, stem in zip(files, _out_names(files)):
         px = pixel_sizes.get(f.name, pixel_size_mm)
         if is_dicom(f):
-            for res, gray in pipeline.iter_dicom(f, px):
+            for res, gray in pipeline.iter_dicom(f, px, skip=done.__contains__):  # done frames: decoded, not run
                 name = res["file"]
                 many = (res.get("frames") or 1) > 1
-                yield name, f"{stem}_f{res['frame']:04d}" if many else stem, (None if name in done else res), gray
+                yield name, f"{stem}_f{res['frame']:04d}" if many else stem, (None if res.get("skipped") else res), gray
         elif str(f) in done:
             yield str(f), stem, None, None
         else:
@@ -107,15 +107,19 @@ def _predicted(pipeline: LesionPipeline, files, done: dict, pixel_sizes: dict, p
 
 def predict_files(pipeline: LesionPipeline, files: list[Path], out: str | Path, pixel_sizes: dict | None = None,
                   pixel_size_mm: float | None = None, overlays: bool = True, masks: bool = True, log=print,
-                  overwrite: bool = False) -> dict:
+                  overwrite: bool = False, dicom_seg: bool = False) -> dict:
     """Predict every file, one log line each, into `out`: predictions.jsonl gets one flushed line
     per frame as it completes (a killed run keeps every finished frame), then predictions.csv and
     summary.json at the end, with overlays/<name>.png and masks/<name>.png (0/255). Run again with
     the same --out, it skips the frames already done (a frame that failed is tried again). A bad
     frame gets a row with `error` and the run goes on. overwrite: first remove what an earlier
-    predict wrote there. Returns the summary."""
+    predict wrote there. dicom_seg: also write each single-frame DICOM's mask as a DICOM
+    Segmentation referencing it, seg/<name>.seg.dcm (edgebus.runtime.dicom_seg). Returns the summary."""
     out = Path(out)
-    done = _open_out(out, _identity(pipeline, pixel_size_mm, overlays, masks), overlays, masks, overwrite)
+    if dicom_seg and pipeline.segmenter is None:
+        raise EdgebusError("--dicom-seg writes the segmenter's masks; give a segmenter too (--segmenter, or a bundle with both)")
+    done = _open_out(out, _identity(pipeline, pixel_size_mm, overlays, masks, dicom_seg), overlays, masks, overwrite,
+                     dicom_seg)
     jsonl = out / "predictions.jsonl"
     pixel_sizes = pixel_sizes or {}
     rows, resumed = [], 0
@@ -135,6 +139,10 @@ def predict_files(pipeline: LesionPipeline, files: list[Path], out: str | Path, 
                 ov = str(save_png(out / "overlays" / f"{stem}.png", render_overlay(gray, res)))
             if masks and res["mask"] is not None:
                 mk = str(save_png(out / "masks" / f"{stem}.png", Image.fromarray(res["mask"] * np.uint8(255))))
+            if dicom_seg and res.get("source_file") and res.get("frame") == 1:
+                res["dicom_seg"], note = _write_seg(pipeline, res, out / "seg" / f"{stem}.seg.dcm")
+                if note:
+                    log(note)
             log(f"{Path(f).name}: {_describe_result(res)}")
         else:
             log(f"{Path(f).name}: error: {res['error']}")
@@ -184,10 +192,24 @@ def predict_files(pipeline: LesionPipeline, files: list[Path], out: str | Path, 
     for r in rows:
         if (r.get("frames") or 1) > 1:
             loops.setdefault(r["source_file"], []).append(r)
+    if dicom_seg:
+        summary["dicom_seg"] = [r["dicom_seg"] for r in rows if r.get("dicom_seg")]
     if loops:  # cine loops: the frame with the largest lesion and the mean probability, per loop
         summary["loops"] = {src: loop_summary(rs) for src, rs in loops.items()}
     summary["summary_file"] = str(write_json(out / "summary.json", summary))
     return summary
+
+
+def _write_seg(pipeline: LesionPipeline, res: dict, path: Path) -> tuple[str | None, str | None]:
+    """(the SEG file, or None and the one line saying why not) for a DICOM frame's mask."""
+    from edgebus.runtime.dicom_seg import write_seg
+
+    seg = pipeline.segmenter.describe()
+    try:
+        return str(write_seg(res["source_file"], {1: res["mask"]}, res.get("region"), path,
+                             {"name": f"{seg.get('model') or 'segmenter'} {Path(seg['file']).name}", "version": seg.get("sha256", "")[:16] or "unknown"})), None
+    except EdgebusError as e:
+        return None, f"note: no DICOM SEG: {e}"
 
 
 def _describe_result(res: dict) -> str:

@@ -117,12 +117,16 @@ class LesionPipeline:
         Instance UID); the pixel size from its ultrasound regions wins over `pixel_size_mm`."""
         return [res for res, _ in self.iter_dicom(path, pixel_size_mm)]
 
-    def iter_dicom(self, path, pixel_size_mm: float | None = None):
+    def iter_dicom(self, path, pixel_size_mm: float | None = None, skip=None):
         """(result, gray) per frame of a DICOM file, decoded one at a time; a file that cannot be
-        read gives one result with its `error`."""
+        read gives one result with its `error`. skip(name) true: the frame is not run, its result
+        is only {"file", "frame", "frames", "skipped": True} (a resumed folder run)."""
         try:
             for fr in iter_frames(path, self.max_pixels):
                 name = f"{path}#{fr.number}" if fr.frames > 1 else str(path)
+                if skip is not None and skip(name):
+                    yield {"file": name, "frame": fr.number, "frames": fr.frames, "skipped": True}, None
+                    continue
                 res, gray = self.predict_with_frame(fr.gray, fr.pixel_size_mm or pixel_size_mm, name)
                 res.update(dicom_fields(path, fr, pixel_size_mm))
                 yield res, gray

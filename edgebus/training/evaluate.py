@@ -10,10 +10,14 @@ from edgebus.core.io import write_json
 from edgebus.core.manifest import Run
 from edgebus.data.breast import fingerprint, load_arrays
 
-READERS = ("busi", "breast")
+READERS = ("busi", "breast", "dicom")
 
 
 def read_dataset(data: str | Path, fmt: str):
+    if fmt == "dicom":
+        from edgebus.training.dicom_set import read_dicom_set
+
+        return read_dicom_set(data)[0]
     if fmt == "busi":
         from edgebus.data.busi import read_busi
 
@@ -25,7 +29,18 @@ def read_dataset(data: str | Path, fmt: str):
     raise EdgebusError(f"--format '{fmt}': choose one of {', '.join(READERS)}")
 
 
-def external_boxes(segmenter: str | Path, cases) -> tuple[dict, str]:
+def arrays_reader(data, fmt: str):
+    """load_arrays(cases, contract, with_masks, boxes) for a data set's format: DICOM frames go
+    through the cart's DICOM reader (regions cut), image files through data.breast."""
+    if fmt != "dicom":
+        return load_arrays
+    from edgebus.training.dicom_set import dicom_arrays, read_dicom_set
+
+    frames = read_dicom_set(data)[1]
+    return lambda cases, contract, with_masks=False, boxes=None: dicom_arrays(cases, frames, contract, with_masks, boxes)
+
+
+def external_boxes(segmenter: str | Path, cases, load=load_arrays) -> tuple[dict, str]:
     """({case_id: box} predicted by `segmenter`, a segment run directory (its Keras model) or an
     exported segment .tflite, on whole frames; the file used)."""
     from edgebus.training.crops import predicted_boxes
@@ -39,12 +54,12 @@ def external_boxes(segmenter: str | Path, cases) -> tuple[dict, str]:
         seg = Run.load(segmenter)
         if seg.task.name != "segment":
             raise EdgebusError(f"{segmenter}: a {seg.task.name} run; pass a segment run or .tflite as --segmenter")
-        prob = predict(load_run_model(seg), load_arrays(cases, seg.manifest.preprocess)[0])
+        prob = predict(load_run_model(seg), load(cases, seg.manifest.preprocess)[0])
         return dict(zip(ids, predicted_boxes(prob, seg.manifest.threshold))), str(segmenter)
     from edgebus.runtime.model import ExportedModel
 
     m = ExportedModel(segmenter, "segment")
-    prob = m.predict(load_arrays(cases, m.contract)[0])
+    prob = m.predict(load(cases, m.contract)[0])
     return dict(zip(ids, predicted_boxes(prob, m.threshold))), str(m.path)
 
 
@@ -59,11 +74,12 @@ def evaluate_external(run_dir, data, fmt: str = "busi", model_file: str | None =
         raise EdgebusError(f"{run.path}: a lesion-crop classifier; pass --segmenter (a segment run or .tflite) "
                            "to find the lesions it classifies")
     ds = read_dataset(data, fmt)
-    cases = ds.lesions()
+    cases = ds.lesions() if fmt != "dicom" or run.task.truth_is_mask else [c for c in ds.cases if c.label is not None]
     if not cases:
         raise EdgebusError(f"{ds.root}: no benign/malignant cases with masks to evaluate on")
-    boxes, boxes_from = (None, None) if "crop" not in contract else external_boxes(segmenter, cases)
-    x, y, m = load_arrays(cases, contract, with_masks=run.task.truth_is_mask, boxes=boxes)
+    load = arrays_reader(data, fmt)
+    boxes, boxes_from = (None, None) if "crop" not in contract else external_boxes(segmenter, cases, load)
+    x, y, m = load(cases, contract, with_masks=run.task.truth_is_mask, boxes=boxes)
     thr = run.manifest.threshold
     if model_file:
         from edgebus.runtime.model import ExportedModel

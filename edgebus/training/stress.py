@@ -80,6 +80,8 @@ def _target(target: Path, data, fmt: str):
 
         if data is None:
             raise EdgebusError(f"{target}: a lone model file is stressed on a data set; pass --data (and --format)")
+        if fmt == "dicom":
+            raise EdgebusError("--format dicom: stress changes image files; pass a breast or busi set")
         em = ExportedModel(target)
         cases = read_dataset(data, fmt).lesions()
         return [Group(cases, None, em)], em.task, em.contract, em.threshold, f"`{target.name}` on {data} (all lesions)"
