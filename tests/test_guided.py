@@ -132,6 +132,26 @@ def test_crop_cross_validation_uses_each_folds_own_segmenter(synthetic_breast_di
         assert rec["val_ids"] == fold["val"]
         assert len(rec["boxes"]["val"]) == len(fold["val"]) and len(rec["boxes"]["test"]) == len(fold["test"])
         assert len(rec["boxes_int8"]["test"]) == len(fold["test"])
+        assert len(rec["test_mask_iou_float_int8"]) == len(fold["test"])
+    # float-vs-int8 mask IoU, image by image, pooled over every out-of-fold case (issue 14)
+    fid = json.loads((seg / "summary.json").read_text())["int8_fidelity"]
+    every = np.concatenate([r["test_mask_iou_float_int8"] for r in recs])
+    assert fid["n"] == len(every) == sum(len(f["test"]) for f in folds)
+    assert fid["mask_iou_mean"] == pytest.approx(every.mean()) and fid["mask_iou_min"] == pytest.approx(every.min())
+    from edgebus.core.manifest import Run
+    from edgebus.core.metrics import mask_agreement_iou
+    from edgebus.data.breast import load_arrays, read_breast
+    from edgebus.engine.fit import predict
+    from edgebus.engine.models import load_model
+    from edgebus.runtime.model import ExportedModel
+
+    run = Run.load(seg)  # fold 1 again, from its kept files: the recorded IoUs are those two models' masks
+    by_id = {c.case_id: c for c in read_breast(synthetic_breast_dir).lesions()}
+    x = load_arrays([by_id[i] for i in folds[0]["test"]], run.manifest.preprocess)[0]
+    p_float = predict(load_model(seg / "fold0" / "model.keras", run.manifest.model), x)
+    p_int8 = ExportedModel(seg / "fold0" / "model_int8.tflite", "segment").predict(x)
+    assert mask_agreement_iou(p_float, p_int8, run.manifest.threshold) == pytest.approx(
+        recs[0]["test_mask_iou_float_int8"], abs=1e-4)
 
     out = tmp_path / "cv-crop"
     r = cli("cv", "classify", "--data", synthetic_breast_dir, "--model", "test-cnn", "--size", 32, "--epochs", 2,

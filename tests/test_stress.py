@@ -62,6 +62,10 @@ def test_clean_row_reproduces_the_runs_own_metrics(run_name, request, tmp_path):
     assert clean["float"][key] == pytest.approx(m["metrics"]["keras"]["test"][key], abs=1e-6)
     assert clean["int8"][key] == pytest.approx(m["exports"]["int8"]["metrics"][key], abs=1e-6)
     assert res["summary"]["int8"]["worst_drop"] == max(r["int8"]["drop"] for r in res["rows"][1:])
+    fid = m["exports"]["int8"]["fidelity"]  # the clean row's int8-vs-float agreement is export validation's
+    for k in ("flips", "mask_iou_mean"):
+        if k in fid:
+            assert clean["int8_vs_float"][k] == pytest.approx(fid[k], abs=1e-9)
     assert (tmp_path / "stress.png").stat().st_size > 1000 and "Worst case" in (tmp_path / "stress.md").read_text()
 
 
@@ -77,6 +81,11 @@ def test_cv_stress_scores_every_case_out_of_fold(synthetic_breast_dir, tmp_path)
     assert res["n"] == s["pooled"]["n"] == manifest(cv)["data"]["n_lesions"]
     assert res["rows"][0]["float"]["auc"] == pytest.approx(s["pooled"]["auc"], abs=1e-6)
     assert res["rows"][0]["int8"]["auc"] == pytest.approx(s["pooled_int8"]["auc"], abs=1e-6)
+    clean_fid = res["rows"][0]["int8_vs_float"]  # the clean row's flips are the CV's own (which rounds to 1e-6)
+    assert {k: v for k, v in clean_fid.items() if "diff" not in k} == {k: v for k, v in s["int8_fidelity"].items() if "diff" not in k}
+    assert clean_fid["max_abs_diff"] == pytest.approx(s["int8_fidelity"]["max_abs_diff"], abs=1e-5)
+    worst = res["int8_vs_float"]["worst"]["flips"]
+    assert worst == max(r["int8_vs_float"]["flips"] for r in res["rows"]) and "labels flipped" in (cv / "stress" / "stress.md").read_text()
     # a fold model changed after the CV is refused, naming the file
     (cv / "fold1" / "model_int8.tflite").write_bytes(b"TFL3" * 8)
     one_line_error(cli("stress", cv, "--out", tmp_path / "again"), "fold1/model_int8.tflite", "sha256")

@@ -153,16 +153,23 @@ def label_flips(ref, other, threshold: float = DEFAULT_THRESHOLD) -> dict:
             "max_abs_diff": float(gap.max()) if len(a) else None}
 
 
-def mask_fidelity(ref, other, threshold: float = DEFAULT_THRESHOLD) -> dict:
-    """Per image, the IoU between a float segmenter's mask and its exported copy's (two empty
-    masks agree: 1.0); the mean, the worst image and the pixels that changed side."""
+def mask_agreement_iou(ref, other, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
+    """Per image, the IoU between a float segmenter's mask and its exported copy's (two empty masks
+    agree: 1.0)."""
     a = np.asarray(ref) >= threshold
     b = np.asarray(other) >= threshold
     a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
     inter, union = (a & b).sum(1), (a | b).sum(1)
-    iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
-    return {"n": int(len(a)), "mask_iou_mean": float(iou.mean()) if len(a) else None,
-            "mask_iou_min": float(iou.min()) if len(a) else None, "pixel_flips": int((a != b).sum())}
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+
+
+def mask_fidelity(ref, other, threshold: float = DEFAULT_THRESHOLD) -> dict:
+    """The float-vs-exported mask IoU per image (mask_agreement_iou): the mean, the worst image and
+    the pixels that changed side."""
+    iou = mask_agreement_iou(ref, other, threshold)
+    flips = int(((np.asarray(ref) >= threshold) != (np.asarray(other) >= threshold)).sum())
+    return {"n": int(len(iou)), "mask_iou_mean": float(iou.mean()) if len(iou) else None,
+            "mask_iou_min": float(iou.min()) if len(iou) else None, "pixel_flips": flips}
 
 
 def cohen_kappa(a, b) -> float | None:

@@ -248,7 +248,11 @@ def card_markdown(card: dict) -> str:
         lines.append(f"Test split: mask IoU between float and int8 {f['mask_iou_mean']:.3f} mean, {f['mask_iou_min']:.3f} worst image.")
     else:
         lines.append("Not recorded: the file was exported before edgebus counted flips (re-export to add it).")
-    if cv and cv.get("int8_fidelity"):
+    if cv and cv.get("int8_fidelity") and "mask_iou_mean" in cv["int8_fidelity"]:
+        g = cv["int8_fidelity"]
+        lines.append(f"Cross-validation, all {g['n']} out-of-fold cases: float-vs-int8 mask IoU {g['mask_iou_mean']:.3f} "
+                     f"mean, {g['mask_iou_min']:.3f} worst image.")
+    elif cv and cv.get("int8_fidelity"):
         g = cv["int8_fidelity"]
         lines.append(f"Cross-validation, all {g['n']} out-of-fold cases: {g['flips']} flipped ({g['benign_to_malignant']} "
                      f"benign -> malignant, {g['malignant_to_benign']} malignant -> benign).")

@@ -61,7 +61,11 @@ def cv_markdown(summary: dict, recs: list, manifest) -> str:
                   if key in summary["bootstrap_int8"]]
         if "int8_label_agreement" in summary:
             lines.append(f"\nint8 vs float label agreement (pooled): {summary['int8_label_agreement']:.3f}")
-    if "int8_fidelity" in summary:
+    if "int8_fidelity" in summary and "mask_iou_mean" in summary["int8_fidelity"]:
+        f = summary["int8_fidelity"]
+        lines.append(f"\nint8 masks against their float parent's, image by image over all {f['n']} out-of-fold cases: IoU "
+                     f"{f['mask_iou_mean']:.3f} mean, {f['mask_iou_min']:.3f} worst; {f['images_below_0.9']} images below 0.9.")
+    elif "int8_fidelity" in summary:
         f = summary["int8_fidelity"]
         lines.append(f"\nint8 against its float parent, case by case over all {f['n']} out-of-fold cases: {f['flips']} labels "
                      f"flipped ({f['benign_to_malignant']} benign -> malignant, {f['malignant_to_benign']} malignant -> "

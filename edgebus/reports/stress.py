@@ -15,7 +15,10 @@ def _label(r: dict) -> str:
 def stress_markdown(res: dict) -> str:
     kinds = res["kinds"]
     metrics = list(res["rows"][0][kinds[0]])
+    fid = "int8_vs_float" in res["rows"][0]
+    seg = res["task"] == "segment"
     head = ["change"] + [f"{m} {k}" for k in kinds for m in metrics] + [f"drop {k}" for k in kinds]
+    head += ["int8 vs float: mask IoU mean / worst" if seg else "int8 vs float: labels flipped (b->m / m->b)"] if fid else []
     lines = [f"# Scanner-shift stress benchmark ({res['task']})", "",
              f"{res['description']}, n={res['n']}; threshold {res['threshold']:.4f}; seed {res['seed']}. Each change is "
              "applied to the full-resolution frame before the preprocessing the cart uses (edgebus/data/stress.py "
@@ -24,11 +27,21 @@ def stress_markdown(res: dict) -> str:
     for r in res["rows"]:
         cells = [_label(r)] + [("n/a" if r[k][m] is None else f"{r[k][m]:.3f}") for k in kinds for m in metrics]
         cells += ["" if "drop" not in r[k] else f"{r[k]['drop']:+.3f}" for k in kinds]
+        if fid:
+            f = r["int8_vs_float"]
+            cells.append(f"{f['mask_iou_mean']:.3f} / {f['mask_iou_min']:.3f}" if seg else
+                         f"{f['flips']} of {f['n']} ({f['benign_to_malignant']} / {f['malignant_to_benign']})")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Worst case: " + "; ".join(
         f"{k} {s['metric']} {s['clean']:.3f} clean, {s['worst']:.3f} under {s['worst_change']} (drop {s['worst_drop']:.3f})"
         + (f", lowest sensitivity {s['worst_sensitivity']:.3f}" if "worst_sensitivity" in s else "")
-        for k, s in res["summary"].items()), "", "![stress](stress.png)", ""]
+        for k, s in res["summary"].items())]
+    if "int8_vs_float" in res:
+        f = res["int8_vs_float"]
+        what = ("mask IoU {:.3f} mean".format(f["worst"]["mask_iou_mean"]) if seg else f"{f['worst']['flips']} labels flipped")
+        lines.append(f"\nint8 furthest from its float parent under {f['worst_change']}: {what} (clean: "
+                     + (f"{f['clean']['mask_iou_mean']:.3f}" if seg else f"{f['clean']['flips']}") + ").")
+    lines += ["", "![stress](stress.png)", ""]
     return "\n".join(lines)
 
 

@@ -61,7 +61,7 @@ def _fold_record(task, f, fold, data, probs, metrics, kept_epoch, wall, threshol
     return rec
 
 
-def _int8_fold(model, task, data, cfg: CVConfig, contract: dict, test_x=None, keep=None) -> dict:
+def _int8_fold(model, task, data, cfg: CVConfig, contract: dict, test_x=None, keep=None, float_test=None) -> dict:
     """The fold's model as full-integer TFLite, made as `edgebus export --int8` makes it
     (edgebus.export.int8: calibrated on the fold's training part; with int8_source "qat" also
     quantization-aware fine-tuned there, and then the QAT file is the result and PTQ the
@@ -89,6 +89,11 @@ def _int8_fold(model, task, data, cfg: CVConfig, contract: dict, test_x=None, ke
         rec.update(task.case_record(yte, probs["ptq"], task.metrics(yte, probs["ptq"], cfg.threshold), "_int8_ptq"))
     if task.truth_is_mask:
         rec["boxes_int8"] = {"test": predicted_boxes(probs[src], cfg.threshold)}
+        if float_test is not None:  # case by case: how far each int8 mask is from its float parent's
+            from edgebus.core.metrics import mask_agreement_iou
+
+            rec["test_mask_iou_float_int8"] = [round(float(v), 5) for v in
+                                               mask_agreement_iou(float_test, probs[src], cfg.threshold)]
     return rec
 
 
@@ -199,7 +204,8 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print) -> dict:
         make_dir(fold_dir, "CV folder")
         save_model(model, fold_dir / "model.keras")  # the fold's deployable model: stress, ensembles
         if cfg.int8:
-            rec.update(_int8_fold(model, task, data, cfg, contract, test_x8, keep=fold_dir / "model_int8.tflite"))
+            rec.update(_int8_fold(model, task, data, cfg, contract, test_x8, keep=fold_dir / "model_int8.tflite",
+                                  float_test=probs["test"]))
             log(f"fold {f + 1}/{cfg.folds}: int8 test {task.headline_text(rec['test_int8'])}")
         rec["models"] = {p.name: {"file": f"{fold_dir.name}/{p.name}", "sha256": sha256_file(p)}
                          for p in sorted(fold_dir.glob("model*")) if p.suffix in (".keras", ".tflite")}
@@ -259,6 +265,10 @@ def summarize_cv(out: str | Path, n_boot: int = 2000) -> dict:
             p, q = (np.concatenate([r[key] for r in recs]) for key in ("test_prob", "test_prob_int8"))
             summary["int8_label_agreement"] = float(((p >= thr) == (q >= thr)).mean())
             summary["int8_fidelity"] = task.fidelity(p, q, thr)  # every out-of-fold case, by direction
+        elif all("test_mask_iou_float_int8" in r for r in recs):
+            iou = np.concatenate([r["test_mask_iou_float_int8"] for r in recs])
+            summary["int8_fidelity"] = {"n": int(len(iou)), "mask_iou_mean": float(iou.mean()),
+                                        "mask_iou_min": float(iou.min()), "images_below_0.9": int((iou < 0.9).sum())}
     for suffix in ("_int8_ptq", "_oracle"):
         extra = pooled(suffix)
         if extra is not None:

@@ -104,6 +104,10 @@ def _scores(task, truth, prob, threshold) -> dict:
     return {"auc": m["auc"], "sensitivity": pc["malignant"]["recall"], "specificity": pc["benign"]["recall"]}
 
 
+def _label(r: dict) -> str:
+    return "clean" if r["strength"] is None else f"{r['change']} {r['strength']:g}"
+
+
 def run_stress(target, data=None, fmt: str = "breast", out=None, seed: int = 0, log=print) -> dict:
     """Score every acquisition change; write stress.json, stress.md and stress.png to `out`
     (default: <target>/stress, or beside a lone file)."""
@@ -141,6 +145,8 @@ def run_stress(target, data=None, fmt: str = "breast", out=None, seed: int = 0, 
         row = {"change": name, "strength": strength}
         for k in kinds:
             row[k] = _scores(task, truth, np.concatenate(probs[k]), thr)
+        if len(kinds) == 2:  # int8 against its own float parent on the same changed frames (issue 14)
+            row["int8_vs_float"] = task.fidelity(np.concatenate(probs["float"]), np.concatenate(probs["int8"]), thr)
         rows.append(row)
         log(f"{name}{'' if strength is None else ' ' + format(strength, 'g')}: "
             + "; ".join(f"{k} " + ", ".join(f"{m} {v:.3f}" for m, v in row[k].items() if v is not None) for k in kinds))
@@ -155,9 +161,16 @@ def run_stress(target, data=None, fmt: str = "breast", out=None, seed: int = 0, 
                       "worst_change": f"{worst['change']} {worst['strength']:g}", "metric": key}
         if not task.truth_is_mask:
             summary[k]["worst_sensitivity"] = min(r[k]["sensitivity"] for r in rows)
+    fidelity = None
+    if len(kinds) == 2:
+        fid = (lambda r: -r["int8_vs_float"]["mask_iou_mean"]) if task.truth_is_mask else (lambda r: r["int8_vs_float"]["flips"])
+        w = max(rows, key=fid)
+        fidelity = {"clean": clean["int8_vs_float"], "worst": w["int8_vs_float"], "worst_change": _label(w)}
     result = {"schema": "edgebus.stress/1", "created": now(), "target": str(target), "description": desc,
               "task": task.name, "threshold": thr, "seed": seed, "n": len(labels), "changes": CHANGES,
               "kinds": kinds, "rows": rows, "summary": summary}
+    if fidelity:
+        result["int8_vs_float"] = fidelity
     write_json(out / "stress.json", result)
     stress_plot(result, out / "stress.png")
     atomic_write(out / "stress.md", stress_markdown(result))
