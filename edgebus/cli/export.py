@@ -117,8 +117,27 @@ def stress(target: Path = typer.Argument(..., help="a run directory, a CV folder
     typer.echo(f"report: {Path(res['out']) / 'stress.md'}")
 
 
+@friendly
+def cv_merge(members: list[Path] = typer.Argument(..., help="two or more classifier CV folders on the same folds "
+                                                 "(same settings, other --seed, the same --fold-seed)"),
+             out: Path = typer.Option(..., "--out", help="the new CV folder of the averaged folds")):
+    """A seed ensemble scored out of fold: fold k of the result averages the members' fold-k models.
+
+    Then 'edgebus operating-point OUT', 'edgebus stress OUT' and 'edgebus bundle --classifier OUT' read it
+    as any CV folder."""
+    from edgebus.core.stats import interval_text
+    from edgebus.training.cv_merge import merge_cv
+
+    s = merge_cv(members, out, log=typer.echo)
+    for key in ("auc", "accuracy"):
+        for suffix, what in (("", "float"), ("_int8", "int8")):
+            if f"bootstrap{suffix}" in s and key in s[f"bootstrap{suffix}"]:
+                typer.echo(f"{key} {what}: pooled {interval_text(s[f'bootstrap{suffix}'][key])} (95% bootstrap CI)")
+
+
 def register(app: typer.Typer) -> None:
     app.command()(export)
+    app.command("cv-merge")(cv_merge)
     app.command("operating-point")(operating_point)
     app.command()(evaluate)
     app.command()(stress)

@@ -73,15 +73,12 @@ def cv_fold_files(cv_dir: str | Path) -> tuple[list[Path], float, dict | None, d
     if len(recs) != run.manifest.cv["identity"]["folds"]:
         raise EdgebusError(f"{cv_dir}: not every fold is done; finish 'edgebus cv' first")
     files = []
-    for r in recs:
-        m = (r.get("models") or {}).get("model_int8.tflite")
-        if m is None:
-            raise EdgebusError(f"{cv_dir}: fold {r['fold'] + 1} kept no int8 model; run 'edgebus cv classify ... --int8' "
-                               "with this edgebus into a new --out")
-        p = cv_dir / m["file"]
-        if not p.is_file() or sha256_file(p) != m["sha256"]:
-            raise EdgebusError(f"{p}: missing, or changed since the CV wrote it (sha256); re-run 'edgebus cv'")
-        files.append(p)
+    for r in recs:  # every fold's int8 file; a merged CV (edgebus cv-merge): every member's of every fold
+        for paths in member_files(r, cv_dir):
+            if "model_int8.tflite" not in paths:
+                raise EdgebusError(f"{cv_dir}: fold {r['fold'] + 1} kept no int8 model; run 'edgebus cv classify ... "
+                                   "--int8' with this edgebus into a new --out")
+            files.append(paths["model_int8.tflite"])
     op_file = cv_dir / "operating_point.json"
     op = read_json(op_file) if op_file.is_file() else None
     if op is not None and op.get("source") != "int8":
@@ -89,3 +86,22 @@ def cv_fold_files(cv_dir: str | Path) -> tuple[list[Path], float, dict | None, d
     source = {"cv": str(cv_dir.resolve()), "folds": len(files),
               "operating_point": "cv out-of-fold (int8)" if op else "the CV's threshold (no operating point chosen)"}
     return files, (op or {}).get("threshold", run.manifest.threshold), (op or {}).get("calibration"), source
+
+
+def member_files(rec: dict, cv_dir: Path) -> list[dict]:
+    """[{model name: path}] of a fold record: one entry for a plain CV, one per member for a merged
+    one; every file sha256-checked."""
+    groups = rec.get("members") or ([rec["models"]] if "models" in rec else None)
+    if groups is None:
+        raise EdgebusError(f"{cv_dir}: made by an edgebus that did not keep each fold's model; re-run 'edgebus cv' "
+                           "into a new --out")
+    out = []
+    for g in groups:
+        paths = {}
+        for name, m in g.items():
+            p = cv_dir / m["file"]
+            if ".." in Path(m["file"]).parts or not p.is_file() or sha256_file(p) != m["sha256"]:
+                raise EdgebusError(f"{p}: missing, or changed since the CV wrote it (sha256); re-run 'edgebus cv'")
+            paths[name] = p
+        out.append(paths)
+    return out

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgebus.core.errors import EdgebusError
-from edgebus.core.io import atomic_write, now, read_jsonl, sha256_file, write_json
+from edgebus.core.io import atomic_write, now, read_jsonl, write_json
 from edgebus.core.manifest import MANIFEST, Run
 from edgebus.data.breast import case_mask
 from edgebus.data.preprocess import load_gray, resize_mask, to_model_input
@@ -48,8 +48,10 @@ def _run_groups(run: Run) -> list[Group]:
 
 
 def _cv_groups(run: Run, cv_dir: Path) -> list[Group]:
+    """One group per fold: its own models (a merged CV: its members' models, averaged)."""
     from edgebus.data.arrays import run_dataset
     from edgebus.engine.models import load_model
+    from edgebus.runtime.ensemble import EnsembleModel, member_files
     from edgebus.runtime.model import ExportedModel
 
     by_id = {c.case_id: c for c in run_dataset(run).lesions()}
@@ -58,18 +60,23 @@ def _cv_groups(run: Run, cv_dir: Path) -> list[Group]:
         raise EdgebusError(f"{cv_dir}: not every fold is done; finish 'edgebus cv' first")
     groups = []
     for r in recs:
-        if "models" not in r:
-            raise EdgebusError(f"{cv_dir}: made by an edgebus that did not keep each fold's model; re-run 'edgebus cv' "
-                               "into a new --out")
-        paths = {}
-        for name, m in r["models"].items():
-            p = cv_dir / m["file"]
-            if not p.is_file() or sha256_file(p) != m["sha256"]:
-                raise EdgebusError(f"{p}: missing, or changed since the CV wrote it (sha256); re-run 'edgebus cv'")
-            paths[name] = p
-        int8 = ExportedModel(paths["model_int8.tflite"], run.task) if "model_int8.tflite" in paths else None
-        groups.append(Group([by_id[i] for i in r["test_ids"]], load_model(paths["model.keras"], run.manifest.model), int8))
+        members = member_files(r, cv_dir)
+        floats = [load_model(p["model.keras"], run.manifest.model) for p in members]
+        int8s = [p["model_int8.tflite"] for p in members if "model_int8.tflite" in p]
+        int8 = None
+        if len(int8s) == len(members):
+            int8 = ExportedModel(int8s[0], run.task) if len(int8s) == 1 else EnsembleModel(int8s, run.manifest.threshold)
+        groups.append(Group([by_id[i] for i in r["test_ids"]], floats[0] if len(floats) == 1 else floats, int8))
     return groups
+
+
+def _predict_float(model, x):
+    """A Keras model's output, or the mean of a list of them (a merged CV's fold)."""
+    from edgebus.engine.fit import predict
+
+    if isinstance(model, list):
+        return np.mean([predict(m, x) for m in model], axis=0)
+    return predict(model, x)
 
 
 def _target(target: Path, data, fmt: str):
@@ -111,7 +118,6 @@ def _label(r: dict) -> str:
 def run_stress(target, data=None, fmt: str = "breast", out=None, seed: int = 0, log=print) -> dict:
     """Score every acquisition change; write stress.json, stress.md and stress.png to `out`
     (default: <target>/stress, or beside a lone file)."""
-    from edgebus.engine.fit import predict
     from edgebus.reports.stress import stress_markdown, stress_plot
 
     target = Path(target)
@@ -138,7 +144,7 @@ def run_stress(target, data=None, fmt: str = "breast", out=None, seed: int = 0, 
                 masks.append(resize_mask(m2 if m2 is not None else np.zeros_like(g2), size)[..., None])
             x = np.stack(xs)
             if "float" in kinds:
-                probs["float"].append(predict(g.float_model, x))
+                probs["float"].append(_predict_float(g.float_model, x))
             if "int8" in kinds:
                 probs["int8"].append(g.int8_model.predict(x))
         truth = task.truth(np.asarray(labels), np.stack(masks))
