@@ -45,6 +45,18 @@ DATA = typer.Option(None, "--data", help="BrEaST-layout folder (sheet .xlsx + im
 SIZE = typer.Option(None, help="input size in pixels, square (default: the model's, see 'edgebus models')")
 BATCH = typer.Option(None, help="batch size (default: the model's, see 'edgebus models')")
 SEED = typer.Option(None, help="seed for the split and training (default 0)")
+BACKEND = typer.Option("local", "--backend", help="local (this process, one unit after another) or ray (each unit a Ray "
+                       "task; pip install 'edgebus[cluster]')")
+ADDRESS = typer.Option(None, "--address", help="with --backend ray: the cluster (auto, or ray://HEAD:10001); default: "
+                       "start a Ray instance on this machine")
+CPUS_PER_TASK = typer.Option(1.0, "--cpus-per-task", help="with --backend ray: CPUs each task asks for")
+GPUS_PER_TASK = typer.Option(0.0, "--gpus-per-task", help="with --backend ray: GPUs each task asks for")
+
+
+def backend_of(name: str, address, cpus: float, gpus: float):
+    from edgebus.training.backends import Backend
+
+    return Backend(name, address, cpus, gpus)
 WEIGHTS = typer.Option(None, help="none (default), imagenet (needs internet) or a local weights file")
 KEEP = typer.Option(None, help="best (default): weights of the epoch with the best validation accuracy (segment: IoU), "
                                "as the study selected; last: final epoch")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from edgebus.cli.common import (AUGMENT, BATCH, CROP_MARGIN, DATA, DESCRIPTORS, KEEP, NORMALIZE, QUIET, RECIPE, SEED, SIZE, WEIGHTS,
+from edgebus.cli.common import (ADDRESS, AUGMENT, BACKEND, BATCH, CPUS_PER_TASK, GPUS_PER_TASK, backend_of, CROP_MARGIN, DATA, DESCRIPTORS, KEEP, NORMALIZE, QUIET, RECIPE, SEED, SIZE, WEIGHTS,
                                 friendly, given, model_option, numbers)
 from edgebus.core.errors import EdgebusError
 from edgebus.core.tasks import TASKS
@@ -56,7 +56,7 @@ def _train_command(task: str):
     return command
 
 
-def _grid(task: Optional[str], recipe, shard, quiet, **opts) -> None:
+def _grid(task: Optional[str], recipe, shard, quiet, backend=None, **opts) -> None:
     from edgebus.training.cells import parse_shard
     from edgebus.training.grid import GridConfig, run_grid
     from edgebus.training.recipes import grid_config, load_recipe
@@ -73,7 +73,7 @@ def _grid(task: Optional[str], recipe, shard, quiet, **opts) -> None:
         if opts.get("data") is None:
             raise EdgebusError("grid: pass --data (a BrEaST-layout folder) or --recipe training/<name>")
         cfg = GridConfig.from_options(task, **opts)
-    res = run_grid(cfg, sh, progress=not quiet, log=typer.echo)
+    res = run_grid(cfg, sh, progress=not quiet, log=typer.echo, backend=backend)
     if res.get("complete"):
         typer.echo(f"report: {Path(res['out']) / 'report.md'}")
 
@@ -81,7 +81,9 @@ def _grid(task: Optional[str], recipe, shard, quiet, **opts) -> None:
 @grid_app.callback()
 @friendly
 def grid_main(ctx: typer.Context, recipe: Optional[Path] = RECIPE, data: Optional[Path] = DATA,
-              out: Optional[Path] = OUT, shard: Optional[str] = SHARD, quiet: bool = QUIET):
+              out: Optional[Path] = OUT, shard: Optional[str] = SHARD, quiet: bool = QUIET,
+              backend: str = BACKEND, address: Optional[str] = ADDRESS, cpus_per_task: float = CPUS_PER_TASK,
+              gpus_per_task: float = GPUS_PER_TASK):
     """Run a recipe (edgebus grid --recipe training/resnet50 --data DIR), or use a subcommand."""
     if ctx.invoked_subcommand is not None:
         if recipe is not None or data is not None:
@@ -90,7 +92,7 @@ def grid_main(ctx: typer.Context, recipe: Optional[Path] = RECIPE, data: Optiona
     if recipe is None:
         typer.echo(ctx.get_help())
         raise typer.Exit(0)
-    _grid(None, recipe, shard, quiet, data=data, out=out)
+    _grid(None, recipe, shard, quiet, backend_of(backend, address, cpus_per_task, gpus_per_task), data=data, out=out)
 
 
 def _grid_command(task: str):
@@ -102,8 +104,9 @@ def _grid_command(task: str):
                 select: Optional[str] = typer.Option(None, help="validation metric that picks the cell (default: "
                                                      f"{TASKS[task].select[0]}; any of {', '.join(TASKS[task].select)})"),
                 out: Optional[Path] = OUT, shard: Optional[str] = SHARD, recipe: Optional[Path] = RECIPE,
-                quiet: bool = QUIET):
-        _grid(task, recipe, shard, quiet, data=data, model=model, lrs=lrs, epochs=epochs, size=size, batch=batch,
+                quiet: bool = QUIET, backend: str = BACKEND, address: Optional[str] = ADDRESS,
+                cpus_per_task: float = CPUS_PER_TASK, gpus_per_task: float = GPUS_PER_TASK):
+        _grid(task, recipe, shard, quiet, backend_of(backend, address, cpus_per_task, gpus_per_task), data=data, model=model, lrs=lrs, epochs=epochs, size=size, batch=batch,
               seed=seed, weights=weights, select=select, out=out)
 
     command.__doc__ = (f"Grid of {'benign/malignant classifiers; selection by validation accuracy, as the study did' if task == 'classify' else 'lesion segmenters; selection by validation IoU'}.")
@@ -157,7 +160,9 @@ def _cv_command(task: str):
                                                           "lesion boxes cut the val/test crops (classify only)"),
                 fold_seed: Optional[int] = typer.Option(None, "--fold-seed", help="seed of the folds, when it differs "
                                                         "from --seed: another training seed on the same folds (for "
-                                                        "'edgebus cv-merge' seed ensembles)")):
+                                                        "'edgebus cv-merge' seed ensembles)"),
+                backend: str = BACKEND, address: Optional[str] = ADDRESS, cpus_per_task: float = CPUS_PER_TASK,
+                gpus_per_task: float = GPUS_PER_TASK):
         from edgebus.core.stats import interval_text
         from edgebus.training.cv import run_cv
         from edgebus.training.recipes import cv_config
@@ -169,7 +174,8 @@ def _cv_command(task: str):
                                               int8=int8 or None, int8_source=int8_source, crop_margin=crop_margin,
                                               boxes_from=boxes_from, augment=augment, normalize=normalize,
                                               descriptors=descriptors or None, fold_seed=fold_seed))
-        s = run_cv(cfg, progress=not quiet, log=typer.echo)
+        s = run_cv(cfg, progress=not quiet, log=typer.echo,
+                   backend=backend_of(backend, address, cpus_per_task, gpus_per_task))
         for k in TASKS[task].headline(s["pooled"]):
             ms = s["mean_std"][k]
             mean = "n/a" if ms["mean"] is None else f"{ms['mean']:.3f} +- {ms['std']:.3f}"

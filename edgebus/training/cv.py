@@ -23,6 +23,7 @@ from edgebus.data.arrays import data_info, load_split_data, read_lesions
 from edgebus.data.breast import fingerprint
 from edgebus.data.content import content_hashes
 from edgebus.data.preprocess import preprocess_contract
+from edgebus.training.backends import Backend, run_units, take
 from edgebus.training.config import FitConfig, maybe_exit
 
 
@@ -114,7 +115,57 @@ def _crop_extras(model, task, cfg, contract, fold, by_id, fold_boxes, rec) -> np
     return None
 
 
-def run_cv(cfg: CVConfig, progress: bool = False, log=print) -> dict:
+def fold_unit(cfg: CVConfig, contract: dict, f: int, fold: dict, data: dict, progress: bool = False,
+              crop: tuple | None = None) -> dict:
+    """Train, score (and with cfg.int8 convert) one fold on its arrays; {"fold", "rec", "files":
+    {name: bytes}}. Writes only into a temp folder of its own, so it runs in the driver or in a
+    Ray worker alike. crop: (cases by id, the fold's boxes) for a lesion-crop classifier."""
+    import shutil
+    import tempfile
+    import time
+
+    from edgebus.compat import keras, set_seed
+    from edgebus.engine.fit import build_compiled, fit_keep, predict
+    from edgebus.engine.models import save_model
+    from edgebus.models.registry import DESCRIPTORS_OUTPUT, has_descriptors
+
+    task = get_task(cfg.task)
+    keras.backend.clear_session()
+    set_seed(cfg.seed)
+    model = build_compiled(cfg.model, cfg.size, cfg.weights, cfg.model_kwargs, task.name)
+    model, _, kept, wall = fit_keep(model, task.name, cfg, data, progress)
+    probs = {k: predict(model, data[k][0], cfg.batch) for k in ("val", "test")}
+    metrics = {k: task.metrics(data[k][1], probs[k], cfg.threshold) for k in probs}
+    rec = _fold_record(task, f, fold, data, probs, metrics, kept, wall, cfg.threshold)
+    if has_descriptors(model):  # out-of-fold BI-RADS descriptor outputs, for per-descriptor scores
+        from edgebus.engine.fit import predict_outputs
+
+        d = predict_outputs(model, data["test"][0], cfg.batch)[DESCRIPTORS_OUTPUT]
+        rec["test_descriptor_prob"] = np.round(d, 5).tolist()
+        rec["test_descriptors"] = data["test"][3].astype(int).tolist()
+    test_x8 = None if crop is None else _crop_extras(model, task, cfg, contract, fold, crop[0], crop[1], rec)
+    tmp = Path(tempfile.mkdtemp(prefix="edgebus-fold-"))
+    try:
+        save_model(model, tmp / "model.keras")
+        if cfg.int8:
+            t0 = time.time()
+            rec.update(_int8_fold(model, task, data, cfg, contract, test_x8, keep=tmp / "model_int8.tflite",
+                                  float_test=probs["test"]))
+            rec["int8_wall_s"] = round(time.time() - t0, 1)
+        files = {p.name: p.read_bytes() for p in sorted(tmp.iterdir()) if p.suffix in (".keras", ".tflite")}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"fold": f, "rec": rec, "files": files}
+
+
+def ray_fold(f: int, fold: dict, shared: dict) -> dict:
+    """A fold as a Ray task: its arrays cut from the data set put once in the object store."""
+    pos = {i: n for n, i in enumerate(shared["ids"])}
+    data = {k: take(shared["parts"], [pos[i] for i in fold[k]]) for k in ("train", "val", "test")}
+    return fold_unit(shared["cfg"], shared["contract"], f, fold, data, shared["progress"])
+
+
+def run_cv(cfg: CVConfig, progress: bool = False, log=print, backend: Backend | None = None) -> dict:
     """k-fold cross-validation with fixed hyper-parameters; resumable (folds.jsonl); writes
     summary.json, report.md and (classification) the pooled confusion matrix PNG.
 
@@ -150,11 +201,13 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print) -> dict:
         seg_boxes, identity["boxes_sha256"] = segmenter_cv_boxes(cfg.boxes_from, folds, fp)
     out = Path(cfg.out or Path("runs") / f"cv-{cfg.model}-{cfg.size}")
 
-    from edgebus.compat import keras, set_seed
-    from edgebus.engine.fit import build_compiled, fit_keep, predict
-    from edgebus.engine.models import device_name, save_model
-    from edgebus.models.registry import DESCRIPTORS_OUTPUT, has_aux_mask, has_descriptors
+    from edgebus.compat import set_seed
+    from edgebus.engine.fit import build_compiled
+    from edgebus.engine.models import device_name
+    from edgebus.models.registry import has_aux_mask, has_descriptors
     from edgebus.training.train import model_info
+
+    backend = backend or Backend()
 
     set_seed(cfg.seed)
     # a bad model name or weights file fails before the folder exists; this model serves the first fold
@@ -177,46 +230,42 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print) -> dict:
     results = out / "folds.jsonl"
     repair_jsonl(results)
     done = {r["fold"] for r in read_jsonl(results)}
+    heads = {"masks": has_aux_mask(model), "descriptors": has_descriptors(model)}
+    model = None
+    todo = [(f, fold) for f, fold in enumerate(folds) if f not in done]
+    if backend.name == "local":
+        def unit(f, fold, _):
+            log(f"fold {f + 1}/{cfg.folds}: train {len(fold['train'])}, val {len(fold['val'])}, test {len(fold['test'])}")
+            boxes = None if seg_boxes is None else {**seg_boxes[f]["val"], **seg_boxes[f]["test"]}
+            data = load_split_data(by_id, fold, contract, task, boxes, **heads)
+            crop = None if seg_boxes is None else (by_id, seg_boxes[f])
+            return fold_unit(cfg, contract, f, fold, data, progress, crop)
+        shared = None
+    else:
+        if seg_boxes is not None or cfg.crop_margin is not None:
+            raise EdgebusError("--backend ray runs whole-frame CVs; a lesion-crop CV cuts each fold's frames with its own "
+                               "boxes: run it with the local backend")
+        unit = ray_fold
+        ids = [c.case_id for c in cases]
+        shared = {"cfg": cfg, "contract": contract, "ids": ids, "progress": False,
+                  "parts": load_split_data(by_id, {"train": ids}, contract, task, **heads)["train"]}
     written = 0
-    for f, fold in enumerate(folds):
-        if f in done:
-            continue
-        log(f"fold {f + 1}/{cfg.folds}: train {len(fold['train'])}, val {len(fold['val'])}, test {len(fold['test'])}")
-        if model is None:
-            keras.backend.clear_session()
-            set_seed(cfg.seed)
-            model = build_compiled(cfg.model, cfg.size, cfg.weights, cfg.model_kwargs, task.name)
-        boxes = None if seg_boxes is None else {**seg_boxes[f]["val"], **seg_boxes[f]["test"]}
-        data = load_split_data(by_id, fold, contract, task, boxes, masks=has_aux_mask(model),
-                               descriptors=has_descriptors(model))
-        model, _, kept, wall = fit_keep(model, task.name, cfg, data, progress)
-        probs = {k: predict(model, data[k][0], cfg.batch) for k in ("val", "test")}
-        metrics = {k: task.metrics(data[k][1], probs[k], cfg.threshold) for k in probs}
-        rec = _fold_record(task, f, fold, data, probs, metrics, kept, wall, cfg.threshold)
-        if has_descriptors(model):  # out-of-fold BI-RADS descriptor outputs, for per-descriptor scores
-            from edgebus.engine.fit import predict_outputs
-
-            d = predict_outputs(model, data["test"][0], cfg.batch)[DESCRIPTORS_OUTPUT]
-            rec["test_descriptor_prob"] = np.round(d, 5).tolist()
-            rec["test_descriptors"] = data["test"][3].astype(int).tolist()
-        test_x8 = None if seg_boxes is None else _crop_extras(model, task, cfg, contract, fold, by_id, seg_boxes[f], rec)
-        fold_dir = out / f"fold{f}"
-        make_dir(fold_dir, "CV folder")
-        save_model(model, fold_dir / "model.keras")  # the fold's deployable model: stress, ensembles
-        if cfg.int8:
-            rec.update(_int8_fold(model, task, data, cfg, contract, test_x8, keep=fold_dir / "model_int8.tflite",
-                                  float_test=probs["test"]))
-            log(f"fold {f + 1}/{cfg.folds}: int8 test {task.headline_text(rec['test_int8'])}")
-        rec["models"] = {p.name: {"file": f"{fold_dir.name}/{p.name}", "sha256": sha256_file(p)}
-                         for p in sorted(fold_dir.glob("model*")) if p.suffix in (".keras", ".tflite")}
+    for res in run_units(backend, unit, todo, shared, log):
+        f, rec = res["fold"], res["rec"]
+        fold_dir = make_dir(out / f"fold{f}", "CV folder")
+        for name, blob in res["files"].items():  # the fold's deployable models: stress, ensembles, bundles
+            atomic_write(fold_dir / name, blob)
+        rec["models"] = {name: {"file": f"{fold_dir.name}/{name}", "sha256": sha256_file(fold_dir / name)}
+                         for name in sorted(res["files"])}
         append_jsonl(results, rec)
-        model = None
         written += 1
-        log(f"fold {f + 1}/{cfg.folds}: test {task.headline_text(metrics['test'])} (kept epoch {kept})")
+        if "test_int8" in rec:
+            log(f"fold {f + 1}/{cfg.folds}: int8 test {task.headline_text(rec['test_int8'])}")
+        log(f"fold {f + 1}/{cfg.folds}: test {task.headline_text(rec['test'])} (kept epoch {rec['kept_epoch']})")
         maybe_exit(written)
     summary = summarize_cv(out, cfg.n_boot)
     run = Run.load(out)
-    run.stage("cv", folds=cfg.folds, device=device_name(), finished=now())
+    run.stage("cv", folds=cfg.folds, device=device_name(), finished=now(), **backend.describe())
     run.manifest.metrics["cv"] = {k: v for k, v in summary.items() if k in ("mean_std", "bootstrap")}
     run.save()
     return summary

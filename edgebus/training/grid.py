@@ -45,6 +45,7 @@ from edgebus.data.breast import fingerprint
 from edgebus.data.content import content_hashes
 from edgebus.data.preprocess import preprocess_contract
 from edgebus.training.cells import _lr_tag, _shard_tag, cell_key, rank_key, read_cells, select, shard_lrs
+from edgebus.training.backends import Backend, run_units
 from edgebus.training.config import FitConfig, maybe_exit
 
 
@@ -111,9 +112,55 @@ def _cell_record(task, lr, epoch, metrics, probs, wall, shard) -> dict:
     return rec
 
 
+def lr_unit(cfg: GridConfig, lr: float, todo: list, data: dict, shard, progress: bool = False, on_cell=None) -> dict:
+    """One learning rate of the grid: a model trained to max(todo) epochs, measured at each epoch
+    count in todo; on_cell(cell record, model) as each is measured. Returns {"lr", "cells",
+    "history" (csv)}. Runs in the driver (local) or a Ray worker (ray_lr)."""
+    from edgebus.compat import keras, set_seed
+    from edgebus.engine.fit import build_compiled, fit_eval, history_csv
+
+    task = cfg.task
+    keras.backend.clear_session()
+    set_seed(cfg.seed)
+    model = build_compiled(cfg.model, cfg.size, cfg.weights, cfg.model_kwargs, task)
+    t0 = time.time()
+    cells = []
+
+    def on_eval(epoch, metrics, probs, m):
+        rec = _cell_record(task, lr, epoch, metrics, probs, time.time() - t0, shard)
+        cells.append(rec)
+        if on_cell is not None:
+            on_cell(rec, m)
+
+    hist, _ = fit_eval(model, task, lr, data, todo, cfg.batch, cfg.seed, cfg.augment, cfg.threshold, on_eval, progress)
+    return {"lr": lr, "cells": cells, "history": history_csv(hist.history)}
+
+
+def ray_lr(lr: float, todo: list, shared: dict) -> dict:
+    """A learning rate as a Ray task, on the split's arrays from the object store; returns its cells
+    and, as bytes, the model at its own best cell (the driver keeps it when it beats the grid's)."""
+    import tempfile
+
+    from edgebus.engine.models import save_model
+    from edgebus.models.registry import classifier_only
+
+    cfg = shared["cfg"]
+    best = {}
+    with tempfile.TemporaryDirectory(prefix="edgebus-lr-") as tmp:
+        def on_cell(rec, m):
+            if not best or rank_key(rec, cfg.select, cfg.task) > rank_key(best["rec"], cfg.select, cfg.task):
+                save_model(classifier_only(m), Path(tmp) / "best.keras")
+                best.update(rec=rec, model=(Path(tmp) / "best.keras").read_bytes())
+
+        res = lr_unit(cfg, lr, todo, shared["data"], shared["shard"], False, on_cell)
+    res["best"] = {"cell": cell_key(best["rec"]), "model": best["model"]}
+    return res
+
+
 def run_grid(cfg: GridConfig, shard: tuple[int, int] = (1, 1), progress: bool = False, log=print,
-             finish: bool = True) -> dict:
+             finish: bool = True, backend: Backend | None = None) -> dict:
     """Run this shard's part of the grid (resuming), then, when every cell is done, `finalize`."""
+    backend = backend or Backend()
     task = cfg.resolve("grid")
     _validate(cfg, task)
     ds, cases = read_lesions(cfg.data)
@@ -127,8 +174,8 @@ def run_grid(cfg: GridConfig, shard: tuple[int, int] = (1, 1), progress: bool = 
     contract = preprocess_contract(cfg.size, 3, normalize=cfg.normalize)
     out = Path(cfg.out or Path("runs") / f"grid-{cfg.model}-{cfg.size}")
 
-    from edgebus.compat import keras, set_seed
-    from edgebus.engine.fit import build_compiled, fit_eval, history_csv
+    from edgebus.compat import set_seed
+    from edgebus.engine.fit import build_compiled
     from edgebus.engine.models import device_name, save_model
     from edgebus.models.registry import classifier_only, has_aux_mask
     from edgebus.training.train import model_info
@@ -163,42 +210,56 @@ def run_grid(cfg: GridConfig, shard: tuple[int, int] = (1, 1), progress: bool = 
     log(f"{out}: grid {len(cfg.lrs)} lr x {len(cfg.epochs)} epochs = {len(cfg.lrs) * len(cfg.epochs)} cells; "
         f"{len(done)} done; this {'shard (' + str(shard[0]) + '/' + str(shard[1]) + ')' if shard != (1, 1) else 'run'}: "
         f"{n_todo} cell(s) in {sum(1 for v in todo_all.values() if v)} training run(s)")
-    data = load_split_data(by_id, split, contract, task, masks=has_aux_mask(model)) if n_todo else None
+    masks = has_aux_mask(model)
+    model = None
+    data = load_split_data(by_id, split, contract, task, masks=masks) if n_todo else None
     written = 0
     t_start = time.time()
     for lr in mine:
-        todo = todo_all[lr]
-        if not todo:
+        if not todo_all[lr]:
             log(f"lr {_lr_tag(lr)}: all {len(cfg.epochs)} cells done, skipped")
-            continue
-        if model is None:
-            keras.backend.clear_session()
-            set_seed(cfg.seed)
-            model = build_compiled(cfg.model, cfg.size, cfg.weights, cfg.model_kwargs, task)
-        log(f"lr {_lr_tag(lr)}: training to {max(todo)} epochs, evaluating at {', '.join(map(str, todo))}")
-        t0 = time.time()
 
-        def on_eval(epoch, metrics, probs, m, lr=lr, t0=t0):
-            nonlocal best, written
-            rec = _cell_record(task, lr, epoch, metrics, probs, time.time() - t0, shard)
+    def cell_done(rec):
+        nonlocal written
+        append_jsonl(results, rec)
+        done.add((rec["lr"], rec["epochs"]))
+        written += 1
+        log(f"  lr {_lr_tag(rec['lr'])}, {rec['epochs']} epochs: val {get_task(task).headline_text(rec['val'])} | "
+            f"test {get_task(task).headline_text(rec['test'])}")
+        maybe_exit(written)
+
+    def save_candidate(rec, save):
+        save(cand)  # the model first, then its sidecar, then the cell line
+        write_json(cand.with_suffix(".json"), {"lr": rec["lr"], "epochs": rec["epochs"], "sha256": sha256_file(cand),
+                                               "val": rec["val"], "saved": now()})
+
+    units = [(lr, todo_all[lr]) for lr in mine if todo_all[lr]]
+    if backend.name == "local":
+        def unit(lr, todo, _):
+            def on_cell(rec, m):
+                nonlocal best
+                if best is None or rank_key(rec, cfg.select, task) > rank_key(best, cfg.select, task):
+                    save_candidate(rec, lambda p: save_model(classifier_only(m), p))
+                    best = rec
+                cell_done(rec)
+
+            log(f"lr {_lr_tag(lr)}: training to {max(todo)} epochs, evaluating at {', '.join(map(str, todo))}")
+            return lr_unit(cfg, lr, todo, data, shard, progress, on_cell)
+        shared = None
+    else:
+        unit, shared = ray_lr, {"cfg": cfg, "data": data, "shard": shard}
+    for res in run_units(backend, unit, units, shared, log):
+        if res.get("best") is not None:  # a Ray task's own best cell: the grid's candidate if it beats the rest
+            rec = next(c for c in res["cells"] if cell_key(c) == tuple(res["best"]["cell"]))
             if best is None or rank_key(rec, cfg.select, task) > rank_key(best, cfg.select, task):
-                save_model(classifier_only(m), cand)  # the model first, then its sidecar, then the cell line
-                write_json(cand.with_suffix(".json"), {"lr": lr, "epochs": epoch, "sha256": sha256_file(cand),
-                                                       "val": rec["val"], "saved": now()})
+                save_candidate(rec, lambda p, blob=res["best"]["model"]: atomic_write(p, blob))
                 best = rec
-            append_jsonl(results, rec)
-            done.add((lr, epoch))
-            written += 1
-            log(f"  lr {_lr_tag(lr)}, {epoch} epochs: val {get_task(task).headline_text(rec['val'])} | test {get_task(task).headline_text(rec['test'])}")
-            maybe_exit(written)
-
-        hist, _ = fit_eval(model, task, lr, data, todo, cfg.batch, cfg.seed, cfg.augment, cfg.threshold, on_eval,
-                           progress)
-        atomic_write(out / "histories" / f"lr={_lr_tag(lr)}.csv", history_csv(hist.history))
-        model = None
+            for rec in res["cells"]:
+                cell_done(rec)
+        atomic_write(out / "histories" / f"lr={_lr_tag(res['lr'])}.csv", res["history"])
     run = Run.load(out)
     run.stage(f"grid-{_shard_tag(shard)}", cells_written=written, wall_s=round(time.time() - t_start, 1),
-              device=device_name(), finished=now())
+              device=device_name(), finished=now(), **backend.describe())
     run.save()
     remaining = [(lr, e) for lr in cfg.lrs for e in cfg.epochs if (lr, e) not in {cell_key(c) for c in read_cells(out)}]
     if remaining:
