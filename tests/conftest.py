@@ -20,6 +20,25 @@ REAL_BREAST_DIR = Path(__file__).resolve().parents[2] / "shared/data/BrEaST-Lesi
 
 SYNTHETIC = {"n_cases": 40, "malignant_fraction": 0.4, "n_normal": 2, "seed": 0}
 
+# a 2 x 2 grid of a tiny classifier (and a 3-fold CV), for the grid, resume and fault tests
+TINY_RECIPE = """
+name = "tiny"
+description = "test-cnn, 2 x 2"
+reduced = true
+task = "classify"
+model = "test-cnn"
+size = 32
+batch = 16
+seed = 0
+lrs = [3e-3, 1e-2]
+epochs = [1, 2]
+
+[cv]
+folds = 3
+lr = 3e-3
+epochs = 1
+"""
+
 
 _READ_ONLY: dict = {}  # path -> state when the fixture was made
 
@@ -97,6 +116,24 @@ _BLOCK_TF = textwrap.dedent("""
                 raise ImportError(f'{name} is blocked: the device path must not import it')
     sys.meta_path.insert(0, Block())
 """)
+
+
+@pytest.fixture(scope="session")
+def tiny_cls(synthetic_breast_dir, tmp_path_factory):
+    """A test-cnn classifier trained 1 epoch at 32 px, not exported (read-only: copy_run it to change it)."""
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    r = cli("train", "classify", "--data", synthetic_breast_dir, "--model", "test-cnn", "--size", 32, "--epochs", 1,
+            "--out", out, "--quiet")
+    assert r.exit_code == 0, r.output
+    return read_only(out)
+
+
+def copy_run(run: Path, dst: Path) -> Path:
+    """A writable copy of a shared run."""
+    import shutil
+
+    shutil.copytree(run, dst)
+    return dst
 
 
 @pytest.fixture(scope="session")

@@ -16,20 +16,10 @@ from pathlib import Path
 import pytest
 
 from edgebus.core.io import read_jsonl, sha256_file
-from tests.conftest import cli, manifest
+from tests.conftest import TINY_RECIPE, cli, copy_run, manifest
 
 EDGEBUS = [sys.executable, "-m", "edgebus"]
-RECIPE = """
-description = "test-cnn, 2 x 2"
-reduced = true
-task = "classify"
-model = "test-cnn"
-size = 32
-batch = 16
-seed = 0
-lrs = [3e-3, 1e-2]
-epochs = [1, 2]
-"""
+
 
 
 def kill_when(cmd, ready, timeout=300) -> bool:
@@ -78,7 +68,7 @@ def assert_manifest_complete(run: Path):
 def test_grid_killed_at_seeded_points_loses_no_finished_cell(synthetic_breast_dir, tmp_path):
     rng = random.Random(13)
     recipe = tmp_path / "tiny.toml"
-    recipe.write_text(RECIPE)
+    recipe.write_text(TINY_RECIPE)
     out = tmp_path / "g"
     cmd = [*EDGEBUS, "grid", "--recipe", recipe, "--data", synthetic_breast_dir, "--out", out, "--quiet"]
     kept = []
@@ -100,22 +90,9 @@ def test_grid_killed_at_seeded_points_loses_no_finished_cell(synthetic_breast_di
     assert_no_torn_final_files(out)
 
 
-@pytest.fixture(scope="module")
-def tiny_run(synthetic_breast_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("faults") / "run"
-    r = cli("train", "classify", "--data", synthetic_breast_dir, "--model", "test-cnn", "--size", 32, "--epochs", 1,
-            "--out", out, "--quiet")
-    assert r.exit_code == 0, r.output
-    return out
-
-
 @pytest.fixture()
-def run(tiny_run, tmp_path):
-    import shutil
-
-    dst = tmp_path / "run"
-    shutil.copytree(tiny_run, dst)
-    return dst
+def run(tiny_cls, tmp_path):
+    return copy_run(tiny_cls, tmp_path / "run")
 
 
 def test_export_killed_mid_way_keeps_a_valid_manifest(run):

@@ -11,27 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tests.conftest import cli, manifest, one_line_error as _one_line_error
+from tests.conftest import TINY_RECIPE, cli, manifest, one_line_error as _one_line_error
 
 from edgebus.core.errors import EdgebusError
 
-RECIPE = """
-name = "tiny"
-description = "test-cnn, 2 x 2"
-reduced = true
-task = "classify"
-model = "test-cnn"
-size = 32
-batch = 16
-seed = 0
-lrs = [3e-3, 1e-2]
-epochs = [1, 2]
 
-[cv]
-folds = 3
-lr = 3e-3
-epochs = 1
-"""
 
 
 def assert_png(path: Path):
@@ -48,7 +32,7 @@ def lines(path: Path) -> list[bytes]:
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory):
     p = tmp_path_factory.mktemp("recipes") / "tiny.toml"
-    p.write_text(RECIPE)
+    p.write_text(TINY_RECIPE)
     return p
 
 

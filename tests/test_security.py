@@ -11,15 +11,12 @@ import sys
 import pytest
 
 from edgebus.core.io import sha256_file
-from tests.conftest import cli, manifest, one_line_error
+from tests.conftest import cli, copy_run, manifest, one_line_error
 
 
 @pytest.fixture(scope="module")
-def tiny_run(synthetic_breast_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("sec") / "run"
-    r = cli("train", "classify", "--data", synthetic_breast_dir, "--model", "test-cnn", "--size", 32, "--epochs", 1,
-            "--out", out, "--quiet")
-    assert r.exit_code == 0, r.output
+def tiny_run(tiny_cls, tmp_path_factory):
+    out = copy_run(tiny_cls, tmp_path_factory.mktemp("sec") / "run")
     r = cli("export", out, "--int8", "--ptq")
     assert r.exit_code == 0, r.output
     return out
@@ -27,9 +24,7 @@ def tiny_run(synthetic_breast_dir, tmp_path_factory):
 
 @pytest.fixture()
 def run(tiny_run, tmp_path):
-    dst = tmp_path / "run"
-    shutil.copytree(tiny_run, dst)
-    return dst
+    return copy_run(tiny_run, tmp_path / "run")
 
 
 def _record(run, name):
