@@ -82,7 +82,7 @@ def test_grid_report_figures_and_best_run(killed_and_resumed):
     assert report["chosen"]["val"]["accuracy"] == best_val
     chosen = [c for c in cells if (c["lr"], c["epochs"]) == (report["chosen"]["lr"], report["chosen"]["epochs"])][0]
     assert report["chosen"]["test"] == chosen["test"]
-    assert report["metrics_match_cell"] and report["best_source"] == "candidate"
+    assert report["metrics_match_cell"] and report["best_source"] == "candidate" and report["size"] == 32
     ci = report["test_bootstrap"]["accuracy"]
     assert ci["lo"] <= ci["value"] <= ci["hi"]
     md = (out / "report.md").read_text()
@@ -237,10 +237,29 @@ def test_study_table_puts_the_numbers_side_by_side(killed_and_resumed, monkeypat
     out, _, _ = killed_and_resumed
     monkeypatch.setitem(study.STUDY, "test-cnn", study.STUDY["mobilenetv2"])
     md = study.study_table([out])
-    assert "## test-cnn" in md and "| accuracy (%) | 62.96 |" in md and "reduced grid" in md
+    assert "## test-cnn" in md and "| accuracy (%) | 62.96 |" in md and "32 px, reduced grid" in md
+    assert "| resnet50 | 224 px | **open: not run at full size** |" in md
     r = cli("grid", "table", out, "--out", out / "study.md")
     assert r.exit_code == 0, r.output
     assert "| accuracy (%) | 62.96 |" in (out / "study.md").read_text()
+
+
+def test_full_size_rows_are_done_only_for_all_35_cells_at_the_study_size():
+    from edgebus.reports import study
+
+    cells = [{"lr": lr, "epochs": e} for lr in study.STUDY_LRS for e in study.STUDY_EPOCHS]
+    ci = {"accuracy": {"value": 0.68, "lo": 0.48, "hi": 0.84}}
+    full = {"model": "mobilenetv2", "task": "classify", "size": 224, "cells": cells,
+            "chosen": {"lr": 5e-3, "epochs": 50}, "test_bootstrap": ci}
+    small = full | {"size": 128}
+    short = full | {"cells": cells[:-1]}
+    rows = "\n".join(study.full_size_status([("g224", full), ("g128", small), ("gshort", short)]))
+    assert "| mobilenetv2 | 224 px | done | `g224` | lr 0.005, 50 epochs | accuracy 68.0 [48.0, 84.0] |" in rows
+    assert "| resnet50 | 224 px | **open: not run at full size** | — |" in rows
+    assert "| unet-efficientnetb2 | 256 px | **open" in rows
+    rows = "\n".join(study.full_size_status([("g128", small), ("gshort", short)]))
+    assert "| mobilenetv2 | 224 px | **open: not run at full size** | reduced only: `g128` (35 cells, 128 px), " \
+           "`gshort` (34 cells, 224 px) |" in rows
 
 
 def test_grid_bad_input_errors(synthetic_breast_dir, killed_and_resumed, tmp_path):

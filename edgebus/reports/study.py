@@ -25,6 +25,36 @@ STUDY = {
 }
 STUDY_LRS = [1e-6, 1e-5, 1e-4, 1e-3, 5e-3, 1e-2, 5e-2]
 STUDY_EPOCHS = [10, 20, 30, 40, 50]
+# The input sizes of the full-size grids (the study states none; see the recipes in training/).
+STUDY_SIZES = {"mobilenetv2": 224, "resnet50": 224, "unet-efficientnetb2": 256}
+
+
+def is_full_size(report: dict) -> bool:
+    """Every one of the study's 35 cells, at the study-size input."""
+    cells = {(c["lr"], c["epochs"]) for c in report["cells"]}
+    return (cells >= {(lr, e) for lr in STUDY_LRS for e in STUDY_EPOCHS}
+            and report.get("size") == STUDY_SIZES.get(report["model"]))
+
+
+def full_size_status(grids) -> list[str]:
+    """One row per study model: its full-size grid if one was given, else a marked open row (never a
+    reduced grid standing in for the full one)."""
+    out = ["## The study's full-size grids", "",
+           "All 7 learning rates x 5 epoch counts at the study-size input, selected by validation metric as the study did.",
+           "", "| model | input | status | grid | chosen cell | test (chosen cell) |", "|---|---|---|---|---|---|"]
+    for m, size in STUDY_SIZES.items():
+        full = [(d, r) for d, r in grids if r["model"] == m and is_full_size(r)]
+        if full:
+            d, r = full[0]
+            key = "accuracy" if r["task"] == "classify" else "iou"
+            test = interval_text(r["test_bootstrap"][key], pct=key == "accuracy")
+            out.append(f"| {m} | {size} px | done | `{Path(d).name}` | lr {r['chosen']['lr']:g}, "
+                       f"{r['chosen']['epochs']} epochs | {key} {test} |")
+            continue
+        reduced = [f"`{Path(d).name}` ({len(r['cells'])} cells, {r.get('size', '?')} px)" for d, r in grids if r["model"] == m]
+        note = f"reduced only: {', '.join(reduced)}" if reduced else "—"
+        out.append(f"| {m} | {size} px | **open: not run at full size** | {note} | — | — |")
+    return out + [""]
 
 
 def _crop_words(s: dict) -> str:
@@ -92,6 +122,8 @@ def study_table(grid_dirs=(), cv_dirs=()) -> str:
            "validation metric), test numbers of the chosen cell with a 95% percentile-bootstrap interval. Honest "
            "protocol: stratified k-fold cross-validation at fixed settings, mean +- std over folds and a 95% bootstrap "
            "interval over the pooled out-of-fold predictions.", ""]
+    if grids:
+        out += full_size_status(grids)
     if cvs:
         out += cv_overview(cvs)
     for m, g, c in sections:
@@ -103,8 +135,8 @@ def study_table(grid_dirs=(), cv_dirs=()) -> str:
         if g:
             rr = g[1]
             head += f" (grid `{g[0]}`: chosen lr {rr['chosen']['lr']:g}, {rr['chosen']['epochs']} epochs, test n={rr['per_split']['test']['n']}"
-            full = {(c["lr"], c["epochs"]) for c in rr["cells"]} >= {(lr, e) for lr in STUDY_LRS for e in STUDY_EPOCHS}
-            head += ", reduced grid)" if (rr.get("recipe") or {}).get("reduced") or not full else ")"
+            reduced = (rr.get("recipe") or {}).get("reduced") or not is_full_size(rr)
+            head += f", {rr.get('size', '?')} px" + (", reduced grid)" if reduced else ", full-size grid)")
         out += [head, ""]
         if c:
             s = c[1]

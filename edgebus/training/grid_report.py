@@ -152,7 +152,8 @@ def finalize(out: str | Path, log=print, progress: bool = False) -> dict:
     for f in figs.values():
         run.add_artifact(f, "figure")
     report = {
-        "schema": "edgebus.grid/1", "task": task.name, "model": ident["model"], "recipe": run.manifest.grid.get("recipe"),
+        "schema": "edgebus.grid/1", "task": task.name, "model": ident["model"], "size": ident["size"],
+        "recipe": run.manifest.grid.get("recipe"),
         "select": metric, "tiebreak": [task.tiebreak(metric), "fewer epochs", "lower lr"],
         "chosen": {"lr": chosen["lr"], "epochs": chosen["epochs"], "val": chosen["val"], "test": chosen["test"]},
         "best_run": "best", "best_source": source, "metrics_match_cell": same,
