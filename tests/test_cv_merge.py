@@ -45,9 +45,18 @@ def test_merged_cv_averages_each_folds_members_and_the_stages_read_it(synthetic_
     assert res["threshold"] == op["threshold"]
     assert res["rows"][0]["float"]["auc"] == pytest.approx(s["pooled"]["auc"], abs=1e-6)
     assert res["rows"][0]["int8"]["auc"] == pytest.approx(s["pooled_int8"]["auc"], abs=1e-6)
+    # the ensemble's model card: written by operating-point, refreshed by stress, carried by the bundle
+    card = json.loads((m / "model_card.json").read_text())
+    assert card["evaluation"]["cv"]["operating_point"]["cross_fitted"] == op["cross_fitted"]
+    assert card["evaluation"]["cv"]["pooled"] == s["bootstrap_int8"]
+    assert card["stress"]["int8"] == res["summary"]["int8"] and card["ensemble"]["threshold"] == op["threshold"]
     r = cli("bundle", "--classifier", m, "--out", tmp_path / "cart")
     assert r.exit_code == 0, r.output
     assert len(list((tmp_path / "cart").rglob("*.tflite"))) == 6  # 3 folds x 2 seeds
+    bundle = json.loads((tmp_path / "cart" / "bundle.json").read_text())
+    assert [x["sha256"] for x in card["ensemble"]["members"]] == [x["sha256"] for x in bundle["classifier"]["ensemble"]]
+    md = (tmp_path / "cart" / "classifier_model_card.md").read_text()
+    assert "6-member ensemble" in md and "Scanner-shift stress" in md and "cross-fitted sensitivity" in md
 
     one_line_error(cli("cv-merge", a, c, "--out", tmp_path / "x"), "other folds", "--fold-seed")
     one_line_error(cli("cv-merge", a, a, "--out", tmp_path / "y"), "share a training seed")

@@ -117,6 +117,7 @@ def test_a_cv_becomes_a_fold_ensemble_bundle(cv_dir, seg_run, synthetic_breast_d
     b = json.loads((out / "bundle.json").read_text())
     op = json.loads((cv_dir / "operating_point.json").read_text())
     assert len(b["classifier"]["ensemble"]) == 3 and b["classifier"]["threshold"] == op["threshold"]
+    assert "3-member ensemble" in (out / "classifier_model_card.md").read_text()  # the CV's card travels with it
     members = [ExportedModel(out / m["file"], "classify") for m in b["classifier"]["ensemble"]]
     pipe = LesionPipeline.from_bundle(out)
     frame = sorted((synthetic_breast_dir / "BrEaST-Lesions_USG-images_and_masks").glob("case*[0-9].png"))[0]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edgebus import __version__
-from edgebus.core.io import atomic_write, now, read_json, read_jsonl, write_json
+from edgebus.core.io import atomic_write, now, read_json, read_jsonl, sha256_file, write_json
 from edgebus.core.manifest import Run
 from edgebus.core.stats import bootstrap_classification, interval_text
 
@@ -92,6 +92,10 @@ def _cv_part(run: Run) -> dict | None:
     cv_dir = Path(op["cv"]) if op.get("cv") else None
     if cv_dir is None or not (cv_dir / "folds.jsonl").is_file():
         return None
+    return _cv_evidence(cv_dir, op, run.manifest.data.root if run.manifest.data else None)
+
+
+def _cv_evidence(cv_dir: Path, op: dict, root) -> dict:
     summary = read_json(cv_dir / "summary.json") if (cv_dir / "summary.json").is_file() else {}
     recs = sorted(read_jsonl(cv_dir / "folds.jsonl"), key=lambda r: r["fold"])
     key = "test_prob_int8" if all("test_prob_int8" in r for r in recs) else "test_prob"
@@ -102,7 +106,6 @@ def _cv_part(run: Run) -> dict | None:
             "pooled": summary.get("bootstrap_int8" if key == "test_prob_int8" else "bootstrap"),
             "int8_fidelity": summary.get("int8_fidelity"), "operating_point": {
                 k: op.get(k) for k in ("target_sensitivity", "threshold", "cross_fitted", "ece", "source")}}
-    root = run.manifest.data.root if run.manifest.data else None
     try:
         from edgebus.data.breast import case_attributes
 
@@ -169,14 +172,7 @@ def model_card(run: Run) -> dict:
         "calibration": (m.operating_point or {}).get("ece"),
         "int8_vs_float": {"fidelity": e.get("fidelity"), "agreement": e.get("agreement")} if key == "int8" else None,
         "latency": _latency(run),
-        "limits": [
-            f"trained on {m.data.n_lesions if m.data else '?'} lesions from one centre's ultrasound archive; the sheet "
-            "does not record the scanner per image, so no scanner is known to be covered",
-            "every training image holds a lesion; normal frames and frames without a lesion were not seen",
-            "the stress benchmark (edgebus stress) shows how much blur and lower resolution cost; check a new "
-            "scanner's frames against it and validate locally before use",
-            "subgroups with few cases have wide intervals; a blank cell means the rate is undefined there",
-        ],
+        "limits": model_card_limits(m.data.n_lesions if m.data else None),
         "versions": {"edgebus": __version__, "tensorflow": train.get("tensorflow"), "tf_keras": train.get("keras"),
                      "interpreter": e.get("interpreter"), "run_created": m.created,
                      "run": str(run.path.resolve())},
@@ -185,14 +181,26 @@ def model_card(run: Run) -> dict:
     return card
 
 
+def model_card_limits(n_lesions) -> list[str]:
+    return [
+            f"trained on {n_lesions or '?'} lesions from one centre's ultrasound archive; the sheet "
+            "does not record the scanner per image, so no scanner is known to be covered",
+            "every training image holds a lesion; normal frames and frames without a lesion were not seen",
+            "the stress benchmark (edgebus stress) shows how much blur and lower resolution cost; check a new "
+            "scanner's frames against it and validate locally before use",
+            "subgroups with few cases have wide intervals; a blank cell means the rate is undefined there",
+        ]
+
+
 def _ci(v) -> str:
     return "-" if v is None else interval_text(v)
 
 
 def card_markdown(card: dict) -> str:
     md = card["model"]
+    what = f"File `{md['file']}` (sha256 `{md['sha256'][:16]}`)" if md["sha256"] else f"{md['file']} (listed below)"
     lines = [f"# Model card: {md['name']} ({md['task']}, {md['format']} {md['source'] or ''})".rstrip(), "",
-             f"File `{md['file']}` (sha256 `{(md['sha256'] or '')[:16]}`), input {md['input_size']}. Written "
+             f"{what}, input {md['input_size']}. Written "
              f"{card['written']} by edgebus {card['versions']['edgebus']} from the run; nothing here is typed by hand.", "",
              "## Intended use", "", card["intended_use"], "", "Not for:", *[f"- {x}" for x in card["not_for"]], "",
              "## Inputs and outputs", ""]
@@ -233,8 +241,15 @@ def card_markdown(card: dict) -> str:
     else:
         lines += ["No cross-validation is linked to this run (`edgebus operating-point RUN --from-cv CV_DIR` links one); "
                   "only the run's own test split below, too small for subgroups.", ""]
-    ts = card["evaluation"]["test_split"]
-    lines += ["Test split of the run: " + "; ".join(f"{k}: " + ", ".join(f"{m} {v[m]:.3f}" for m in ("accuracy", "auc", "iou", "dice")
+    if card.get("ensemble"):
+        e = card["ensemble"]
+        lines += ["### The ensemble", "", e["note"], "", *[f"- `{m['file']}` (sha256 `{m['sha256'][:16]}`)" for m in e["members"]], ""]
+    if card.get("stress"):
+        lines += ["### Scanner-shift stress (every case out-of-fold)", "",
+                  *[f"- {k}: AUC {v['clean']:.3f} clean, worst {v['worst']:.3f} under {v['worst_change']} (drop "
+                    f"{v['worst_drop']:.3f}), lowest sensitivity {v['worst_sensitivity']:.3f}" for k, v in card["stress"].items()], ""]
+    ts = card["evaluation"]["test_split"] or {}
+    lines += [] if not ts else ["Test split of the run: " + "; ".join(f"{k}: " + ", ".join(f"{m} {v[m]:.3f}" for m in ("accuracy", "auc", "iou", "dice")
                                                                       if isinstance(v, dict) and v.get(m) is not None)
                                                  for k, v in ts.items() if v), ""]
     lines += ["## Calibration", "", (f"Expected calibration error {card['calibration']}" if card["calibration"]
@@ -246,7 +261,7 @@ def card_markdown(card: dict) -> str:
                      f"{f['malignant_to_benign']} malignant -> benign); max probability gap {f['max_abs_diff']:.3f}.")
     elif f:
         lines.append(f"Test split: mask IoU between float and int8 {f['mask_iou_mean']:.3f} mean, {f['mask_iou_min']:.3f} worst image.")
-    else:
+    elif not (cv and cv.get("int8_fidelity")):
         lines.append("Not recorded: the file was exported before edgebus counted flips (re-export to add it).")
     if cv and cv.get("int8_fidelity") and "mask_iou_mean" in cv["int8_fidelity"]:
         g = cv["int8_fidelity"]
@@ -258,10 +273,72 @@ def card_markdown(card: dict) -> str:
                      f"benign -> malignant, {g['malignant_to_benign']} malignant -> benign).")
     lines += ["", "## Latency", ""]
     lines += [f"- {r['device']}: `{r['file']}`, {r['threads']} thread(s), median {r['median_ms']} ms" for r in card["latency"]] \
-        or ["Not measured yet: `edgebus bench RUN` adds it."]
+        or [card.get("latency_note") or "Not measured yet: `edgebus bench RUN` adds it."]
     lines += ["", "## Known limits", "", *[f"- {x}" for x in card["limits"]], "", "## Versions", "",
-              *[f"- {k}: {v}" for k, v in card["versions"].items()], ""]
+              *[f"- {k}: {v}" for k, v in card["versions"].items() if v is not None], ""]
     return "\n".join(lines)
+
+
+def cv_model_card(cv_dir) -> dict:
+    """The card of a classifier CV's fold (or seed x fold) ensemble, the cart classifier a bundle
+    made from the CV folder runs: its evidence is the out-of-fold evaluation, operating point and stress."""
+    from edgebus.runtime.ensemble import cv_fold_files
+    from edgebus.runtime.metadata import read_metadata
+
+    cv_dir = Path(cv_dir)
+    run = Run.load(cv_dir)
+    files, threshold, calibration, _ = cv_fold_files(cv_dir)
+    m, op = run.manifest, run.manifest.operating_point or {}
+    summary = read_json(cv_dir / "summary.json")
+    stress = cv_dir / "stress" / "stress.json"
+    meta = read_metadata(files[0]) or {}
+    io = meta.get("io", {})
+    members = [{"file": str(f.relative_to(cv_dir)), "sha256": sha256_file(f)} for f in files]
+    return {
+        "schema": SCHEMA, "written": now(),
+        "model": {"name": f"{summary['model']}, {len(files)}-member ensemble", "task": "classify",
+                  "file": f"{len(files)} int8 files averaged", "sha256": None, "format": "int8",
+                  "source": summary.get("int8_source"), "input_size": (m.preprocess or {}).get("size")},
+        "intended_use": INTENDED_USE["classify"], "not_for": NOT_FOR,
+        "training_data": {"dataset": _dataset(m.data), "root": m.data.root if m.data else None,
+                          "fingerprint": m.data.fingerprint if m.data else None,
+                          "lesion_cases": m.data.n_lesions if m.data else None, "split": f"{summary['k']} folds",
+                          "augment": (m.cv or {}).get("identity", {}).get("augment"), "epochs": summary.get("epochs"),
+                          "lr": summary.get("lr")},
+        "evaluation": {"test_split": None, "cv": _cv_evidence(cv_dir, op, m.data.root if m.data else None)},
+        "calibration": op.get("ece"),
+        "int8_vs_float": {"fidelity": None, "agreement": summary.get("int8_label_agreement")},
+        "stress": {k: v for k, v in read_json(stress)["summary"].items()} if stress.is_file() else None,
+        "ensemble": {"members": members, "combine": "mean of the members' outputs", "threshold": threshold,
+                     "calibration": calibration,
+                     "note": "Each case above was scored by the members of the one fold that did not train on it (a "
+                             "merged CV: that fold's model of every seed, averaged). The cart averages every member, "
+                             "each of which trained on 4 of the 5 folds: no case here is unseen by that average, so it "
+                             "has no out-of-fold estimate of its own; the numbers above are those of the per-fold "
+                             "averages, at the same threshold and calibration."},
+        "latency": [], "latency_note": "Not measured by the card: `edgebus predict --bundle` reports frames/s per member count.",
+        "limits": model_card_limits(m.data.n_lesions if m.data else None),
+        "versions": {"edgebus": __version__, "interpreter": None, "run_created": m.created, "run": str(cv_dir.resolve())},
+        "io": {"inputs": {"image": {"type": "image", "format": "grayscale B-mode frame, replicated to 3 channels",
+                                    "dtype": io.get("input", {}).get("dtype"), "shape": io.get("input", {}).get("shape"),
+                                    "preprocessing": m.preprocess}},
+               "outputs": {"malignant_probability": {"type": "probability", "dtype": "float32", "shape": [1],
+                                                     "threshold": threshold, "labels": meta.get("labels"),
+                                                     "calibration": calibration}}},
+    }
+
+
+def write_cv_model_card(cv_dir) -> Path:
+    """Write model_card.json / .md into a classifier CV folder (bundles built from it carry them)."""
+    cv_dir = Path(cv_dir)
+    card = cv_model_card(cv_dir)
+    run = Run.load(cv_dir)
+    write_json(run.file(CARD_JSON), card)
+    path = atomic_write(run.file(CARD_MD), card_markdown(card))
+    run.add_artifact(CARD_JSON, "model-card")
+    run.add_artifact(CARD_MD, "model-card")
+    run.save()
+    return path
 
 
 def write_model_card(run_dir) -> Path:

@@ -79,7 +79,7 @@ def make_bundle(out: str | Path, classifier: str | Path | None = None, segmenter
     staged, ensemble = [], None
     if classifier is not None and (Path(classifier) / "folds.jsonl").is_file():  # a CV: its fold models, averaged
         files, threshold, calibration, source = cv_fold_files(classifier)
-        ensemble = (EnsembleModel(files, threshold, calibration), source)
+        ensemble = (EnsembleModel(files, threshold, calibration), source, _model_card_files(classifier))
         classifier = None
     for task, src in (("classify", classifier), ("segment", segmenter)):
         if src is None:
@@ -95,7 +95,9 @@ def make_bundle(out: str | Path, classifier: str | Path | None = None, segmenter
             atomic_write(out / f"{TASKS[task].role}_{card.name}", card.read_bytes())
     members = []
     if ensemble is not None:
-        ens, source = ensemble
+        ens, source, cards = ensemble
+        for card in cards:  # the CV's card of this ensemble (written by 'edgebus operating-point CV_DIR')
+            atomic_write(out / f"classifier_{card.name}", card.read_bytes())
         for k, m in enumerate(ens.members):
             name = f"classifier_fold{k}.tflite"
             atomic_write(out / name, m.path.read_bytes())

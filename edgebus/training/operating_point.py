@@ -112,12 +112,25 @@ def cv_operating_point(cv_dir, target: float = 0.9, source: str = "auto", out=No
         run = Run.load(cv_dir)
         run.manifest.operating_point = {k: v for k, v in op.items() if k != "reliability"}
         run.save()
+        if source == "int8":
+            _cv_card(cv_dir, log)
     est = op["cross_fitted"]
     log(f"threshold {op['threshold']:.4f} ({source} output; {op['threshold_calibrated']:.4f} calibrated): cross-fitted "
         f"sensitivity {est['sensitivity']:.3f} [{est['sensitivity_ci'][0]:.3f}, {est['sensitivity_ci'][1]:.3f}], "
         f"specificity {est['specificity']:.3f} [{est['specificity_ci'][0]:.3f}, {est['specificity_ci'][1]:.3f}] "
         f"(n={op['n']}); ECE {op['ece']['raw']:.3f} raw, {op['ece']['calibrated_cross_fitted']:.3f} calibrated")
     return op
+
+
+def _cv_card(cv_dir: Path, log) -> None:
+    """The fold ensemble's model card (bundles made from the CV carry it); a CV that kept no int8
+    fold models gets none, with a line saying so."""
+    from edgebus.export.model_card import write_cv_model_card
+
+    try:
+        log(f"model card: {write_cv_model_card(cv_dir)}")
+    except EdgebusError as e:
+        log(f"no model card: {e}")
 
 
 def operating_point_md(op: dict) -> str:
