@@ -84,3 +84,37 @@ def test_litert_quantizer_makes_a_full_integer_file_that_follows_its_parent(cls_
     assert r.exit_code == 0 and "model_int8_litert.tflite" in r.output, r.output
     one_line_error(cli("export", run, "--formats", "float32", "--quantizer", "litert", "--overwrite"), "--int8")
     one_line_error(cli("export", run, "--int8", "--sensitive-int16", 2, "--overwrite"), "--quantizer litert")
+
+
+def test_litert_file_over_256_kb_of_weights_keeps_its_external_buffers(tmp_path):
+    """The AI Edge quantizer writes the weights of a model with over 256 KB of them after the
+    flatbuffer (external buffers); embedding edgebus metadata must keep them (it once cut a real
+    3.8 MB Lite0 file to 0.56 MB that no interpreter could load)."""
+    pytest.importorskip("ai_edge_quantizer", reason="the quantizer extra is not installed: pip install 'edgebus[quantizer]'")
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgebus.compat import keras
+    from edgebus.export.convert import convert, embed_metadata
+    from edgebus.export.litert_quant import litert_int8
+    from edgebus.runtime.metadata import read_metadata
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16, 16, 3))
+    x = keras.layers.Dense(1, activation="sigmoid")(keras.layers.Dense(512, activation="relu")(keras.layers.Flatten()(inp)))
+    model = keras.Model(inp, x)  # 768 x 512 int8 weights: 384 KB
+    calib = np.random.default_rng(0).random((8, 16, 16, 3), dtype=np.float32)
+    raw, _ = litert_int8(convert(model, "float32"), calib)
+
+    def run(buf):
+        it = Interpreter(model_content=bytes(buf))
+        it.allocate_tensors()
+        d = it.get_input_details()[0]
+        it.set_tensor(d["index"], np.full(d["shape"], 7, d["dtype"]))
+        it.invoke()
+        return it.get_tensor(it.get_output_details()[0]["index"])
+
+    out = embed_metadata(raw, {"task": "classify"})
+    assert len(out) > 384 * 1024  # the weights are still there
+    assert np.array_equal(run(out), run(raw))
+    (tmp_path / "m.tflite").write_bytes(out)
+    assert read_metadata(tmp_path / "m.tflite") == {"task": "classify"}

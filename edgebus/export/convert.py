@@ -72,6 +72,10 @@ def embed_metadata(tflite: bytes, meta: dict) -> bytes:
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite))
+    for b in model.buffers:  # external buffers (the AI Edge quantizer's layout over 256 KB of weights) go inline:
+        if b.offset > 1:     # the object round trip below would drop the data after the flatbuffer
+            b.data = np.frombuffer(tflite, dtype=np.uint8, count=b.size, offset=b.offset)
+            b.offset, b.size = 0, 0
     buf = schema.BufferT()
     buf.data = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
     model.buffers.append(buf)
