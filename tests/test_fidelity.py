@@ -118,3 +118,36 @@ def test_litert_file_over_256_kb_of_weights_keeps_its_external_buffers(tmp_path)
     assert np.array_equal(run(out), run(raw))
     (tmp_path / "m.tflite").write_bytes(out)
     assert read_metadata(tmp_path / "m.tflite") == {"task": "classify"}
+
+
+def test_litert_int8_keeps_the_whole_range_of_a_one_value_output():
+    """A classifier's logit is one value per image: the quantizer's moving-average calibration once
+    shrank its range to the last images' (the real Lite0 file then put every case between 0.33 and
+    0.5). Calibrated on min / max over all images, the int8 file follows its float parent on each."""
+    pytest.importorskip("ai_edge_quantizer", reason="the quantizer extra is not installed: pip install 'edgebus[quantizer]'")
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgebus.compat import keras
+    from edgebus.export.convert import convert
+    from edgebus.export.litert_quant import litert_int8
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    logit = keras.layers.Dense(1, kernel_initializer=keras.initializers.Constant(10 / 3),  # 10 x mean brightness - 5
+                               bias_initializer=keras.initializers.Constant(-5.0))(keras.layers.GlobalAveragePooling2D()(inp))
+    model = keras.Model(inp, keras.layers.Activation("sigmoid")(logit))
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 8, 8, 3), dtype=np.float32) ** rng.uniform(0.2, 5, (40, 1, 1, 1)).astype(np.float32)
+    want = model.predict(x, verbose=0).ravel()
+    assert want.min() < 0.3 and want.max() > 0.7  # the logit spans both signs
+    raw, _ = litert_int8(convert(model, "float32"), x)
+    it = Interpreter(model_content=raw)
+    it.allocate_tensors()
+    d, o = it.get_input_details()[0], it.get_output_details()[0]
+    (si, zi), (so, zo) = d["quantization"], o["quantization"]
+    got = []
+    for img in x:
+        it.set_tensor(d["index"], np.clip(np.round(img[None] / si + zi), -128, 127).astype(d["dtype"]))
+        it.invoke()
+        got.append((it.get_tensor(o["index"]).astype(np.float32).ravel()[0] - zo) * so)
+    assert np.abs(np.array(got) - want).max() < 0.05, np.abs(np.array(got) - want).max()

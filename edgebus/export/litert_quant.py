@@ -65,7 +65,7 @@ def litert_int8(float_tflite: bytes, calibration: np.ndarray, sensitive_int16: i
             for tensor in keep16:
                 qt.add_static_config(regex=re.escape(tensor), operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
                                      activation_num_bits=16, weight_num_bits=8)
-            result = qt.quantize(qt.calibrate(calib, num_threads=1))
+            result = qt.quantize(_calibrate(qt, calib, key))
             return qt, bytes(result.quantized_model)
 
         try:
@@ -83,6 +83,20 @@ def litert_int8(float_tflite: bytes, calibration: np.ndarray, sensitive_int16: i
             after = errors
     return data, {"quantizer": "ai-edge-quantizer static_wi8_ai8", "int16_tensors": keep16,
                   "layer_errors_int8": errors[:20], "layer_errors": after[:20], "layers": len(errors)}
+
+
+def _calibrate(qt, calib: dict, key: str) -> dict:
+    """Each tensor's min / max over all calibration images, as the converter's PTQ takes them. The
+    quantizer's own calibrate keeps a moving average of the per-image min / max: for a one-value tensor
+    such as the malignancy logit that shrinks the range to the last images' values (on the real Lite0
+    classifier to [-0.73, 0], so every probability came out between 0.33 and 0.5)."""
+    from ai_edge_quantizer.utils.qsv_utils import min_max_update
+
+    merged: dict = {}
+    for sample in calib[key]:
+        for name, q in qt.calibrate({key: [sample]}, num_threads=1).items():
+            merged[name] = min_max_update(merged.get(name), q) if q else merged.get(name, q)
+    return merged
 
 
 def _io_names(model: bytes) -> list[str]:
