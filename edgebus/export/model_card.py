@@ -330,21 +330,16 @@ def cv_model_card(cv_dir) -> dict:
 
 def write_cv_model_card(cv_dir) -> Path:
     """Write model_card.json / .md into a classifier CV folder (bundles built from it carry them)."""
-    cv_dir = Path(cv_dir)
-    card = cv_model_card(cv_dir)
-    run = Run.load(cv_dir)
-    write_json(run.file(CARD_JSON), card)
-    path = atomic_write(run.file(CARD_MD), card_markdown(card))
-    run.add_artifact(CARD_JSON, "model-card")
-    run.add_artifact(CARD_MD, "model-card")
-    run.save()
-    return path
+    return _write(Run.load(cv_dir), cv_model_card(cv_dir))
 
 
 def write_model_card(run_dir) -> Path:
     """Write model_card.json and model_card.md into an exported run and record them."""
     run = Run.load(run_dir)
-    card = model_card(run)
+    return _write(run, model_card(run))
+
+
+def _write(run: Run, card: dict) -> Path:
     write_json(run.file(CARD_JSON), card)
     path = atomic_write(run.file(CARD_MD), card_markdown(card))
     run.add_artifact(CARD_JSON, "model-card")
