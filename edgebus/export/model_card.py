@@ -308,7 +308,7 @@ def cv_model_card(cv_dir) -> dict:
         "evaluation": {"test_split": None, "cv": _cv_evidence(cv_dir, op, m.data.root if m.data else None)},
         "calibration": op.get("ece"),
         "int8_vs_float": {"fidelity": None, "agreement": summary.get("int8_label_agreement")},
-        "stress": {k: v for k, v in read_json(stress)["summary"].items()} if stress.is_file() else None,
+        "stress": read_json(stress)["summary"] if stress.is_file() else None,
         "ensemble": {"members": members, "combine": "mean of the members' outputs", "threshold": threshold,
                      "calibration": calibration,
                      "note": "Each case above was scored by the members of the one fold that did not train on it (a "

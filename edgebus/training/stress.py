@@ -180,9 +180,8 @@ def run_stress(target, data=None, fmt: str = "breast", out=None, seed: int = 0, 
     write_json(out / "stress.json", result)
     stress_plot(result, out / "stress.png")
     atomic_write(out / "stress.md", stress_markdown(result))
-    if target.is_dir() and out == target / "stress" and (target / "model_card.json").is_file():
+    if out == target / "stress" and (target / "model_card.json").is_file() and (target / "folds.jsonl").is_file():
         from edgebus.export.model_card import write_cv_model_card  # the CV's card now shows the stress worst case
 
-        if (target / "folds.jsonl").is_file():
-            log(f"model card: {write_cv_model_card(target)}")
+        log(f"model card: {write_cv_model_card(target)}")
     return result | {"out": str(out)}
