@@ -72,6 +72,7 @@ def test_grid_killed_at_seeded_points_loses_no_finished_cell(synthetic_breast_di
     out = tmp_path / "g"
     cmd = [*EDGEBUS, "grid", "--recipe", recipe, "--data", synthetic_breast_dir, "--out", out, "--quiet"]
     kept = []
+    kill_when(cmd, lambda: (out / "manifest.json").exists())  # first: as soon as the folder appears (its set-up)
     for _ in range(3):
         before = lines(out / "cells.jsonl")
         # kill somewhere inside the next cell: after a seeded share of its training, or at once on start
@@ -88,6 +89,34 @@ def test_grid_killed_at_seeded_points_loses_no_finished_cell(synthetic_breast_di
     assert cells[:len(kept)] == kept
     assert sorted((c["lr"], c["epochs"]) for c in cells) == [(3e-3, 1), (3e-3, 2), (1e-2, 1), (1e-2, 2)]
     assert_no_torn_final_files(out)
+
+
+def test_results_folder_killed_while_being_set_up_is_started_again(tmp_path):
+    """What a kill leaves before a grid/CV folder records anything (the lock file, a stray temp
+    file, a bare first manifest) is set up again; a folder that holds another run is still refused."""
+    from edgebus.core.errors import EdgebusError
+    from edgebus.core.manifest import Run, open_results_dir
+
+    lock_only = tmp_path / "a"
+    lock_only.mkdir()
+    (lock_only / ".edgebus.lock").touch()
+    (lock_only / ".manifest.json.x1.tmp").write_text("{")
+    bare = tmp_path / "b"
+    Run.create(bare, "classify")
+    for out in (lock_only, bare):
+        run, fresh = open_results_dir(out, "segment", "grid", {"lr": [1e-3]}, "grid")
+        assert fresh and run.manifest.task == "segment" and manifest(out)["task"] == "segment"
+
+    other = Run.create(tmp_path / "c", "classify")
+    other.file("split.json").write_text("{}")
+    other.add_artifact("split.json", "split")
+    other.save()
+    with pytest.raises(EdgebusError, match="not a grid"):
+        open_results_dir(other.path, "classify", "grid", {"lr": [1e-3]}, "grid")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "notes.txt").write_text("mine")
+    with pytest.raises(EdgebusError, match="not an edgebus run"):
+        open_results_dir(tmp_path / "d", "classify", "grid", {"lr": [1e-3]}, "grid")
 
 
 @pytest.fixture()

@@ -138,7 +138,7 @@ class Run:
             raise EdgebusError(f"{path}: exists and is not a folder; pick another --out")
         if (path / MANIFEST).exists() and not overwrite:
             raise EdgebusError(f"{path}: a run already exists there; pick another --out or pass --overwrite to replace it")
-        if path.exists() and any(path.iterdir()) and not (path / MANIFEST).exists():
+        if path.exists() and any(not _leftover(p) for p in path.iterdir()) and not (path / MANIFEST).exists():
             raise EdgebusError(f"{path}: folder is not empty and is not an edgebus run; pick another --out")
         path.mkdir(parents=True, exist_ok=True)
         run = cls(path, RunManifest(task=get_task(task).name, created=now()))
@@ -201,6 +201,11 @@ class Run:
             self._base = copy.deepcopy(mine)  # the next save lays only what changes after this over the file
 
 
+def _leftover(p: Path) -> bool:
+    """The lock file, or a temp file of an atomic write that a killed process left: neither is a result."""
+    return p.name == ".edgebus.lock" or (p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file())
+
+
 def open_results_dir(out: Path, task: str, kind: str, identity: dict, what: str, defaults: dict | None = None):
     """Create a grid/CV directory, or reopen one made with the same settings (to resume). A setting
     an older edgebus did not record matches its default (`defaults`). Returns (Run, fresh)."""
@@ -209,6 +214,8 @@ def open_results_dir(out: Path, task: str, kind: str, identity: dict, what: str,
         run = Run.load(out)
         old = getattr(run.manifest, kind)
         if old is None:
+            if not run.manifest.artifacts and not run.manifest.stages:  # killed while it was being set up
+                return Run.create(out, task, overwrite=True), True
             raise EdgebusError(f"{out}: holds a run that is not a {what}; pick another --out")
         for k, v in identity.items():
             if k not in old["identity"] and defaults and k in defaults and defaults[k] == v:
