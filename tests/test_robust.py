@@ -72,3 +72,34 @@ def test_a_robust_run_trains_exports_and_the_cart_normalises(synthetic_breast_di
     one_line_error(cli("train", "segment", "--data", synthetic_breast_dir, "--model", "test-unet", "--normalize", "z",
                        "--out", tmp_path / "y"), "--normalize")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_cosine_schedule_warms_up_then_decays_to_one_percent():
+    from edgebus.engine.fit import lr_at
+
+    lrs = [lr_at(e, 1e-3, 40, "cosine") for e in range(40)]
+    warm = lrs[:4]  # 40 epochs: 4 of warm-up
+    assert all(a < b for a, b in zip(warm, warm[1:])) and warm[-1] < 1e-3
+    assert lrs[4] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
+    assert lrs[-1] == pytest.approx(1e-5)
+    assert [lr_at(e, 1e-3, 40, "constant") for e in (0, 39)] == [1e-3, 1e-3]
+
+
+def test_train_with_cosine_schedule_follows_it_and_records_it(synthetic_breast_dir, tmp_path):
+    from edgebus.engine.fit import lr_at
+
+    out = tmp_path / "run"
+    r = cli("train", "classify", "--data", synthetic_breast_dir, "--model", "test-cnn", "--size", 32, "--epochs", 4,
+            "--lr", 2e-3, "--schedule", "cosine", "--keep", "last", "--out", out, "--quiet")
+    assert r.exit_code == 0, r.output
+    rows = (out / "history.csv").read_text().splitlines()
+    col = next(c for c in ("learning_rate", "lr") if c in rows[0].split(","))
+    used = [float(line.split(",")[rows[0].split(",").index(col)]) for line in rows[1:]]
+    assert used == pytest.approx([lr_at(e, 2e-3, 4, "cosine") for e in range(4)], rel=1e-4)
+    assert manifest(out)["stages"]["train"]["schedule"] == "cosine"
+
+    r = cli("train", "classify", "--data", synthetic_breast_dir, "--model", "test-cnn", "--size", 32,
+            "--schedule", "step", "--out", tmp_path / "bad")
+    one_line_error(r, "schedule 'step'", "cosine")
+    assert not (tmp_path / "bad").exists()

@@ -74,6 +74,8 @@ AUGMENT = typer.Option(None, help="training augmentation: flip (default), ultras
                                    "depth, frame aspect, flip: the stress benchmark's changes at training strength) or none")
 NORMALIZE = typer.Option(None, help="percentile: stretch each frame's gray levels between its 0.5th and 99.5th percentiles "
                                     "(in the preprocessing contract, so the cart does the same); default none")
+SCHEDULE = typer.Option(None, help="learning-rate schedule: constant (default) or cosine (warm-up over the first "
+                                   "tenth of the epochs, then cosine decay to 1% of --lr)")
 DESCRIPTORS = typer.Option(False, "--descriptors", help="also train BI-RADS descriptor heads (shape, margin, echogenicity, "
                                                        "posterior shadowing, halo, calcifications) from the sheet; the "
                                                        "cart then explains its call in the lexicon's words")

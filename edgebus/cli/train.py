@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from edgebus.cli.common import (ADDRESS, AUGMENT, BACKEND, BATCH, CPUS_PER_TASK, GPUS_PER_TASK, backend_of, CROP_MARGIN, DATA, DESCRIPTORS, KEEP, NORMALIZE, QUIET, RECIPE, SEED, SIZE, WEIGHTS,
+from edgebus.cli.common import (ADDRESS, AUGMENT, BACKEND, BATCH, CPUS_PER_TASK, GPUS_PER_TASK, backend_of, CROP_MARGIN, DATA, DESCRIPTORS, KEEP, NORMALIZE, QUIET, RECIPE, SCHEDULE, SEED, SIZE, WEIGHTS,
                                 friendly, given, model_option, numbers)
 from edgebus.core.errors import EdgebusError
 from edgebus.core.tasks import TASKS
@@ -34,6 +34,7 @@ def _train_command(task: str):
                 overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run at --out"),
                 quiet: bool = QUIET, crop_margin: Optional[float] = CROP_MARGIN,
                 augment: Optional[str] = AUGMENT, normalize: Optional[str] = NORMALIZE, descriptors: bool = DESCRIPTORS,
+                schedule: Optional[str] = SCHEDULE,
                 segmenter: Optional[Path] = typer.Option(None, help="segment run (same split) whose predicted lesion boxes "
                                                          "cut the val/test crops; without it they use the true masks (oracle)")):
         from edgebus.training import TrainConfig, train
@@ -44,7 +45,8 @@ def _train_command(task: str):
         cfg = TrainConfig(data=str(data), model=model, task=task, size=size, epochs=epochs, lr=lr, batch=batch,
                           seed=seed, weights=weights, keep=keep, overwrite=overwrite, crop_margin=crop_margin,
                           segmenter=None if segmenter is None else str(segmenter), normalize=normalize,
-                          augment=True if augment is None else augment, descriptors=descriptors)
+                          augment=True if augment is None else augment, descriptors=descriptors,
+                          schedule=schedule or "constant")
         cfg.resolve("train")
         cfg.out = str(out or Path("runs") / f"{model}-{cfg.size}")
         run = train(cfg, progress=not quiet, log=typer.echo)
@@ -155,7 +157,7 @@ def _cv_command(task: str):
                                                           "calibration) or qat (quantization-aware fine-tuning per fold, as "
                                                           "'edgebus export --int8'; PTQ is scored too)"),
                 crop_margin: Optional[float] = CROP_MARGIN, augment: Optional[str] = AUGMENT,
-                normalize: Optional[str] = NORMALIZE, descriptors: bool = DESCRIPTORS,
+                normalize: Optional[str] = NORMALIZE, descriptors: bool = DESCRIPTORS, schedule: Optional[str] = SCHEDULE,
                 boxes_from: Optional[Path] = typer.Option(None, help="a segment CV folder (same folds) whose predicted "
                                                           "lesion boxes cut the val/test crops (classify only)"),
                 fold_seed: Optional[int] = typer.Option(None, "--fold-seed", help="seed of the folds, when it differs "
@@ -173,7 +175,8 @@ def _cv_command(task: str):
                                               batch=batch, seed=seed, weights=weights, keep=keep, out=out,
                                               int8=int8 or None, int8_source=int8_source, crop_margin=crop_margin,
                                               boxes_from=boxes_from, augment=augment, normalize=normalize,
-                                              descriptors=descriptors or None, fold_seed=fold_seed))
+                                              descriptors=descriptors or None, fold_seed=fold_seed,
+                                              schedule=schedule))
         s = run_cv(cfg, progress=not quiet, log=typer.echo,
                    backend=backend_of(backend, address, cpus_per_task, gpus_per_task))
         for k in TASKS[task].headline(s["pooled"]):

@@ -167,7 +167,8 @@ def model_card(run: Run) -> dict:
         "training_data": {"dataset": _dataset(m.data), "root": m.data.root if m.data else None,
                           "fingerprint": m.data.fingerprint if m.data else None,
                           "lesion_cases": m.data.n_lesions if m.data else None,
-                          "split": m.split.counts if m.split else None, "augment": train.get("augment"), "epochs": train.get("epochs"), "lr": train.get("lr")},
+                          "split": m.split.counts if m.split else None, "augment": train.get("augment"), "epochs": train.get("epochs"), "lr": train.get("lr"),
+                          "schedule": train.get("schedule", "constant")},
         "evaluation": {"test_split": {"float": keras_test, key: e.get("metrics")}, "cv": _cv_part(run)},
         "calibration": (m.operating_point or {}).get("ece"),
         "int8_vs_float": {"fidelity": e.get("fidelity"), "agreement": e.get("agreement")} if key == "int8" else None,
@@ -211,7 +212,7 @@ def card_markdown(card: dict) -> str:
     td = card["training_data"]
     lines += ["", "## Training data", "", f"{td['dataset']}. {td['lesion_cases']} lesion cases, data fingerprint "
               f"`{(td['fingerprint'] or '')[:12]}`; training augmentation {td['augment']}, {td['epochs']} epochs at lr "
-              f"{td['lr']}.", "", "## Evaluation", ""]
+              f"{td['lr']} ({td.get('schedule', 'constant')} schedule).", "", "## Evaluation", ""]
     cv = card["evaluation"]["cv"]
     if cv:
         op = cv["operating_point"]
@@ -304,7 +305,8 @@ def cv_model_card(cv_dir) -> dict:
                           "fingerprint": m.data.fingerprint if m.data else None,
                           "lesion_cases": m.data.n_lesions if m.data else None, "split": f"{summary['k']} folds",
                           "augment": (m.cv or {}).get("identity", {}).get("augment"), "epochs": summary.get("epochs"),
-                          "lr": summary.get("lr")},
+                          "lr": summary.get("lr"),
+                          "schedule": (m.cv or {}).get("identity", {}).get("schedule", "constant")},
         "evaluation": {"test_split": None, "cv": _cv_evidence(cv_dir, op, m.data.root if m.data else None)},
         "calibration": op.get("ece"),
         "int8_vs_float": {"fidelity": None, "agreement": summary.get("int8_label_agreement")},

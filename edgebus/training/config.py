@@ -48,6 +48,10 @@ class FitConfig:
         for name in ("epochs", "lr"):
             if hasattr(self, name) and isinstance(getattr(self, name), (int, float)):
                 (_positive if name == "lr" else _whole)(f"--{name}", getattr(self, name), 1)
+        if hasattr(self, "schedule"):
+            from edgebus.engine.fit import lr_at
+
+            lr_at(0, 1.0, 1, self.schedule)
         if self.descriptors and task != "classify":
             raise EdgebusError("--descriptors adds BI-RADS heads to a classifier; a segmenter has none")
         return task
@@ -81,6 +85,7 @@ class TrainConfig(FitConfig):
     lr: float = 1e-3
     split_fractions: tuple = (0.8, 0.1, 0.1)
     keep: str = "best"  # "best": the epoch with the best validation accuracy (IoU); "last": final epoch
+    schedule: str = "constant"  # or "cosine": warm-up then cosine decay of the learning rate (engine.fit.lr_at)
     overwrite: bool = False
     crop_margin: float | None = None  # lesion-crop classifier: cut a square around the lesion first
     segmenter: str | None = None  # segment run (same split) whose predicted boxes cut the val/test crops

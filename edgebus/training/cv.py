@@ -34,6 +34,7 @@ class CVConfig(FitConfig):
     lr: float = 1e-3
     val_fraction: float = 0.1
     keep: str = "best"  # as train(): the epoch with the best val accuracy (IoU) on the fold's own val part
+    schedule: str = "constant"  # as train(): or "cosine"
     n_boot: int = 2000
     recipe: dict | None = None
     int8: bool = False  # also convert each fold's model to full-int8 TFLite and score it on the fold's test part
@@ -47,7 +48,7 @@ class CVConfig(FitConfig):
 
 _CV_IDENTITY = ("task", "model", "folds", "size", "epochs", "lr", "batch", "seed", "weights", "model_kwargs",
                 "val_fraction", "augment", "keep", "threshold", "int8", "crop_margin", "int8_source", "qat_epochs",
-                "normalize", "descriptors", "fold_seed")
+                "normalize", "descriptors", "fold_seed", "schedule")
 
 
 def _fold_record(task, f, fold, data, probs, metrics, kept_epoch, wall, threshold) -> dict:

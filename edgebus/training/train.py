@@ -119,6 +119,6 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> Run:
     write_model(run, model, history_csv(hist.history))
     write_metrics(run, model, data, cfg.batch)
     run.stage("train", wall_s=round(wall, 1), epochs=cfg.epochs, kept_epoch=kept, keep=cfg.keep, lr=cfg.lr,
-              batch=cfg.batch, augment=augment_name(cfg.augment), **framework())
+              schedule=cfg.schedule, batch=cfg.batch, augment=augment_name(cfg.augment), **framework())
     run.save()
     return run
