@@ -71,7 +71,8 @@ def model_option(task: str):
 
     return typer.Option(None, help=f"a {task} model from 'edgebus models' (default {get_task(task).default_model})")
 AUGMENT = typer.Option(None, help="training augmentation: flip (default), ultrasound (gain, gamma, contrast, noise, blur, "
-                                   "depth, frame aspect, flip: the stress benchmark's changes at training strength) or none")
+                                   "depth, frame aspect, flip: the stress benchmark's changes at training strength), scanner "
+                                   "(ultrasound plus another scanner's frame geometry: aspect and depth) or none")
 NORMALIZE = typer.Option(None, help="percentile: stretch each frame's gray levels between its 0.5th and 99.5th percentiles "
                                     "(in the preprocessing contract, so the cart does the same); default none")
 SCHEDULE = typer.Option(None, help="learning-rate schedule: constant (default) or cosine (warm-up over the first "

@@ -163,6 +163,9 @@ def _cv_command(task: str):
                 fold_seed: Optional[int] = typer.Option(None, "--fold-seed", help="seed of the folds, when it differs "
                                                         "from --seed: another training seed on the same folds (for "
                                                         "'edgebus cv-merge' seed ensembles)"),
+                group_by: Optional[str] = typer.Option(None, "--group-by", help="case (default: stratified by case) or "
+                                                       "acquisition (every frame size, i.e. scanner + preset, in one "
+                                                       "test fold only: scores each case as a new scanner would see it)"),
                 backend: str = BACKEND, address: Optional[str] = ADDRESS, cpus_per_task: float = CPUS_PER_TASK,
                 gpus_per_task: float = GPUS_PER_TASK):
         from edgebus.core.stats import interval_text
@@ -176,7 +179,7 @@ def _cv_command(task: str):
                                               int8=int8 or None, int8_source=int8_source, crop_margin=crop_margin,
                                               boxes_from=boxes_from, augment=augment, normalize=normalize,
                                               descriptors=descriptors or None, fold_seed=fold_seed,
-                                              schedule=schedule))
+                                              schedule=schedule, group_by=group_by))
         s = run_cv(cfg, progress=not quiet, log=typer.echo,
                    backend=backend_of(backend, address, cpus_per_task, gpus_per_task))
         for k in TASKS[task].headline(s["pooled"]):

@@ -145,6 +145,67 @@ def grouped_kfold(cases, groups, k: int = 5, seed: int = 0, val_fraction: float 
     return [_expand(f, members) for f in folds]
 
 
+def merge_groups(*groupings: list[list[int]]) -> list[list[int]]:
+    """The finest grouping in which every group of every grouping stays whole (connected components),
+    each group sorted, groups in order of their first id."""
+    parent: dict = {}
+
+    def find(i):
+        parent.setdefault(i, i)
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for grouping in groupings:
+        for g in grouping:
+            for i in g:
+                a, b = find(g[0]), find(i)
+                parent[max(a, b)] = min(a, b)
+    out: dict = {}
+    for i in sorted(parent):
+        out.setdefault(find(i), []).append(i)
+    return [out[k] for k in sorted(out)]
+
+
+def group_kfold(cases, groups: list[list[int]], k: int = 5, seed: int = 0, val_fraction: float = 0.1) -> list[dict]:
+    """k folds whose test parts never split a group (e.g. every case of one scanner setting), with
+    fold sizes and malignant counts as even as whole groups allow: each group, largest first (ties
+    in seeded random order), goes to the fold where it leaves sizes and malignant counts closest to
+    their targets. Each fold's val part is drawn stratified from its other cases."""
+    label_of = {c.case_id: int(c.label) for c in cases}
+    if sorted(i for g in groups for i in g) != sorted(label_of):
+        raise EdgebusError("split: the groups must hold every case exactly once")
+    if not 2 <= k <= len(groups):
+        raise EdgebusError(f"split: k={k} folds of whole groups needs 2 <= k <= number of groups ({len(groups)}); "
+                           "use fewer folds or group by case")
+    if not 0 <= val_fraction < 1:
+        raise EdgebusError(f"split: val_fraction {val_fraction} must be in [0, 1)")
+    rng = np.random.default_rng(seed)
+    order = [groups[j] for j in rng.permutation(len(groups))]
+    order.sort(key=len, reverse=True)  # stable: equal sizes keep the seeded order
+    n_target = len(label_of) / k
+    m_target = max(sum(label_of.values()) / k, 1.0)
+    n, m, fold_of = np.zeros(k), np.zeros(k), {}
+    for g in order:
+        gm = sum(label_of[i] for i in g)
+        cost = ((n + len(g) - n_target) / n_target) ** 2 + ((m + gm - m_target) / m_target) ** 2 - \
+               ((n - n_target) / n_target) ** 2 - ((m - m_target) / m_target) ** 2
+        f = int(np.argmin(cost))
+        n[f], m[f] = n[f] + len(g), m[f] + gm
+        for i in g:
+            fold_of[i] = f
+    folds = []
+    for f in range(k):
+        test = sorted(i for i, g in fold_of.items() if g == f)
+        rest = sorted(i for i, g in fold_of.items() if g != f)
+        if not test or len({label_of[i] for i in rest}) < 2:
+            raise EdgebusError(f"split: fold {f + 1} of {k} came out empty or one-class in training; use fewer folds")
+        part = stratified_split(rest, [label_of[i] for i in rest], (1 - val_fraction, val_fraction, 0.0), seed + 1 + f)
+        folds.append({"train": part["train"], "val": part["val"], "test": test})
+    return folds
+
+
 def leaks(split: dict, hashes: dict[int, dict]) -> list[dict]:
     """Content hashes found in more than one part of a split (should be empty)."""
     seen: dict = {}

@@ -5,7 +5,9 @@ shadowing) survive it. "ultrasound": the acquisition changes of the stress bench
 strength, so a model learns what must not matter: overall gain, dynamic range (gamma, contrast),
 electronic noise, a softer image (Gaussian blur, sigma 0.3-1.6 px) or a coarser one (down- and
 up-sampled by 0.3-0.8), less depth (the near field zoomed), another
-frame aspect (black side bars), and the mirror. Written with tf.image / tf.nn ops (no extra
+frame aspect (black side bars), and the mirror. "scanner": "ultrasound", then another scanner's
+frame geometry (width and height cut independently, or black below the image), because on BrEaST
+the frame geometry alone tells malignant from benign (edgebus.data.acquisition). Written with tf.image / tf.nn ops (no extra
 dependency, runs inside the same input pipeline, deterministic under the run's seed) and
 independently of edgebus.data.stress's PIL implementation, so the stress benchmark does not test
 a model on the exact operations it was trained with. Geometric changes move the mask with the image.
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 from edgebus.core.errors import EdgebusError
 
-AUGMENTS = ("none", "flip", "ultrasound")
+AUGMENTS = ("none", "flip", "ultrasound", "scanner")
 
 
 def augment_name(augment) -> str:
@@ -98,3 +100,30 @@ def flip(tf, a, masks: list):
     f = _p(tf, 0.5)
     a = tf.cond(f, lambda: tf.image.flip_left_right(a), lambda: a)
     return a, [tf.cond(f, lambda m=m: tf.image.flip_left_right(m), lambda m=m: m) for m in masks]
+
+
+def _pad_depth(tf, a, masks, frac):
+    """Black below the image by `frac` of its height, resized back: a deeper frame than the tissue fills."""
+    h, w = tf.shape(a)[0], tf.shape(a)[1]
+    extra = tf.cast(tf.cast(h, tf.float32) * frac, tf.int32)
+
+    def one(t, method):
+        return tf.image.resize(tf.pad(t, [[0, extra], [0, 0], [0, 0]]), (h, w), method=method)
+
+    return one(a, "bilinear"), [one(m, "nearest") for m in masks]
+
+
+def scanner(tf, a, masks: list):
+    """"ultrasound", then another scanner's frame geometry: half the time the frame is cut to 70-100%
+    of its height (from the skin down) and, independently, of its width (centred), so aspect and scale
+    change together as they do between scanners and presets; 30% of the time black fills up to 40% of
+    the depth. The whole-frame resize then squashes the lesion differently every time, so neither the
+    squash nor the depth setting stays a cue; the lesion's own shape and texture do."""
+    a, masks = ultrasound(tf, a, masks)
+    cut = _p(tf, 0.5)
+    fh = tf.where(cut, tf.random.uniform((), 0.7, 1.0), 1.0)
+    fw = tf.where(cut, tf.random.uniform((), 0.7, 1.0), 1.0)
+    a, masks = _geometric(tf, a, masks, fh, fw, 0.0)
+    frac = tf.where(_p(tf, 0.3), tf.random.uniform((), 0.0, 0.4), 0.0)
+    a, masks = _pad_depth(tf, a, masks, frac)
+    return tf.clip_by_value(a, 0.0, 1.0), masks

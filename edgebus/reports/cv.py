@@ -31,6 +31,11 @@ def cv_markdown(summary: dict, recs: list, manifest) -> str:
         "| metric | mean +- std over folds | pooled out-of-fold [95% bootstrap CI] | per fold |",
         "|---|---|---|---|",
     ]
+    if ident.get("group_by") == "acquisition":
+        lines[4:4] = [
+            "Folds grouped by acquisition setting: every frame size (on BrEaST, a scanner and its preset) sits in one "
+            "test fold only, so each case is scored by models that never saw its scanner setting, the internal "
+            "stand-in for another clinic's scanner. Val parts are drawn from the training folds' cases.", ""]
     if crop is not None:
         lines[4:4] = [
             "Segmentation-guided: every frame is cut to a square around the lesion (side = (1 + 2 x margin) x the "
@@ -95,6 +100,8 @@ def cv_markdown(summary: dict, recs: list, manifest) -> str:
     lines += ["", "| fold | test n | kept epoch | wall s |", "|---|---|---|---|"]
     for r in recs:
         lines.append(f"| {r['fold'] + 1} | {r['test']['n']} | {r['kept_epoch']} | {r['wall_s']} |")
+    if manifest.cv.get("acquisition_audit") and not get_task(task).truth_is_mask:
+        lines += ["", audit_markdown(manifest.cv["acquisition_audit"]).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
@@ -112,3 +119,16 @@ def classification_report_md(m: dict, title: str = "") -> str:
     lines += ["", f"accuracy {m['accuracy']:.4f}; ROC AUC {auc}; confusion matrix (rows truth, columns predicted, "
               f"benign/malignant) {m['confusion_matrix']}"]
     return "\n".join(lines)
+
+
+def audit_markdown(audit: dict) -> str:
+    """The acquisition shortcut audit (edgebus.data.acquisition.shortcut_audit) as a report section."""
+    lines = ["## Acquisition shortcut audit", "",
+             f"What the acquisition settings alone say about malignancy ({audit['n']} cases, "
+             f"{audit['frame_size_groups']} frame sizes). AUC 0.5 says nothing; the further from 0.5, the easier "
+             "a whole-frame model learns the scanner setting instead of the lesion.", "",
+             "| setting | AUC alone |", "|---|---|"]
+    lines += [f"| {k} | {'n/a' if v is None else f'{v:.3f}'} |" for k, v in audit["auc_alone"].items()]
+    lines += ["", "| frame size | cases | malignant fraction |", "|---|---|---|"]
+    lines += [f"| {g['frame']} | {g['cases']} | {g['malignant_fraction']:.2f} |" for g in audit["largest_groups"]]
+    return "\n".join(lines) + "\n"

@@ -17,8 +17,9 @@ import numpy as np
 from edgebus.core.errors import EdgebusError
 from edgebus.core.io import append_jsonl, atomic_write, make_dir, now, read_jsonl, repair_jsonl, sha256_file, write_json
 from edgebus.core.manifest import Run, open_results_dir
-from edgebus.core.splits import check_split, content_groups, content_summary, grouped_kfold
+from edgebus.core.splits import check_split, content_groups, content_summary, group_kfold, grouped_kfold, merge_groups
 from edgebus.core.tasks import get_task
+from edgebus.data.acquisition import GROUP_BY, acquisition_groups, shortcut_audit
 from edgebus.data.arrays import data_info, load_split_data, read_lesions
 from edgebus.data.breast import fingerprint
 from edgebus.data.content import content_hashes
@@ -44,11 +45,12 @@ class CVConfig(FitConfig):
     boxes_from: str | None = None  # a segment CV directory (same folds) whose predicted boxes cut val/test
     fold_seed: int | None = None  # seed of the folds when it differs from the training seed: a second CV on the
     #                               same folds with another initialisation and order (seed ensembles)
+    group_by: str = "case"  # or "acquisition": no frame size (scanner + preset) in two folds, a new scanner's stand-in
 
 
 _CV_IDENTITY = ("task", "model", "folds", "size", "epochs", "lr", "batch", "seed", "weights", "model_kwargs",
                 "val_fraction", "augment", "keep", "threshold", "int8", "crop_margin", "int8_source", "qat_epochs",
-                "normalize", "descriptors", "fold_seed", "schedule")
+                "normalize", "descriptors", "fold_seed", "schedule", "group_by")
 
 
 def _fold_record(task, f, fold, data, probs, metrics, kept_epoch, wall, threshold) -> dict:
@@ -182,6 +184,8 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print, backend: Backend | 
         raise EdgebusError("--crop-margin is for classifiers")
     if cfg.boxes_from is not None and cfg.crop_margin is None:
         raise EdgebusError("--boxes-from serves a lesion-crop classifier: give --crop-margin too")
+    if cfg.group_by not in GROUP_BY:
+        raise EdgebusError(f"--group-by '{cfg.group_by}': choose {' or '.join(GROUP_BY)}")
     contract = preprocess_contract(cfg.size, 3, cfg.crop_margin, cfg.normalize)
     ds, cases = read_lesions(cfg.data)
     cfg.use_descriptors(ds, log)
@@ -189,7 +193,11 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print, backend: Backend | 
     hashes = content_hashes(cases)
     groups = content_groups(hashes)
     fold_seed = cfg.seed if cfg.fold_seed is None else cfg.fold_seed
-    folds = grouped_kfold(cases, groups, cfg.folds, fold_seed, cfg.val_fraction)
+    if cfg.group_by == "acquisition":  # whole frame-size groups per test fold (identical images stay together too)
+        folds = group_kfold(cases, merge_groups(groups, acquisition_groups(cases)), cfg.folds, fold_seed,
+                            cfg.val_fraction)
+    else:
+        folds = grouped_kfold(cases, groups, cfg.folds, fold_seed, cfg.val_fraction)
     for f, fold in enumerate(folds):
         check_split(fold, hashes, f"fold {f + 1} of {cfg.folds}")
     fp = fingerprint(ds)
@@ -217,12 +225,13 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print, backend: Backend | 
     run, fresh = open_results_dir(out, task.name, "cv", identity, "cross-validation", defaults)
     if fresh:
         write_json(run.file("folds.json"), {"seed": fold_seed, "k": cfg.folds, "val_fraction": cfg.val_fraction,
-                                            "folds": folds})
+                                            "group_by": cfg.group_by, "folds": folds})
         run.add_artifact("folds.json", "folds")
         m = run.manifest
         m.data, m.model, m.preprocess, m.threshold = data_info(ds, fp, len(cases)), model_info(cfg), contract, cfg.threshold
         m.cv = {"identity": identity, "results": "folds.jsonl", "recipe": cfg.recipe, "boxes_from": cfg.boxes_from,
-                "content_check": content_summary(hashes, groups, {c.case_id: c.label for c in cases})}
+                "content_check": content_summary(hashes, groups, {c.case_id: c.label for c in cases}),
+                "acquisition_audit": shortcut_audit(cases)}
         run.save()
     dups = run.manifest.cv["content_check"]["duplicate_groups"]
     if dups:
@@ -297,7 +306,8 @@ def summarize_cv(out: str | Path, n_boot: int = 2000) -> dict:
                          "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "folds": [p[key] for p in per_fold]}
     summary = {"task": task.name, "k": k, "model": ident["model"], "size": ident["size"], "lr": ident["lr"],
                "epochs": ident["epochs"], "crop_margin": ident.get("crop_margin"),
-               "boxes_from": run.manifest.cv.get("boxes_from"), "mean_std": mean_std}
+               "boxes_from": run.manifest.cv.get("boxes_from"), "group_by": ident.get("group_by", "case"),
+               "mean_std": mean_std}
     thr, seed = ident["threshold"], ident["seed"]
 
     def pooled(suffix: str):

@@ -10,7 +10,7 @@ from edgebus.core.io import sha256_file
 
 _RECIPE_KEYS = {"name", "description", "reduced", "task", "model", "size", "batch", "seed", "weights", "lrs", "epochs",
                 "select", "split", "augment", "normalize", "threshold", "data", "out", "model_kwargs", "cv"}
-_CV_KEYS = {"folds", "lr", "epochs", "keep", "schedule", "val_fraction", "n_boot", "batch", "size", "out"}
+_CV_KEYS = {"folds", "lr", "epochs", "keep", "schedule", "val_fraction", "n_boot", "batch", "size", "out", "group_by"}
 
 
 def find_recipe(path: str | Path) -> Path:
