@@ -151,6 +151,7 @@ def test_model_card_is_filled_from_the_run_and_its_cv(cv_dir, synthetic_breast_d
     cv = card["evaluation"]["cv"]
     assert cv["n"] == len([i for r in read_jsonl(cv_dir / "folds.jsonl") for i in r["test_ids"]]) == m["data"]["n_lesions"]
     assert cv["pooled"]["auc"]["value"] is not None and cv["operating_point"]["threshold"] == m["threshold"]
+    assert cv["group_by"] == "case"  # the card says its estimate comes from case folds (every scanner also in training)
     groups = cv["subgroups"]
     assert set(groups) == {"BI-RADS", "tissue composition", "age band", "lesion size"}
     for kind, rows in groups.items():
@@ -163,6 +164,7 @@ def test_model_card_is_filled_from_the_run_and_its_cv(cv_dir, synthetic_breast_d
     for heading in ("Intended use", "Inputs and outputs", "Training data", "Evaluation", "By subgroup", "Calibration",
                     "int8 against its float parent", "Latency", "Known limits", "Versions"):
         assert f"## {heading}" in md or f"### {heading}" in md, heading
+    assert "Folds: by case: every scanner setting was also in training" in md
     assert cli("bench", run, "--runs", 3, "--warmup", 0, "--no-keras").exit_code == 0
     card = json.loads((run / "model_card.json").read_text())
     assert {row["file"] for row in card["latency"]} >= {"model_int8.tflite"} and all(row["median_ms"] > 0 for row in card["latency"])
