@@ -97,6 +97,17 @@ def cli(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
+def square_lesion(side: int = 64):
+    """A bright square lesion on black (H, W, 3) and its mask (H, W, 1), float32: for augmentation tests."""
+    import numpy as np
+
+    img = np.zeros((side, side, 3), np.float32)
+    img[20:40, 10:30] = 0.9
+    mask = np.zeros((side, side, 1), np.float32)
+    mask[20:40, 10:30] = 1
+    return img, mask
+
+
 def one_line_error(r, *needles):
     """The CLI ended with exit 2 and exactly one 'error:' line holding each needle, no traceback."""
     assert r.exit_code == 2, r.output

@@ -13,7 +13,7 @@ from PIL import Image
 
 from edgebus.core.errors import EdgebusError
 from edgebus.core.splits import group_kfold, merge_groups
-from tests.conftest import cli, one_line_error
+from tests.conftest import cli, one_line_error, square_lesion
 
 
 @dataclass
@@ -88,10 +88,7 @@ def test_scanner_augmentation_is_deterministic_changes_the_geometry_and_moves_ma
     from edgebus.compat import set_seed, tf
     from edgebus.engine import augment
 
-    img = np.zeros((64, 64, 3), np.float32)
-    img[20:40, 10:30] = 0.9
-    mask = np.zeros((64, 64, 1), np.float32)
-    mask[20:40, 10:30] = 1
+    img, mask = square_lesion()
 
     def draw(seed):
         set_seed(seed)

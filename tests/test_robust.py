@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgebus.data.preprocess import preprocess_contract, to_uint8_input
-from tests.conftest import cli, manifest, one_line_error
+from tests.conftest import cli, manifest, one_line_error, square_lesion
 
 
 def test_percentile_normalisation_cancels_a_gain_change():
@@ -27,10 +27,7 @@ def test_ultrasound_augmentation_is_deterministic_and_moves_masks():
     from edgebus.compat import set_seed, tf
     from edgebus.engine import augment
 
-    img = np.zeros((64, 64, 3), np.float32)
-    img[20:40, 10:30] = 0.9
-    mask = np.zeros((64, 64, 1), np.float32)
-    mask[20:40, 10:30] = 1
+    img, mask = square_lesion()
 
     def draw(seed):
         set_seed(seed)
