@@ -188,6 +188,30 @@ def lesion_box(mask: np.ndarray) -> list[float] | None:
     return [float(xa + xs[0]) / w, float(ya + ys[0]) / h, float(xa + xs[-1] + 1) / w, float(ya + ys[-1] + 1) / h]
 
 
+def lesion_in_frame(prob: np.ndarray, frame_hw: tuple[int, int], threshold: float) -> np.ndarray | None:
+    """A segmenter's (H, W) lesion-probability map as the frame's lesion: resized to the frame
+    (bilinear, as the cart's mask), thresholded, and kept to the largest 8-connected region found on
+    the model's grid (one cell of slack), so a stray speck does not bend the lesion's measured shape.
+    uint8 (h, w) in {0, 1}, or None when nothing reaches the threshold."""
+    prob = np.asarray(prob, dtype=np.float32).reshape(np.asarray(prob).shape[:2])
+    grid = prob >= threshold
+    region = _largest_region(grid)
+    if region is None:
+        return None
+    keep = np.zeros_like(grid)
+    keep[region[0], region[1]] = True
+    keep = np.pad(keep, 1)
+    keep = np.logical_or.reduce([keep[1 + dy:keep.shape[0] - 1 + dy, 1 + dx:keep.shape[1] - 1 + dx]
+                                 for dy in (-1, 0, 1) for dx in (-1, 0, 1)])  # one cell of slack
+    h, w = frame_hw
+    full = np.asarray(Image.fromarray(prob).resize((w, h), Image.BILINEAR)) >= threshold
+    gh, gw = grid.shape
+    rows = np.minimum((np.arange(h) + 0.5) * gh / h, gh - 1).astype(int)
+    cols = np.minimum((np.arange(w) + 0.5) * gw / w, gw - 1).astype(int)
+    mask = full & keep[rows][:, cols]
+    return mask.astype(np.uint8) if mask.any() else None
+
+
 def crop_square_px(shape: tuple[int, int], box: list[float] | None, margin: float) -> list[int]:
     """[x0, y0, x1, y1] in frame pixels (exclusive ends; may reach outside the frame) of the square
     the crop contract cuts from an HxW frame around `box` (None: the whole frame, centred)."""
