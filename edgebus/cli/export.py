@@ -85,6 +85,21 @@ def operating_point(target: Path = typer.Argument(..., help="a classifier CV fol
 
 
 @friendly
+def fuse(classifier_cv: Path = typer.Argument(..., help="a classifier CV folder ('edgebus cv classify')"),
+         segment_cv: Path = typer.Argument(..., help="a segment CV folder on the same folds ('edgebus cv segment')"),
+         target_sensitivity: float = typer.Option(0.9, help="malignant sensitivity to reach"),
+         out: Optional[Path] = typer.Option(None, "--out", help="where to write fusion.json/.md (default: "
+                                            "CLASSIFIER_CV/fusion)")):
+    """Classifier score + the lesion's measured shape, scored out of fold: classifier alone, shape alone, fused.
+
+    The shape (orientation, solidity, compactness, extent of the segmenter's mask in the frame) is
+    scale-free, so it does not depend on the scanner's zoom, depth or frame size."""
+    from edgebus.training.shape_fusion import fuse_cv
+
+    fuse_cv(classifier_cv, segment_cv, out, target_sensitivity, log=typer.echo)
+
+
+@friendly
 def evaluate(run: Path = typer.Argument(..., help="a run directory"),
              data: Path = typer.Option(..., "--data", help="the data set to score on (not trained on)"),
              format: str = typer.Option("busi", "--format", help="busi, breast, or dicom (a folder of ultrasound DICOM "
@@ -139,5 +154,6 @@ def register(app: typer.Typer) -> None:
     app.command()(export)
     app.command("cv-merge")(cv_merge)
     app.command("operating-point")(operating_point)
+    app.command("fuse")(fuse)
     app.command()(evaluate)
     app.command()(stress)

@@ -1,0 +1,85 @@
+"""The classifier's score and the lesion's measured shape in one logistic model.
+
+Features: the classifier's logit, then edgebus.core.shape.FEATURES of the segmenter's mask in the
+frame (compactness as a log: it is heavy-tailed). A frame where the segmenter found nothing gets the
+training medians for its shape, so it falls back on the classifier. Standardised, L2-regularised,
+fitted by Newton's method: a handful of weights a cart applies with numpy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgebus.core.calibration import logit, sigmoid
+from edgebus.core.errors import EdgebusError
+from edgebus.core.shape import FEATURES
+
+INPUTS = ("classifier_logit", *FEATURES)
+KINDS = ("classifier", "shape", "fused")  # which inputs a model uses
+
+
+def feature_rows(prob, shapes) -> np.ndarray:
+    """(N, 5): logit of each classifier probability and its lesion's shape (NaN where none was found)."""
+    prob = np.asarray(prob, dtype=np.float64).ravel()
+    if len(shapes) != len(prob):
+        raise EdgebusError(f"fusion: {len(prob)} classifier scores but {len(shapes)} shapes")
+    x = np.full((len(prob), len(INPUTS)), np.nan)
+    x[:, 0] = logit(prob)
+    for i, s in enumerate(shapes):
+        if s is not None:
+            x[i, 1:] = s
+            x[i, 1 + FEATURES.index("compactness")] = np.log(max(s[FEATURES.index("compactness")], 1e-6))
+    return x
+
+
+def _columns(kind: str) -> list[int]:
+    if kind not in KINDS:
+        raise EdgebusError(f"fusion kind '{kind}': choose {', '.join(KINDS)}")
+    return {"classifier": [0], "shape": list(range(1, len(INPUTS))), "fused": list(range(len(INPUTS)))}[kind]
+
+
+def fit(x: np.ndarray, y, kind: str = "fused", l2: float = 1.0, steps: int = 50) -> dict:
+    """A logistic model on the columns `kind` uses, as a JSON-able dict."""
+    cols = _columns(kind)
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if len(np.unique(y)) < 2:
+        raise EdgebusError("fusion needs both benign and malignant cases")
+    x = np.asarray(x, dtype=np.float64)[:, cols]
+    fill = np.nanmedian(x, axis=0)
+    fill = np.where(np.isfinite(fill), fill, 0.0)
+    x = np.where(np.isfinite(x), x, fill)
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    scale = np.where(scale > 1e-9, scale, 1.0)
+    z = np.c_[(x - mean) / scale, np.ones(len(x))]
+    w = np.zeros(z.shape[1])
+    pen = np.r_[np.full(len(cols), l2), 0.0]  # the intercept is not pulled
+    for _ in range(steps):
+        q = sigmoid(z @ w)
+        g = z.T @ (q - y) + pen * w
+        hess = (z * (q * (1 - q))[:, None]).T @ z + np.diag(pen) + 1e-9 * np.eye(len(w))
+        step = np.linalg.solve(hess, g)
+        w -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return {"kind": kind, "inputs": [INPUTS[c] for c in cols], "fill": fill.tolist(), "mean": mean.tolist(),
+            "scale": scale.tolist(), "weights": w[:-1].tolist(), "intercept": float(w[-1])}
+
+
+def predict(model: dict, x: np.ndarray) -> np.ndarray:
+    """Malignant probability of each row of feature_rows under a fitted model."""
+    cols = [INPUTS.index(n) for n in model["inputs"]]
+    x = np.asarray(x, dtype=np.float64)[:, cols]
+    x = np.where(np.isfinite(x), x, np.asarray(model["fill"]))
+    z = (x - np.asarray(model["mean"])) / np.asarray(model["scale"])
+    return sigmoid(z @ np.asarray(model["weights"]) + model["intercept"])
+
+
+def cross_fitted(x: np.ndarray, y, fold, kind: str = "fused") -> np.ndarray:
+    """Each fold's probabilities from a model fitted on the other folds only (out-of-fold inputs in,
+    out-of-fold outputs out)."""
+    y, fold = np.asarray(y).ravel(), np.asarray(fold).ravel()
+    out = np.zeros(len(y))
+    for f in np.unique(fold):
+        test = fold == f
+        out[test] = predict(fit(x[~test], y[~test], kind), x[test])
+    return out

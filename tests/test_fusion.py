@@ -1,0 +1,100 @@
+"""Lesion shape measured in the frame's geometry, and the classifier + shape fusion scored out of fold:
+shape numbers that ignore zoom and frame size, a fusion that learns from the signal that is there and
+never from the fold it scores, and the CLI on two CVs of the same folds."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from edgebus.core import fusion
+from edgebus.core.errors import EdgebusError
+from edgebus.core.shape import FEATURES, on_grid, shape_features
+from edgebus.data.preprocess import lesion_in_frame
+from tests.conftest import cli, one_line_error
+
+
+def _ellipse(h, w, box):
+    im = Image.new("L", (w, h))
+    ImageDraw.Draw(im).ellipse(box, fill=255)
+    return np.asarray(im) > 0
+
+
+def test_shape_is_scale_free_and_measured_in_the_frames_geometry():
+    tall = _ellipse(400, 600, (250, 100, 330, 260))  # 80 wide, 160 tall: taller than wide
+    f = dict(zip(FEATURES, shape_features(tall)))
+    assert 1.9 < f["orientation"] < 2.1 and f["solidity"] > 0.97 and 0.7 < f["extent"] < 0.82
+    zoomed = _ellipse(800, 1200, (500, 200, 660, 520))  # the same lesion at twice the zoom
+    assert np.allclose(shape_features(zoomed), shape_features(tall), rtol=0.03)
+    # squashed into a square model grid, the wide frame exaggerates it (~3); with the frame's pixel spacing, ~2 again
+    g = on_grid(tall, (128, 128))
+    assert shape_features(g)[0] > 2.6 and 1.8 < shape_features(g, frame_hw=(400, 600))[0] < 2.2
+    star = np.zeros((400, 400), bool)  # a spiculated outline: low solidity, high compactness
+    yy, xx = np.mgrid[:400, :400]
+    ang, r = np.arctan2(yy - 200, xx - 200), np.hypot(yy - 200, xx - 200)
+    star[r < 60 + 50 * (np.cos(8 * ang) > 0.6)] = True
+    s = dict(zip(FEATURES, shape_features(star)))
+    disc = dict(zip(FEATURES, shape_features(r < 80)))
+    assert s["solidity"] < disc["solidity"] - 0.15 and s["compactness"] > disc["compactness"] + 0.5
+    assert shape_features(np.zeros((10, 10))) is None
+    with pytest.raises(EdgebusError, match="2-D mask"):
+        shape_features(np.zeros((2, 3, 4, 5)))
+
+
+def test_lesion_in_frame_keeps_the_largest_region_at_frame_size():
+    prob = np.zeros((32, 32), np.float32)
+    prob[8:20, 4:12] = 0.9
+    prob[28:30, 28:31] = 0.8  # a speck far away
+    m = lesion_in_frame(prob, (200, 300), 0.5)
+    assert m.shape == (200, 300) and m[170:, 250:].sum() == 0 and m[60:120, 50:100].all()
+    assert lesion_in_frame(prob * 0.1, (200, 300), 0.5) is None
+
+
+def _signal(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.random(n) < 0.4
+    shapes = [[1.4 if m else 0.8, 0.8 if m else 0.97, 2.5 if m else 1.4, 0.6 if m else 0.78] for m in y]
+    shapes = [list(np.asarray(s) * rng.normal(1, 0.15, 4)) for s in shapes]
+    shapes[3] = None  # the segmenter found nothing: the classifier alone decides
+    prob = 1 / (1 + np.exp(-rng.normal(0, 1, n)))  # a classifier that learned nothing
+    return y.astype(int), prob, shapes, np.arange(n) % 5
+
+
+def test_fusion_learns_the_shape_signal_and_never_sees_the_fold_it_scores():
+    from edgebus.core.metrics import roc_auc
+
+    y, prob, shapes, fold = _signal()
+    x = fusion.feature_rows(prob, shapes)
+    assert np.isnan(x[3, 1:]).all() and np.isfinite(x[3, 0])
+    auc = {k: roc_auc(y, fusion.cross_fitted(x, y, fold, k)) for k in fusion.KINDS}
+    assert auc["classifier"] < 0.65 and auc["shape"] > 0.9 and auc["fused"] > 0.9
+    # relabelling fold 0 changes no fold-0 score: fold 0's model never saw fold 0
+    y2 = y.copy()
+    y2[fold == 0] = 1 - y2[fold == 0]
+    a, b = fusion.cross_fitted(x, y, fold, "fused"), fusion.cross_fitted(x, y2, fold, "fused")
+    assert np.allclose(a[fold == 0], b[fold == 0]) and not np.allclose(a[fold == 1], b[fold == 1])
+    model = json.loads(json.dumps(fusion.fit(x, y)))  # JSON-able, as the cart would carry it
+    assert model["inputs"] == list(fusion.INPUTS) and np.allclose(fusion.predict(model, x), fusion.predict(fusion.fit(x, y), x))
+    with pytest.raises(EdgebusError, match="both benign and malignant"):
+        fusion.fit(x, np.zeros(len(y)))
+
+
+def test_fuse_scores_a_classifier_cv_with_a_segment_cv_on_the_same_folds(synthetic_breast_dir, tmp_path):
+    common = ("--data", synthetic_breast_dir, "--size", 32, "--folds", 3, "--int8", "--quiet")
+    assert cli("cv", "classify", "--model", "test-cnn", "--epochs", 2, "--out", tmp_path / "cls", *common).exit_code == 0
+    r = cli("cv", "segment", "--model", "test-unet", "--epochs", 2, "--out", tmp_path / "seg", *common)
+    assert r.exit_code == 0, r.output
+    rec = json.loads((tmp_path / "seg" / "folds.jsonl").read_text().splitlines()[0])
+    assert len(rec["test_shape_int8"]) == len(rec["test_ids"]) == len(rec["test_shape"])
+    r = cli("fuse", tmp_path / "cls", tmp_path / "seg")
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "cls" / "fusion" / "fusion.json").read_text())
+    assert res["n"] == sum(len(json.loads(line)["test_ids"]) for line in (tmp_path / "cls" / "folds.jsonl").read_text().splitlines())
+    assert res["sources"] == {"classifier": "test_prob_int8", "shape": "test_shape_int8"}
+    assert set(res["auc"]) == set(fusion.KINDS) and len(res["model"]["weights"]) == len(fusion.INPUTS)
+    assert "classifier + shape (fused)" in (tmp_path / "cls" / "fusion" / "fusion.md").read_text()
+    other = cli("cv", "segment", "--model", "test-unet", "--epochs", 1, "--seed", 5, "--out", tmp_path / "seg5", *common)
+    assert other.exit_code == 0, other.output
+    one_line_error(cli("fuse", tmp_path / "cls", tmp_path / "seg5"), "folds differ")
+    one_line_error(cli("fuse", tmp_path / "seg", tmp_path / "cls"), "not a classify cross-validation")
