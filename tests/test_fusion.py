@@ -94,6 +94,23 @@ def test_fuse_scores_a_classifier_cv_with_a_segment_cv_on_the_same_folds(synthet
     assert res["sources"] == {"classifier": "test_prob_int8", "shape": "test_shape_int8"}
     assert set(res["auc"]) == set(fusion.KINDS) and len(res["model"]["weights"]) == len(fusion.INPUTS)
     assert "classifier + shape (fused)" in (tmp_path / "cls" / "fusion" / "fusion.md").read_text()
+    # the cart: the classifier CV's fold ensemble, a fold's int8 U-Net and the fusion, applied per frame
+    cart = tmp_path / "cart"
+    r = cli("bundle", "--classifier", tmp_path / "cls", "--segmenter", tmp_path / "seg" / "fold0" / "model_int8.tflite",
+            "--fusion", tmp_path / "cls" / "fusion", "--out", cart)
+    assert r.exit_code == 0, r.output
+    r = cli("predict", "--bundle", cart, synthetic_breast_dir, "--out", tmp_path / "pred", "--no-overlays")
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in (tmp_path / "pred" / "predictions.jsonl").read_text().splitlines()]
+    fused = [x for x in rows if x["shape"] is not None]
+    assert fused and all(x["threshold"] == res["operating_point"]["fused"]["threshold"] for x in rows)
+    for x in fused:
+        assert x["prob_classifier"] is not None and set(x["shape"]) == set(FEATURES) and "orientation" in x["findings"]
+        assert x["label"] == ("malignant" if x["prob_raw"] >= x["threshold"] else "benign")
+    (cart / "fusion.json").write_text((cart / "fusion.json").read_text().replace('"intercept": ', '"intercept": 1 + '))
+    one_line_error(cli("predict", "--bundle", cart, synthetic_breast_dir, "--out", tmp_path / "p2"), "sha256 differs")
+    one_line_error(cli("bundle", "--classifier", tmp_path / "cls", "--fusion", tmp_path / "cls" / "fusion", "--out",
+                       tmp_path / "c2"), "pass both")
     other = cli("cv", "segment", "--model", "test-unet", "--epochs", 1, "--seed", 5, "--out", tmp_path / "seg5", *common)
     assert other.exit_code == 0, other.output
     one_line_error(cli("fuse", tmp_path / "cls", tmp_path / "seg5"), "folds differ")

@@ -97,13 +97,15 @@ def predict(
     """
     from edgebus.data.breast import IMAGES_DIR, breast_pixel_sizes, is_breast_layout
     from edgebus.runtime import LesionPipeline, predict_files
-    from edgebus.runtime.bundle import load_bundle
+    from edgebus.runtime.bundle import load_bundle, load_fusion
     from edgebus.runtime.frames import resolve_inputs
 
+    fusion = None
     if bundle is not None:
         if classifier is not None or segmenter is not None:
             raise EdgebusError("pass either --bundle or --classifier/--segmenter, not both")
         classifier, segmenter = load_bundle(bundle, threads if threads >= 1 else 1, xnnpack)
+        fusion = load_fusion(bundle)
     if classifier is None and segmenter is None:
         raise EdgebusError("pass --classifier and/or --segmenter (a .tflite file or a run directory), or --bundle DIR")
     if threads < 1:
@@ -122,9 +124,13 @@ def predict(
         if missing:
             fallback = f"using --pixel-size {pixel_size} mm" if pixel_size else "no mm^2 for them"
             typer.echo(f"{data}: {missing} of {len(files)} frames have no Pixel_size in the sheet; {fallback}")
-    pipe = LesionPipeline(classifier, segmenter, num_threads=threads, xnnpack=xnnpack)
+    pipe = LesionPipeline(classifier, segmenter, num_threads=threads, xnnpack=xnnpack,
+                          fusion=fusion)
     for role, m in pipe.describe().items():
-        typer.echo(f"{role}: {m['file']} ({m['format']}, {m['input_size'][0]}x{m['input_size'][1]}, threshold {m['threshold']:.2f})")
+        if role == "fusion":
+            typer.echo(f"fusion: {m['file']} (classifier score + the segmenter's lesion shape, threshold {m['threshold']:.2f})")
+        else:
+            typer.echo(f"{role}: {m['file']} ({m['format']}, {m['input_size'][0]}x{m['input_size'][1]}, threshold {m['threshold']:.2f})")
     s = predict_files(pipe, files, out, pixel_sizes, pixel_size, overlays, masks, log=typer.echo, overwrite=overwrite,
                       dicom_seg=dicom_seg)
     f = s["fps"]
@@ -141,14 +147,17 @@ def bundle(classifier: Optional[Path] = typer.Option(None, "--classifier", help=
            segmenter: Optional[Path] = typer.Option(None, "--segmenter", help="segmenter run directory or .tflite"),
            out: Path = typer.Option(..., "--out", help="bundle folder to write"),
            format: str = typer.Option("int8", "--format", help="which export of a run directory to take"),
-           overwrite: bool = typer.Option(False, "--overwrite", help="replace the models in an existing bundle")):
+           overwrite: bool = typer.Option(False, "--overwrite", help="replace the models in an existing bundle"),
+           fusion: Optional[Path] = typer.Option(None, "--fusion", help="a fusion.json or its folder ('edgebus fuse "
+                                                 "CLS_CV SEG_CV'): the classifier's score and the segmenter's lesion "
+                                                 "shape in one model, at its out-of-fold operating point")):
     """Copy a classifier and a segmenter into one folder for the cart (classifier.tflite, segmenter.tflite, bundle.json).
 
     A classifier given as a CV folder ('edgebus cv classify --int8') becomes a fold ensemble: every fold's int8 file,
     averaged on the cart, with the CV's out-of-fold operating point ('edgebus operating-point CV_DIR')."""
     from edgebus.runtime import make_bundle
 
-    path = make_bundle(out, classifier, segmenter, format, overwrite)
+    path = make_bundle(out, classifier, segmenter, format, overwrite, fusion)
     typer.echo(f"bundle: {path} (edgebus predict --bundle {path} FRAMES)")
 
 

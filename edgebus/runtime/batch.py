@@ -18,7 +18,7 @@ from edgebus.runtime.dicom import is_dicom, loop_summary
 from edgebus.runtime.overlay import render_overlay, save_png
 from edgebus.runtime.pipeline import LATENCY_KEYS, LesionPipeline
 
-CSV_FIELDS = ("file", "frame", "sop_instance_uid", "width", "height", "prob_malignant", "prob_raw", "label", "threshold", "findings", "mask_threshold", "mask_area_px",
+CSV_FIELDS = ("file", "frame", "sop_instance_uid", "width", "height", "prob_malignant", "prob_raw", "prob_classifier", "label", "threshold", "findings", "mask_threshold", "mask_area_px",
               "pixel_size_mm", "mask_area_mm2", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1",
               *(f"latency_{k}_ms" for k in LATENCY_KEYS), "overlay", "mask_file", "dicom_seg", "error")
 

@@ -16,6 +16,7 @@ from edgebus.runtime.model import ExportedModel, resolve_model_path
 
 BUNDLE_FILES = {"classify": "classifier.tflite", "segment": "segmenter.tflite"}
 BUNDLE_JSON = "bundle.json"
+FUSION_FILE = "fusion.json"
 
 
 def find_bundle(folder: str | Path) -> tuple[Path | None, Path | None]:
@@ -65,11 +66,23 @@ def _model_card_files(src) -> list[Path]:
 
 
 def make_bundle(out: str | Path, classifier: str | Path | None = None, segmenter: str | Path | None = None,
-                fmt: str = "int8", overwrite: bool = False) -> Path:
+                fmt: str = "int8", overwrite: bool = False, fusion: str | Path | None = None) -> Path:
     """Copy a classifier and/or segmenter (.tflite files or run directories: their `fmt` export) into
-    `out` as classifier.tflite / segmenter.tflite, with bundle.json recording sources and sha256."""
+    `out` as classifier.tflite / segmenter.tflite, with bundle.json recording sources and sha256.
+    fusion: a fusion.json (or its folder) from `edgebus fuse`, applied on top of both."""
     if classifier is None and segmenter is None:
         raise EdgebusError("bundle: pass --classifier and/or --segmenter")
+    fused = None
+    if fusion is not None:
+        from edgebus.runtime.fusion import FUSION_JSON, ShapeFusion
+
+        fused = ShapeFusion(Path(fusion) / FUSION_JSON if Path(fusion).is_dir() else fusion)
+        if classifier is None or segmenter is None:
+            raise EdgebusError("bundle: --fusion combines the classifier with the segmenter's lesion shape; pass both")
+        cv = fused.source.get("classifier_cv")
+        if (Path(classifier) / "folds.jsonl").is_file() and cv and Path(cv).resolve() != Path(classifier).resolve():
+            raise EdgebusError(f"{fused.path}: fitted on the scores of {cv}, not of {classifier}; "
+                               f"run 'edgebus fuse {classifier} SEG_CV' first")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise EdgebusError(f"{out}: exists and is not a folder; pick another --out")
@@ -104,6 +117,11 @@ def make_bundle(out: str | Path, classifier: str | Path | None = None, segmenter
             members.append({"file": name, "sha256": sha256_file(out / name), "copied_from": str(m.path.resolve())})
         record["classifier"] = {"ensemble": members, "threshold": ens.threshold, "calibration": ens.calibration,
                                 "combine": "mean of the members' outputs", "task": "classify", **source}
+    if fused is not None:
+        atomic_write(out / FUSION_FILE, fused.path.read_bytes())
+        record["fusion"] = {**fused.describe(), "file": FUSION_FILE, "copied_from": str(fused.path.resolve())}
+    else:
+        (out / FUSION_FILE).unlink(missing_ok=True)  # a replaced bundle keeps no stale fusion
     keep = {BUNDLE_JSON, *(m["file"] for m in members), *(BUNDLE_FILES[t] for t, _ in staged)}
     for p in out.glob("*.tflite"):  # a replaced bundle keeps no stale model
         if p.name not in keep and (p.name in BUNDLE_FILES.values() or p.name.startswith("classifier_fold")):
@@ -137,3 +155,23 @@ def load_bundle(folder: str | Path, num_threads: int = 1, xnnpack: bool = True):
             raise EdgebusError(f"{seg}: sha256 differs from {BUNDLE_JSON}; the file was changed, re-run 'edgebus bundle'")
     ens = EnsembleModel(paths, entry["threshold"], entry.get("calibration"), num_threads, xnnpack)
     return ens, seg if seg.is_file() else None
+
+
+def load_fusion(folder: str | Path):
+    """The bundle's classifier + shape fusion (runtime.fusion.ShapeFusion), sha256-checked, or None."""
+    from edgebus.runtime.fusion import ShapeFusion
+
+    folder = Path(folder)
+    manifest = folder / BUNDLE_JSON
+    if not manifest.is_file():
+        return None
+    try:
+        entry = json.loads(manifest.read_text()).get("fusion")
+    except json.JSONDecodeError as e:
+        raise EdgebusError(f"{manifest}: not valid JSON ({e.msg}); re-run 'edgebus bundle'") from None
+    if not entry:
+        return None
+    p = folder / FUSION_FILE
+    if not p.is_file() or sha256_file(p) != entry.get("sha256"):
+        raise EdgebusError(f"{p}: missing, or sha256 differs from {BUNDLE_JSON}; the file was changed, re-run 'edgebus bundle'")
+    return ShapeFusion(p)

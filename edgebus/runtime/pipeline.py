@@ -39,10 +39,11 @@ from PIL import Image
 from edgebus.core.descriptors import findings
 from edgebus.core.errors import EdgebusError
 from edgebus.data.preprocess import crop_square_px, lesion_box
-from edgebus.runtime.bundle import load_bundle
+from edgebus.runtime.bundle import load_bundle, load_fusion
 from edgebus.runtime.ensemble import EnsembleModel
 from edgebus.runtime.dicom import is_dicom, iter_frames
 from edgebus.runtime.frames import MAX_FRAME_PIXELS, gray_from_array, load_frame
+from edgebus.runtime.fusion import orientation_words, shape_result
 from edgebus.runtime.model import ExportedModel
 from edgebus.runtime.overlay import render_overlay
 
@@ -56,7 +57,7 @@ def dicom_fields(path, fr, pixel_size_mm=None) -> dict:
             ("given" if pixel_size_mm else None), "note": fr.note}
 
 
-RESULT_FIELDS = ("file", "width", "height", "prob_malignant", "prob_raw", "label", "threshold", "descriptors", "findings", "mask_threshold", "mask",
+RESULT_FIELDS = ("file", "width", "height", "prob_malignant", "prob_raw", "prob_classifier", "label", "threshold", "descriptors", "findings", "shape", "mask_threshold", "mask",
                  "mask_area_px", "pixel_size_mm", "mask_area_mm2", "bbox", "crop", "latency_ms", "error")
 
 
@@ -73,7 +74,7 @@ class LesionPipeline:
     """
 
     def __init__(self, classifier: str | Path | None = None, segmenter: str | Path | None = None,
-                 num_threads: int = 1, xnnpack: bool = True, max_pixels: int = MAX_FRAME_PIXELS):
+                 num_threads: int = 1, xnnpack: bool = True, max_pixels: int = MAX_FRAME_PIXELS, fusion=None):
         if classifier is None and segmenter is None:
             raise EdgebusError("pass a classifier and/or a segmenter model (or a bundle folder)")
         if classifier is None or isinstance(classifier, EnsembleModel):
@@ -86,14 +87,20 @@ class LesionPipeline:
             raise EdgebusError(f"{self.classifier.path}: classifies a crop around the lesion (segmentation-guided, per "
                                "its metadata); give a segmenter too (--segmenter, or a bundle with both)")
         self.max_pixels = int(max_pixels)
+        self.fusion = fusion  # runtime.fusion.ShapeFusion: classifier score + the segmenter's lesion shape
+        if fusion is not None and (self.classifier is None or self.segmenter is None):
+            raise EdgebusError(f"{fusion.path}: fuses the classifier with the segmenter's lesion shape; give both")
 
     @classmethod
     def from_bundle(cls, folder: str | Path, num_threads: int = 1, xnnpack: bool = True, **kw) -> "LesionPipeline":
         c, s = load_bundle(folder, num_threads, xnnpack)
-        return cls(classifier=c, segmenter=s, num_threads=num_threads, xnnpack=xnnpack, **kw)
+        return cls(classifier=c, segmenter=s, num_threads=num_threads, xnnpack=xnnpack, fusion=load_fusion(folder), **kw)
 
     def describe(self) -> dict:
-        return {m.task.role: m.describe() for m in (self.classifier, self.segmenter) if m is not None}
+        d = {m.task.role: m.describe() for m in (self.classifier, self.segmenter) if m is not None}
+        if self.fusion is not None:
+            d["fusion"] = self.fusion.describe()
+        return d
 
     def load(self, frame) -> np.ndarray:
         """A frame (path, numpy array or PIL image) as uint8 HxW gray; EdgebusError for a bad one."""
@@ -166,7 +173,7 @@ class LesionPipeline:
                 inputs[key] = m.input_for(gray)
             return inputs[key]
 
-        box = None
+        box = prob = None
         if self.segmenter is not None:  # first: a lesion-crop classifier needs its box
             s = self.segmenter
             ta = time.perf_counter()
@@ -197,10 +204,18 @@ class LesionPipeline:
             p = float(np.clip(np.asarray(out).reshape(-1)[0], 0.0, 1.0))
             if desc is not None:  # the radiologist's words: "irregular shape, not circumscribed margin, ..."
                 res["descriptors"], res["findings"] = findings(desc, c.descriptors)
+            threshold, calibrated = c.threshold, c.calibrated
+            if self.fusion is not None:  # the classifier's score and the lesion's measured shape, one model
+                res["prob_classifier"] = round(p, 6)
+                p, shape = self.fusion.score(p, prob, (h, w), self.segmenter.threshold)
+                threshold, calibrated = self.fusion.threshold, self.fusion.calibrated
+                res["shape"] = shape_result(shape)
+                if shape is not None:
+                    res["findings"] = ", ".join(x for x in (res["findings"], orientation_words(shape[0])) if x)
             res["prob_raw"] = round(p, 6)  # the model's output: what the threshold applies to
-            res["prob_malignant"] = round(float(c.calibrated(p)), 6)  # calibrated where the model carries one
-            res["threshold"] = c.threshold
-            res["label"] = c.labels[1] if p >= c.threshold else c.labels[0]
+            res["prob_malignant"] = round(float(calibrated(p)), 6)  # calibrated where the model carries one
+            res["threshold"] = threshold
+            res["label"] = c.labels[1] if p >= threshold else c.labels[0]
             lat["classify"] = _ms(ta, time.perf_counter())
         lat["total"] = _ms(t0, time.perf_counter())
         res["latency_ms"] = lat

@@ -1,0 +1,67 @@
+"""The cart's classifier + lesion-shape fusion: the fused model `edgebus fuse` fitted out of fold,
+carried in a bundle as fusion.json and applied with numpy.
+
+Per frame: the segmenter's mask in the frame (largest region) is measured (edgebus.core.shape), the
+classifier's score and the shape go through the logistic model, and the fused probability is
+thresholded at the fused operating point chosen out of fold. The shape is also reported, with its
+orientation in BI-RADS words.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from edgebus.core import fusion
+from edgebus.core.calibration import apply
+from edgebus.core.errors import EdgebusError
+from edgebus.core.io import sha256_file
+from edgebus.core.shape import FEATURES, shape_features
+from edgebus.data.preprocess import lesion_in_frame
+
+FUSION_JSON = "fusion.json"
+
+
+def orientation_words(orientation: float) -> str:
+    """BI-RADS orientation from height / width: 'not parallel' (taller than wide) is a malignant sign."""
+    return "not parallel orientation (taller than wide)" if orientation > 1 else "parallel orientation (wider than tall)"
+
+
+class ShapeFusion:
+    """A fusion.json (from `edgebus fuse`): the model, its threshold and calibration."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            r = json.loads(self.path.read_text())
+            self.model = r["model"]
+            op = r["operating_point"]["fused"]
+            self.threshold, self.calibration = float(op["threshold"]), op.get("calibration")
+            if self.model["inputs"] != list(fusion.INPUTS) or len(self.model["weights"]) != len(fusion.INPUTS):
+                raise KeyError("inputs")
+        except FileNotFoundError:
+            raise EdgebusError(f"{self.path}: not found; make it with 'edgebus fuse CLS_CV SEG_CV'") from None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise EdgebusError(f"{self.path}: not a fusion file of this edgebus ({type(e).__name__}: {e}); "
+                               "re-run 'edgebus fuse'") from None
+        self.sha256 = sha256_file(self.path)
+        self.source = {k: r.get(k) for k in ("classifier_cv", "segment_cv", "group_by")}
+
+    def score(self, p_classifier: float, seg_prob: np.ndarray, frame_hw, seg_threshold: float):
+        """(fused probability, shape features or None) of one frame."""
+        mask = lesion_in_frame(seg_prob, frame_hw, seg_threshold)
+        shape = None if mask is None else shape_features(mask)
+        p = float(fusion.predict(self.model, fusion.feature_rows([p_classifier], [shape]))[0])
+        return p, shape
+
+    def calibrated(self, p: float) -> float:
+        return float(apply(self.calibration, p))
+
+    def describe(self) -> dict:
+        return {"file": self.path.name, "sha256": self.sha256, "threshold": self.threshold, **self.source}
+
+
+def shape_result(shape) -> dict | None:
+    return None if shape is None else {k: round(float(v), 4) for k, v in zip(FEATURES, shape)}
