@@ -11,6 +11,9 @@ imported here, so a cart application can embed it::
 A classifier trained with BI-RADS descriptor heads also gives `descriptors` ({name: {"probability",
 "finding"}}) and `findings` ("irregular shape, not circumscribed margin, posterior shadowing, ...").
 
+A bundle with a fusion (`edgebus fuse`, `edgebus bundle --fusion`) also measures the segmenter's lesion
+(`shape`: orientation, solidity, compactness, extent, in the frame) and decides on the classifier's score
+and that shape together; `prob_classifier` then keeps the classifier's own output.
 `prob_raw` is the classifier's output, which its stored threshold applies to (`label`);
 `prob_malignant` is that output through the model's calibration (Platt scaling fitted out-of-fold,
 `edgebus operating-point CV_DIR`), or the same number when the model carries none.
