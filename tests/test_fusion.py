@@ -99,6 +99,7 @@ def test_fuse_scores_a_classifier_cv_with_a_segment_cv_on_the_same_folds(synthet
     r = cli("bundle", "--classifier", tmp_path / "cls", "--segmenter", tmp_path / "seg" / "fold0" / "model_int8.tflite",
             "--fusion", tmp_path / "cls" / "fusion", "--out", cart)
     assert r.exit_code == 0, r.output
+    assert (cart / "fusion.md").read_text() == (tmp_path / "cls" / "fusion" / "fusion.md").read_text()
     r = cli("predict", "--bundle", cart, synthetic_breast_dir, "--out", tmp_path / "pred", "--no-overlays")
     assert r.exit_code == 0, r.output
     rows = [json.loads(line) for line in (tmp_path / "pred" / "predictions.jsonl").read_text().splitlines()]

@@ -117,8 +117,11 @@ def make_bundle(out: str | Path, classifier: str | Path | None = None, segmenter
             members.append({"file": name, "sha256": sha256_file(out / name), "copied_from": str(m.path.resolve())})
         record["classifier"] = {"ensemble": members, "threshold": ens.threshold, "calibration": ens.calibration,
                                 "combine": "mean of the members' outputs", "task": "classify", **source}
+    (out / "fusion.md").unlink(missing_ok=True)
     if fused is not None:
         atomic_write(out / FUSION_FILE, fused.path.read_bytes())
+        if (fused.path.parent / "fusion.md").is_file():  # its out-of-fold evidence travels with it
+            atomic_write(out / "fusion.md", (fused.path.parent / "fusion.md").read_bytes())
         record["fusion"] = {**fused.describe(), "file": FUSION_FILE, "copied_from": str(fused.path.resolve())}
     else:
         (out / FUSION_FILE).unlink(missing_ok=True)  # a replaced bundle keeps no stale fusion
