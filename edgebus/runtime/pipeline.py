@@ -14,9 +14,10 @@ A classifier trained with BI-RADS descriptor heads also gives `descriptors` ({na
 A bundle with a fusion (`edgebus fuse`, `edgebus bundle --fusion`) also measures the segmenter's lesion
 (`shape`: orientation, solidity, compactness, extent, in the frame) and decides on the classifier's score
 and that shape together; `prob_classifier` then keeps the classifier's own output.
-`prob_raw` is the classifier's output, which its stored threshold applies to (`label`);
-`prob_malignant` is that output through the model's calibration (Platt scaling fitted out-of-fold,
-`edgebus operating-point CV_DIR`), or the same number when the model carries none.
+
+`prob_raw` is the output the stored threshold applies to (`label`): the classifier's, or with a fusion the
+fused one; `prob_malignant` is that output through its calibration (Platt scaling fitted out-of-fold,
+`edgebus operating-point CV_DIR` or `edgebus fuse`), or the same number when none is carried.
 
 Each model is preprocessed with the contract recorded in its own embedded metadata (the shared
 `edgebus.data.preprocess` path) and thresholded at the operating threshold stored there. A
