@@ -38,7 +38,9 @@ class ShapeFusion:
             r = json.loads(self.path.read_text())
             self.model = r["model"]
             op = r["operating_point"]["fused"]
-            self.threshold, self.calibration = float(op["threshold"]), op.get("calibration")
+            # the logistic output is the probability: a Platt step fitted on other scanner settings on top of it
+            # made it worse out of fold (training/results/robustness.md), so none is applied
+            self.threshold, self.calibration = float(op["threshold"]), None
             if self.model["inputs"] != list(fusion.INPUTS) or len(self.model["weights"]) != len(fusion.INPUTS):
                 raise KeyError("inputs")
         except FileNotFoundError:

@@ -120,6 +120,9 @@ def fusion_md(r: dict) -> str:
             cell = (f"{c['sensitivity']:.3f} [{c['sensitivity_ci'][0]:.3f}, {c['sensitivity_ci'][1]:.3f}] / "
                     f"{c['specificity']:.3f} [{c['specificity_ci'][0]:.3f}, {c['specificity_ci'][1]:.3f}]")
         lines.append(f"| {text} | {interval_text(r['auc'][k])} | {per} | {cell} |")
+    ece = r["operating_point"]["fused"]["ece"]
+    lines += ["", f"Calibration of the fused probability, cross-fitted: ECE {ece['raw']:.3f} as it is (what the cart "
+              f"reports); {ece['calibrated_cross_fitted']:.3f} with a Platt step on top, which the cart does not apply."]
     m = r["model"]
     lines += ["", "The fused model fitted on every case (standardised inputs):", "",
               "| input | weight |", "|---|---|", *[f"| {n} | {w:+.3f} |" for n, w in zip(m["inputs"], m["weights"])],
