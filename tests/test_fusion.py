@@ -108,6 +108,7 @@ def test_fuse_scores_a_classifier_cv_with_a_segment_cv_on_the_same_folds(synthet
     for x in fused:
         assert x["prob_classifier"] is not None and set(x["shape"]) == set(FEATURES) and "orientation" in x["findings"]
         assert x["label"] == ("malignant" if x["prob_raw"] >= x["threshold"] else "benign")
+        assert x["prob_malignant"] == x["prob_raw"]  # the fused logistic output is the probability: no second Platt step
     (cart / "fusion.json").write_text((cart / "fusion.json").read_text().replace('"intercept": ', '"intercept": 1 + '))
     one_line_error(cli("predict", "--bundle", cart, synthetic_breast_dir, "--out", tmp_path / "p2"), "sha256 differs")
     one_line_error(cli("bundle", "--classifier", tmp_path / "cls", "--fusion", tmp_path / "cls" / "fusion", "--out",
