@@ -64,10 +64,9 @@ def shortcut_audit(cases) -> dict:
     for name, v in features.items():
         a = roc_auc(y, v)
         aucs[name] = None if a is None else round(a, 3)
-    keys = acquisition_keys(cases)
     by_key: dict[str, list[int]] = {}
-    for c in cases:
-        by_key.setdefault(keys[c.case_id], []).append(c.label)
+    for (w, h), c in zip(sizes.astype(int), cases):  # the frame sizes read above: acquisition_keys' "WxH"
+        by_key.setdefault(f"{w}x{h}", []).append(c.label)
     rates = sorted(((k, len(v), float(np.mean(v))) for k, v in by_key.items()), key=lambda t: -t[1])
     return {"n": len(cases), "auc_alone": aucs, "frame_size_groups": len(by_key),
             "largest_groups": [{"frame": k, "cases": n, "malignant_fraction": round(r, 3)} for k, n, r in rates[:8]],
