@@ -94,6 +94,15 @@ def test_fuse_scores_a_classifier_cv_with_a_segment_cv_on_the_same_folds(synthet
     assert res["sources"] == {"classifier": "test_prob_int8", "shape": "test_shape_int8"}
     assert set(res["auc"]) == set(fusion.KINDS) and len(res["model"]["weights"]) == len(fusion.INPUTS)
     assert "classifier + shape (fused)" in (tmp_path / "cls" / "fusion" / "fusion.md").read_text()
+    # the fused score under the stress changes: its clean row is the fusion's own out-of-fold score
+    r = cli("stress", tmp_path / "cls", "--fuse", tmp_path / "seg", "--out", tmp_path / "st")
+    assert r.exit_code == 0, r.output
+    st = json.loads((tmp_path / "st" / "stress.json").read_text())
+    assert st["kinds"] == ["float", "int8", "fused"] and "fused" in st["summary"]
+    assert abs(st["rows"][0]["fused"]["auc"] - res["auc"]["fused"]["value"]) < 0.02
+    assert st["fused"]["threshold"] == pytest.approx(res["operating_point"]["fused"]["threshold"])
+    assert any(row["fused"]["auc"] != st["rows"][0]["fused"]["auc"] for row in st["rows"][1:])
+    one_line_error(cli("stress", tmp_path / "seg", "--fuse", tmp_path / "seg", "--out", tmp_path / "st2"), "classifier CV")
     # the cart: the classifier CV's fold ensemble, a fold's int8 U-Net and the fusion, applied per frame
     cart = tmp_path / "cart"
     r = cli("bundle", "--classifier", tmp_path / "cls", "--segmenter", tmp_path / "seg" / "fold0" / "model_int8.tflite",

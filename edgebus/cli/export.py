@@ -120,12 +120,14 @@ def stress(target: Path = typer.Argument(..., help="a run directory, a CV folder
            data: Optional[Path] = typer.Option(None, "--data", help="with a .tflite: the data set to stress it on"),
            format: str = typer.Option("breast", "--format", help="with --data: breast or busi"),
            out: Optional[Path] = typer.Option(None, "--out", help="folder for stress.json/.md/.png (default TARGET/stress)"),
-           seed: int = typer.Option(0, help="seed of the changes' random draws")):
+           seed: int = typer.Option(0, help="seed of the changes' random draws"),
+           fuse: Optional[Path] = typer.Option(None, "--fuse", help="with a classifier CV: the segment CV 'edgebus fuse' "
+                                               "was given, to stress the fused score (classifier + lesion shape) too")):
     """Scanner-shift stress benchmark: gain, dynamic range, speckle and noise, blur and resolution, depth,
     flip, JPEG, frame aspect, burned-in marks, each at graded strengths; float and int8 side by side."""
     from edgebus.training.stress import run_stress
 
-    res = run_stress(target, data, format, out, seed, log=typer.echo)
+    res = run_stress(target, data, format, out, seed, log=typer.echo, fuse=fuse)
     for k, s in res["summary"].items():
         typer.echo(f"{k}: {s['metric']} {s['clean']:.3f} clean, worst {s['worst']:.3f} ({s['worst_change']}, "
                    f"drop {s['worst_drop']:.3f})")

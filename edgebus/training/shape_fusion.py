@@ -45,16 +45,11 @@ def _cv(cv_dir: Path, task: str):
     return run, read_json(cv_dir / "folds.json"), recs
 
 
-def fuse_cv(cls_cv, seg_cv, out=None, target: float = 0.9, log=print) -> dict:
-    """Score, out of fold, the classifier alone, the shape of the segmenter's mask alone and the two
-    fused (edgebus.core.fusion), from a classifier CV and a segment CV on the same folds (int8 where
-    both scored it: what the cart runs). Every model is fitted on the other folds' out-of-fold values
-    only; the operating point is then chosen cross-fitted as `edgebus operating-point` does. Writes
-    fusion.json / fusion.md (default: CLS_CV/fusion/) with the fused model fitted on every case."""
+def fusion_inputs(cls_cv, seg_cv) -> dict:
+    """The out-of-fold inputs of a fusion, from a classifier CV and a segment CV on the same folds
+    (int8 where both scored it: what the cart runs): ids, labels y, classifier probabilities p,
+    each case's fold, feature rows x (edgebus.core.fusion.feature_rows) and what they came from."""
     from edgebus.core import fusion
-    from edgebus.core.calibration import crossfit_operating_point
-    from edgebus.core.io import atomic_write, make_dir, write_json
-    from edgebus.core.stats import bootstrap_classification
 
     cls_cv, seg_cv = Path(cls_cv), Path(seg_cv)
     c_run, c_folds, c_recs = _cv(cls_cv, "classify")
@@ -71,23 +66,47 @@ def fuse_cv(cls_cv, seg_cv, out=None, target: float = 0.9, log=print) -> dict:
     prob_key = "test_prob_int8" if all("test_prob_int8" in r for r in c_recs) else "test_prob"
     shape_of = {i: s for r in s_recs for i, s in zip(r["test_ids"], r[shape_key])}
     ids = [i for r in c_recs for i in r["test_ids"]]
-    y = np.concatenate([r["test_label"] for r in c_recs]).astype(int)
     p = np.concatenate([r[prob_key] for r in c_recs])
-    fold = np.concatenate([[r["fold"]] * len(r["test_ids"]) for r in c_recs])
-    x = fusion.feature_rows(p, [shape_of[i] for i in ids])
+    return {"ids": ids, "y": np.concatenate([r["test_label"] for r in c_recs]).astype(int), "p": p,
+            "fold": np.concatenate([[r["fold"]] * len(r["test_ids"]) for r in c_recs]),
+            "x": fusion.feature_rows(p, [shape_of[i] for i in ids]), "shapes": [shape_of[i] for i in ids],
+            "group_by": c_folds.get("group_by", "case"), "sources": {"classifier": prob_key, "shape": shape_key},
+            "segment_run": s_run, "segment_records": s_recs}
+
+
+def fold_models(inputs: dict, kind: str = "fused") -> dict:
+    """{fold: the fusion model fitted on the other folds' out-of-fold values}: what scores that
+    fold's cases out of fold (edgebus.core.fusion.cross_fitted, one model per fold)."""
+    from edgebus.core import fusion
+
+    x, y, fold = inputs["x"], inputs["y"], inputs["fold"]
+    return {int(f): fusion.fit(x[fold != f], y[fold != f], kind) for f in np.unique(fold)}
+
+
+def fuse_cv(cls_cv, seg_cv, out=None, target: float = 0.9, log=print) -> dict:
+    """Score, out of fold, the classifier alone, the shape of the segmenter's mask alone and the two
+    fused (edgebus.core.fusion). Every model is fitted on the other folds' out-of-fold values
+    only; the operating point is then chosen cross-fitted as `edgebus operating-point` does. Writes
+    fusion.json / fusion.md (default: CLS_CV/fusion/) with the fused model fitted on every case."""
+    from edgebus.core import fusion
+    from edgebus.core.calibration import crossfit_operating_point
+    from edgebus.core.io import atomic_write, make_dir, write_json
+    from edgebus.core.stats import bootstrap_classification
+
+    inp = fusion_inputs(cls_cv, seg_cv)
+    x, y, fold, shapes = inp["x"], inp["y"], inp["fold"], inp["shapes"]
     scores = {k: fusion.cross_fitted(x, y, fold, k) for k in fusion.KINDS}
     boot = {k: bootstrap_classification(y, v)["auc"] for k, v in scores.items()}
     per_fold = {k: [roc_auc(y[fold == f], v[fold == f]) for f in np.unique(fold)] for k, v in scores.items()}
     ops = {k: {kk: vv for kk, vv in crossfit_operating_point(y, scores[k], fold, target).items() if kk != "reliability"}
            for k in ("classifier", "fused")}
     result = {"classifier_cv": str(cls_cv), "segment_cv": str(seg_cv), "n": int(len(y)), "malignant": int(y.sum()),
-              "folds": int(len(np.unique(fold))), "group_by": c_folds.get("group_by", "case"),
-              "sources": {"classifier": prob_key, "shape": shape_key},
-              "lesion_found": int(sum(shape_of[i] is not None for i in ids)),
+              "folds": int(len(np.unique(fold))), "group_by": inp["group_by"], "sources": inp["sources"],
+              "lesion_found": int(sum(s is not None for s in shapes)),
               "auc": boot, "auc_per_fold": per_fold, "operating_point": ops,
               "model": fusion.fit(x, y, "fused"),
               "note": "every score is cross-fitted: each fold's model was fitted on the other folds' out-of-fold values"}
-    out = make_dir(Path(out) if out else cls_cv / "fusion", "fusion folder")
+    out = make_dir(Path(out) if out else Path(cls_cv) / "fusion", "fusion folder")
     write_json(out / "fusion.json", result)
     atomic_write(out / "fusion.md", fusion_md(result))
     f = ops["fused"]["cross_fitted"]

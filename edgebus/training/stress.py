@@ -9,6 +9,11 @@ case out-of-fold: each fold's own models on its own test part, pooled); or a lon
 .tflite with --data (every lesion case of that data set). Reported per change: AUC, sensitivity
 and specificity at the stored threshold (IoU and Dice for a segmenter), the drop against clean,
 and the worst case.
+
+With a segment CV on the same folds (`--fuse SEG_CV`), a CV classifier is also stressed as the
+cart fuses it with the lesion's shape (edgebus fuse): each fold's int8 segmenter measures the mask
+of the same changed frame, and the fold's fusion model, fitted on the other folds only, joins the
+two; the "fused" rows are out of fold like the others.
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ class Group:
     cases: list
     float_model: object | None  # a Keras model, or None
     int8_model: object | None  # an ExportedModel, or None
+    fold: int | None = None  # a CV fold's number
+    segmenter: object | None = None  # with --fuse: the fold's int8 segmenter (an ExportedModel)
+    fusion: dict | None = None  # with --fuse: the fold's fusion model (fitted on the other folds)
 
 
 def _run_groups(run: Run) -> list[Group]:
@@ -66,8 +74,56 @@ def _cv_groups(run: Run, cv_dir: Path) -> list[Group]:
         int8 = None
         if len(int8s) == len(members):
             int8 = ExportedModel(int8s[0], run.task) if len(int8s) == 1 else EnsembleModel(int8s, run.manifest.threshold)
-        groups.append(Group([by_id[i] for i in r["test_ids"]], floats[0] if len(floats) == 1 else floats, int8))
+        groups.append(Group([by_id[i] for i in r["test_ids"]], floats[0] if len(floats) == 1 else floats, int8, r["fold"]))
     return groups
+
+
+def _add_fusion(groups: list[Group], target: Path, seg_cv: Path, sensitivity: float) -> tuple[float, float]:
+    """Give each fold its int8 segmenter and out-of-fold fusion model; (the fused operating
+    threshold chosen on the clean out-of-fold fused scores, as `edgebus fuse` ships it; the
+    segmenter's mask threshold)."""
+    from edgebus.core.calibration import crossfit_operating_point
+    from edgebus.core.fusion import cross_fitted
+    from edgebus.runtime.ensemble import member_files
+    from edgebus.runtime.model import ExportedModel
+    from edgebus.training.shape_fusion import fold_models, fusion_inputs
+
+    inp = fusion_inputs(target, seg_cv)
+    models = fold_models(inp)
+    seg_of = {}
+    for r in inp["segment_records"]:
+        files = member_files(r, seg_cv)[0]
+        if "model_int8.tflite" not in files:
+            raise EdgebusError(f"{seg_cv}: fold {r['fold']} has no int8 segmenter; re-run 'edgebus cv segment' with --int8")
+        seg_of[r["fold"]] = ExportedModel(files["model_int8.tflite"], "segment")
+    for g in groups:
+        if g.int8_model is None:
+            raise EdgebusError(f"{target}: --fuse fuses the int8 classifier; re-run 'edgebus cv classify' with --int8")
+        g.segmenter, g.fusion = seg_of[g.fold], models[g.fold]
+    fused = cross_fitted(inp["x"], inp["y"], inp["fold"], "fused")
+    op = crossfit_operating_point(inp["y"], fused, inp["fold"], sensitivity)
+    return op["threshold"], inp["segment_run"].manifest.threshold
+
+
+def _target_sensitivity(cv_dir: Path) -> float:
+    """The sensitivity the CV's operating point was chosen for (0.9 before `edgebus operating-point`)."""
+    op = Run.load(cv_dir).manifest.operating_point or {}
+    return float(op.get("target_sensitivity", 0.9))
+
+
+def _fused(g: Group, p_int8: np.ndarray, frames: list, seg_threshold: float) -> np.ndarray:
+    """The fold's fused probabilities: its int8 classifier's output beside the shape of its int8
+    segmenter's mask of the same (changed) frames."""
+    from edgebus.core import fusion
+    from edgebus.core.shape import shape_features
+    from edgebus.data.preprocess import lesion_in_frame
+
+    shapes = []
+    for gray in frames:
+        prob = g.segmenter.run(g.segmenter.input_for(gray))
+        mask = lesion_in_frame(prob[..., 0], gray.shape, seg_threshold)
+        shapes.append(None if mask is None else shape_features(mask))
+    return fusion.predict(g.fusion, fusion.feature_rows(p_int8, shapes))
 
 
 def _predict_float(model, x):
@@ -115,9 +171,10 @@ def _label(r: dict) -> str:
     return "clean" if r["strength"] is None else f"{r['change']} {r['strength']:g}"
 
 
-def run_stress(target, data=None, fmt: str = "breast", out=None, seed: int = 0, log=print) -> dict:
+def run_stress(target, data=None, fmt: str = "breast", out=None, seed: int = 0, log=print, fuse=None) -> dict:
     """Score every acquisition change; write stress.json, stress.md and stress.png to `out`
-    (default: <target>/stress, or beside a lone file)."""
+    (default: <target>/stress, or beside a lone file). fuse: a segment CV on the classifier CV's
+    folds, to stress the fused score too."""
     from edgebus.reports.stress import stress_markdown, stress_plot
 
     target = Path(target)
@@ -129,6 +186,12 @@ def run_stress(target, data=None, fmt: str = "breast", out=None, seed: int = 0, 
         raise EdgebusError(f"{target}: a lesion-crop classifier needs its segmenter's boxes for every changed frame; "
                            "stress it through a whole-frame model")
     kinds = [k for k in ("float", "int8") if any(getattr(g, f"{k}_model") is not None for g in groups)]
+    thresholds = {k: thr for k in kinds}
+    if fuse is not None:
+        if target.is_file() or task.name != "classify" or groups[0].fold is None:
+            raise EdgebusError(f"{target}: --fuse is for a classifier CV folder (the one 'edgebus fuse' was given)")
+        thresholds["fused"], seg_threshold = _add_fusion(groups, target, Path(fuse), _target_sensitivity(target))
+        kinds.append("fused")
     frames = [[(c, load_gray(c.image), case_mask(c) if c.mask is not None else None) for c in g.cases] for g in groups]
     size = tuple(contract["size"])
     rows = []
@@ -136,10 +199,11 @@ def run_stress(target, data=None, fmt: str = "breast", out=None, seed: int = 0, 
         probs = {k: [] for k in kinds}
         labels, masks = [], []
         for g, items in zip(groups, frames):
-            xs = []
+            xs, changed = [], []
             for c, gray, mask in items:
                 g2, m2 = (gray, mask) if name == "clean" else apply_change(gray, mask, name, strength, seed, c.case_id)
                 xs.append(to_model_input(g2, contract))
+                changed.append(g2)
                 labels.append(c.label)
                 masks.append(resize_mask(m2 if m2 is not None else np.zeros_like(g2), size)[..., None])
             x = np.stack(xs)
@@ -147,11 +211,13 @@ def run_stress(target, data=None, fmt: str = "breast", out=None, seed: int = 0, 
                 probs["float"].append(_predict_float(g.float_model, x))
             if "int8" in kinds:
                 probs["int8"].append(g.int8_model.predict(x))
+            if "fused" in kinds:
+                probs["fused"].append(_fused(g, probs["int8"][-1], changed, seg_threshold))
         truth = task.truth(np.asarray(labels), np.stack(masks))
         row = {"change": name, "strength": strength}
         for k in kinds:
-            row[k] = _scores(task, truth, np.concatenate(probs[k]), thr)
-        if len(kinds) == 2:  # int8 against its own float parent on the same changed frames (issue 14)
+            row[k] = _scores(task, truth, np.concatenate(probs[k]), thresholds[k])
+        if "float" in kinds and "int8" in kinds:  # int8 against its own float parent on the same changed frames (issue 14)
             row["int8_vs_float"] = task.fidelity(np.concatenate(probs["float"]), np.concatenate(probs["int8"]), thr)
         rows.append(row)
         log(f"{name}{'' if strength is None else ' ' + format(strength, 'g')}: "
@@ -168,13 +234,18 @@ def run_stress(target, data=None, fmt: str = "breast", out=None, seed: int = 0, 
         if not task.truth_is_mask:
             summary[k]["worst_sensitivity"] = min(r[k]["sensitivity"] for r in rows)
     fidelity = None
-    if len(kinds) == 2:
+    if "float" in kinds and "int8" in kinds:
         fid = (lambda r: -r["int8_vs_float"]["mask_iou_mean"]) if task.truth_is_mask else (lambda r: r["int8_vs_float"]["flips"])
         w = max(rows, key=fid)
         fidelity = {"clean": clean["int8_vs_float"], "worst": w["int8_vs_float"], "worst_change": _label(w)}
     result = {"schema": "edgebus.stress/1", "created": now(), "target": str(target), "description": desc,
               "task": task.name, "threshold": thr, "seed": seed, "n": len(labels), "changes": CHANGES,
               "kinds": kinds, "rows": rows, "summary": summary}
+    if fuse is not None:
+        result["fused"] = {"segment_cv": str(fuse), "threshold": thresholds["fused"],
+                           "note": "each fold: its int8 classifier and int8 segmenter on the changed frame, joined by "
+                                   "the fusion model fitted on the other folds; threshold chosen on clean out-of-fold "
+                                   "fused scores as 'edgebus fuse' ships it"}
     if fidelity:
         result["int8_vs_float"] = fidelity
     write_json(out / "stress.json", result)
