@@ -9,6 +9,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from edgebus.core import fusion
+from edgebus.core.descriptors import DESCRIPTORS
+from edgebus.core.echo import echo_features
 from edgebus.core.errors import EdgebusError
 from edgebus.core.shape import FEATURES, on_grid, shape_features
 from edgebus.data.preprocess import lesion_in_frame
@@ -51,6 +53,43 @@ def test_lesion_in_frame_keeps_the_largest_region_at_frame_size():
     assert lesion_in_frame(prob * 0.1, (200, 300), 0.5) is None
 
 
+def test_echo_features_compare_the_lesion_with_tissue_at_its_depth():
+    rng = np.random.default_rng(0)
+    gray = np.clip(120 + rng.normal(0, 10, (300, 400)), 1, 255)
+    lesion = _ellipse(300, 400, (160, 80, 240, 140))  # 80 wide, 60 tall, rows 80-140
+    gray[lesion] = 40  # hypoechoic
+    gray[141:171, 160:241] *= 0.4  # a shadow below it
+    echo, posterior, het = echo_features(gray, lesion)
+    assert echo < -0.7 and posterior < -0.5 and het < 0.1
+    brighter = echo_features(gray * 1.5, lesion)  # an overall gain change cancels (up to the +1)
+    assert np.allclose(brighter, [echo, posterior, het], atol=0.03)
+    gray[141:171, 160:241] /= 0.16  # posterior enhancement instead
+    assert echo_features(np.clip(gray, 0, 255), lesion)[1] > 0.3
+    edge = np.zeros_like(lesion)
+    edge[250:300, 150:250] = True  # at the bottom of the frame: nothing below to compare
+    assert np.isnan(echo_features(gray, edge)[1])
+    assert echo_features(gray, np.zeros_like(lesion)) is None
+    with pytest.raises(EdgebusError, match="mask of its size"):
+        echo_features(gray, lesion[:10])
+
+
+def test_a_descriptor_is_shipped_only_with_agreement_beyond_chance():
+    from edgebus.training.shape_fusion import score_descriptors
+
+    rng = np.random.default_rng(1)
+    n = 240
+    m = rng.normal(0, 1, (n, len(fusion.MEASURES)))
+    truth = np.full((n, len(DESCRIPTORS)), -1)
+    truth[:, 0] = (m[:, fusion.MEASURES.index("solidity")] + rng.normal(0, 0.5, n) < 0).astype(int)  # irregular: low solidity
+    truth[:, 1] = rng.random(n) < 0.5  # margin: unrelated to anything measured
+    truth[:20, 1] = -1  # unknown cells are left out
+    res = {d["name"]: d for d in score_descriptors({"m": m, "fold": np.arange(n) % 5, "descriptors": truth})}
+    assert res["shape"]["shipped"] and res["shape"]["kappa"]["lo"] > 0.4 and res["shape"]["auc"] > 0.85
+    assert not res["margin"]["shipped"] and res["margin"]["n"] == n - 20 and "model" not in res["margin"]
+    assert "note" in res["echogenicity"] and not res["echogenicity"]["shipped"]  # no known cell at all
+    assert score_descriptors({"m": m, "fold": np.arange(n) % 5, "descriptors": None}) == []
+
+
 def _signal(n=300, seed=0):
     rng = np.random.default_rng(seed)
     y = rng.random(n) < 0.4
@@ -76,7 +115,7 @@ def test_fusion_learns_the_shape_signal_and_never_sees_the_fold_it_scores():
     assert np.allclose(a[fold == 0], b[fold == 0]) and not np.allclose(a[fold == 1], b[fold == 1])
     model = json.loads(json.dumps(fusion.fit(x, y)))  # JSON-able, as the cart would carry it
     assert model["inputs"] == list(fusion.INPUTS) and np.allclose(fusion.predict(model, x), fusion.predict(fusion.fit(x, y), x))
-    with pytest.raises(EdgebusError, match="both benign and malignant"):
+    with pytest.raises(EdgebusError, match="needs cases of both classes"):
         fusion.fit(x, np.zeros(len(y)))
 
 
@@ -85,13 +124,14 @@ def test_fuse_scores_a_classifier_cv_with_a_segment_cv_on_the_same_folds(synthet
     assert cli("cv", "classify", "--model", "test-cnn", "--epochs", 2, "--out", tmp_path / "cls", *common).exit_code == 0
     r = cli("cv", "segment", "--model", "test-unet", "--epochs", 2, "--out", tmp_path / "seg", *common)
     assert r.exit_code == 0, r.output
-    rec = json.loads((tmp_path / "seg" / "folds.jsonl").read_text().splitlines()[0])
-    assert len(rec["test_shape_int8"]) == len(rec["test_ids"]) == len(rec["test_shape"])
     r = cli("fuse", tmp_path / "cls", tmp_path / "seg")
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "cls" / "fusion" / "fusion.json").read_text())
     assert res["n"] == sum(len(json.loads(line)["test_ids"]) for line in (tmp_path / "cls" / "folds.jsonl").read_text().splitlines())
-    assert res["sources"] == {"classifier": "test_prob_int8", "shape": "test_shape_int8"}
+    assert res["sources"]["classifier"] == "test_prob_int8" and "int8 segmenter" in res["sources"]["shape"]
+    assert [d["name"] for d in res["descriptors"]] == [d.name for d in DESCRIPTORS]
+    shipped = {d["name"] for d in res["descriptors"] if d["shipped"]}
+    assert all(d["model"]["inputs"] == list(fusion.MEASURES) for d in res["descriptors"] if d["shipped"])
     assert set(res["auc"]) == set(fusion.KINDS) and len(res["model"]["weights"]) == len(fusion.INPUTS)
     assert "classifier + shape (fused)" in (tmp_path / "cls" / "fusion" / "fusion.md").read_text()
     # the fused score under the stress changes: its clean row is the fusion's own out-of-fold score
@@ -116,6 +156,8 @@ def test_fuse_scores_a_classifier_cv_with_a_segment_cv_on_the_same_folds(synthet
     assert fused and all(x["threshold"] == res["operating_point"]["fused"]["threshold"] for x in rows)
     for x in fused:
         assert x["prob_classifier"] is not None and set(x["shape"]) == set(FEATURES) and "orientation" in x["findings"]
+        assert set(x["descriptors"] or {}) == shipped  # the measured descriptors the fusion shipped, and only those
+        assert all(v["finding"] in x["findings"] for v in (x["descriptors"] or {}).values())
         assert x["label"] == ("malignant" if x["prob_raw"] >= x["threshold"] else "benign")
         assert x["prob_malignant"] == x["prob_raw"]  # the fused logistic output is the probability: no second Platt step
     (cart / "fusion.json").write_text((cart / "fusion.json").read_text().replace('"intercept": ', '"intercept": 1 + '))

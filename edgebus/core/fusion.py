@@ -1,9 +1,12 @@
-"""The classifier's score and the lesion's measured shape in one logistic model.
+"""The classifier's score and the lesion's measured shape in one logistic model; and the lesion's
+BI-RADS descriptors from its measurements.
 
-Features: the classifier's logit, then edgebus.core.shape.FEATURES of the segmenter's mask in the
-frame (compactness as a log: it is heavy-tailed). A frame where the segmenter found nothing gets the
-training medians for its shape, so it falls back on the classifier. Standardised, L2-regularised,
-fitted by Newton's method: a handful of weights a cart applies with numpy.
+Malignancy features: the classifier's logit, then edgebus.core.shape.FEATURES of the segmenter's mask
+in the frame (compactness as a log: it is heavy-tailed). A frame where the segmenter found nothing gets
+the training medians for its shape, so it falls back on the classifier. Descriptor features
+(MEASURES): the same shape numbers and the echo pattern beside the mask (edgebus.core.echo). Each model
+is standardised, L2-regularised, fitted by Newton's method: a handful of weights a cart applies with
+numpy.
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ import numpy as np
 
 from edgebus.core.calibration import logit, sigmoid
 from edgebus.core.errors import EdgebusError
+from edgebus.core.echo import FEATURES as ECHO_FEATURES
 from edgebus.core.shape import FEATURES
 
 INPUTS = ("classifier_logit", *FEATURES)
 KINDS = ("classifier", "shape", "fused")  # which inputs a model uses
+MEASURES = (*FEATURES, *ECHO_FEATURES)  # what a descriptor model reads
 
 
 def feature_rows(prob, shapes) -> np.ndarray:
@@ -32,6 +37,20 @@ def feature_rows(prob, shapes) -> np.ndarray:
     return x
 
 
+def measure_rows(shapes, echoes) -> np.ndarray:
+    """(N, len(MEASURES)): each lesion's shape (log compactness) and echo numbers; NaN where none."""
+    if len(shapes) != len(echoes):
+        raise EdgebusError(f"fusion: {len(shapes)} shapes but {len(echoes)} echo measurements")
+    x = np.full((len(shapes), len(MEASURES)), np.nan)
+    for i, (s, e) in enumerate(zip(shapes, echoes)):
+        if s is not None:
+            x[i, :len(FEATURES)] = s
+            x[i, FEATURES.index("compactness")] = np.log(max(s[FEATURES.index("compactness")], 1e-6))
+        if e is not None:
+            x[i, len(FEATURES):] = e
+    return x
+
+
 def _columns(kind: str) -> list[int]:
     if kind not in KINDS:
         raise EdgebusError(f"fusion kind '{kind}': choose {', '.join(KINDS)}")
@@ -41,12 +60,19 @@ def _columns(kind: str) -> list[int]:
 def fit(x: np.ndarray, y, kind: str = "fused", l2: float = 1.0, steps: int = 50) -> dict:
     """A logistic model on the columns `kind` uses, as a JSON-able dict."""
     cols = _columns(kind)
+    return fit_logistic(np.asarray(x, dtype=np.float64)[:, cols], y, [INPUTS[c] for c in cols], kind, l2, steps)
+
+
+def fit_logistic(x: np.ndarray, y, names, kind: str, l2: float = 1.0, steps: int = 50) -> dict:
+    """A logistic model on every column of x (named `names`), as a JSON-able dict."""
     y = np.asarray(y, dtype=np.float64).ravel()
     if len(np.unique(y)) < 2:
-        raise EdgebusError("fusion needs both benign and malignant cases")
-    x = np.asarray(x, dtype=np.float64)[:, cols]
-    fill = np.nanmedian(x, axis=0)
-    fill = np.where(np.isfinite(fill), fill, 0.0)
+        raise EdgebusError(f"fusion ({kind}) needs cases of both classes")
+    x = np.asarray(x, dtype=np.float64)
+    cols = list(range(x.shape[1]))
+    known = np.isfinite(x).any(axis=0)  # a column with no value at all is filled with 0
+    fill = np.zeros(x.shape[1])
+    fill[known] = np.nanmedian(x[:, known], axis=0)
     x = np.where(np.isfinite(x), x, fill)
     mean, scale = x.mean(axis=0), x.std(axis=0)
     scale = np.where(scale > 1e-9, scale, 1.0)
@@ -61,13 +87,13 @@ def fit(x: np.ndarray, y, kind: str = "fused", l2: float = 1.0, steps: int = 50)
         w -= step
         if np.abs(step).max() < 1e-10:
             break
-    return {"kind": kind, "inputs": [INPUTS[c] for c in cols], "fill": fill.tolist(), "mean": mean.tolist(),
+    return {"kind": kind, "inputs": list(names), "fill": fill.tolist(), "mean": mean.tolist(),
             "scale": scale.tolist(), "weights": w[:-1].tolist(), "intercept": float(w[-1])}
 
 
-def predict(model: dict, x: np.ndarray) -> np.ndarray:
-    """Malignant probability of each row of feature_rows under a fitted model."""
-    cols = [INPUTS.index(n) for n in model["inputs"]]
+def predict(model: dict, x: np.ndarray, names=INPUTS) -> np.ndarray:
+    """Probability of each row of x (columns `names`: feature_rows, or MEASURES for a descriptor)."""
+    cols = [list(names).index(n) for n in model["inputs"]]
     x = np.asarray(x, dtype=np.float64)[:, cols]
     x = np.where(np.isfinite(x), x, np.asarray(model["fill"]))
     z = (x - np.asarray(model["mean"])) / np.asarray(model["scale"])

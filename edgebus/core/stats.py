@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgebus.core.metrics import DEFAULT_THRESHOLD, classification_metrics, flat_classification, roc_auc
+from edgebus.core.metrics import DEFAULT_THRESHOLD, classification_metrics, cohen_kappa, flat_classification, roc_auc
 
 CLASSIFY_KEYS = ("accuracy", "auc", "malignant_recall", "malignant_precision", "malignant_f1",
                  "benign_precision", "benign_recall", "benign_f1", "f1_macro")
@@ -77,6 +77,14 @@ def dice_from_iou(iou) -> list[float]:
     """Per image, Dice = 2 IoU / (1 + IoU) exactly (both are 1 for an empty truth and prediction)."""
     a = np.asarray(iou, dtype=np.float64)
     return [float(v) for v in 2 * a / (1 + a)]
+
+
+def bootstrap_kappa(truth, pred, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """Cohen's kappa of binary truth and predictions with its percentile-bootstrap interval."""
+    t, q = np.asarray(truth).astype(int).ravel(), np.asarray(pred).astype(int).ravel()
+    idx = np.random.default_rng(seed).integers(0, len(t), size=(n_boot, len(t)))
+    lo, hi = _pct([cohen_kappa(t[i], q[i]) for i in idx], level)
+    return {"value": cohen_kappa(t, q), "lo": lo, "hi": hi}
 
 
 def interval_text(ci: dict, pct: bool = False) -> str:

@@ -30,11 +30,6 @@ def frame_size(path) -> tuple[int, int]:
         raise EdgebusError(f"{path}: not a readable image ({e}); replace or remove the file") from None
 
 
-def frames_hw(cases) -> dict[int, tuple[int, int]]:
-    """{case_id: (height, width)} of each frame."""
-    return {c.case_id: frame_size(c.image)[::-1] for c in cases}
-
-
 def acquisition_keys(cases) -> dict[int, str]:
     """{case_id: "WxH"}: the frame size, which on BrEaST identifies a scanner and its preset."""
     return {c.case_id: "{}x{}".format(*frame_size(c.image)) for c in cases}

@@ -4,7 +4,9 @@ carried in a bundle as fusion.json and applied with numpy.
 Per frame: the segmenter's mask in the frame (largest region) is measured (edgebus.core.shape), the
 classifier's score and the shape go through the logistic model, and the fused probability is
 thresholded at the fused operating point chosen out of fold. The shape is also reported, with its
-orientation in BI-RADS words.
+orientation in BI-RADS words, and the BI-RADS descriptors `edgebus fuse` found measurable on the mask
+(shape, margin, posterior features...: each a logistic model on the lesion's shape and echo numbers,
+shipped only where its out-of-fold kappa interval was above 0) in the lexicon's words.
 """
 
 from __future__ import annotations
@@ -16,12 +18,25 @@ import numpy as np
 
 from edgebus.core import fusion
 from edgebus.core.calibration import apply
+from edgebus.core.echo import echo_features
 from edgebus.core.errors import EdgebusError
 from edgebus.core.io import sha256_file
 from edgebus.core.shape import FEATURES, shape_features
 from edgebus.data.preprocess import lesion_in_frame
 
 FUSION_JSON = "fusion.json"
+
+
+def measure_lesion(seg_prob: np.ndarray, gray: np.ndarray, seg_threshold: float) -> tuple:
+    """(shape, echo) of the lesion a segmenter's (H, W) map shows in the gray frame: the largest region
+    at frame size (edgebus.data.preprocess.lesion_in_frame), measured by edgebus.core.shape and
+    edgebus.core.echo; (None, None) when nothing reaches the threshold. The one way a lesion is
+    measured, on the cart and in `edgebus fuse` / `edgebus stress --fuse` alike."""
+    prob = np.asarray(seg_prob, dtype=np.float32)
+    mask = lesion_in_frame(prob.reshape(prob.shape[:2]), gray.shape[:2], seg_threshold)
+    if mask is None:
+        return None, None
+    return shape_features(mask), echo_features(gray, mask)
 
 
 def orientation_words(orientation: float) -> str:
@@ -43,6 +58,10 @@ class ShapeFusion:
             self.threshold, self.calibration = float(op["threshold"]), None
             if self.model["inputs"] != list(fusion.INPUTS) or len(self.model["weights"]) != len(fusion.INPUTS):
                 raise KeyError("inputs")
+            self.descriptors = [d for d in r.get("descriptors") or [] if d.get("shipped")]
+            for d in self.descriptors:
+                if d["model"]["inputs"] != list(fusion.MEASURES) or len(d["labels"]) != 2:
+                    raise KeyError(f"descriptor {d.get('name')}")
         except FileNotFoundError:
             raise EdgebusError(f"{self.path}: not found; make it with 'edgebus fuse CLS_CV SEG_CV'") from None
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -51,18 +70,23 @@ class ShapeFusion:
         self.sha256 = sha256_file(self.path)
         self.source = {k: r.get(k) for k in ("classifier_cv", "segment_cv", "group_by")}
 
-    def score(self, p_classifier: float, seg_prob: np.ndarray, frame_hw, seg_threshold: float):
-        """(fused probability, shape features or None) of one frame."""
-        mask = lesion_in_frame(seg_prob, frame_hw, seg_threshold)
-        shape = None if mask is None else shape_features(mask)
+    def score(self, p_classifier: float, seg_prob: np.ndarray, gray: np.ndarray, seg_threshold: float):
+        """(fused probability, shape features or None, descriptor probabilities (one per shipped
+        descriptor) or None) of one frame."""
+        shape, echo = measure_lesion(seg_prob, gray, seg_threshold)
         p = float(fusion.predict(self.model, fusion.feature_rows([p_classifier], [shape]))[0])
-        return p, shape
+        desc = None
+        if shape is not None and self.descriptors:
+            m = fusion.measure_rows([shape], [echo])
+            desc = [float(fusion.predict(d["model"], m, fusion.MEASURES)[0]) for d in self.descriptors]
+        return p, shape, desc
 
     def calibrated(self, p: float) -> float:
         return float(apply(self.calibration, p))
 
     def describe(self) -> dict:
-        return {"file": self.path.name, "sha256": self.sha256, "threshold": self.threshold, **self.source}
+        return {"file": self.path.name, "sha256": self.sha256, "threshold": self.threshold, **self.source,
+                "descriptors": [d["name"] for d in self.descriptors]}
 
 
 def shape_result(shape) -> dict | None:

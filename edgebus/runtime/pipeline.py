@@ -13,7 +13,9 @@ A classifier trained with BI-RADS descriptor heads also gives `descriptors` ({na
 
 A bundle with a fusion (`edgebus fuse`, `edgebus bundle --fusion`) also measures the segmenter's lesion
 (`shape`: orientation, solidity, compactness, extent, in the frame) and decides on the classifier's score
-and that shape together; `prob_classifier` then keeps the classifier's own output.
+and that shape together; `prob_classifier` then keeps the classifier's own output. Where the fusion
+carries BI-RADS descriptors measured on the mask (shape, margin, posterior features...), `descriptors`
+and `findings` are those (they replace a classifier head's), followed by the orientation.
 
 `prob_raw` is the output the stored threshold applies to (`label`): the classifier's, or with a fusion the
 fused one; `prob_malignant` is that output through its calibration (Platt scaling fitted out-of-fold,
@@ -211,9 +213,11 @@ class LesionPipeline:
             threshold, calibrated = c.threshold, c.calibrated
             if self.fusion is not None:  # the classifier's score and the lesion's measured shape, one model
                 res["prob_classifier"] = round(p, 6)
-                p, shape = self.fusion.score(p, prob, (h, w), self.segmenter.threshold)
+                p, shape, desc = self.fusion.score(p, prob, gray, self.segmenter.threshold)
                 threshold, calibrated = self.fusion.threshold, self.fusion.calibrated
                 res["shape"] = shape_result(shape)
+                if desc is not None:  # measured on the mask: these replace a classifier head's words
+                    res["descriptors"], res["findings"] = findings(desc, self.fusion.descriptors)
                 if shape is not None:
                     res["findings"] = ", ".join(x for x in (res["findings"], orientation_words(shape[0])) if x)
             res["prob_raw"] = round(p, 6)  # the model's output: what the threshold applies to

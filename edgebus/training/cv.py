@@ -19,7 +19,7 @@ from edgebus.core.io import append_jsonl, atomic_write, make_dir, now, read_json
 from edgebus.core.manifest import Run, open_results_dir
 from edgebus.core.splits import check_split, content_groups, content_summary, group_kfold, grouped_kfold, merge_groups
 from edgebus.core.tasks import get_task
-from edgebus.data.acquisition import GROUP_BY, acquisition_groups, frames_hw, shortcut_audit
+from edgebus.data.acquisition import GROUP_BY, acquisition_groups, shortcut_audit
 from edgebus.data.arrays import data_info, load_split_data, read_lesions
 from edgebus.data.breast import fingerprint
 from edgebus.data.content import content_hashes
@@ -65,8 +65,7 @@ def _fold_record(task, f, fold, data, probs, metrics, kept_epoch, wall, threshol
     return rec
 
 
-def _int8_fold(model, task, data, cfg: CVConfig, contract: dict, test_x=None, keep=None, float_test=None,
-               test_frames=None) -> dict:
+def _int8_fold(model, task, data, cfg: CVConfig, contract: dict, test_x=None, keep=None, float_test=None) -> dict:
     """The fold's model as full-integer TFLite, made as `edgebus export --int8` makes it
     (edgebus.export.int8: calibrated on the fold's training part; with int8_source "qat" also
     quantization-aware fine-tuned there, and then the QAT file is the result and PTQ the
@@ -99,10 +98,6 @@ def _int8_fold(model, task, data, cfg: CVConfig, contract: dict, test_x=None, ke
 
             rec["test_mask_iou_float_int8"] = [round(float(v), 5) for v in
                                                mask_agreement_iou(float_test, probs[src], cfg.threshold)]
-        if test_frames is not None:  # the lesion's shape as the cart's int8 segmenter sees it
-            from edgebus.training.shape_fusion import measure
-
-            rec["test_shape_int8"] = measure(probs[src], test_frames, cfg.threshold)
     return rec
 
 
@@ -124,11 +119,10 @@ def _crop_extras(model, task, cfg, contract, fold, by_id, fold_boxes, rec) -> np
 
 
 def fold_unit(cfg: CVConfig, contract: dict, f: int, fold: dict, data: dict, progress: bool = False,
-              crop: tuple | None = None, frames: dict | None = None) -> dict:
+              crop: tuple | None = None) -> dict:
     """Train, score (and with cfg.int8 convert) one fold on its arrays; {"fold", "rec", "files":
     {name: bytes}}. Writes only into a temp folder of its own, so it runs in the driver or in a
-    Ray worker alike. crop: (cases by id, the fold's boxes) for a lesion-crop classifier. frames:
-    {case_id: (h, w)} of a segmenter's cases, to measure each test mask's shape in its frame."""
+    Ray worker alike. crop: (cases by id, the fold's boxes) for a lesion-crop classifier."""
     import shutil
     import tempfile
     import time
@@ -146,11 +140,6 @@ def fold_unit(cfg: CVConfig, contract: dict, f: int, fold: dict, data: dict, pro
     probs = {k: predict(model, data[k][0], cfg.batch) for k in ("val", "test")}
     metrics = {k: task.metrics(data[k][1], probs[k], cfg.threshold) for k in probs}
     rec = _fold_record(task, f, fold, data, probs, metrics, kept, wall, cfg.threshold)
-    test_frames = None if frames is None else [frames[i] for i in fold["test"]]
-    if test_frames is not None:
-        from edgebus.training.shape_fusion import measure
-
-        rec["test_shape"] = measure(probs["test"], test_frames, cfg.threshold)
     if has_descriptors(model):  # out-of-fold BI-RADS descriptor outputs, for per-descriptor scores
         from edgebus.engine.fit import predict_outputs
 
@@ -164,7 +153,7 @@ def fold_unit(cfg: CVConfig, contract: dict, f: int, fold: dict, data: dict, pro
         if cfg.int8:
             t0 = time.time()
             rec.update(_int8_fold(model, task, data, cfg, contract, test_x8, keep=tmp / "model_int8.tflite",
-                                  float_test=probs["test"], test_frames=test_frames))
+                                  float_test=probs["test"]))
             rec["int8_wall_s"] = round(time.time() - t0, 1)
         files = {p.name: p.read_bytes() for p in sorted(tmp.iterdir()) if p.suffix in (".keras", ".tflite")}
     finally:
@@ -176,7 +165,7 @@ def ray_fold(f: int, fold: dict, shared: dict) -> dict:
     """A fold as a Ray task: its arrays cut from the data set put once in the object store."""
     pos = {i: n for n, i in enumerate(shared["ids"])}
     data = {k: take(shared["parts"], [pos[i] for i in fold[k]]) for k in ("train", "val", "test")}
-    return fold_unit(shared["cfg"], shared["contract"], f, fold, data, shared["progress"], frames=shared["frames"])
+    return fold_unit(shared["cfg"], shared["contract"], f, fold, data, shared["progress"])
 
 
 def run_cv(cfg: CVConfig, progress: bool = False, log=print, backend: Backend | None = None) -> dict:
@@ -201,7 +190,6 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print, backend: Backend | 
     ds, cases = read_lesions(cfg.data)
     cfg.use_descriptors(ds, log)
     by_id = {c.case_id: c for c in cases}
-    frames = frames_hw(cases) if task.truth_is_mask else None  # a segmenter's masks are measured in their frames
     hashes = content_hashes(cases)
     groups = content_groups(hashes)
     fold_seed = cfg.seed if cfg.fold_seed is None else cfg.fold_seed
@@ -261,7 +249,7 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print, backend: Backend | 
             boxes = None if seg_boxes is None else {**seg_boxes[f]["val"], **seg_boxes[f]["test"]}
             data = load_split_data(by_id, fold, contract, task, boxes, **heads)
             crop = None if seg_boxes is None else (by_id, seg_boxes[f])
-            return fold_unit(cfg, contract, f, fold, data, progress, crop, frames)
+            return fold_unit(cfg, contract, f, fold, data, progress, crop)
         shared = None
     else:
         if seg_boxes is not None or cfg.crop_margin is not None:
@@ -269,7 +257,7 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print, backend: Backend | 
                                "boxes: run it with the local backend")
         unit = ray_fold
         ids = [c.case_id for c in cases]
-        shared = {"cfg": cfg, "contract": contract, "ids": ids, "progress": False, "frames": frames,
+        shared = {"cfg": cfg, "contract": contract, "ids": ids, "progress": False,
                   "parts": load_split_data(by_id, {"train": ids}, contract, task, **heads)["train"]}
     written = 0
     for res in run_units(backend, unit, todo, shared, log):

@@ -1,10 +1,12 @@
-"""Lesion shape from the segmenter's mask beside the classifier's score.
+"""Lesion shape from the segmenter's mask beside the classifier's score, and BI-RADS descriptors
+measured on that mask.
 
 A whole-frame classifier loses ranking on a scanner setting it never saw (on BrEaST, case folds
 0.78 -> acquisition folds ~0.65 on the largest held-out setting), while scale-free shape numbers of
 the lesion (edgebus.core.shape) keep theirs: they are measured in the frame's geometry, so zoom,
-depth and frame size cancel. A segment CV records the shape of every out-of-fold predicted mask
-(`measure`), so a fusion of the two can be scored out of fold on the same folds.
+depth and frame size cancel. `edgebus fuse` runs each fold's int8 segmenter on its own test frames
+through the cart's path (runtime.fusion.measure_lesion), so the fusion is scored out of fold on the
+same folds as the classifier and fitted on exactly what the cart will measure.
 """
 
 from __future__ import annotations
@@ -15,19 +17,6 @@ import numpy as np
 
 from edgebus.core.errors import EdgebusError
 from edgebus.core.metrics import roc_auc
-from edgebus.core.shape import shape_features
-from edgebus.data.preprocess import lesion_in_frame
-
-
-def measure(probs, frames_hw: list, threshold: float) -> list:
-    """Shape features (edgebus.core.shape.FEATURES, rounded) of each predicted (H, W, 1) map's lesion
-    in its frame (h, w); None where nothing reaches the threshold."""
-    out = []
-    for p, hw in zip(np.asarray(probs), frames_hw):
-        mask = lesion_in_frame(p[..., 0] if p.ndim == 3 else p, tuple(hw), threshold)
-        f = None if mask is None else shape_features(mask)
-        out.append(None if f is None else [round(float(v), 5) for v in f])
-    return out
 
 
 def _cv(cv_dir: Path, task: str):
@@ -45,11 +34,30 @@ def _cv(cv_dir: Path, task: str):
     return run, read_json(cv_dir / "folds.json"), recs
 
 
+def _segmenters(seg_cv: Path, recs: list) -> dict:
+    """{fold: its int8 segmenter, loaded as the cart loads it}."""
+    from edgebus.runtime.ensemble import member_files
+    from edgebus.runtime.model import ExportedModel
+
+    out = {}
+    for r in recs:
+        files = member_files(r, seg_cv)[0]
+        if "model_int8.tflite" not in files:
+            raise EdgebusError(f"{seg_cv}: fold {r['fold']} has no int8 segmenter (the cart runs int8); re-run "
+                               "'edgebus cv segment' with --int8")
+        out[r["fold"]] = ExportedModel(files["model_int8.tflite"], "segment")
+    return out
+
+
 def fusion_inputs(cls_cv, seg_cv) -> dict:
-    """The out-of-fold inputs of a fusion, from a classifier CV and a segment CV on the same folds
-    (int8 where both scored it: what the cart runs): ids, labels y, classifier probabilities p,
-    each case's fold, feature rows x (edgebus.core.fusion.feature_rows) and what they came from."""
+    """The out-of-fold inputs of a fusion, from a classifier CV and a segment CV on the same folds,
+    both int8 (what the cart runs): ids, labels y, classifier probabilities p, each case's fold,
+    feature rows x (edgebus.core.fusion.feature_rows), lesion measurements m (MEASURES), BI-RADS
+    truth (N, len(DESCRIPTORS), -1 unknown; None without a descriptor sheet) and the segmenters."""
     from edgebus.core import fusion
+    from edgebus.data.arrays import run_dataset
+    from edgebus.data.preprocess import load_gray
+    from edgebus.runtime.fusion import measure_lesion
 
     cls_cv, seg_cv = Path(cls_cv), Path(seg_cv)
     c_run, c_folds, c_recs = _cv(cls_cv, "classify")
@@ -59,19 +67,27 @@ def fusion_inputs(cls_cv, seg_cv) -> dict:
     if c_folds["folds"] != s_folds["folds"]:
         raise EdgebusError(f"{seg_cv}: its folds differ from {cls_cv}'s; run both with the same --folds, --seed "
                            "(or --fold-seed) and --group-by")
-    shape_key = "test_shape_int8" if all("test_shape_int8" in r for r in s_recs) else "test_shape"
-    if not all(shape_key in r for r in s_recs):
-        raise EdgebusError(f"{seg_cv}: made by an older edgebus that did not measure the masks' shapes; "
-                           "re-run 'edgebus cv segment' into a new --out")
-    prob_key = "test_prob_int8" if all("test_prob_int8" in r for r in c_recs) else "test_prob"
-    shape_of = {i: s for r in s_recs for i, s in zip(r["test_ids"], r[shape_key])}
+    if not all("test_prob_int8" in r for r in c_recs):
+        raise EdgebusError(f"{cls_cv}: has no int8 scores (the cart runs int8); re-run 'edgebus cv classify' with --int8")
+    segmenters = _segmenters(seg_cv, s_recs)
+    ds = run_dataset(c_run)
+    by_id = {c.case_id: c for c in ds.lesions()}
+    fold_of = {i: r["fold"] for r in s_recs for i in r["test_ids"]}
     ids = [i for r in c_recs for i in r["test_ids"]]
-    p = np.concatenate([r[prob_key] for r in c_recs])
+    shapes, echoes = [], []
+    for i in ids:
+        seg = segmenters[fold_of[i]]
+        gray = load_gray(by_id[i].image)
+        shape, echo = measure_lesion(seg.run(seg.input_for(gray))[..., 0], gray, seg.threshold)
+        shapes.append(shape)
+        echoes.append(echo)
+    p = np.concatenate([r["test_prob_int8"] for r in c_recs])
+    truth = np.asarray([by_id[i].descriptors for i in ids]) if ds.has_descriptors else None
     return {"ids": ids, "y": np.concatenate([r["test_label"] for r in c_recs]).astype(int), "p": p,
             "fold": np.concatenate([[r["fold"]] * len(r["test_ids"]) for r in c_recs]),
-            "x": fusion.feature_rows(p, [shape_of[i] for i in ids]), "shapes": [shape_of[i] for i in ids],
-            "group_by": c_folds.get("group_by", "case"), "sources": {"classifier": prob_key, "shape": shape_key},
-            "segment_run": s_run, "segment_records": s_recs}
+            "x": fusion.feature_rows(p, shapes), "m": fusion.measure_rows(shapes, echoes), "shapes": shapes,
+            "descriptors": truth, "group_by": c_folds.get("group_by", "case"), "segmenters": segmenters,
+            "sources": {"classifier": "test_prob_int8", "shape": "each fold's int8 segmenter, on the cart's path"}}
 
 
 def fold_models(inputs: dict, kind: str = "fused") -> dict:
@@ -81,6 +97,44 @@ def fold_models(inputs: dict, kind: str = "fused") -> dict:
 
     x, y, fold = inputs["x"], inputs["y"], inputs["fold"]
     return {int(f): fusion.fit(x[fold != f], y[fold != f], kind) for f in np.unique(fold)}
+
+
+def score_descriptors(inputs: dict) -> list:
+    """Each BI-RADS descriptor predicted from the lesion's measurements (edgebus.core.fusion.MEASURES),
+    scored cross-fitted on the cases whose sheet cell is known: accuracy, Cohen's kappa with its
+    bootstrap interval, AUC. A descriptor is shipped (the cart says it) when the interval's lower
+    end is above 0: agreement beyond chance shown on these folds. Each shipped one carries its model
+    fitted on every known case. [] without a descriptor sheet."""
+    from edgebus.core import fusion
+    from edgebus.core.descriptors import DESCRIPTORS
+    from edgebus.core.stats import bootstrap_kappa
+
+    truth, m, fold = inputs["descriptors"], inputs["m"], inputs["fold"]
+    if truth is None:
+        return []
+    out = []
+    for j, d in enumerate(DESCRIPTORS):
+        t = truth[:, j]
+        known = t >= 0
+        row = {"name": d.name, "column": d.column, "labels": list(d.labels), "n": int(known.sum()),
+               "present": int((t == 1).sum()), "shipped": False}
+        prob = np.full(len(t), np.nan)
+        try:
+            for f in np.unique(fold):
+                train = known & (fold != f)
+                prob[fold == f] = fusion.predict(fusion.fit_logistic(m[train], t[train], fusion.MEASURES, d.name),
+                                                 m[fold == f], fusion.MEASURES)
+        except EdgebusError:  # a fold's other folds hold one class only: not scorable here
+            out.append(row | {"note": "one class only in some fold's training part"})
+            continue
+        y, q = t[known], prob[known]
+        kappa = bootstrap_kappa(y, q >= 0.5)
+        row.update(accuracy=float(((q >= 0.5) == (y == 1)).mean()), kappa=kappa, auc=roc_auc(y, q),
+                   shipped=kappa["lo"] is not None and kappa["lo"] > 0)
+        if row["shipped"]:
+            row["model"] = fusion.fit_logistic(m[known], y, fusion.MEASURES, d.name)
+        out.append(row)
+    return out
 
 
 def fuse_cv(cls_cv, seg_cv, out=None, target: float = 0.9, log=print) -> dict:
@@ -104,7 +158,7 @@ def fuse_cv(cls_cv, seg_cv, out=None, target: float = 0.9, log=print) -> dict:
               "folds": int(len(np.unique(fold))), "group_by": inp["group_by"], "sources": inp["sources"],
               "lesion_found": int(sum(s is not None for s in shapes)),
               "auc": boot, "auc_per_fold": per_fold, "operating_point": ops,
-              "model": fusion.fit(x, y, "fused"),
+              "model": fusion.fit(x, y, "fused"), "descriptors": score_descriptors(inp),
               "note": "every score is cross-fitted: each fold's model was fitted on the other folds' out-of-fold values"}
     out = make_dir(Path(out) if out else Path(cls_cv) / "fusion", "fusion folder")
     write_json(out / "fusion.json", result)
@@ -143,6 +197,18 @@ def fusion_md(r: dict) -> str:
     lines += ["", f"Calibration of the fused probability, cross-fitted: ECE {ece['raw']:.3f} as it is (what the cart "
               f"reports); {ece['calibrated_cross_fitted']:.3f} with a Platt step on top, which the cart does not apply."]
     m = r["model"]
+    if r.get("descriptors"):
+        lines += ["", "BI-RADS descriptors measured on the segmenter's mask (its shape, and the echo pattern beside it: "
+                  "edgebus.core.shape, edgebus.core.echo), each a logistic model scored cross-fitted against the sheet "
+                  "on the cases it annotates; the cart says the ones whose kappa interval is above 0:", "",
+                  "| descriptor | n (present) | accuracy | Cohen's kappa [95% CI] | AUC | on the cart |", "|---|---|---|---|---|---|"]
+        for d in r["descriptors"]:
+            if "kappa" not in d:
+                lines.append(f"| {d['labels'][1]} | {d['n']} ({d['present']}) | | | | no: {d['note']} |")
+                continue
+            auc = "n/a" if d["auc"] is None else f"{d['auc']:.3f}"
+            lines.append(f"| {d['labels'][1]} | {d['n']} ({d['present']}) | {d['accuracy']:.3f} | "
+                         f"{interval_text(d['kappa'])} | {auc} | {'yes' if d['shipped'] else 'no'} |")
     lines += ["", "The fused model fitted on every case (standardised inputs):", "",
               "| input | weight |", "|---|---|", *[f"| {n} | {w:+.3f} |" for n, w in zip(m["inputs"], m["weights"])],
               f"| intercept | {m['intercept']:+.3f} |", ""]

@@ -78,31 +78,21 @@ def _cv_groups(run: Run, cv_dir: Path) -> list[Group]:
     return groups
 
 
-def _add_fusion(groups: list[Group], target: Path, seg_cv: Path, sensitivity: float) -> tuple[float, float]:
-    """Give each fold its int8 segmenter and out-of-fold fusion model; (the fused operating
-    threshold chosen on the clean out-of-fold fused scores, as `edgebus fuse` ships it; the
-    segmenter's mask threshold)."""
+def _add_fusion(groups: list[Group], target: Path, seg_cv: Path, sensitivity: float) -> float:
+    """Give each fold its int8 segmenter and out-of-fold fusion model; the fused operating
+    threshold, chosen on the clean out-of-fold fused scores as `edgebus fuse` ships it."""
     from edgebus.core.calibration import crossfit_operating_point
     from edgebus.core.fusion import cross_fitted
-    from edgebus.runtime.ensemble import member_files
-    from edgebus.runtime.model import ExportedModel
     from edgebus.training.shape_fusion import fold_models, fusion_inputs
 
     inp = fusion_inputs(target, seg_cv)
     models = fold_models(inp)
-    seg_of = {}
-    for r in inp["segment_records"]:
-        files = member_files(r, seg_cv)[0]
-        if "model_int8.tflite" not in files:
-            raise EdgebusError(f"{seg_cv}: fold {r['fold']} has no int8 segmenter; re-run 'edgebus cv segment' with --int8")
-        seg_of[r["fold"]] = ExportedModel(files["model_int8.tflite"], "segment")
     for g in groups:
         if g.int8_model is None:
             raise EdgebusError(f"{target}: --fuse fuses the int8 classifier; re-run 'edgebus cv classify' with --int8")
-        g.segmenter, g.fusion = seg_of[g.fold], models[g.fold]
+        g.segmenter, g.fusion = inp["segmenters"][g.fold], models[g.fold]
     fused = cross_fitted(inp["x"], inp["y"], inp["fold"], "fused")
-    op = crossfit_operating_point(inp["y"], fused, inp["fold"], sensitivity)
-    return op["threshold"], inp["segment_run"].manifest.threshold
+    return crossfit_operating_point(inp["y"], fused, inp["fold"], sensitivity)["threshold"]
 
 
 def _target_sensitivity(cv_dir: Path) -> float:
@@ -111,18 +101,14 @@ def _target_sensitivity(cv_dir: Path) -> float:
     return float(op.get("target_sensitivity", 0.9))
 
 
-def _fused(g: Group, p_int8: np.ndarray, frames: list, seg_threshold: float) -> np.ndarray:
+def _fused(g: Group, p_int8: np.ndarray, frames: list) -> np.ndarray:
     """The fold's fused probabilities: its int8 classifier's output beside the shape of its int8
-    segmenter's mask of the same (changed) frames."""
+    segmenter's mask of the same (changed) frames, measured as the cart measures it."""
     from edgebus.core import fusion
-    from edgebus.core.shape import shape_features
-    from edgebus.data.preprocess import lesion_in_frame
+    from edgebus.runtime.fusion import measure_lesion
 
-    shapes = []
-    for gray in frames:
-        prob = g.segmenter.run(g.segmenter.input_for(gray))
-        mask = lesion_in_frame(prob[..., 0], gray.shape, seg_threshold)
-        shapes.append(None if mask is None else shape_features(mask))
+    seg = g.segmenter
+    shapes = [measure_lesion(seg.run(seg.input_for(gray))[..., 0], gray, seg.threshold)[0] for gray in frames]
     return fusion.predict(g.fusion, fusion.feature_rows(p_int8, shapes))
 
 
@@ -190,7 +176,7 @@ def run_stress(target, data=None, fmt: str = "breast", out=None, seed: int = 0, 
     if fuse is not None:
         if target.is_file() or task.name != "classify" or groups[0].fold is None:
             raise EdgebusError(f"{target}: --fuse is for a classifier CV folder (the one 'edgebus fuse' was given)")
-        thresholds["fused"], seg_threshold = _add_fusion(groups, target, Path(fuse), _target_sensitivity(target))
+        thresholds["fused"] = _add_fusion(groups, target, Path(fuse), _target_sensitivity(target))
         kinds.append("fused")
     frames = [[(c, load_gray(c.image), case_mask(c) if c.mask is not None else None) for c in g.cases] for g in groups]
     size = tuple(contract["size"])
@@ -212,7 +198,7 @@ def run_stress(target, data=None, fmt: str = "breast", out=None, seed: int = 0, 
             if "int8" in kinds:
                 probs["int8"].append(g.int8_model.predict(x))
             if "fused" in kinds:
-                probs["fused"].append(_fused(g, probs["int8"][-1], changed, seg_threshold))
+                probs["fused"].append(_fused(g, probs["int8"][-1], changed))
         truth = task.truth(np.asarray(labels), np.stack(masks))
         row = {"change": name, "strength": strength}
         for k in kinds:
