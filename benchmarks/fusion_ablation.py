@@ -1,0 +1,62 @@
+"""What else would add to the cart's malignancy fusion (classifier + lesion shape)? Rules 4 and 5 of
+training/results/robustness.md.
+
+Measures every case exactly as `edgebus fuse` does (each fold's int8 segmenter on its own test frames, the
+cart's path), then scores logistic models cross-fitted on the CVs' folds: the cart's (classifier logit +
+shape), + the echo-pattern numbers (edgebus.core.echo), and for each further classifier CV on the same folds
+(e.g. a lesion-crop classifier): + its int8 logit, and it alone + shape. Prints a markdown table: AUC [95%
+bootstrap CI] and the cross-fitted sensitivity / specificity at the threshold for sensitivity 0.90.
+
+    python benchmarks/fusion_ablation.py CLS_CV SEG_CV [OTHER_CLS_CV ...]
+"""
+
+import sys
+
+import numpy as np
+
+from edgebus.core import fusion
+from edgebus.core.calibration import crossfit_operating_point, logit
+from edgebus.core.io import read_json, read_jsonl
+from edgebus.core.stats import bootstrap_classification, interval_text
+from edgebus.training.shape_fusion import fusion_inputs
+
+
+def cross_fitted(x, y, fold):
+    out = np.zeros(len(y))
+    names = [str(i) for i in range(x.shape[1])]
+    for f in np.unique(fold):
+        model = fusion.fit_logistic(x[fold != f], y[fold != f], names, "ablation")
+        out[fold == f] = fusion.predict(model, x[fold == f], names)
+    return out
+
+
+def other_logit(cv, inp) -> np.ndarray:
+    """Another classifier CV's out-of-fold int8 logits, in the order of inp["ids"] (the same folds)."""
+    if read_json(f"{cv}/folds.json")["folds"] != read_json(f"{inp['cls_cv']}/folds.json")["folds"]:
+        raise SystemExit(f"{cv}: its folds differ from {inp['cls_cv']}'s")
+    prob = {i: p for r in read_jsonl(f"{cv}/folds.jsonl") for i, p in zip(r["test_ids"], r["test_prob_int8"])}
+    return logit(np.asarray([prob[i] for i in inp["ids"]]))
+
+
+def main(cls_cv, seg_cv, *others) -> str:
+    inp = fusion_inputs(cls_cv, seg_cv) | {"cls_cv": cls_cv}
+    y, fold, x, m = inp["y"], inp["fold"], inp["x"], inp["m"]
+    shape, echo = x[:, 1:], m[:, len(fusion.MEASURES) - 3:]
+    rows = [("classifier + shape (the cart's)", x), ("classifier + shape + echo", np.c_[x, echo])]
+    for cv in others:
+        extra = other_logit(cv, inp)[:, None]
+        rows += [(f"`{cv}` alone", extra), (f"`{cv}` + shape", np.c_[extra, shape]),
+                 (f"classifier + shape + `{cv}`", np.c_[x, extra])]
+    lines = [f"Classifier CV `{cls_cv}`, segment CV `{seg_cv}` ({inp['group_by']} folds, n={len(y)}, int8)", "",
+             "| malignancy model | AUC [95% CI] | sensitivity / specificity, cross-fitted threshold for 0.90 |",
+             "|---|---|---|"]
+    for name, cols in rows:
+        s = cross_fitted(cols, y, fold)
+        c = crossfit_operating_point(y, s, fold, 0.9)["cross_fitted"]
+        lines.append(f"| {name} | {interval_text(bootstrap_classification(y, s)['auc'])} | "
+                     f"{c['sensitivity']:.3f} / {c['specificity']:.3f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(main(*sys.argv[1:]))
