@@ -161,8 +161,25 @@ def bundle(classifier: Optional[Path] = typer.Option(None, "--classifier", help=
     typer.echo(f"bundle: {path} (edgebus predict --bundle {path} FRAMES)")
 
 
+@friendly
+def site_check(predictions: Path = typer.Argument(..., help="a folder 'edgebus predict --bundle CART DATA --out' wrote"),
+               data: Path = typer.Option(..., "--data", help="the same frames' labelled set"),
+               format: str = typer.Option("breast", "--format", help="breast, busi, or dicom (labels.csv: file,label[,mask][,frame])"),
+               target_sensitivity: float = typer.Option(0.9, "--target-sensitivity", help="the sensitivity the threshold was chosen for"),
+               out: Optional[Path] = typer.Option(None, "--out", help="folder for site_check.json/.md (default PREDICTIONS/site-check)")):
+    """Does the cart's operating point hold at this site? Scores its predictions of locally labelled cases: AUC,
+    sensitivity and specificity at the shipped threshold with bootstrap intervals, calibration, and the threshold
+    these cases would choose. Reads predictions and labels only (no TensorFlow), so it runs on the cart."""
+    from edgebus.training.site_check import site_check as run
+
+    if not 0 < target_sensitivity < 1:
+        raise EdgebusError(f"--target-sensitivity {target_sensitivity}: give a number between 0 and 1")
+    run(predictions, data, format, target_sensitivity, out, log=typer.echo)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(bench)
     app.command()(report)
     app.command("predict")(predict)
     app.command("bundle")(bundle)
+    app.command("site-check")(site_check)
