@@ -4,10 +4,12 @@ training/results/robustness.md.
 Measures every case exactly as `edgebus fuse` does (each fold's int8 segmenter on its own test frames, the
 cart's path), then scores logistic models cross-fitted on the CVs' folds: the cart's (classifier logit +
 shape), + the echo-pattern numbers (edgebus.core.echo), and for each further classifier CV on the same folds
-(e.g. a lesion-crop classifier): + its int8 logit, and it alone + shape. Prints a markdown table: AUC [95%
-bootstrap CI] and the cross-fitted sensitivity / specificity at the threshold for sensitivity 0.90.
+(e.g. a lesion-crop classifier): + its int8 logit, and it alone + shape. OTHER may join several seeds' CVs of
+the same folds with "+" (A+B+C): their out-of-fold probabilities are averaged, as a seed ensemble's fold models
+are. Prints a markdown table: AUC [95% bootstrap CI] and the cross-fitted sensitivity / specificity at the
+threshold for sensitivity 0.90.
 
-    python benchmarks/fusion_ablation.py CLS_CV SEG_CV [OTHER_CLS_CV ...]
+    python benchmarks/fusion_ablation.py CLS_CV SEG_CV [OTHER_CLS_CV[+OTHER_SEED_CV...] ...]
 """
 
 import sys
@@ -30,12 +32,16 @@ def cross_fitted(x, y, fold):
     return out
 
 
-def other_logit(cv, inp) -> np.ndarray:
-    """Another classifier CV's out-of-fold int8 logits, in the order of inp["ids"] (the same folds)."""
-    if read_json(f"{cv}/folds.json")["folds"] != read_json(f"{inp['cls_cv']}/folds.json")["folds"]:
-        raise SystemExit(f"{cv}: its folds differ from {inp['cls_cv']}'s")
-    prob = {i: p for r in read_jsonl(f"{cv}/folds.jsonl") for i, p in zip(r["test_ids"], r["test_prob_int8"])}
-    return logit(np.asarray([prob[i] for i in inp["ids"]]))
+def other_logit(cvs, inp) -> np.ndarray:
+    """Other classifier CVs' out-of-fold int8 probabilities ("A+B": averaged), as logits in the order of
+    inp["ids"] (the same folds)."""
+    probs = []
+    for cv in cvs.split("+"):
+        if read_json(f"{cv}/folds.json")["folds"] != read_json(f"{inp['cls_cv']}/folds.json")["folds"]:
+            raise SystemExit(f"{cv}: its folds differ from {inp['cls_cv']}'s")
+        prob = {i: p for r in read_jsonl(f"{cv}/folds.jsonl") for i, p in zip(r["test_ids"], r["test_prob_int8"])}
+        probs.append([prob[i] for i in inp["ids"]])
+    return logit(np.mean(probs, axis=0))
 
 
 def main(cls_cv, seg_cv, *others) -> str:
