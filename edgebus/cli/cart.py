@@ -128,7 +128,9 @@ def predict(
                           fusion=fusion)
     for role, m in pipe.describe().items():
         if role == "fusion":
-            typer.echo(f"fusion: {m['file']} (classifier score + the segmenter's lesion shape, threshold {m['threshold']:.2f})")
+            words = f"; BI-RADS descriptors measured on the mask: {', '.join(m['descriptors'])}" if m.get("descriptors") else ""
+            typer.echo(f"fusion: {m['file']} (classifier score + the segmenter's lesion shape, threshold "
+                       f"{m['threshold']:.2f}{words})")
         else:
             typer.echo(f"{role}: {m['file']} ({m['format']}, {m['input_size'][0]}x{m['input_size'][1]}, threshold {m['threshold']:.2f})")
     s = predict_files(pipe, files, out, pixel_sizes, pixel_size, overlays, masks, log=typer.echo, overwrite=overwrite,
