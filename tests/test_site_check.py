@@ -62,3 +62,26 @@ def test_site_check_scores_the_carts_predictions_at_its_threshold(cls_run, chain
     resized.mkdir()
     (resized / "predictions.jsonl").write_text(json.dumps({**_rows(pred)[0], "width": 7}) + "\n")
     one_line_error(cli("site-check", resized, "--data", chain_data), "another set's frames")
+
+
+def test_site_check_runs_on_the_cart_without_tensorflow(cls_run, tmp_path, without_tf):
+    """A BUSI-layout site set (labels from its folders): predict and site-check with TensorFlow and pandas blocked."""
+    from edgebus.data.busi import make_synthetic_busi
+
+    site = make_synthetic_busi(tmp_path / "site", per_class=12, seed=3)
+    out = without_tf(f"""
+        from typer.testing import CliRunner
+        from edgebus.cli import app
+        from edgebus.runtime.model import resolve_model_path
+        clf = str(resolve_model_path({str(cls_run)!r}, 'int8'))
+        r = CliRunner().invoke(app, ['predict', '--classifier', clf, {str(site)!r}, '--out', {str(tmp_path / 'p')!r},
+                                     '--no-overlays', '--no-masks'])
+        assert r.exit_code == 0, r.output
+        r = CliRunner().invoke(app, ['site-check', {str(tmp_path / 'p')!r}, '--data', {str(site)!r}, '--format', 'busi'])
+        assert r.exit_code == 0, r.output
+        assert not any(m in sys.modules for m in ('tensorflow', 'tf_keras', 'pandas'))
+        print(r.output)
+    """)
+    res = json.loads((tmp_path / "p" / "site-check" / "site_check.json").read_text())
+    assert res["n"] == 24 and res["malignant"] == 12 and res["verdict"].startswith("too few malignant cases")
+    assert res["verdict"] in out.stdout

@@ -70,7 +70,7 @@ def report(results: list[Path] = typer.Argument(..., help="report.json files fro
 
 @friendly
 def predict(
-        inputs: Path = typer.Argument(..., help="a PNG/JPEG frame, a folder of frames, or a BrEaST-layout folder"),
+        inputs: Path = typer.Argument(..., help="a PNG/JPEG frame, a folder of frames, or a BrEaST- or BUSI-layout folder"),
         classifier: Optional[Path] = typer.Option(None, "--classifier", help="classifier .tflite, or a run directory (its int8 export)"),
         segmenter: Optional[Path] = typer.Option(None, "--segmenter", help="segmenter .tflite, or a run directory (its int8 export)"),
         bundle: Optional[Path] = typer.Option(None, "--bundle", help="folder holding both models (see 'edgebus bundle')"),
@@ -96,6 +96,7 @@ def predict(
     Exit code: 0 when every frame succeeded; 1 when some frames failed (each is reported, its row has 'error' set, the other frames are still processed); 2 for bad arguments or models.
     """
     from edgebus.data.breast import IMAGES_DIR, breast_pixel_sizes, is_breast_layout
+    from edgebus.data.busi import is_busi_layout, read_busi
     from edgebus.runtime import LesionPipeline, predict_files
     from edgebus.runtime.bundle import load_bundle, load_fusion
     from edgebus.runtime.frames import resolve_inputs
@@ -115,7 +116,10 @@ def predict(
     if inputs.is_dir() and is_breast_layout(inputs):  # its frames, and its sheet for pixel sizes
         data = data or inputs
         inputs = inputs / IMAGES_DIR
-    files, skipped = resolve_inputs(inputs)
+    if is_busi_layout(inputs):  # a labelled site set in the BUSI layout: the frames of its class folders
+        files, skipped = [c.image for c in read_busi(inputs).cases], 0
+    else:
+        files, skipped = resolve_inputs(inputs)
     if skipped:
         typer.echo(f"{inputs}: skipping {skipped} mask files (*_tumor, *_other)")
     pixel_sizes = breast_pixel_sizes(data) if data is not None else None

@@ -22,6 +22,14 @@ _IMAGE = re.compile(r"^(benign|malignant|normal) \((\d+)\)\.png$", re.IGNORECASE
 _MASK = re.compile(r"^(benign|malignant|normal) \((\d+)\)_mask(?:_(\d+))?\.png$", re.IGNORECASE)
 
 
+def is_busi_layout(path: str | Path) -> bool:
+    """A folder holding benign/ and/or malignant/ (or Dataset_BUSI_with_GT/ with them)."""
+    path = Path(path)
+    if (path / BUSI_DIR).is_dir():
+        path = path / BUSI_DIR
+    return path.is_dir() and any((path / d).is_dir() for d in ("benign", "malignant"))
+
+
 def read_busi(root: str | Path) -> Dataset:
     root = Path(root)
     if (root / BUSI_DIR).is_dir():
