@@ -190,8 +190,9 @@ def model_card_limits(n_lesions) -> list[str]:
             f"trained on {n_lesions or '?'} lesions from one centre's ultrasound archive; the sheet "
             "does not record the scanner per image, so no scanner is known to be covered",
             "every training image holds a lesion; normal frames and frames without a lesion were not seen",
-            "the stress benchmark (edgebus stress) shows how much blur and lower resolution cost; check a new "
-            "scanner's frames against it and validate locally before use",
+            "the stress benchmark (edgebus stress) shows how much blur and lower resolution cost; before use at "
+            "a new site, run its own labelled cases through the cart and check the threshold there "
+            "(edgebus site-check): each unseen scanner setting shifts all scores together",
             "on BrEaST the frame geometry alone predicts malignancy (field depth AUC 0.71): an estimate from case "
             "folds, where every scanner setting is also in training, overstates what a new scanner gets; the "
             "estimate from folds grouped by acquisition (edgebus cv --group-by acquisition) is the one to expect",
