@@ -14,7 +14,8 @@ CLASSIFY_KEYS = ("accuracy", "auc", "malignant_recall", "malignant_precision", "
 SEGMENT_KEYS = ("iou", "dice")
 
 
-def _pct(values, level):
+def percentile_interval(values, level: float = 0.95):
+    """[lo, hi] of the finite values' central `level` interval ((None, None) when none is finite)."""
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
     if len(v) == 0:
         return None, None
@@ -54,7 +55,7 @@ def bootstrap_classification(y, prob, threshold: float = DEFAULT_THRESHOLD, n_bo
     res["auc"] = [roc_auc(yb[b], pb[b]) for b in range(n_boot)]
     out = {}
     for k in CLASSIFY_KEYS:
-        lo, hi = _pct(res[k], level)
+        lo, hi = percentile_interval(res[k], level)
         out[k] = {"value": point[k], "lo": lo, "hi": hi}
     out["_meta"] = {"n": int(len(y)), "resamples": n_boot, "seed": seed, "level": level, "method": "percentile, cases resampled"}
     return out
@@ -67,7 +68,7 @@ def bootstrap_means(values: dict, n_boot: int = 2000, seed: int = 0, level: floa
     idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
     out = {}
     for k, a in arrays.items():
-        lo, hi = _pct(a[idx].mean(1), level)
+        lo, hi = percentile_interval(a[idx].mean(1), level)
         out[k] = {"value": float(a.mean()), "lo": lo, "hi": hi}
     out["_meta"] = {"n": int(n), "resamples": n_boot, "seed": seed, "level": level, "method": "percentile, images resampled"}
     return out
@@ -83,7 +84,7 @@ def bootstrap_kappa(truth, pred, n_boot: int = 2000, seed: int = 0, level: float
     """Cohen's kappa of binary truth and predictions with its percentile-bootstrap interval."""
     t, q = np.asarray(truth).astype(int).ravel(), np.asarray(pred).astype(int).ravel()
     idx = np.random.default_rng(seed).integers(0, len(t), size=(n_boot, len(t)))
-    lo, hi = _pct([cohen_kappa(t[i], q[i]) for i in idx], level)
+    lo, hi = percentile_interval([cohen_kappa(t[i], q[i]) for i in idx], level)
     return {"value": cohen_kappa(t, q), "lo": lo, "hi": hi}
 
 

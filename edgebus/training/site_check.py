@@ -61,16 +61,12 @@ def _match(row: dict, labels: dict, depths: set):
     return None
 
 
-def _interval(values, level: float = 0.95):
-    v = np.asarray([x for x in values if x is not None and np.isfinite(x)])
-    return [float(np.quantile(v, (1 - level) / 2)), float(np.quantile(v, (1 + level) / 2))] if len(v) else [None, None]
-
-
 def site_check(predictions, data, fmt: str = "breast", target: float = 0.9, out=None, n_boot: int = 2000,
                seed: int = 0, log=print) -> dict:
     """Score a cart's predictions folder against a labelled set; write site_check.json / .md and a
     reliability plot (default: PREDICTIONS/site-check)."""
     from edgebus.core.calibration import reliability
+    from edgebus.core.stats import percentile_interval
     from edgebus.core.metrics import expected_calibration_error, roc_auc, threshold_for_sensitivity
 
     pred_dir = Path(predictions)
@@ -123,11 +119,11 @@ def site_check(predictions, data, fmt: str = "breast", target: float = 0.9, out=
            "n": int(len(y)), "malignant": n_mal, "benign": n_ben, "unmatched_predictions": len(rows) - len(matched),
            "labelled_not_predicted": len(labels) - len({c.case_id for c, _ in matched}),
            "threshold": thr, "target_sensitivity": target,
-           "auc": {"value": roc_auc(y, raw), "ci": _interval(boot["auc"])},
-           "sensitivity": {"value": float(pred[y == 1].mean()), "ci": _interval(boot["sensitivity"])},
-           "specificity": {"value": float((~pred[y == 0]).mean()), "ci": _interval(boot["specificity"])},
+           "auc": {"value": roc_auc(y, raw), "ci": percentile_interval(boot["auc"])},
+           "sensitivity": {"value": float(pred[y == 1].mean()), "ci": percentile_interval(boot["sensitivity"])},
+           "specificity": {"value": float((~pred[y == 0]).mean()), "ci": percentile_interval(boot["specificity"])},
            "ece": expected_calibration_error(y, shown),
-           "local": {"threshold": local["threshold"], "threshold_ci": _interval(boot["local_threshold"]),
+           "local": {"threshold": local["threshold"], "threshold_ci": percentile_interval(boot["local_threshold"]),
                      "sensitivity": local["sensitivity"], "specificity": local["specificity"],
                      "note": "chosen and scored on the same cases (in-sample): confirm on further cases"},
            "bootstrap": {"resamples": n_boot, "seed": seed, "method": "percentile, cases resampled"}}
