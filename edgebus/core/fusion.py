@@ -69,7 +69,6 @@ def fit_logistic(x: np.ndarray, y, names, kind: str, l2: float = 1.0, steps: int
     if len(np.unique(y)) < 2:
         raise EdgebusError(f"fusion ({kind}) needs cases of both classes")
     x = np.asarray(x, dtype=np.float64)
-    cols = list(range(x.shape[1]))
     known = np.isfinite(x).any(axis=0)  # a column with no value at all is filled with 0
     fill = np.zeros(x.shape[1])
     fill[known] = np.nanmedian(x[:, known], axis=0)
@@ -78,7 +77,7 @@ def fit_logistic(x: np.ndarray, y, names, kind: str, l2: float = 1.0, steps: int
     scale = np.where(scale > 1e-9, scale, 1.0)
     z = np.c_[(x - mean) / scale, np.ones(len(x))]
     w = np.zeros(z.shape[1])
-    pen = np.r_[np.full(len(cols), l2), 0.0]  # the intercept is not pulled
+    pen = np.r_[np.full(x.shape[1], l2), 0.0]  # the intercept is not pulled
     for _ in range(steps):
         q = sigmoid(z @ w)
         g = z.T @ (q - y) + pen * w

@@ -51,7 +51,7 @@ def _segmenters(seg_cv: Path, recs: list) -> dict:
 
 def fusion_inputs(cls_cv, seg_cv) -> dict:
     """The out-of-fold inputs of a fusion, from a classifier CV and a segment CV on the same folds,
-    both int8 (what the cart runs): ids, labels y, classifier probabilities p, each case's fold,
+    both int8 (what the cart runs): ids, labels y, each case's fold,
     feature rows x (edgebus.core.fusion.feature_rows), lesion measurements m (MEASURES), BI-RADS
     truth (N, len(DESCRIPTORS), -1 unknown; None without a descriptor sheet) and the segmenters."""
     from edgebus.core import fusion
@@ -83,7 +83,7 @@ def fusion_inputs(cls_cv, seg_cv) -> dict:
         echoes.append(echo)
     p = np.concatenate([r["test_prob_int8"] for r in c_recs])
     truth = np.asarray([by_id[i].descriptors for i in ids]) if ds.has_descriptors else None
-    return {"ids": ids, "y": np.concatenate([r["test_label"] for r in c_recs]).astype(int), "p": p,
+    return {"ids": ids, "y": np.concatenate([r["test_label"] for r in c_recs]).astype(int),
             "fold": np.concatenate([[r["fold"]] * len(r["test_ids"]) for r in c_recs]),
             "x": fusion.feature_rows(p, shapes), "m": fusion.measure_rows(shapes, echoes), "shapes": shapes,
             "descriptors": truth, "group_by": c_folds.get("group_by", "case"), "segmenters": segmenters,
