@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from tests.conftest import cli, manifest, one_line_error
 
-from edgebus.data.preprocess import crop_square_px, crop_to_box, lesion_box, preprocess_contract, to_model_input
+from edgebus.data.preprocess import crop_square_px, crop_to_box, image_area, lesion_box, preprocess_contract, to_model_input
 
 
 def test_lesion_box_is_the_largest_region_not_the_specks():
@@ -77,7 +77,10 @@ def test_cart_pipeline_cuts_the_crop_from_the_segmenters_mask(crop_run, seg_run,
     cart = LesionPipeline(classifier=crop_run, segmenter=seg_run)
     frame = sorted((chain_data / "BrEaST-Lesions_USG-images_and_masks").glob("case0*[0-9].png"))[3]
     res = cart.predict(frame)
-    gray = load_frame(frame)
+    full = load_frame(frame)
+    x0, y0, x1, y1 = res["image_area"]
+    assert [x0, y0, x1, y1] == list(image_area(full))
+    gray = full[y0:y1, x0:x1]  # the models see the image area (synthetic frames have black corners or strips)
     # the same numbers by hand: segmenter map -> largest region's box -> square crop -> classifier
     seg = TFLiteModel(Path(seg_run) / "model_int8.tflite")
     seg_contract = cart.segmenter.contract
@@ -86,10 +89,11 @@ def test_cart_pipeline_cuts_the_crop_from_the_segmenters_mask(crop_run, seg_run,
     contract = cart.classifier.contract
     p = TFLiteModel(Path(crop_run) / "model_int8.tflite").predict(to_model_input(gray, contract, box)[None]).ravel()[0]
     assert res["prob_malignant"] == pytest.approx(float(p), abs=1e-6)
-    assert res["crop"] == crop_square_px(gray.shape, box, 0.5)
+    cx0, cy0, cx1, cy1 = crop_square_px(gray.shape, box, 0.5)
+    assert res["crop"] == [cx0 + x0, cy0 + y0, cx1 + x0, cy1 + y0]  # in the frame's pixels
     from edgebus.runtime.overlay import CROP_RGB, render_overlay
 
-    img = np.asarray(render_overlay(gray, res))
+    img = np.asarray(render_overlay(full, res))
     assert (img == CROP_RGB).all(axis=-1).any()  # the classified square is drawn for the clinician
     with pytest.raises(EdgebusError, match="give a segmenter too"):
         LesionPipeline(classifier=crop_run)

@@ -45,7 +45,7 @@ def _frames(data: Path, n: int) -> list[Path]:
     return sorted(p for p in (data / IMAGES).glob("case*.png") if "_" not in p.stem)[:n]
 
 
-DOCUMENTED = {"file", "width", "height", "prob_malignant", "prob_raw", "prob_classifier", "label", "descriptors", "findings", "shape",
+DOCUMENTED = {"file", "width", "height", "image_area", "prob_malignant", "prob_raw", "prob_classifier", "label", "descriptors", "findings", "shape",
               "threshold", "mask_threshold", "mask",
               "mask_area_px", "pixel_size_mm", "mask_area_mm2", "bbox", "crop", "latency_ms", "error"}
 
@@ -87,6 +87,35 @@ def test_pipeline_predicts_documented_fields(cart_models, synthetic_breast_dir):
     # only one model: the other's fields stay None
     only = LesionPipeline(classifier=cart_models["cls_file"]).predict(frame)
     assert only["prob_malignant"] == r["prob_malignant"] and only["mask"] is None and only["bbox"] is None
+
+
+def test_black_margins_around_a_frame_change_nothing(cart_models, synthetic_breast_dir):
+    """A frame inside a wider, taller screen capture (black bars beside and above, a label in a
+    bar) is classified and segmented as the bare frame: the models see its image area only, and
+    the mask comes back at the capture's size, zero in the bars."""
+    from PIL import ImageDraw
+
+    from edgebus.data.preprocess import image_area, load_gray
+    from edgebus.runtime import LesionPipeline
+
+    pipe = LesionPipeline(cart_models["cls_file"], cart_models["seg_file"])
+    gray = load_gray(_frames(synthetic_breast_dir, 1)[0])
+    h, w = gray.shape
+    gray = gray[h // 10:, w // 10:w - w // 10]  # all image (synthetic frames have black corners or a side strip)
+    h, w = gray.shape
+    assert image_area(gray) == (0, 0, w, h)
+    cap = Image.new("L", (w + 90, h + 30))
+    cap.paste(Image.fromarray(gray), (40, 30))
+    ImageDraw.Draw(cap).text((2, 40), "L12-5", fill=255)  # a probe label in the left bar
+    big = np.asarray(cap)
+    assert image_area(big) == (40, 30, 40 + w, 30 + h)
+    bare, boxed = pipe.predict(gray), pipe.predict(big)
+    assert boxed["image_area"] == [40, 30, 40 + w, 30 + h] and bare["image_area"] == [0, 0, w, h]
+    assert boxed["prob_raw"] == bare["prob_raw"] and boxed["label"] == bare["label"]
+    assert boxed["mask"].shape == big.shape and boxed["mask"][30:, 40:40 + w].sum() == boxed["mask"].sum()
+    assert np.array_equal(boxed["mask"][30:, 40:40 + w], bare["mask"])
+    if bare["bbox"]:
+        assert boxed["bbox"] == [bare["bbox"][0] + 40, bare["bbox"][1] + 30, bare["bbox"][2] + 40, bare["bbox"][3] + 30]
 
 
 def test_overlay_is_a_valid_image_of_the_frame_size(cart_models, synthetic_breast_dir):

@@ -49,6 +49,26 @@ def test_geometry_exactly():
                             "pad", "marks"}
 
 
+def test_image_area_cuts_margins_beside_and_above_never_below():
+    from edgebus.data.preprocess import cut_area, image_area
+
+    g, m = _frame()
+    assert image_area(g) == (0, 0, 160, 120)
+    g2, m2 = apply_change(g, m, "pad", 0.4)  # black bars beside the image: cut back to the image exactly
+    c, cm = cut_area(g2, m2)
+    assert np.array_equal(c, g) and np.array_equal(cm, m)
+    top = np.vstack([np.zeros((20, 160), np.uint8), g])  # a black band above: cut
+    top[5:9, 3:40] = 255  # with a label in it (under 5% of each column's pixels)
+    assert image_area(top) == (0, 20, 160, 140)
+    low = np.vstack([g, np.zeros((30, 160), np.uint8)])  # dark rows below the image are the image (shadowing)
+    assert image_area(low) == (0, 0, 160, 150)
+    dark = np.zeros((120, 160), np.uint8)
+    dark[50:60, 70:80] = 200  # almost nothing bright: the whole frame, not a sliver
+    assert image_area(dark) == (0, 0, 160, 120) and image_area(np.zeros((4, 4), np.uint8)) == (0, 0, 4, 4)
+    with pytest.raises(Exception, match="mask.pixels"):
+        cut_area(g, m[:, :100], "mask.pixels")
+
+
 @pytest.mark.parametrize("run_name", ["cls_run", "seg_run"])
 def test_clean_row_reproduces_the_runs_own_metrics(run_name, request, tmp_path):
     run = request.getfixturevalue(run_name)

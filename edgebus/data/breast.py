@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgebus.data.preprocess import load_gray, load_mask, resize_mask, to_model_input
+from edgebus.data.preprocess import cut_area, load_gray, load_mask, resize_mask, to_model_input
 from edgebus.core.errors import EdgebusError
 from edgebus.core.metrics import CLASS_NAMES as CLASSES  # label 0, 1
 from edgebus.core.io import sha256_file
@@ -246,14 +246,14 @@ def load_arrays(cases, contract: dict, with_masks: bool = False, boxes: dict | N
     masks = np.zeros((len(cases), h, w, 1), dtype=np.uint8) if with_masks else None
     for i, k in enumerate(cases):
         need_mask = k.mask is not None and (with_masks or (crop and k.case_id not in boxes))
-        m = case_mask(k) if need_mask else None
+        gray, m = cut_area(load_gray(k.image), case_mask(k) if need_mask else None, str(k.mask))
         box = None
         if crop:
             if k.case_id in boxes:
                 box = boxes[k.case_id]
             elif m is not None:
                 box = lesion_box(m)
-        x[i] = to_model_input(load_gray(k.image), contract, box)
+        x[i] = to_model_input(gray, contract, box)
         if with_masks and m is not None:
             masks[i, ..., 0] = resize_mask(m, (h, w))
     return x, y, masks

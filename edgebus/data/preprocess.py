@@ -1,6 +1,7 @@
 """The one preprocessing path shared by training, export calibration, benchmarks and the cart runtime.
 
-An ultrasound frame becomes: alpha composited over black -> 8-bit grayscale -> bilinear resize to
+An ultrasound frame becomes: alpha composited over black -> 8-bit grayscale -> cut to its image
+area (`image_area`: black margins beside and above the image dropped) -> bilinear resize to
 (H, W) -> gray replicated to C channels -> float32 in [0, 1]. Models normalise further inside their
 own graph, so an int8 model's uint8 input is simply the resized pixel value (scale 1/255, zero 0).
 The parameters are written into every manifest and exported model as the "preprocessing contract".
@@ -31,6 +32,10 @@ SUPPORTED_VERSIONS = (PREPROCESS_VERSION, CROP_VERSION, NORMALIZE_VERSION)
 NORMALIZE = ("percentile",)
 PERCENTILES = (0.5, 99.5)
 BOX_GRID = 128  # masks are reduced to at most this many pixels a side to find their largest region
+AREA_LEVEL, AREA_SHARE = 10, 0.05  # a margin line: at most 5% of its pixels brighter than 10
+AREA_RULE = ("cut to the image before the resize: it starts at the first of w/20 adjacent columns (from the left, "
+             "from the right) and h/20 adjacent rows (from the top) each with over 5% of its pixels brighter than 10; "
+             "never cut at the bottom; the whole frame when under a quarter of a side would be left")
 
 
 def preprocess_contract(size: int | tuple[int, int], channels: int = 3, crop_margin: float | None = None,
@@ -42,6 +47,7 @@ def preprocess_contract(size: int | tuple[int, int], channels: int = 3, crop_mar
         "channels": int(channels),
         "alpha": "composite-over-black",
         "color": "grayscale (PIL 'L')",
+        "area": AREA_RULE,
         "resize": "bilinear",
         "range": [0.0, 1.0],
         "layout": "NHWC",
@@ -102,6 +108,41 @@ def load_gray(path: str | Path) -> np.ndarray:
 def load_mask(path: str | Path) -> np.ndarray:
     """A mask file as uint8 HxW in {0, 1}: any non-black, opaque pixel is lesion."""
     return (load_gray(path) > 127).astype(np.uint8)
+
+
+def _first_run(is_image: np.ndarray) -> int | None:
+    """Index of the first line from which a twentieth of the lines in a row are all image lines."""
+    run = max(1, len(is_image) // 20)
+    c = np.concatenate([[0], np.cumsum(is_image)])
+    starts = np.nonzero(c[run:] - c[:-run] == run)[0]
+    return int(starts[0]) if len(starts) else None
+
+
+def image_area(gray: np.ndarray) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1), exclusive ends: the frame without the black margins a scanner or a screen
+    capture puts beside and above the image. Training frames have none, so a model never learned one;
+    a 4:3 image in a 16:9 capture would otherwise shrink the lesion and move scores (the stress
+    benchmark's `pad`). A line is image when over 5% of its pixels are brighter than 10; the image
+    starts where a twentieth of the lines in a row are image, so a label or caliper mark in a margin
+    does not keep it. The bottom is never cut: dark rows there are the image (posterior shadowing,
+    depth below the lesion). Under a quarter of either side left: the whole frame."""
+    g = np.asarray(gray)
+    h, w = g.shape
+    bright = g > AREA_LEVEL
+    cols, rows = bright.mean(axis=0) > AREA_SHARE, bright.mean(axis=1) > AREA_SHARE
+    x0, right, y0 = _first_run(cols), _first_run(cols[::-1]), _first_run(rows)
+    if x0 is None or right is None or y0 is None or 4 * (w - right - x0) < w or 4 * (h - y0) < h:
+        return 0, 0, w, h
+    return x0, y0, w - right, h
+
+
+def cut_area(gray: np.ndarray, mask: np.ndarray | None = None, where: str = "mask") -> tuple[np.ndarray, np.ndarray | None]:
+    """(gray, mask) cut to the frame's image_area; the mask (at the frame's size) moves with it."""
+    if mask is not None and np.shape(mask)[:2] != np.shape(gray):
+        (mh, mw), (h, w) = np.shape(mask)[:2], np.shape(gray)
+        raise EdgebusError(f"{where}: mask of {mw}x{mh} pixels on a frame of {w}x{h}; save the mask at its frame's size")
+    x0, y0, x1, y1 = image_area(gray)
+    return gray[y0:y1, x0:x1], None if mask is None else np.asarray(mask)[y0:y1, x0:x1]
 
 
 def resize_gray(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -27,8 +27,10 @@ lesion-crop classifier (segmentation-guided; its contract has a `crop`) needs th
 frame is segmented first, and the classifier sees the square around the largest predicted region
 (`r["crop"]`, frame pixels), or the whole frame padded square when no lesion is found.
 
-The mask is returned at the ORIGINAL frame size: the model's lesion-probability map is resized
-back with bilinear interpolation, then thresholded (smoother outlines than resizing a binary
+Models see the frame's image area (`image_area`, [x0, y0, x1, y1]: black margins beside and above
+the image cut off, as in training; edgebus.data.preprocess.image_area). The mask is returned at the
+ORIGINAL frame size (zero in the margins): the model's lesion-probability map is resized back to the
+image area with bilinear interpolation, then thresholded (smoother outlines than resizing a binary
 mask with nearest neighbour, and the same threshold rule, prob >= threshold, as the metrics).
 The bbox is [x0, y0, x1, y1] in frame pixels with exclusive ends (PIL's box convention: the box
 is x1 - x0 pixels wide), None when the mask is empty.
@@ -44,7 +46,7 @@ from PIL import Image
 
 from edgebus.core.descriptors import findings
 from edgebus.core.errors import EdgebusError
-from edgebus.data.preprocess import crop_square_px, lesion_box
+from edgebus.data.preprocess import crop_square_px, image_area, lesion_box
 from edgebus.runtime.bundle import load_bundle, load_fusion
 from edgebus.runtime.ensemble import EnsembleModel
 from edgebus.runtime.dicom import is_dicom, iter_frames
@@ -63,7 +65,7 @@ def dicom_fields(path, fr, pixel_size_mm=None) -> dict:
             ("given" if pixel_size_mm else None), "note": fr.note}
 
 
-RESULT_FIELDS = ("file", "width", "height", "prob_malignant", "prob_raw", "prob_classifier", "label", "threshold", "descriptors", "findings", "shape", "mask_threshold", "mask",
+RESULT_FIELDS = ("file", "width", "height", "image_area", "prob_malignant", "prob_raw", "prob_classifier", "label", "threshold", "descriptors", "findings", "shape", "mask_threshold", "mask",
                  "mask_area_px", "pixel_size_mm", "mask_area_mm2", "bbox", "crop", "latency_ms", "error")
 
 
@@ -171,12 +173,15 @@ class LesionPipeline:
         lat = {"load": _ms(t0, t1), "classify": None, "segment": None}
         h, w = gray.shape
         res["height"], res["width"] = int(h), int(w)
+        x0, y0, x1, y1 = image_area(gray)  # models see the image without black margins, as in training
+        res["image_area"] = [x0, y0, x1, y1]
+        image = gray[y0:y1, x0:x1]
         inputs = {}
 
         def model_input(m: ExportedModel) -> np.ndarray:
             key = (tuple(m.contract["size"]), m.contract["channels"])
             if key not in inputs:
-                inputs[key] = m.input_for(gray)
+                inputs[key] = m.input_for(image)
             return inputs[key]
 
         box = prob = None
@@ -184,8 +189,9 @@ class LesionPipeline:
             s = self.segmenter
             ta = time.perf_counter()
             prob = s.run(model_input(s)).reshape(s.size).astype(np.float32)
-            full = np.asarray(Image.fromarray(prob).resize((w, h), Image.BILINEAR))
-            mask = (full >= s.threshold).astype(np.uint8)
+            mask = np.zeros((h, w), dtype=np.uint8)  # at the frame's size, zero in its margins
+            full = np.asarray(Image.fromarray(prob).resize((x1 - x0, y1 - y0), Image.BILINEAR))
+            mask[y0:y1, x0:x1] = full >= s.threshold
             lat["segment"] = _ms(ta, time.perf_counter())
             area = int(mask.sum())
             res["mask"] = mask
@@ -202,8 +208,9 @@ class LesionPipeline:
             c = self.classifier
             ta = time.perf_counter()
             if self.crops:
-                x = c.input_for(gray, box)
-                res["crop"] = crop_square_px(gray.shape, box, c.contract["crop"]["margin"])
+                x = c.input_for(image, box)
+                cx0, cy0, cx1, cy1 = crop_square_px(image.shape, box, c.contract["crop"]["margin"])
+                res["crop"] = [cx0 + x0, cy0 + y0, cx1 + x0, cy1 + y0]
             else:
                 x = model_input(c)
             out, desc = c.predict_with_descriptors(x[None])
@@ -213,7 +220,7 @@ class LesionPipeline:
             threshold, calibrated = c.threshold, c.calibrated
             if self.fusion is not None:  # the classifier's score and the lesion's measured shape, one model
                 res["prob_classifier"] = round(p, 6)
-                p, shape, desc = self.fusion.score(p, prob, gray, self.segmenter.threshold)
+                p, shape, desc = self.fusion.score(p, prob, image, self.segmenter.threshold)
                 threshold, calibrated = self.fusion.threshold, self.fusion.calibrated
                 res["shape"] = shape_result(shape)
                 if desc is not None:  # measured on the mask: these replace a classifier head's words

@@ -56,7 +56,7 @@ def fusion_inputs(cls_cv, seg_cv) -> dict:
     truth (N, len(DESCRIPTORS), -1 unknown; None without a descriptor sheet) and the segmenters."""
     from edgebus.core import fusion
     from edgebus.data.arrays import run_dataset
-    from edgebus.data.preprocess import load_gray
+    from edgebus.data.preprocess import cut_area, load_gray
     from edgebus.runtime.fusion import measure_lesion
 
     cls_cv, seg_cv = Path(cls_cv), Path(seg_cv)
@@ -77,7 +77,7 @@ def fusion_inputs(cls_cv, seg_cv) -> dict:
     shapes, echoes = [], []
     for i in ids:
         seg = segmenters[fold_of[i]]
-        gray = load_gray(by_id[i].image)
+        gray = cut_area(load_gray(by_id[i].image))[0]
         shape, echo = measure_lesion(seg.run(seg.input_for(gray))[..., 0], gray, seg.threshold)
         shapes.append(shape)
         echoes.append(echo)

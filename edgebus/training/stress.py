@@ -27,7 +27,7 @@ from edgebus.core.errors import EdgebusError
 from edgebus.core.io import atomic_write, now, read_jsonl, write_json
 from edgebus.core.manifest import MANIFEST, Run
 from edgebus.data.breast import case_mask
-from edgebus.data.preprocess import load_gray, resize_mask, to_model_input
+from edgebus.data.preprocess import cut_area, load_gray, resize_mask, to_model_input
 from edgebus.data.stress import CHANGES, apply_change, conditions
 
 
@@ -188,6 +188,7 @@ def run_stress(target, data=None, fmt: str = "breast", out=None, seed: int = 0, 
             xs, changed = [], []
             for c, gray, mask in items:
                 g2, m2 = (gray, mask) if name == "clean" else apply_change(gray, mask, name, strength, seed, c.case_id)
+                g2, m2 = cut_area(g2, m2, str(c.mask))  # as every frame is, in training and on the cart
                 xs.append(to_model_input(g2, contract))
                 changed.append(g2)
                 labels.append(c.label)
