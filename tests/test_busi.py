@@ -27,9 +27,9 @@ def test_reads_busi_layout_and_merges_double_masks(busi):
     assert load_mask(c.mask).sum() < full.sum()
     contract = preprocess_contract(64)
     _, y, m = load_arrays([c], contract, with_masks=True)
-    from edgebus.data.preprocess import resize_mask
+    from edgebus.data.preprocess import cut_area, load_gray, resize_mask
 
-    assert np.array_equal(m[0, ..., 0], resize_mask(full, (64, 64)))
+    assert np.array_equal(m[0, ..., 0], resize_mask(cut_area(load_gray(c.image), full)[1], (64, 64)))  # cut as its frame
     assert y[0] == c.label
 
 

@@ -122,7 +122,8 @@ def test_a_cv_becomes_a_fold_ensemble_bundle(cv_dir, seg_run, synthetic_breast_d
     pipe = LesionPipeline.from_bundle(out)
     frame = sorted((synthetic_breast_dir / "BrEaST-Lesions_USG-images_and_masks").glob("case*[0-9].png"))[0]
     res = pipe.predict(frame)
-    x = members[0].input_for(pipe.load(frame))
+    x0, y0, x1, y1 = res["image_area"]  # what the models see: the frame's image area
+    x = members[0].input_for(pipe.load(frame)[y0:y1, x0:x1])
     assert res["prob_raw"] == pytest.approx(float(np.mean([m.run(x).ravel()[0] for m in members])), abs=1e-6)
     assert res["prob_malignant"] == pytest.approx(float(apply(op["calibration"], res["prob_raw"])), abs=1e-5)
     assert res["threshold"] == op["threshold"] and res["mask"] is not None

@@ -23,7 +23,7 @@ import numpy as np
 
 from edgebus.core.errors import EdgebusError
 from edgebus.data.breast import Case, Dataset
-from edgebus.data.preprocess import lesion_box, load_mask, resize_mask, to_model_input
+from edgebus.data.preprocess import cut_area, lesion_box, load_mask, resize_mask, to_model_input
 
 LABELS_FILE = "labels.csv"
 _LABELS = {"benign": 0, "malignant": 1}
@@ -97,10 +97,11 @@ def dicom_arrays(cases, frames: dict, contract: dict, with_masks: bool = False, 
     for i, c in enumerate(cases):
         fr = _frame(c.image, frames[c.case_id])
         m = _mask(c, fr, fr.sop_instance_uid) if c.mask is not None and (with_masks or crop) else None
+        gray, m = cut_area(fr.gray, m, str(c.mask))  # as the cart cuts every frame
         box = None
         if crop:
             box = (boxes or {}).get(c.case_id, lesion_box(m) if m is not None else None)
-        x[i] = to_model_input(fr.gray, contract, box)
+        x[i] = to_model_input(gray, contract, box)
         if with_masks and m is not None:
             masks[i, ..., 0] = resize_mask(m, (h, w))
     return x, y, masks
