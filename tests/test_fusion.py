@@ -134,6 +134,12 @@ def test_fuse_scores_a_classifier_cv_with_a_segment_cv_on_the_same_folds(synthet
     assert all(d["model"]["inputs"] == list(fusion.MEASURES) for d in res["descriptors"] if d["shipped"])
     assert set(res["auc"]) == set(fusion.KINDS) and len(res["model"]["weights"]) == len(fusion.INPUTS)
     assert "classifier + shape (fused)" in (tmp_path / "cls" / "fusion" / "fusion.md").read_text()
+    # a re-run from the same CVs rewrites the same numbers; other settings do not replace it silently
+    assert cli("fuse", tmp_path / "cls", tmp_path / "seg").exit_code == 0
+    assert json.loads((tmp_path / "cls" / "fusion" / "fusion.json").read_text())["auc"] == res["auc"]
+    one_line_error(cli("fuse", tmp_path / "cls", tmp_path / "seg", "--target-sensitivity", 0.8), "fusion.json",
+                   "other inputs", "--overwrite")
+    assert json.loads((tmp_path / "cls" / "fusion" / "fusion.json").read_text()) == res
     # the fused score under the stress changes: its clean row is the fusion's own out-of-fold score
     r = cli("stress", tmp_path / "cls", "--fuse", tmp_path / "seg", "--out", tmp_path / "st")
     assert r.exit_code == 0, r.output
@@ -143,6 +149,8 @@ def test_fuse_scores_a_classifier_cv_with_a_segment_cv_on_the_same_folds(synthet
     assert st["fused"]["threshold"] == pytest.approx(res["operating_point"]["fused"]["threshold"])
     assert any(row["fused"]["auc"] != st["rows"][0]["fused"]["auc"] for row in st["rows"][1:])
     one_line_error(cli("stress", tmp_path / "seg", "--fuse", tmp_path / "seg", "--out", tmp_path / "st2"), "classifier CV")
+    one_line_error(cli("stress", tmp_path / "cls", "--fuse", tmp_path / "seg", "--out", tmp_path / "st", "--seed", 1),
+                   "stress.json", "other inputs", "--overwrite")  # refused before minutes of scoring
     # the cart: the classifier CV's fold ensemble, a fold's int8 U-Net and the fusion, applied per frame
     cart = tmp_path / "cart"
     r = cli("bundle", "--classifier", tmp_path / "cls", "--segmenter", tmp_path / "seg" / "fold0" / "model_int8.tflite",

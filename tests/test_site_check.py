@@ -36,6 +36,11 @@ def test_site_check_scores_the_carts_predictions_at_its_threshold(cls_run, chain
     assert res["local"]["sensitivity"] >= 0.9 and "in-sample" in res["local"]["note"]
     assert (pred / "site-check" / "reliability.png").stat().st_size > 1000
     assert res["verdict"].split(" ")[0] in ("consistent", "uncertain", "MISSES") and res["verdict"] in r.output
+    assert cli("site-check", pred, "--data", chain_data).exit_code == 0  # the same inputs: the same report again
+    one_line_error(cli("site-check", pred, "--data", chain_data, "--target-sensitivity", 0.8), "site_check.json",
+                   "--overwrite")
+    r = cli("site-check", pred, "--data", chain_data, "--target-sensitivity", 0.8, "--overwrite")
+    assert r.exit_code == 0 and json.loads((pred / "site-check" / "site_check.json").read_text())["target_sensitivity"] == 0.8
 
     # a site where the shipped threshold misses most cancers: said so, with the threshold these cases would choose
     miss = tmp_path / "miss"

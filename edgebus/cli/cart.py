@@ -172,7 +172,8 @@ def site_check(predictions: Path = typer.Argument(..., help="a folder 'edgebus p
                data: Path = typer.Option(..., "--data", help="the same frames' labelled set"),
                format: str = typer.Option("breast", "--format", help="breast, busi, or dicom (labels.csv: file,label[,mask][,frame])"),
                target_sensitivity: float = typer.Option(0.9, "--target-sensitivity", help="the sensitivity the threshold was chosen for"),
-               out: Optional[Path] = typer.Option(None, "--out", help="folder for site_check.json/.md (default PREDICTIONS/site-check)")):
+               out: Optional[Path] = typer.Option(None, "--out", help="folder for site_check.json/.md (default PREDICTIONS/site-check)"),
+               overwrite: bool = typer.Option(False, "--overwrite", help="replace a site check made from other predictions or settings")):
     """Does the cart's operating point hold at this site? Scores its predictions of locally labelled cases: AUC,
     sensitivity and specificity at the shipped threshold with bootstrap intervals, calibration, and the threshold
     these cases would choose. Reads predictions and labels only (no TensorFlow), so it runs on the cart."""
@@ -180,7 +181,7 @@ def site_check(predictions: Path = typer.Argument(..., help="a folder 'edgebus p
 
     if not 0 < target_sensitivity < 1:
         raise EdgebusError(f"--target-sensitivity {target_sensitivity}: give a number between 0 and 1")
-    run(predictions, data, format, target_sensitivity, out, log=typer.echo)
+    run(predictions, data, format, target_sensitivity, out, log=typer.echo, overwrite=overwrite)
 
 
 def register(app: typer.Typer) -> None:

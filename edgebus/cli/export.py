@@ -89,14 +89,15 @@ def fuse(classifier_cv: Path = typer.Argument(..., help="a classifier CV folder 
          segment_cv: Path = typer.Argument(..., help="a segment CV folder on the same folds ('edgebus cv segment')"),
          target_sensitivity: float = typer.Option(0.9, help="malignant sensitivity to reach"),
          out: Optional[Path] = typer.Option(None, "--out", help="where to write fusion.json/.md (default: "
-                                            "CLASSIFIER_CV/fusion)")):
+                                            "CLASSIFIER_CV/fusion)"),
+         overwrite: bool = typer.Option(False, "--overwrite", help="replace a fusion made from other CVs or settings")):
     """Classifier score + the lesion's measured shape, scored out of fold: classifier alone, shape alone, fused.
 
     The shape (orientation, solidity, compactness, extent of the segmenter's mask in the frame) is
     scale-free, so it does not depend on the scanner's zoom, depth or frame size."""
     from edgebus.training.shape_fusion import fuse_cv
 
-    fuse_cv(classifier_cv, segment_cv, out, target_sensitivity, log=typer.echo)
+    fuse_cv(classifier_cv, segment_cv, out, target_sensitivity, log=typer.echo, overwrite=overwrite)
 
 
 @friendly
@@ -122,12 +123,13 @@ def stress(target: Path = typer.Argument(..., help="a run directory, a CV folder
            out: Optional[Path] = typer.Option(None, "--out", help="folder for stress.json/.md/.png (default TARGET/stress)"),
            seed: int = typer.Option(0, help="seed of the changes' random draws"),
            fuse: Optional[Path] = typer.Option(None, "--fuse", help="with a classifier CV: the segment CV 'edgebus fuse' "
-                                               "was given, to stress the fused score (classifier + lesion shape) too")):
+                                               "was given, to stress the fused score (classifier + lesion shape) too"),
+           overwrite: bool = typer.Option(False, "--overwrite", help="replace a stress report made from other models or settings")):
     """Scanner-shift stress benchmark: gain, dynamic range, speckle and noise, blur and resolution, depth,
     flip, JPEG, frame aspect, burned-in marks, each at graded strengths; float and int8 side by side."""
     from edgebus.training.stress import run_stress
 
-    res = run_stress(target, data, format, out, seed, log=typer.echo, fuse=fuse)
+    res = run_stress(target, data, format, out, seed, log=typer.echo, fuse=fuse, overwrite=overwrite)
     for k, s in res["summary"].items():
         typer.echo(f"{k}: {s['metric']} {s['clean']:.3f} clean, worst {s['worst']:.3f} ({s['worst_change']}, "
                    f"drop {s['worst_drop']:.3f})")

@@ -146,6 +146,23 @@ def read_json(path: str | Path) -> Any:
         raise EdgebusError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); restore or delete it") from None
 
 
+def check_report(report: str | Path, inputs: dict, overwrite: bool = False) -> dict:
+    """Refuse, before any work, to replace a report (a JSON file) made from other inputs: a re-run
+    must not silently swap results made from other models, data or settings. One made from the same
+    inputs is rewritten (the same numbers). Returns `inputs` as the report stores them."""
+    inputs = json.loads(json.dumps(inputs, default=json_default))
+    report = Path(report)
+    if report.is_file() and not overwrite:
+        try:
+            old = json.loads(report.read_text()).get("inputs")
+        except (OSError, ValueError, AttributeError):
+            old = None
+        if old != inputs:
+            raise EdgebusError(f"{report}: made from other inputs (models, data or settings) than this run; "
+                               "pick another --out or pass --overwrite to replace it")
+    return inputs
+
+
 def append_jsonl(path: str | Path, record: dict) -> bytes:
     """Append one JSON line and fsync it before returning (so a finished unit survives a kill)."""
     line = (json.dumps(record, default=json_default, separators=(",", ":")) + "\n").encode()

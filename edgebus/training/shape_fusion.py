@@ -137,17 +137,21 @@ def score_descriptors(inputs: dict) -> list:
     return out
 
 
-def fuse_cv(cls_cv, seg_cv, out=None, target: float = 0.9, log=print) -> dict:
+def fuse_cv(cls_cv, seg_cv, out=None, target: float = 0.9, log=print, overwrite: bool = False) -> dict:
     """Score, out of fold, the classifier alone, the shape of the segmenter's mask alone and the two
     fused (edgebus.core.fusion). Every model is fitted on the other folds' out-of-fold values
     only; the operating point is then chosen cross-fitted as `edgebus operating-point` does. Writes
     fusion.json / fusion.md (default: CLS_CV/fusion/) with the fused model fitted on every case."""
     from edgebus.core import fusion
     from edgebus.core.calibration import crossfit_operating_point
-    from edgebus.core.io import atomic_write, make_dir, write_json
+    from edgebus.core.io import atomic_write, check_report, make_dir, sha256_file, write_json
     from edgebus.core.stats import bootstrap_classification
 
-    inp = fusion_inputs(cls_cv, seg_cv)
+    out = Path(out) if out else Path(cls_cv) / "fusion"
+    ident = {"classifier_folds_sha256": _folds_sha(cls_cv, sha256_file), "segment_folds_sha256": _folds_sha(seg_cv, sha256_file),
+             "target_sensitivity": target}
+    inp = fusion_inputs(cls_cv, seg_cv)  # checks the two CVs first
+    ident = check_report(out / "fusion.json", ident, overwrite)
     x, y, fold, shapes = inp["x"], inp["y"], inp["fold"], inp["shapes"]
     scores = {k: fusion.cross_fitted(x, y, fold, k) for k in fusion.KINDS}
     boot = {k: bootstrap_classification(y, v)["auc"] for k, v in scores.items()}
@@ -159,8 +163,9 @@ def fuse_cv(cls_cv, seg_cv, out=None, target: float = 0.9, log=print) -> dict:
               "lesion_found": int(sum(s is not None for s in shapes)),
               "auc": boot, "auc_per_fold": per_fold, "operating_point": ops,
               "model": fusion.fit(x, y, "fused"), "descriptors": score_descriptors(inp),
-              "note": "every score is cross-fitted: each fold's model was fitted on the other folds' out-of-fold values"}
-    out = make_dir(Path(out) if out else Path(cls_cv) / "fusion", "fusion folder")
+              "note": "every score is cross-fitted: each fold's model was fitted on the other folds' out-of-fold values",
+              "inputs": ident}
+    out = make_dir(out, "fusion folder")
     write_json(out / "fusion.json", result)
     atomic_write(out / "fusion.md", fusion_md(result))
     f = ops["fused"]["cross_fitted"]
@@ -168,6 +173,14 @@ def fuse_cv(cls_cv, seg_cv, out=None, target: float = 0.9, log=print) -> dict:
         f"{boot['fused']['value']:.3f}; fused at sensitivity {target}: cross-fitted sensitivity {f['sensitivity']:.3f}, "
         f"specificity {f['specificity']:.3f}; {out / 'fusion.md'}")
     return result
+
+
+def _folds_sha(cv, sha) -> str:
+    """sha256 of a CV's folds.jsonl: its fold models' hashes and out-of-fold scores, so what a fusion was made from."""
+    f = Path(cv) / "folds.jsonl"
+    if not f.is_file():
+        raise EdgebusError(f"{cv}: no folds.jsonl; pass a CV folder ('edgebus cv ...')")
+    return sha(f)
 
 
 def fusion_md(r: dict) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgebus.core.errors import EdgebusError
-from edgebus.core.io import atomic_write, make_dir, read_jsonl, write_json
+from edgebus.core.io import atomic_write, check_report, make_dir, read_jsonl, sha256_file, write_json
 
 MIN_MALIGNANT = 20  # fewer and a sensitivity interval is wider than +-0.15: the report says it cannot judge
 
@@ -62,7 +62,7 @@ def _match(row: dict, labels: dict, depths: set):
 
 
 def site_check(predictions, data, fmt: str = "breast", target: float = 0.9, out=None, n_boot: int = 2000,
-               seed: int = 0, log=print) -> dict:
+               seed: int = 0, log=print, overwrite: bool = False) -> dict:
     """Score a cart's predictions folder against a labelled set; write site_check.json / .md and a
     reliability plot (default: PREDICTIONS/site-check)."""
     from edgebus.core.calibration import reliability
@@ -74,6 +74,10 @@ def site_check(predictions, data, fmt: str = "breast", target: float = 0.9, out=
     if not jsonl.is_file():
         raise EdgebusError(f"{pred_dir}: no predictions.jsonl; run 'edgebus predict --bundle CART {data} --out "
                            f"{pred_dir}' first")
+    out = Path(out) if out else pred_dir / "site-check"
+    ident = check_report(out / "site_check.json", {"predictions_sha256": sha256_file(jsonl), "data": Path(data).resolve(),
+                                                   "format": fmt, "target_sensitivity": target, "n_boot": n_boot,
+                                                   "seed": seed}, overwrite)
     rows = [r for r in read_jsonl(jsonl) if not r.get("error") and not r.get("skipped")]
     labels = _labels(data, fmt)
     depths = {len(k[0]) for k in labels}
@@ -126,9 +130,9 @@ def site_check(predictions, data, fmt: str = "breast", target: float = 0.9, out=
            "local": {"threshold": local["threshold"], "threshold_ci": percentile_interval(boot["local_threshold"]),
                      "sensitivity": local["sensitivity"], "specificity": local["specificity"],
                      "note": "chosen and scored on the same cases (in-sample): confirm on further cases"},
-           "bootstrap": {"resamples": n_boot, "seed": seed, "method": "percentile, cases resampled"}}
+           "bootstrap": {"resamples": n_boot, "seed": seed, "method": "percentile, cases resampled"}, "inputs": ident}
     res["verdict"] = verdict(res)
-    out = make_dir(Path(out) if out else pred_dir / "site-check", "site-check folder")
+    out = make_dir(out, "site-check folder")
     from edgebus.reports.figures import reliability_plot
 
     reliability_plot({"this site": reliability(y, shown)}, out / "reliability.png", f"site check (n={len(y)})")

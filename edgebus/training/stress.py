@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from edgebus.core.errors import EdgebusError
-from edgebus.core.io import atomic_write, now, read_jsonl, write_json
+from edgebus.core.io import atomic_write, check_report, now, read_jsonl, write_json
 from edgebus.core.manifest import MANIFEST, Run
 from edgebus.data.breast import case_mask
 from edgebus.data.preprocess import cut_area, load_gray, resize_mask, to_model_input
@@ -157,7 +157,24 @@ def _label(r: dict) -> str:
     return "clean" if r["strength"] is None else f"{r['change']} {r['strength']:g}"
 
 
-def run_stress(target, data=None, fmt: str = "breast", out=None, seed: int = 0, log=print, fuse=None) -> dict:
+def _inputs(target: Path, thr, data, fmt: str, seed: int, fuse) -> dict:
+    """What a stress report was made from: the stressed models' files (a CV's folds.jsonl holds its
+    fold models' hashes), the threshold, the data, the seed and the segment CV of --fuse."""
+    from edgebus.core.io import sha256_file
+
+    if target.is_file():
+        files = [target]
+    elif (target / "folds.jsonl").is_file():
+        files = [target / "folds.jsonl"]
+    else:
+        files = sorted(p for p in (target / "model.keras", target / "model_int8.tflite") if p.is_file())
+    return {"models_sha256": [sha256_file(p) for p in files], "threshold": thr, "seed": seed,
+            "data": None if data is None else [str(Path(data).resolve()), fmt],
+            "fuse_folds_sha256": None if fuse is None else sha256_file(Path(fuse) / "folds.jsonl")}
+
+
+def run_stress(target, data=None, fmt: str = "breast", out=None, seed: int = 0, log=print, fuse=None,
+               overwrite: bool = False) -> dict:
     """Score every acquisition change; write stress.json, stress.md and stress.png to `out`
     (default: <target>/stress, or beside a lone file). fuse: a segment CV on the classifier CV's
     folds, to stress the fused score too."""
@@ -168,6 +185,9 @@ def run_stress(target, data=None, fmt: str = "breast", out=None, seed: int = 0, 
     if out.exists() and not out.is_dir():  # before minutes of scoring, not after
         raise EdgebusError(f"{out}: exists and is not a folder; pick another --out")
     groups, task, contract, thr, desc = _target(target, data, fmt)
+    if fuse is not None and not (Path(fuse) / "folds.jsonl").is_file():
+        raise EdgebusError(f"{fuse}: no folds.jsonl; --fuse takes a segment CV folder ('edgebus cv segment')")
+    ident = check_report(out / "stress.json", _inputs(target, thr, data, fmt, seed, fuse), overwrite)
     if "crop" in contract:
         raise EdgebusError(f"{target}: a lesion-crop classifier needs its segmenter's boxes for every changed frame; "
                            "stress it through a whole-frame model")
@@ -227,7 +247,7 @@ def run_stress(target, data=None, fmt: str = "breast", out=None, seed: int = 0, 
         fidelity = {"clean": clean["int8_vs_float"], "worst": w["int8_vs_float"], "worst_change": _label(w)}
     result = {"schema": "edgebus.stress/1", "created": now(), "target": str(target), "description": desc,
               "task": task.name, "threshold": thr, "seed": seed, "n": len(labels), "changes": CHANGES,
-              "kinds": kinds, "rows": rows, "summary": summary}
+              "kinds": kinds, "rows": rows, "summary": summary, "inputs": ident}
     if fuse is not None:
         result["fused"] = {"segment_cv": str(fuse), "threshold": thresholds["fused"],
                            "note": "each fold: its int8 classifier and int8 segmenter on the changed frame, joined by "
