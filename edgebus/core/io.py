@@ -158,8 +158,9 @@ def check_report(report: str | Path, inputs: dict, overwrite: bool = False) -> d
         except (OSError, ValueError, AttributeError):
             old = None
         if old != inputs:
-            raise EdgebusError(f"{report}: made from other inputs (models, data or settings) than this run; "
-                               "pick another --out or pass --overwrite to replace it")
+            why = "records no inputs (an older edgebus made it)" if old is None else \
+                "made from other inputs (models, data or settings) than this run"
+            raise EdgebusError(f"{report}: {why}; pick another --out or pass --overwrite to replace it")
     return inputs
 
 
