@@ -134,6 +134,11 @@ def test_fuse_scores_a_classifier_cv_with_a_segment_cv_on_the_same_folds(synthet
     assert all(d["model"]["inputs"] == list(fusion.MEASURES) for d in res["descriptors"] if d["shipped"])
     assert set(res["auc"]) == set(fusion.KINDS) and len(res["model"]["weights"]) == len(fusion.INPUTS)
     assert "classifier + shape (fused)" in (tmp_path / "cls" / "fusion" / "fusion.md").read_text()
+    from edgebus.export.model_card import SUBGROUPS
+
+    assert set(res["subgroups"]) == set(SUBGROUPS)  # where the fused cart misses, at its shipped threshold
+    assert sum(r["n"] for r in res["subgroups"]["BI-RADS"]) == res["n"]
+    assert "The fused score by subgroup" in (tmp_path / "cls" / "fusion" / "fusion.md").read_text()
     # a re-run from the same CVs rewrites the same numbers; other settings do not replace it silently
     assert cli("fuse", tmp_path / "cls", tmp_path / "seg").exit_code == 0
     assert json.loads((tmp_path / "cls" / "fusion" / "fusion.json").read_text())["auc"] == res["auc"]

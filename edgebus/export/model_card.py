@@ -109,17 +109,36 @@ def _cv_evidence(cv_dir: Path, op: dict, root) -> dict:
             "pooled": summary.get("bootstrap_int8" if key == "test_prob_int8" else "bootstrap"),
             "int8_fidelity": summary.get("int8_fidelity"), "operating_point": {
                 k: op.get(k) for k in ("target_sensitivity", "threshold", "cross_fitted", "ece", "source")}}
+    part["subgroups"], part["subgroups_note"] = subgroups(ids, y, p, float(op["threshold"]), root)
+    return part
+
+
+def subgroups(ids, y, p, threshold: float, root) -> tuple[dict | None, str]:
+    """(subgroup_table at the shipped threshold, a note), or (None, why not) where the data's sheet is
+    not on this machine or not a BrEaST sheet."""
     try:
         from edgebus.data.breast import case_attributes
 
-        attrs = case_attributes(root)
-        part["subgroups"] = subgroup_table(ids, y, p, float(op["threshold"]), attrs)
-        part["subgroups_note"] = ("at the shipped threshold, on the out-of-fold predictions it was chosen on (the "
-                                  "overall cross-fitted estimate is the honest one; subgroups show where it is weaker)")
+        table = subgroup_table(ids, y, p, threshold, case_attributes(root))
     except Exception as e:  # the data is not on this machine, or not a BrEaST sheet: say so
-        part["subgroups"] = None
-        part["subgroups_note"] = f"not available: {str(e).splitlines()[0][:160]}"
-    return part
+        return None, f"not available: {str(e).splitlines()[0][:160]}"
+    return table, ("at the shipped threshold, on the out-of-fold predictions it was chosen on (the overall "
+                   "cross-fitted estimate is the honest one; subgroups show where it is weaker)")
+
+
+def subgroup_md(table: dict | None) -> list[str]:
+    """Markdown lines: one table per subgroup kind."""
+    lines = []
+    for kind, rows in (table or {}).items():
+        lines += [f"| {kind} | n | malignant | sensitivity | specificity | AUC |", "|---|---|---|---|---|---|"]
+        for r in rows:
+            if "note" in r:
+                lines.append(f"| {r['value']} | {r['n']} | - | {r['note']} | | |")
+            else:
+                lines.append(f"| {r['value']} | {r['n']} | {r['malignant']} | {_ci(r['sensitivity'])} | "
+                             f"{_ci(r['specificity'])} | {_ci(r['auc'])} |")
+        lines.append("")
+    return lines
 
 
 def _latency(run: Run) -> list[dict]:
@@ -241,16 +260,7 @@ def card_markdown(card: dict) -> str:
                                    if cv.get("group_by") == "acquisition" else
                                    "by case: every scanner setting was also in training, so a new scanner may get less "
                                    "than these numbers (see Known limits).")]
-        lines += ["", "### By subgroup", "", f"Subgroups {cv['subgroups_note']}.", ""]
-        for kind, rows in (cv.get("subgroups") or {}).items():
-            lines += [f"| {kind} | n | malignant | sensitivity | specificity | AUC |", "|---|---|---|---|---|---|"]
-            for r in rows:
-                if "note" in r:
-                    lines.append(f"| {r['value']} | {r['n']} | - | {r['note']} | | |")
-                else:
-                    lines.append(f"| {r['value']} | {r['n']} | {r['malignant']} | {_ci(r['sensitivity'])} | "
-                                 f"{_ci(r['specificity'])} | {_ci(r['auc'])} |")
-            lines.append("")
+        lines += ["", "### By subgroup", "", f"Subgroups {cv['subgroups_note']}.", "", *subgroup_md(cv.get("subgroups"))]
     else:
         lines += ["No cross-validation is linked to this run (`edgebus operating-point RUN --from-cv CV_DIR` links one); "
                   "only the run's own test split below, too small for subgroups.", ""]

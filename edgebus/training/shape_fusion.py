@@ -87,6 +87,7 @@ def fusion_inputs(cls_cv, seg_cv) -> dict:
             "fold": np.concatenate([[r["fold"]] * len(r["test_ids"]) for r in c_recs]),
             "x": fusion.feature_rows(p, shapes), "m": fusion.measure_rows(shapes, echoes), "shapes": shapes,
             "descriptors": truth, "group_by": c_folds.get("group_by", "case"), "segmenters": segmenters,
+            "root": c_run.manifest.data.root,
             "sources": {"classifier": "test_prob_int8", "shape": "each fold's int8 segmenter, on the cart's path"}}
 
 
@@ -146,6 +147,7 @@ def fuse_cv(cls_cv, seg_cv, out=None, target: float = 0.9, log=print, overwrite:
     from edgebus.core.calibration import crossfit_operating_point
     from edgebus.core.io import atomic_write, check_report, make_dir, sha256_file, write_json
     from edgebus.core.stats import bootstrap_classification
+    from edgebus.export.model_card import subgroups
 
     out = Path(out) if out else Path(cls_cv) / "fusion"
     ident = {"classifier_folds_sha256": _folds_sha(cls_cv, sha256_file), "segment_folds_sha256": _folds_sha(seg_cv, sha256_file),
@@ -165,6 +167,8 @@ def fuse_cv(cls_cv, seg_cv, out=None, target: float = 0.9, log=print, overwrite:
               "model": fusion.fit(x, y, "fused"), "descriptors": score_descriptors(inp),
               "note": "every score is cross-fitted: each fold's model was fitted on the other folds' out-of-fold values",
               "inputs": ident}
+    result["subgroups"], result["subgroups_note"] = subgroups(inp["ids"], y, scores["fused"],
+                                                              ops["fused"]["threshold"], inp["root"])
     out = make_dir(out, "fusion folder")
     write_json(out / "fusion.json", result)
     atomic_write(out / "fusion.md", fusion_md(result))
@@ -222,6 +226,11 @@ def fusion_md(r: dict) -> str:
             auc = "n/a" if d["auc"] is None else f"{d['auc']:.3f}"
             lines.append(f"| {d['labels'][1]} | {d['n']} ({d['present']}) | {d['accuracy']:.3f} | "
                          f"{interval_text(d['kappa'])} | {auc} | {'yes' if d['shipped'] else 'no'} |")
+    if "subgroups" in r:  # where the fused cart is weaker: which cancers it misses
+        from edgebus.export.model_card import subgroup_md
+
+        lines += ["", f"The fused score by subgroup, {r['subgroups_note']}:", "", *subgroup_md(r["subgroups"])]
+        lines.pop()
     lines += ["", "The fused model fitted on every case (standardised inputs):", "",
               "| input | weight |", "|---|---|", *[f"| {n} | {w:+.3f} |" for n, w in zip(m["inputs"], m["weights"])],
               f"| intercept | {m['intercept']:+.3f} |", ""]
