@@ -41,6 +41,10 @@ def test_threshold_is_chosen_on_other_folds_only():
     lo, hi = op["cross_fitted"]["sensitivity_ci"]
     assert lo <= op["cross_fitted"]["sensitivity"] <= hi and lo < hi
     assert op["calibration"]["a"] > 0 and 0 < op["threshold"] < 1
+    per = op["cross_fitted"]["per_fold"]  # the miss is fold 0's, and the report says which fold strays
+    assert [r["fold"] for r in per] == [0, 1, 2] and [r["malignant"] for r in per] == [20, 20, 20]
+    assert per[0]["sensitivity"] == 0 and per[1]["sensitivity"] == per[2]["sensitivity"] == 1
+    assert sum(r["sensitivity"] * r["malignant"] for r in per) / 60 == pytest.approx(op["cross_fitted"]["sensitivity"])
 
 
 @pytest.fixture(scope="module")

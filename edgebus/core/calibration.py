@@ -80,6 +80,12 @@ def reliability(y, p, bins: int = 10) -> list[dict]:
              "observed": float(y[idx == b].mean()) if (idx == b).any() else None} for b in range(bins)]
 
 
+def per_fold_text(est: dict) -> str:
+    """'0.950 (20), 0.875 (16), ...': sensitivity (cancers) per held-out fold of a cross-fitted estimate."""
+    f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    return ", ".join(f"{f(r['sensitivity'])} ({r['malignant']})" for r in est.get("per_fold", []))
+
+
 def _rates(y, pred) -> dict:
     y, pred = np.asarray(y).astype(bool), np.asarray(pred).astype(bool)
     return {"sensitivity": float(pred[y].mean()) if y.any() else None,
@@ -92,7 +98,7 @@ def crossfit_operating_point(y, p, fold, target: float, n_boot: int = 2000, seed
     y, p: labels and out-of-fold probabilities; fold: each case's test fold. Returns the shipped
     operating point (calibrator and threshold fitted on all cases; threshold in raw output space),
     the cross-fitted estimate of what it gives on unseen cases (sensitivity, specificity with 95%
-    bootstrap intervals), and calibration error before and after."""
+    bootstrap intervals, and per held-out fold), and calibration error before and after."""
     y = np.asarray(y).astype(int).ravel()
     p = np.asarray(p, dtype=np.float64).ravel()
     fold = np.asarray(fold).ravel()
@@ -118,6 +124,9 @@ def crossfit_operating_point(y, p, fold, target: float, n_boot: int = 2000, seed
                 boot[k].append(v)
     for k in boot:
         est[f"{k}_ci"] = [float(np.quantile(boot[k], 0.025)), float(np.quantile(boot[k], 0.975))]
+    # per held-out fold: how far one unseen part (a scanner setting, with acquisition folds) strays from the pool
+    est["per_fold"] = [{"fold": int(f), "n": int((fold == f).sum()), "malignant": int(y[fold == f].sum()),
+                        **_rates(y[fold == f], pred_cf[fold == f])} for f in np.unique(fold)]
     return {
         "target_sensitivity": float(target), "n": int(len(y)), "folds": int(len(np.unique(fold))),
         "calibration": cal,

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edgebus import __version__
+from edgebus.core.calibration import per_fold_text
 from edgebus.core.io import atomic_write, now, read_json, read_jsonl, sha256_file, write_json
 from edgebus.core.manifest import Run
 from edgebus.core.stats import bootstrap_classification, interval_text
@@ -254,7 +255,8 @@ def card_markdown(card: dict) -> str:
             lines += ["", f"Operating point for sensitivity {op['target_sensitivity']}: threshold {op['threshold']:.4f}; "
                       f"cross-fitted sensitivity {cf['sensitivity']:.3f} [{cf['sensitivity_ci'][0]:.3f}, "
                       f"{cf['sensitivity_ci'][1]:.3f}], specificity {cf['specificity']:.3f} [{cf['specificity_ci'][0]:.3f}, "
-                      f"{cf['specificity_ci'][1]:.3f}]."]
+                      f"{cf['specificity_ci'][1]:.3f}]." + (f" Per held-out fold (cancers in it): {per_fold_text(cf)}."
+                                                             if cf.get("per_fold") else "")]
         lines += ["", "Folds: " + ("grouped by acquisition setting: each frame size (scanner + preset) in one test fold "
                                    "only, so these are the numbers of a scanner setting the models never saw."
                                    if cv.get("group_by") == "acquisition" else

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgebus.core.calibration import per_fold_text
 from edgebus.core.errors import EdgebusError
 from edgebus.core.manifest import Run
 from edgebus.core.metrics import classification_metrics, expected_calibration_error, threshold_for_sensitivity
@@ -149,6 +150,9 @@ def operating_point_md(op: dict) -> str:
         f"{f(est['specificity'])} [{f(est['specificity_ci'][0])}, {f(est['specificity_ci'][1])}] |",
         f"| in-sample: the shipped threshold on the predictions it was chosen on (optimistic) | {f(ins['sensitivity'])} | "
         f"{f(ins['specificity'])} |", "",
+        f"Cross-fitted sensitivity per held-out fold (cancers in it): {per_fold_text(est)}. One fold is one unseen "
+        "part of the data (with `--group-by acquisition`, one scanner setting): the spread is what a new site may "
+        "see.", "",
         f"Expected calibration error (10 bins): {f(op['ece']['raw'])} raw, {f(op['ece']['calibrated_cross_fitted'])} after "
         "cross-fitted Platt scaling.", "", "![reliability](reliability.png)", ""])
 

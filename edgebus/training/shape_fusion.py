@@ -188,6 +188,7 @@ def _folds_sha(cv, sha) -> str:
 
 
 def fusion_md(r: dict) -> str:
+    from edgebus.core.calibration import per_fold_text
     from edgebus.core.stats import interval_text
 
     words = {"classifier": "the classifier alone", "shape": "the shape of the segmenter's mask alone",
@@ -210,6 +211,10 @@ def fusion_md(r: dict) -> str:
             cell = (f"{c['sensitivity']:.3f} [{c['sensitivity_ci'][0]:.3f}, {c['sensitivity_ci'][1]:.3f}] / "
                     f"{c['specificity']:.3f} [{c['specificity_ci'][0]:.3f}, {c['specificity_ci'][1]:.3f}]")
         lines.append(f"| {text} | {interval_text(r['auc'][k])} | {per} | {cell} |")
+    per = per_fold_text(r["operating_point"]["fused"]["cross_fitted"])
+    if per:
+        lines += ["", f"Fused sensitivity per held-out fold at its cross-fitted threshold (cancers in it): {per}: "
+                  "the spread a new site may see."]
     ece = r["operating_point"]["fused"]["ece"]
     lines += ["", f"Calibration of the fused probability, cross-fitted: ECE {ece['raw']:.3f} as it is (what the cart "
               f"reports); {ece['calibrated_cross_fitted']:.3f} with a Platt step on top, which the cart does not apply."]
