@@ -6,7 +6,9 @@ A whole-frame classifier loses ranking on a scanner setting it never saw (on BrE
 the lesion (edgebus.core.shape) keep theirs: they are measured in the frame's geometry, so zoom,
 depth and frame size cancel. `edgebus fuse` runs each fold's int8 segmenter on its own test frames
 through the cart's path (runtime.fusion.measure_lesion), so the fusion is scored out of fold on the
-same folds as the classifier and fitted on exactly what the cart will measure.
+same folds as the classifier and fitted on exactly what the cart will measure. The classifier's
+scores are made the same way (each fold's int8 model on the frame the cart would give it), not read
+from the CV's records, so a preprocessing step added since the CV (the image-area cut) is in them.
 """
 
 from __future__ import annotations
@@ -49,6 +51,21 @@ def _segmenters(seg_cv: Path, recs: list) -> dict:
     return out
 
 
+def _classifiers(cls_cv: Path, recs: list, threshold: float) -> dict:
+    """{fold: its int8 classifier (a merged CV's fold: its members averaged), loaded as the cart loads it}."""
+    from edgebus.runtime.ensemble import EnsembleModel, member_files
+    from edgebus.runtime.model import ExportedModel
+
+    out = {}
+    for r in recs:
+        files = [m.get("model_int8.tflite") for m in member_files(r, cls_cv)]
+        if None in files:
+            raise EdgebusError(f"{cls_cv}: fold {r['fold']} has no int8 classifier (the cart runs int8); re-run "
+                               "'edgebus cv classify' with --int8")
+        out[r["fold"]] = ExportedModel(files[0], "classify") if len(files) == 1 else EnsembleModel(files, threshold)
+    return out
+
+
 def fusion_inputs(cls_cv, seg_cv) -> dict:
     """The out-of-fold inputs of a fusion, from a classifier CV and a segment CV on the same folds,
     both int8 (what the cart runs): ids, labels y, each case's fold,
@@ -56,7 +73,7 @@ def fusion_inputs(cls_cv, seg_cv) -> dict:
     truth (N, len(DESCRIPTORS), -1 unknown; None without a descriptor sheet) and the segmenters."""
     from edgebus.core import fusion
     from edgebus.data.arrays import run_dataset
-    from edgebus.data.preprocess import cut_area, load_gray
+    from edgebus.data.preprocess import cut_area, lesion_box, load_gray
     from edgebus.runtime.fusion import measure_lesion
 
     cls_cv, seg_cv = Path(cls_cv), Path(seg_cv)
@@ -70,25 +87,30 @@ def fusion_inputs(cls_cv, seg_cv) -> dict:
     if not all("test_prob_int8" in r for r in c_recs):
         raise EdgebusError(f"{cls_cv}: has no int8 scores (the cart runs int8); re-run 'edgebus cv classify' with --int8")
     segmenters = _segmenters(seg_cv, s_recs)
+    classifiers = _classifiers(cls_cv, c_recs, c_run.manifest.threshold)
     ds = run_dataset(c_run)
     by_id = {c.case_id: c for c in ds.lesions()}
     fold_of = {i: r["fold"] for r in s_recs for i in r["test_ids"]}
     ids = [i for r in c_recs for i in r["test_ids"]]
-    shapes, echoes = [], []
-    for i in ids:
-        seg = segmenters[fold_of[i]]
+    p, shapes, echoes = [], [], []
+    for i in ids:  # each case as the cart sees it: the frame's image area, its fold's int8 models
+        seg, cls = segmenters[fold_of[i]], classifiers[fold_of[i]]
         gray = cut_area(load_gray(by_id[i].image))[0]
-        shape, echo = measure_lesion(seg.run(seg.input_for(gray))[..., 0], gray, seg.threshold)
+        prob = seg.run(seg.input_for(gray))[..., 0]
+        box = lesion_box(prob >= seg.threshold) if "crop" in cls.contract else None
+        p.append(float(np.ravel(cls.run(cls.input_for(gray, box)))[0]))
+        shape, echo = measure_lesion(prob, gray, seg.threshold)
         shapes.append(shape)
         echoes.append(echo)
-    p = np.concatenate([r["test_prob_int8"] for r in c_recs])
+    p = np.asarray(p)
     truth = np.asarray([by_id[i].descriptors for i in ids]) if ds.has_descriptors else None
     return {"ids": ids, "y": np.concatenate([r["test_label"] for r in c_recs]).astype(int),
             "fold": np.concatenate([[r["fold"]] * len(r["test_ids"]) for r in c_recs]),
             "x": fusion.feature_rows(p, shapes), "m": fusion.measure_rows(shapes, echoes), "shapes": shapes,
             "descriptors": truth, "group_by": c_folds.get("group_by", "case"), "segmenters": segmenters,
             "root": c_run.manifest.data.root,
-            "sources": {"classifier": "test_prob_int8", "shape": "each fold's int8 segmenter, on the cart's path"}}
+            "sources": {"classifier": "each fold's int8 classifier, on the cart's path",
+                        "shape": "each fold's int8 segmenter, on the cart's path"}}
 
 
 def fold_models(inputs: dict, kind: str = "fused") -> dict:
