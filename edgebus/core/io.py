@@ -147,7 +147,7 @@ def read_json(path: str | Path) -> Any:
 
 
 def check_report(report: str | Path, inputs: dict, overwrite: bool = False) -> dict:
-    """Refuse, before any work, to replace a report (a JSON file) made from other inputs: a re-run
+    """Refuse, before anything is written, to replace a report (a JSON file) made from other inputs: a re-run
     must not silently swap results made from other models, data or settings. One made from the same
     inputs is rewritten (the same numbers). Returns `inputs` as the report stores them."""
     inputs = json.loads(json.dumps(inputs, default=json_default))

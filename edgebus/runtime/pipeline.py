@@ -27,8 +27,9 @@ lesion-crop classifier (segmentation-guided; its contract has a `crop`) needs th
 frame is segmented first, and the classifier sees the square around the largest predicted region
 (`r["crop"]`, frame pixels), or the whole frame padded square when no lesion is found.
 
-Models see the frame's image area (`image_area`, [x0, y0, x1, y1]: black margins beside and above
-the image cut off, as in training; edgebus.data.preprocess.image_area). The mask is returned at the
+Models see the frame's image area (`image_area`, [x0, y0, x1, y1] in the frame, a DICOM frame being
+its B-mode region already: black margins beside and above the image cut off, as in training;
+edgebus.data.preprocess.image_area). The mask is returned at the
 ORIGINAL frame size (zero in the margins): the model's lesion-probability map is resized back to the
 image area with bilinear interpolation, then thresholded (smoother outlines than resizing a binary
 mask with nearest neighbour, and the same threshold rule, prob >= threshold, as the metrics).

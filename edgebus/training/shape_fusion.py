@@ -167,12 +167,12 @@ def fuse_cv(cls_cv, seg_cv, out=None, target: float = 0.9, log=print, overwrite:
     fusion.json / fusion.md (default: CLS_CV/fusion/) with the fused model fitted on every case."""
     from edgebus.core import fusion
     from edgebus.core.calibration import crossfit_operating_point
-    from edgebus.core.io import atomic_write, check_report, make_dir, sha256_file, write_json
+    from edgebus.core.io import atomic_write, check_report, make_dir, write_json
     from edgebus.core.stats import bootstrap_classification
     from edgebus.export.model_card import subgroups
 
     out = Path(out) if out else Path(cls_cv) / "fusion"
-    ident = {"classifier_folds_sha256": _folds_sha(cls_cv, sha256_file), "segment_folds_sha256": _folds_sha(seg_cv, sha256_file),
+    ident = {"classifier_folds_sha256": _folds_sha(cls_cv), "segment_folds_sha256": _folds_sha(seg_cv),
              "target_sensitivity": target}
     inp = fusion_inputs(cls_cv, seg_cv)  # checks the two CVs first
     ident = check_report(out / "fusion.json", ident, overwrite)
@@ -201,12 +201,14 @@ def fuse_cv(cls_cv, seg_cv, out=None, target: float = 0.9, log=print, overwrite:
     return result
 
 
-def _folds_sha(cv, sha) -> str:
+def _folds_sha(cv) -> str:
     """sha256 of a CV's folds.jsonl: its fold models' hashes and out-of-fold scores, so what a fusion was made from."""
+    from edgebus.core.io import sha256_file
+
     f = Path(cv) / "folds.jsonl"
     if not f.is_file():
         raise EdgebusError(f"{cv}: no folds.jsonl; pass a CV folder ('edgebus cv ...')")
-    return sha(f)
+    return sha256_file(f)
 
 
 def fusion_md(r: dict) -> str:
