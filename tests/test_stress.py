@@ -57,6 +57,11 @@ def test_image_area_cuts_margins_beside_and_above_never_below():
     g2, m2 = apply_change(g, m, "pad", 0.4)  # black bars beside the image: cut back to the image exactly
     c, cm = cut_area(g2, m2)
     assert np.array_equal(c, g) and np.array_equal(cm, m)
+    faint = g.copy()
+    faint[:10] = 0
+    faint[:10, 70:80] = 200  # rows whose bright share (1/16) is near the 5% line: image, padded or not
+    assert image_area(faint) == (0, 0, 160, 120)
+    assert np.array_equal(cut_area(apply_change(faint, m, "pad", 0.4)[0])[0], faint)
     top = np.vstack([np.zeros((20, 160), np.uint8), g])  # a black band above: cut
     top[5:9, 3:40] = 255  # with a label in it (under 5% of each column's pixels)
     assert image_area(top) == (0, 20, 160, 140)

@@ -34,8 +34,9 @@ PERCENTILES = (0.5, 99.5)
 BOX_GRID = 128  # masks are reduced to at most this many pixels a side to find their largest region
 AREA_LEVEL, AREA_SHARE = 10, 0.05  # a margin line: at most 5% of its pixels brighter than 10
 AREA_RULE = ("cut to the image before the resize: it starts at the first of w/20 adjacent columns (from the left, "
-             "from the right) and h/20 adjacent rows (from the top) each with over 5% of its pixels brighter than 10; "
-             "never cut at the bottom; the whole frame when under a quarter of a side would be left")
+             "from the right), then of h/20 adjacent rows (from the top, within those columns), each with over 5% of "
+             "its pixels brighter than 10; never cut at the bottom; the whole frame when under a quarter of a side "
+             "would be left")
 
 
 def preprocess_contract(size: int | tuple[int, int], channels: int = 3, crop_margin: float | None = None,
@@ -129,11 +130,15 @@ def image_area(gray: np.ndarray) -> tuple[int, int, int, int]:
     g = np.asarray(gray)
     h, w = g.shape
     bright = g > AREA_LEVEL
-    cols, rows = bright.mean(axis=0) > AREA_SHARE, bright.mean(axis=1) > AREA_SHARE
-    x0, right, y0 = _first_run(cols), _first_run(cols[::-1]), _first_run(rows)
-    if x0 is None or right is None or y0 is None or 4 * (w - right - x0) < w or 4 * (h - y0) < h:
+    cols = bright.mean(axis=0) > AREA_SHARE
+    x0, right = _first_run(cols), _first_run(cols[::-1])
+    if x0 is None or right is None or 4 * (w - right - x0) < w:
         return 0, 0, w, h
-    return x0, y0, w - right, h
+    x1 = w - right
+    y0 = _first_run(bright[:, x0:x1].mean(axis=1) > AREA_SHARE)  # rows judged within the columns kept: side bars
+    if y0 is None or 4 * (h - y0) < h:                          # of any width do not change which rows are image
+        return 0, 0, w, h
+    return x0, y0, x1, h
 
 
 def cut_area(gray: np.ndarray, mask: np.ndarray | None = None, where: str = "mask") -> tuple[np.ndarray, np.ndarray | None]:
