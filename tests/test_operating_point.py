@@ -58,7 +58,7 @@ def cv_dir(synthetic_breast_dir, tmp_path_factory):
     return out
 
 
-def test_cv_operating_point_uses_the_pooled_out_of_fold_int8_predictions(cv_dir):
+def test_cv_operating_point_uses_the_pooled_out_of_fold_int8_predictions(cv_dir, tmp_path):
     recs = sorted((json.loads(line) for line in (cv_dir / "folds.jsonl").read_text().splitlines()), key=lambda r: r["fold"])
     y = np.concatenate([r["test_label"] for r in recs])
     p = np.concatenate([r["test_prob_int8"] for r in recs])
@@ -68,6 +68,13 @@ def test_cv_operating_point_uses_the_pooled_out_of_fold_int8_predictions(cv_dir)
     assert op["source"] == "int8" and op["n"] == len(y) == manifest(cv_dir)["data"]["n_lesions"]
     assert op["threshold"] == pytest.approx(want["threshold"]) and op["calibration"] == want["calibration"]
     assert op["cross_fitted"] == want["cross_fitted"]
+    # chosen again for the same target: rewritten; for another: not replaced silently
+    assert cli("operating-point", cv_dir, "--target-sensitivity", 0.9).exit_code == 0
+    one_line_error(cli("operating-point", cv_dir, "--target-sensitivity", 0.8), "operating_point.json", "--overwrite")
+    assert json.loads((cv_dir / "operating_point.json").read_text())["target_sensitivity"] == 0.9
+    assert cli("operating-point", cv_dir, "--target-sensitivity", 0.8, "--out", tmp_path).exit_code == 0
+    assert cli("operating-point", cv_dir, "--target-sensitivity", 0.7, "--out", tmp_path, "--overwrite").exit_code == 0
+    assert json.loads((tmp_path / "operating_point.json").read_text())["target_sensitivity"] == 0.7
     assert manifest(cv_dir)["operating_point"]["threshold"] == op["threshold"]
     assert (cv_dir / "reliability.png").stat().st_size > 1000
     assert "cross-fitted" in (cv_dir / "operating_point.md").read_text()

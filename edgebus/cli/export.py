@@ -65,7 +65,9 @@ def operating_point(target: Path = typer.Argument(..., help="a classifier CV fol
                     source: str = typer.Option("auto", help="CV: choose on int8 (the cart's file; auto when the CV scored "
                                                "it) or float predictions"),
                     out: Optional[Path] = typer.Option(None, "--out", help="CV: where to write operating_point.json/.md and "
-                                                       "reliability.png (default: the CV folder)")):
+                                                       "reliability.png (default: the CV folder)"),
+                    overwrite: bool = typer.Option(False, "--overwrite", help="CV: replace an operating point chosen for "
+                                                   "another target or source")):
     """Choose the decision threshold for a target malignant sensitivity, and calibrate.
 
     On a CV folder: on the pooled out-of-fold predictions, with Platt calibration and a cross-fitted
@@ -77,7 +79,7 @@ def operating_point(target: Path = typer.Argument(..., help="a classifier CV fol
     if (target / "folds.jsonl").is_file():
         if from_cv is not None:
             raise EdgebusError("--from-cv gives a run a CV's operating point: pass a run directory, not a CV folder")
-        cv_operating_point(target, target_sensitivity, source, out, log=typer.echo)
+        cv_operating_point(target, target_sensitivity, source, out, log=typer.echo, overwrite=overwrite)
     elif from_cv is not None:
         apply_cv_operating_point(target, from_cv, log=typer.echo)
     else:

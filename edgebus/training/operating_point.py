@@ -86,13 +86,14 @@ def _oof(cv_dir: Path, source: str):
     return y, p, fold, source
 
 
-def cv_operating_point(cv_dir, target: float = 0.9, source: str = "auto", out=None, log=print) -> dict:
+def cv_operating_point(cv_dir, target: float = 0.9, source: str = "auto", out=None, log=print,
+                       overwrite: bool = False) -> dict:
     """The operating point and calibration chosen on a CV's pooled out-of-fold predictions (int8 by
     default when the CV scored it: what the cart runs), with the cross-fitted estimate of its
     sensitivity and specificity [95% CI]. Writes operating_point.json / .md and reliability.png to
     `out` (default: the CV folder) and, in a CV run directory, records it in the manifest."""
     from edgebus.core.calibration import crossfit_operating_point
-    from edgebus.core.io import atomic_write, write_json
+    from edgebus.core.io import atomic_write, check_report, sha256_file, write_json
     from edgebus.core.manifest import MANIFEST
     from edgebus.reports.figures import reliability_plot
 
@@ -103,8 +104,10 @@ def cv_operating_point(cv_dir, target: float = 0.9, source: str = "auto", out=No
     if out.exists() and not out.is_dir():
         raise EdgebusError(f"{out}: exists and is not a folder; pick another --out")
     y, p, fold, source = _oof(cv_dir, source)
+    ident = check_report(out / "operating_point.json", {"folds_sha256": sha256_file(cv_dir / "folds.jsonl"),
+                                                        "target_sensitivity": target, "source": source}, overwrite)
     op = crossfit_operating_point(y, p, fold, target)
-    op.update(chosen_on="cv out-of-fold", source=source, cv=str(cv_dir))
+    op.update(chosen_on="cv out-of-fold", source=source, cv=str(cv_dir), inputs=ident)
     write_json(out / "operating_point.json", op)
     reliability_plot({"raw": op["reliability"]["raw"], "Platt, cross-fitted": op["reliability"]["calibrated_cross_fitted"]},
                      out / "reliability.png", f"{cv_dir.name}: {source} out-of-fold (n={op['n']})")
