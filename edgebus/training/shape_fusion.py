@@ -172,7 +172,7 @@ def fuse_cv(cls_cv, seg_cv, out=None, target: float = 0.9, log=print, overwrite:
     from edgebus.export.model_card import subgroups
 
     out = Path(out) if out else Path(cls_cv) / "fusion"
-    ident = {"classifier_folds_sha256": _folds_sha(cls_cv), "segment_folds_sha256": _folds_sha(seg_cv),
+    ident = {"classifier_folds_sha256": folds_sha256(cls_cv), "segment_folds_sha256": folds_sha256(seg_cv),
              "target_sensitivity": target}
     inp = fusion_inputs(cls_cv, seg_cv)  # checks the two CVs first
     ident = check_report(out / "fusion.json", ident, overwrite)
@@ -201,13 +201,13 @@ def fuse_cv(cls_cv, seg_cv, out=None, target: float = 0.9, log=print, overwrite:
     return result
 
 
-def _folds_sha(cv) -> str:
+def folds_sha256(cv) -> str:
     """sha256 of a CV's folds.jsonl: its fold models' hashes and out-of-fold scores, so what a fusion was made from."""
     from edgebus.core.io import sha256_file
 
     f = Path(cv) / "folds.jsonl"
     if not f.is_file():
-        raise EdgebusError(f"{cv}: no folds.jsonl; pass a CV folder ('edgebus cv ...')")
+        raise EdgebusError(f"{cv}: no folds.jsonl; pass a CV folder ('edgebus cv classify|segment')")
     return sha256_file(f)
 
 

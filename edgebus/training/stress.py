@@ -161,6 +161,7 @@ def _inputs(target: Path, thr, data, fmt: str, seed: int, fuse) -> dict:
     """What a stress report was made from: the stressed models' files (a CV's folds.jsonl holds its
     fold models' hashes), the threshold, the data, the seed and the segment CV of --fuse."""
     from edgebus.core.io import sha256_file
+    from edgebus.training.shape_fusion import folds_sha256
 
     if target.is_file():
         files = [target]
@@ -170,7 +171,7 @@ def _inputs(target: Path, thr, data, fmt: str, seed: int, fuse) -> dict:
         files = sorted(p for p in (target / "model.keras", target / "model_int8.tflite") if p.is_file())
     return {"models_sha256": [sha256_file(p) for p in files], "threshold": thr, "seed": seed,
             "data": None if data is None else [str(Path(data).resolve()), fmt],
-            "fuse_folds_sha256": None if fuse is None else sha256_file(Path(fuse) / "folds.jsonl")}
+            "fuse_folds_sha256": None if fuse is None else folds_sha256(fuse)}
 
 
 def run_stress(target, data=None, fmt: str = "breast", out=None, seed: int = 0, log=print, fuse=None,
@@ -185,8 +186,6 @@ def run_stress(target, data=None, fmt: str = "breast", out=None, seed: int = 0, 
     if out.exists() and not out.is_dir():  # before minutes of scoring, not after
         raise EdgebusError(f"{out}: exists and is not a folder; pick another --out")
     groups, task, contract, thr, desc = _target(target, data, fmt)
-    if fuse is not None and not (Path(fuse) / "folds.jsonl").is_file():
-        raise EdgebusError(f"{fuse}: no folds.jsonl; --fuse takes a segment CV folder ('edgebus cv segment')")
     ident = check_report(out / "stress.json", _inputs(target, thr, data, fmt, seed, fuse), overwrite)
     if "crop" in contract:
         raise EdgebusError(f"{target}: a lesion-crop classifier needs its segmenter's boxes for every changed frame; "
