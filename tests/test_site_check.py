@@ -84,9 +84,64 @@ def test_site_check_runs_on_the_cart_without_tensorflow(cls_run, tmp_path, witho
         assert r.exit_code == 0, r.output
         r = CliRunner().invoke(app, ['site-check', {str(tmp_path / 'p')!r}, '--data', {str(site)!r}, '--format', 'busi'])
         assert r.exit_code == 0, r.output
+        r2 = CliRunner().invoke(app, ['site-threshold', {str(tmp_path / 'cart')!r}, {str(tmp_path / 'p' / 'site-check')!r},
+                                      '--out', {str(tmp_path / 'c2')!r}])
+        assert r2.exit_code == 2 and 'too few to choose a threshold' in r2.output, r2.output
         assert not any(m in sys.modules for m in ('tensorflow', 'tf_keras', 'pandas'))
         print(r.output)
     """)
     res = json.loads((tmp_path / "p" / "site-check" / "site_check.json").read_text())
     assert res["n"] == 24 and res["malignant"] == 12 and res["verdict"].startswith("too few malignant cases")
     assert res["verdict"] in out.stdout
+
+
+def test_site_threshold_puts_the_sites_threshold_on_a_copy_of_the_cart(cls_run, seg_run, chain_data, tmp_path):
+    """The threshold a site check chose is what the copy's calls are made at (its sensitivity on those cases
+    reaches the target); the shipped cart is unchanged; a site check of another cart, a tampered site.json or
+    the shipped cart as --out are refused in one line."""
+    from edgebus.core.io import sha256_file
+
+    cart = tmp_path / "cart"
+    assert cli("bundle", "--classifier", cls_run, "--out", cart).exit_code == 0
+    shipped = {p.name: sha256_file(p) for p in cart.iterdir()}
+    pred = tmp_path / "pred"
+    assert cli("predict", "--bundle", cart, chain_data, "--out", pred, "--no-overlays", "--no-masks").exit_code == 0
+    r = cli("site-check", pred, "--data", chain_data, "--target-sensitivity", 0.97)
+    assert r.exit_code == 0, r.output
+    check = json.loads((pred / "site-check" / "site_check.json").read_text())
+    assert check["local"]["threshold"] != check["threshold"]  # these cases choose another threshold for 0.97
+
+    site_cart = tmp_path / "site-cart"
+    r = cli("site-threshold", cart, pred / "site-check", "--out", site_cart)
+    assert r.exit_code == 0, r.output
+    assert {p.name: sha256_file(p) for p in cart.iterdir()} == shipped  # the shipped cart stays as it was
+    site = json.loads((site_cart / "site.json").read_text())
+    assert site["threshold"] == check["local"]["threshold"] and site["chosen_on"]["n"] == check["n"]
+    assert (site_cart / "site_check.md").is_file()
+    again = tmp_path / "pred-site"
+    r = cli("predict", "--bundle", site_cart, chain_data, "--out", again, "--no-overlays", "--no-masks")
+    assert r.exit_code == 0, r.output
+    before = {x["file"]: x for x in _rows(pred)}
+    label = {c.image.name: c.label for c in read_breast(chain_data).lesions()}
+    hits = []
+    for x in _rows(again):
+        assert x["threshold"] == site["threshold"] and x["prob_raw"] == before[x["file"]]["prob_raw"]  # same models
+        assert (x["label"] == "malignant") == (x["prob_raw"] >= site["threshold"])
+        if label.get(x["file"].split("/")[-1]) == 1:
+            hits.append(x["label"] == "malignant")
+    assert np.mean(hits) >= 0.97  # the target, on the cases it was chosen on (in-sample, as site.json says)
+    assert json.loads((again / "summary.json").read_text())["models"]["site"]["threshold"] == site["threshold"]
+
+    # bad input: one line each
+    one_line_error(cli("site-threshold", cart, pred / "site-check", "--out", cart), "shipped cart")
+    one_line_error(cli("site-threshold", cart, pred / "site-check", "--out", site_cart), "--overwrite")
+    other = tmp_path / "other-cart"
+    assert cli("bundle", "--classifier", cls_run, "--segmenter", seg_run, "--out", other).exit_code == 0
+    one_line_error(cli("site-threshold", other, pred / "site-check", "--out", tmp_path / "x"), "other models",
+                   "edgebus predict --bundle")
+    old = tmp_path / "old-check"
+    old.mkdir()
+    (old / "site_check.json").write_text(json.dumps({**check, "models": None}))
+    one_line_error(cli("site-threshold", cart, old, "--out", tmp_path / "y"), "older site check", "--overwrite")
+    (site_cart / "site.json").write_text(json.dumps({**site, "threshold": 0.0}))
+    one_line_error(cli("predict", "--bundle", site_cart, chain_data, "--out", tmp_path / "z"), "site.json", "sha256")

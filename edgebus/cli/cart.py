@@ -98,16 +98,11 @@ def predict(
     from edgebus.data.breast import IMAGES_DIR, breast_pixel_sizes, is_breast_layout
     from edgebus.data.busi import is_busi_layout, read_busi
     from edgebus.runtime import LesionPipeline, predict_files
-    from edgebus.runtime.bundle import load_bundle, load_fusion
     from edgebus.runtime.frames import resolve_inputs
 
-    fusion = None
-    if bundle is not None:
-        if classifier is not None or segmenter is not None:
-            raise EdgebusError("pass either --bundle or --classifier/--segmenter, not both")
-        classifier, segmenter = load_bundle(bundle, threads if threads >= 1 else 1, xnnpack)
-        fusion = load_fusion(bundle)
-    if classifier is None and segmenter is None:
+    if bundle is not None and (classifier is not None or segmenter is not None):
+        raise EdgebusError("pass either --bundle or --classifier/--segmenter, not both")
+    if bundle is None and classifier is None and segmenter is None:
         raise EdgebusError("pass --classifier and/or --segmenter (a .tflite file or a run directory), or --bundle DIR")
     if threads < 1:
         raise EdgebusError(f"--threads {threads}: give 1 or more")
@@ -128,10 +123,15 @@ def predict(
         if missing:
             fallback = f"using --pixel-size {pixel_size} mm" if pixel_size else "no mm^2 for them"
             typer.echo(f"{data}: {missing} of {len(files)} frames have no Pixel_size in the sheet; {fallback}")
-    pipe = LesionPipeline(classifier, segmenter, num_threads=threads, xnnpack=xnnpack,
-                          fusion=fusion)
+    if bundle is not None:  # its models, fusion and site threshold, sha256-checked
+        pipe = LesionPipeline.from_bundle(bundle, threads, xnnpack)
+    else:
+        pipe = LesionPipeline(classifier, segmenter, num_threads=threads, xnnpack=xnnpack)
     for role, m in pipe.describe().items():
-        if role == "fusion":
+        if role == "site":
+            typer.echo(f"site threshold: {m['threshold']:.4f} (shipped {m['shipped_threshold']:.4f}), chosen on "
+                       f"{m['chosen_on']['n']} of this site's cases (edgebus site-threshold)")
+        elif role == "fusion":
             words = f"; BI-RADS descriptors measured on the mask: {', '.join(m['descriptors'])}" if m.get("descriptors") else ""
             typer.echo(f"fusion: {m['file']} (classifier score + the segmenter's lesion shape, threshold "
                        f"{m['threshold']:.2f}{words})")
@@ -184,9 +184,27 @@ def site_check(predictions: Path = typer.Argument(..., help="a folder 'edgebus p
     run(predictions, data, format, target_sensitivity, out, log=typer.echo, overwrite=overwrite)
 
 
+@friendly
+def site_threshold(cart: Path = typer.Argument(..., help="the shipped cart (a folder 'edgebus bundle' wrote)"),
+                   site_check: Path = typer.Argument(..., help="its site check (the folder 'edgebus site-check' wrote)"),
+                   out: Path = typer.Option(..., "--out", help="folder for the site's copy of the cart"),
+                   overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier copy in --out")):
+    """A copy of the cart thresholded where this site's own labelled cases put it (the threshold the site check
+    chose for its target). The shipped cart is not changed; the threshold is in-sample: confirm it with a site
+    check of further cases."""
+    from edgebus.runtime.site import adopt_site_threshold
+
+    site = adopt_site_threshold(cart, site_check, out, overwrite)
+    on = site["chosen_on"]
+    typer.echo(f"site threshold {site['threshold']:.4f} (shipped {site['shipped_threshold']:.4f}), chosen on {on['n']} "
+               f"cases ({on['malignant']} malignant) for sensitivity {site['target_sensitivity']:.2f}, in-sample: "
+               f"confirm on further cases. Cart: {out} (edgebus predict --bundle {out} FRAMES)")
+
+
 def register(app: typer.Typer) -> None:
     app.command()(bench)
     app.command()(report)
     app.command("predict")(predict)
     app.command("bundle")(bundle)
     app.command("site-check")(site_check)
+    app.command("site-threshold")(site_threshold)

@@ -48,11 +48,16 @@ def _out_names(files: list[Path]) -> list[str]:
 RUN_FILE = "predict.json"  # what made the rows in predictions.jsonl: a resume must match it
 
 
+def model_identity(pipeline: LesionPipeline) -> dict:
+    """What decides a frame's call: each model by content (file names, threads and runtime aside), as JSON
+    reads it back (so a recorded identity compares equal)."""
+    return json.loads(json.dumps({role: {k: v for k, v in d.items() if k not in ("file", "threads", "xnnpack", "interpreter")}
+                                  for role, d in pipeline.describe().items()}, default=str))
+
+
 def _identity(pipeline: LesionPipeline, pixel_size_mm, overlays: bool, masks: bool, dicom_seg: bool) -> dict:
     """What decides a frame's row: the models (by content) and the output settings."""
-    models = {role: {k: v for k, v in d.items() if k not in ("file", "threads", "xnnpack", "interpreter")}
-              for role, d in pipeline.describe().items()}
-    return {"schema": "edgebus.predict-run/1", "models": models, "pixel_size_mm": pixel_size_mm,
+    return {"schema": "edgebus.predict-run/1", "models": model_identity(pipeline), "pixel_size_mm": pixel_size_mm,
             "overlays": overlays, "masks": masks, **({"dicom_seg": True} if dicom_seg else {})}
 
 

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from edgebus.core.errors import EdgebusError
-from edgebus.core.io import atomic_write, sha256_file, write_json
+from edgebus.core.io import atomic_write, read_json, sha256_file, write_json
 from edgebus.core.tasks import TASKS
 from edgebus.runtime.metadata import read_metadata
 from edgebus.runtime.ensemble import EnsembleModel, cv_fold_files
@@ -17,6 +17,8 @@ from edgebus.runtime.model import ExportedModel, resolve_model_path
 BUNDLE_FILES = {"classify": "classifier.tflite", "segment": "segmenter.tflite"}
 BUNDLE_JSON = "bundle.json"
 FUSION_FILE = "fusion.json"
+SITE_FILE = "site.json"  # a threshold chosen on a site's own cases (edgebus site-threshold, runtime.site)
+MIN_MALIGNANT = 20  # fewer and a sensitivity interval is wider than +-0.15: too few to judge or choose on
 
 
 def find_bundle(folder: str | Path) -> tuple[Path | None, Path | None]:
@@ -125,6 +127,8 @@ def make_bundle(out: str | Path, classifier: str | Path | None = None, segmenter
         record["fusion"] = {**fused.describe(), "file": FUSION_FILE, "copied_from": str(fused.path.resolve())}
     else:
         (out / FUSION_FILE).unlink(missing_ok=True)  # a replaced bundle keeps no stale fusion
+    for name in (SITE_FILE, "site_check.md"):  # nor a site threshold chosen for the models it replaced
+        (out / name).unlink(missing_ok=True)
     keep = {BUNDLE_JSON, *(m["file"] for m in members), *(BUNDLE_FILES[t] for t, _ in staged)}
     for p in out.glob("*.tflite"):  # a replaced bundle keeps no stale model
         if p.name not in keep and (p.name in BUNDLE_FILES.values() or p.name.startswith("classifier_fold")):
@@ -178,3 +182,23 @@ def load_fusion(folder: str | Path):
     if not p.is_file() or sha256_file(p) != entry.get("sha256"):
         raise EdgebusError(f"{p}: missing, or sha256 differs from {BUNDLE_JSON}; the file was changed, re-run 'edgebus bundle'")
     return ShapeFusion(p)
+
+
+def load_site(folder: str | Path) -> dict | None:
+    """The bundle's site threshold (site.json from `edgebus site-threshold`), sha256-checked against
+    bundle.json, or None."""
+    folder = Path(folder)
+    manifest = folder / BUNDLE_JSON
+    if not manifest.is_file():
+        return None
+    entry = read_json(manifest).get("site")
+    if not entry:
+        return None
+    p = folder / SITE_FILE
+    if not p.is_file() or sha256_file(p) != entry.get("sha256"):
+        raise EdgebusError(f"{p}: missing, or sha256 differs from {BUNDLE_JSON}; the file was changed, re-run "
+                           "'edgebus site-threshold' on the shipped cart")
+    site = read_json(p)
+    if not isinstance(site, dict) or not isinstance(site.get("threshold"), (int, float)):
+        raise EdgebusError(f"{p}: no threshold; re-run 'edgebus site-threshold' on the shipped cart")
+    return site | {"sha256": entry["sha256"]}

@@ -48,7 +48,7 @@ from PIL import Image
 from edgebus.core.descriptors import findings
 from edgebus.core.errors import EdgebusError
 from edgebus.data.preprocess import crop_square_px, image_area, lesion_box
-from edgebus.runtime.bundle import load_bundle, load_fusion
+from edgebus.runtime.bundle import load_bundle, load_fusion, load_site
 from edgebus.runtime.ensemble import EnsembleModel
 from edgebus.runtime.dicom import is_dicom, iter_frames
 from edgebus.runtime.frames import MAX_FRAME_PIXELS, gray_from_array, load_frame
@@ -83,7 +83,8 @@ class LesionPipeline:
     """
 
     def __init__(self, classifier: str | Path | None = None, segmenter: str | Path | None = None,
-                 num_threads: int = 1, xnnpack: bool = True, max_pixels: int = MAX_FRAME_PIXELS, fusion=None):
+                 num_threads: int = 1, xnnpack: bool = True, max_pixels: int = MAX_FRAME_PIXELS, fusion=None,
+                 site: dict | None = None):
         if classifier is None and segmenter is None:
             raise EdgebusError("pass a classifier and/or a segmenter model (or a bundle folder)")
         if classifier is None or isinstance(classifier, EnsembleModel):
@@ -99,16 +100,21 @@ class LesionPipeline:
         self.fusion = fusion  # runtime.fusion.ShapeFusion: classifier score + the segmenter's lesion shape
         if fusion is not None and (self.classifier is None or self.segmenter is None):
             raise EdgebusError(f"{fusion.path}: fuses the classifier with the segmenter's lesion shape; give both")
+        self.site = site  # runtime.site: a threshold chosen on a site's own cases replaces the shipped one
 
     @classmethod
     def from_bundle(cls, folder: str | Path, num_threads: int = 1, xnnpack: bool = True, **kw) -> "LesionPipeline":
         c, s = load_bundle(folder, num_threads, xnnpack)
-        return cls(classifier=c, segmenter=s, num_threads=num_threads, xnnpack=xnnpack, fusion=load_fusion(folder), **kw)
+        return cls(classifier=c, segmenter=s, num_threads=num_threads, xnnpack=xnnpack, fusion=load_fusion(folder),
+                   site=load_site(folder), **kw)
 
     def describe(self) -> dict:
         d = {m.task.role: m.describe() for m in (self.classifier, self.segmenter) if m is not None}
         if self.fusion is not None:
             d["fusion"] = self.fusion.describe()
+        if self.site is not None:
+            d["site"] = {"threshold": self.site["threshold"], "sha256": self.site["sha256"],
+                         "shipped_threshold": self.site["shipped_threshold"], "chosen_on": self.site["chosen_on"]}
         return d
 
     def load(self, frame) -> np.ndarray:
@@ -228,10 +234,14 @@ class LesionPipeline:
                     res["descriptors"], res["findings"] = findings(desc, self.fusion.descriptors)
                 if shape is not None:
                     res["findings"] = ", ".join(x for x in (res["findings"], orientation_words(shape[0])) if x)
+            if self.site is not None:  # the threshold this site's own labelled cases chose (edgebus site-threshold)
+                threshold = self.site["threshold"]
             res["prob_raw"] = round(p, 6)  # the model's output: what the threshold applies to
             res["prob_malignant"] = round(float(calibrated(p)), 6)  # calibrated where the model carries one
             res["threshold"] = threshold
-            res["label"] = c.labels[1] if p >= threshold else c.labels[0]
+            # the recorded output decides, so a row is its own proof (a threshold chosen on recorded outputs, as a
+            # site's is, may equal one of them to the last digit)
+            res["label"] = c.labels[1] if res["prob_raw"] >= threshold else c.labels[0]
             lat["classify"] = _ms(ta, time.perf_counter())
         lat["total"] = _ms(t0, time.perf_counter())
         res["latency_ms"] = lat

@@ -8,8 +8,10 @@ command scores those predictions: AUC, sensitivity and specificity at the shippe
 bootstrap intervals, calibration, and the threshold these cases would choose for the same target.
 
 It reads predictions and labels only: no model runs here and nothing needs TensorFlow, so it runs on
-the cart itself (a BUSI-layout or labelled DICOM set; a BrEaST sheet needs pandas to read). A locally chosen threshold is in-sample (chosen and scored on the same cases): the
-report says so, with the interval it carries, and recommends confirming it on further cases.
+the cart itself (a BUSI-layout or labelled DICOM set; a BrEaST sheet needs pandas to read). A locally chosen
+threshold is in-sample (chosen and scored on the same cases): the report says so, with the interval it
+carries, and recommends confirming it on further cases; `edgebus site-threshold` (runtime.site) puts it
+on a copy of the cart.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from edgebus.core.errors import EdgebusError
-from edgebus.core.io import atomic_write, check_report, make_dir, read_jsonl, sha256_file, write_json
-
-MIN_MALIGNANT = 20  # fewer and a sensitivity interval is wider than +-0.15: the report says it cannot judge
+from edgebus.core.io import atomic_write, check_report, make_dir, read_json, read_jsonl, sha256_file, write_json
+from edgebus.runtime.batch import RUN_FILE
+from edgebus.runtime.bundle import MIN_MALIGNANT
 
 
 def _labels(data, fmt: str) -> dict:
@@ -130,7 +132,10 @@ def site_check(predictions, data, fmt: str = "breast", target: float = 0.9, out=
            "local": {"threshold": local["threshold"], "threshold_ci": percentile_interval(boot["local_threshold"]),
                      "sensitivity": local["sensitivity"], "specificity": local["specificity"],
                      "note": "chosen and scored on the same cases (in-sample): confirm on further cases"},
-           "bootstrap": {"resamples": n_boot, "seed": seed, "method": "percentile, cases resampled"}, "inputs": ident}
+           "bootstrap": {"resamples": n_boot, "seed": seed, "method": "percentile, cases resampled"}, "inputs": ident,
+           # the cart these are predictions of (predict.json): `edgebus site-threshold` adopts a local threshold
+           # into that cart only
+           "models": read_json(pred_dir / RUN_FILE).get("models") if (pred_dir / RUN_FILE).is_file() else None}
     res["verdict"] = verdict(res)
     out = make_dir(out, "site-check folder")
     from edgebus.reports.figures import reliability_plot
@@ -151,7 +156,7 @@ def verdict(r: dict) -> str:
                 "label more cases before trusting the threshold here")
     if s["ci"][1] < t:
         return (f"MISSES the target {t:.2f} at this site: {head}; these cases would choose {r['local']['threshold']:.4f} "
-                "(in-sample): re-choose the threshold on local cases and confirm it on further ones")
+                "(in-sample): adopt it on a copy of the cart (edgebus site-threshold) and confirm it on further cases")
     if s["value"] >= t:
         return f"consistent with the target {t:.2f} at this site: {head}"
     return f"uncertain at this site: {head} (target {t:.2f} inside the interval, value below it); label more cases"

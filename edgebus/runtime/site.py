@@ -1,0 +1,79 @@
+"""A site's own threshold on a copy of the cart (`edgebus site-threshold CART SITE_CHECK --out DIR`).
+
+A threshold chosen out of fold on BrEaST can miss at another hospital's scanner (issue #12: a promised
+0.90 caught about 40% of cancers). When `edgebus site-check` says so, the cure it names is a threshold
+chosen on the site's own labelled cases. This writes a copy of the cart carrying that threshold
+(site.json, its sha256 in bundle.json, the site check's report beside it). The shipped cart is never
+changed, so the choice is undone by using it again, and every prediction of the copy records the
+threshold that made its call. The threshold is in-sample (chosen and scored on the same cases): confirm
+it with a site check of further cases. Only the threshold moves: the shown probability keeps the
+shipped calibration. No TensorFlow: this runs on the cart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgebus.core.errors import EdgebusError
+from edgebus.core.io import atomic_write, make_dir, read_json, sha256_file, write_json
+from edgebus.runtime.batch import model_identity
+from edgebus.runtime.bundle import BUNDLE_JSON, MIN_MALIGNANT, SITE_FILE
+from edgebus.runtime.pipeline import LesionPipeline
+
+
+def _site_check(path: str | Path) -> tuple[Path, dict]:
+    p = Path(path)
+    p = p / "site_check.json" if p.is_dir() else p
+    if not p.is_file():
+        raise EdgebusError(f"{p}: not found; pass the folder 'edgebus site-check' wrote (PREDICTIONS/site-check unless "
+                           "--out named another)")
+    r = read_json(p)
+    if not isinstance(r, dict) or r.get("schema") != "edgebus.site_check/1" or "local" not in r:
+        raise EdgebusError(f"{p}: not a site check of this edgebus; make one with 'edgebus site-check PREDICTIONS --data DIR'")
+    if not r.get("models"):
+        raise EdgebusError(f"{p}: does not record which cart made its predictions (an older site check); re-run "
+                           "'edgebus site-check ... --overwrite'")
+    return p, r
+
+
+def adopt_site_threshold(cart: str | Path, site_check: str | Path, out: str | Path, overwrite: bool = False) -> dict:
+    """Copy `cart` to `out` with the threshold the site check's cases chose; returns the site record."""
+    cart, out = Path(cart), Path(out)
+    check_path, r = _site_check(site_check)
+    if r["malignant"] < MIN_MALIGNANT:
+        raise EdgebusError(f"{check_path}: {r['malignant']} malignant cases, fewer than {MIN_MALIGNANT}: too few to "
+                           "choose a threshold on; label more cases and run the site check again")
+    if not (cart / BUNDLE_JSON).is_file():
+        raise EdgebusError(f"{cart}: not a cart bundle (no {BUNDLE_JSON}); make one with 'edgebus bundle'")
+    if out.resolve() == cart.resolve():
+        raise EdgebusError(f"{out}: is the shipped cart; write the site's copy to another --out (the shipped one stays)")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise EdgebusError(f"{out}: exists and is not empty; pick another --out or pass --overwrite")
+    pipeline = LesionPipeline.from_bundle(cart)
+    if pipeline.classifier is None:
+        raise EdgebusError(f"{cart}: has no classifier; a site threshold applies to the malignancy call")
+    if model_identity(pipeline) != r["models"]:
+        raise EdgebusError(f"{check_path}: scores predictions made with other models than {cart}'s; predict the site's "
+                           f"cases with this cart (edgebus predict --bundle {cart} ...) and check them again")
+    local = r["local"]
+    site = {"schema": "edgebus.site/1", "threshold": float(local["threshold"]), "threshold_ci": local["threshold_ci"],
+            "target_sensitivity": r["target_sensitivity"], "shipped_threshold": r["threshold"],
+            "in_sample": {"sensitivity": local["sensitivity"], "specificity": local["specificity"]},
+            "chosen_on": {"site_check": str(check_path.resolve()), "sha256": sha256_file(check_path), "data": r["data"],
+                          "n": r["n"], "malignant": r["malignant"], "benign": r["benign"], "verdict": r["verdict"]},
+            "note": "chosen and scored on the same cases (in-sample): confirm it with a site check of further cases"}
+    record = read_json(cart / BUNDLE_JSON)
+    make_dir(out, "--out")
+    (out / BUNDLE_JSON).unlink(missing_ok=True)  # a copy half-written over an older one must not load
+    for p in out.glob("*"):  # an older copy's models and records that the cart does not have
+        if p.is_file() and p.suffix in (".tflite", ".json", ".md") and not (cart / p.name).is_file():
+            p.unlink()
+    for p in sorted(cart.iterdir()):  # the cart's files as they are (their sha256 stay in bundle.json)
+        if p.is_file() and not p.is_symlink() and p.name not in (BUNDLE_JSON, SITE_FILE, "site_check.md"):
+            atomic_write(out / p.name, p.read_bytes())
+    if (check_path.parent / "site_check.md").is_file():  # the evidence travels with the threshold
+        atomic_write(out / "site_check.md", (check_path.parent / "site_check.md").read_bytes())
+    write_json(out / SITE_FILE, site)
+    record["site"] = {"file": SITE_FILE, "sha256": sha256_file(out / SITE_FILE), "threshold": site["threshold"],
+                      "copied_from_cart": str(cart.resolve())}
+    write_json(out / BUNDLE_JSON, record)  # last: a half-written copy has no bundle.json and does not load
+    return site
