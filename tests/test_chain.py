@@ -151,3 +151,12 @@ def test_bad_input_cli_errors(tmp_path, chain_data):
     _one_line_error(cli("train", "classify", "--data", chain_data, "--model", "mobilenetv2", "--weights",
                         tmp_path / "missing.h5", "--out", tmp_path / "r3"), "missing.h5")
     _one_line_error(cli("bench", tmp_path / "nothing-here"), "nothing-here")
+
+
+def test_training_logs_one_line_per_epoch_when_not_on_a_terminal(chain_data, tmp_path):
+    """A CPU grid or CV runs for hours into a log file: each epoch says so there (a rich bar draws only at its end)."""
+    r = cli("train", "classify", "--data", chain_data, "--model", "test-cnn", "--size", 32, "--epochs", 2,
+            "--out", tmp_path / "r")
+    assert r.exit_code == 0, r.output
+    lines = [line for line in r.output.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in lines] == ["1/2", "2/2"] and all("val_loss=" in line for line in lines), r.output

@@ -147,14 +147,23 @@ def predict(model, x, batch: int = 16) -> np.ndarray:
 
 
 class Progress:
-    """A rich progress bar over epochs, showing training and (inference-mode) validation metrics."""
+    """A rich progress bar over epochs, showing training and (inference-mode) validation metrics. Where
+    the output is not a terminal (a log file of an hours-long CPU grid or CV), one plain line per epoch
+    instead: a bar is only drawn there when it ends."""
 
     def __new__(cls, epochs: int, enabled: bool):
+        import sys
+        import time
+
         from edgebus.compat import keras
 
         class Cb(keras.callbacks.Callback):
             def on_train_begin(self, logs=None):
                 if not enabled:
+                    return
+                self.t0 = time.perf_counter()
+                self.bar = None
+                if not sys.stdout.isatty():
                     return
                 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -168,10 +177,13 @@ class Progress:
             def on_epoch_end(self, epoch, logs=None):
                 if enabled:
                     info = " ".join(f"{k}={v:.3f}" for k, v in (logs or {}).items())
-                    self.bar.update(self.task, advance=1, info=info)
+                    if self.bar is None:
+                        print(f"epoch {epoch + 1}/{epochs} {info} ({time.perf_counter() - self.t0:.0f} s)", flush=True)
+                    else:
+                        self.bar.update(self.task, advance=1, info=info)
 
             def on_train_end(self, logs=None):
-                if enabled:
+                if enabled and self.bar is not None:
                     self.bar.stop()
 
         return Cb()
