@@ -131,6 +131,24 @@ def test_site_threshold_puts_the_sites_threshold_on_a_copy_of_the_cart(cls_run, 
             hits.append(x["label"] == "malignant")
     assert np.mean(hits) >= 0.97  # the target, on the cases it was chosen on (in-sample, as site.json says)
     assert json.loads((again / "summary.json").read_text())["models"]["site"]["threshold"] == site["threshold"]
+    # the shown probability is recalibrated on the site's cases (Platt), so on them its log loss is no worse
+    cal = site["calibration"]
+    assert cal == check["local"]["calibration"] and cal["a"] > 0
+    for x in _rows(again):
+        expect = 1 / (1 + np.exp(-(cal["a"] * np.log(x["prob_raw"] / (1 - x["prob_raw"])) + cal["b"])))
+        assert abs(x["prob_malignant"] - expect) < 1e-4
+
+    def log_loss(rows):
+        y = np.array([label[x["file"].split("/")[-1]] for x in rows if x["file"].split("/")[-1] in label])
+        q = np.clip([x["prob_malignant"] for x in rows if x["file"].split("/")[-1] in label], 1e-6, 1 - 1e-6)
+        return -np.mean(y * np.log(q) + (1 - y) * np.log(1 - q))
+
+    assert log_loss(_rows(again)) <= log_loss(_rows(pred)) + 1e-4
+    r = cli("site-check", again, "--data", chain_data, "--target-sensitivity", 0.97)
+    assert r.exit_code == 0, r.output
+    recheck = json.loads((again / "site-check" / "site_check.json").read_text())
+    assert recheck["threshold"] == site["threshold"] and recheck["sensitivity"]["value"] >= 0.97
+    assert recheck["calibration"]["slope"] > 0 and "site-threshold" in (again / "site-check" / "site_check.md").read_text()
 
     # bad input: one line each
     one_line_error(cli("site-threshold", cart, pred / "site-check", "--out", cart), "shipped cart")

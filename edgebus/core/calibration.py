@@ -27,7 +27,7 @@ def logit(p) -> np.ndarray:
 
 
 def sigmoid(z) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+    return np.exp(-np.logaddexp(0.0, -np.asarray(z, dtype=np.float64)))  # 1 / (1 + e^-z), without overflow
 
 
 def fit_platt(y, p, l2: float = 1e-3, steps: int = 100) -> dict:

@@ -199,6 +199,10 @@ def load_site(folder: str | Path) -> dict | None:
         raise EdgebusError(f"{p}: missing, or sha256 differs from {BUNDLE_JSON}; the file was changed, re-run "
                            "'edgebus site-threshold' on the shipped cart")
     site = read_json(p)
-    if not isinstance(site, dict) or not isinstance(site.get("threshold"), (int, float)):
-        raise EdgebusError(f"{p}: no threshold; re-run 'edgebus site-threshold' on the shipped cart")
+    cal = site.get("calibration") if isinstance(site, dict) else None
+    if (not isinstance(site, dict) or not isinstance(site.get("threshold"), (int, float))
+            or (cal is not None and not (cal.get("method") == "platt" and isinstance(cal.get("b"), (int, float))
+                                         and isinstance(cal.get("a"), (int, float)) and cal["a"] > 0))):
+        raise EdgebusError(f"{p}: no threshold, or not a Platt calibration; re-run 'edgebus site-threshold' on the "
+                           "shipped cart")
     return site | {"sha256": entry["sha256"]}

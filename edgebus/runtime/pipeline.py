@@ -40,11 +40,13 @@ is x1 - x0 pixels wide), None when the mask is empty.
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from edgebus.core.calibration import apply as apply_calibration
 from edgebus.core.descriptors import findings
 from edgebus.core.errors import EdgebusError
 from edgebus.data.preprocess import crop_square_px, image_area, lesion_box
@@ -113,7 +115,8 @@ class LesionPipeline:
         if self.fusion is not None:
             d["fusion"] = self.fusion.describe()
         if self.site is not None:
-            d["site"] = {"threshold": self.site["threshold"], "sha256": self.site["sha256"],
+            d["site"] = {"threshold": self.site["threshold"], "calibration": self.site.get("calibration"),
+                         "sha256": self.site["sha256"],
                          "shipped_threshold": self.site["shipped_threshold"], "chosen_on": self.site["chosen_on"]}
         return d
 
@@ -234,8 +237,10 @@ class LesionPipeline:
                     res["descriptors"], res["findings"] = findings(desc, self.fusion.descriptors)
                 if shape is not None:
                     res["findings"] = ", ".join(x for x in (res["findings"], orientation_words(shape[0])) if x)
-            if self.site is not None:  # the threshold this site's own labelled cases chose (edgebus site-threshold)
+            if self.site is not None:  # the threshold and calibration this site's own labelled cases chose
                 threshold = self.site["threshold"]
+                if self.site.get("calibration"):
+                    calibrated = partial(apply_calibration, self.site["calibration"])
             res["prob_raw"] = round(p, 6)  # the model's output: what the threshold applies to
             res["prob_malignant"] = round(float(calibrated(p)), 6)  # calibrated where the model carries one
             res["threshold"] = threshold

@@ -5,9 +5,12 @@ A threshold chosen out of fold on BrEaST can miss at another hospital's scanner 
 chosen on the site's own labelled cases. This writes a copy of the cart carrying that threshold
 (site.json, its sha256 in bundle.json, the site check's report beside it). The shipped cart is never
 changed, so the choice is undone by using it again, and every prediction of the copy records the
-threshold that made its call. The threshold is in-sample (chosen and scored on the same cases): confirm
-it with a site check of further cases. Only the threshold moves: the shown probability keeps the
-shipped calibration. No TensorFlow: this runs on the cart."""
+threshold that made its call. The shown probability is recalibrated on the same cases (Platt: a
+logistic recalibration of slope and intercept, the usual update of a prediction model at a new
+centre), since calibration moves with the scanner even more than ranking does (on BrEaST's unseen
+scanner settings a Platt step fitted on the others made it worse, training/results/robustness.md).
+Both are in-sample (chosen and scored on the same cases): confirm them with a site check of further
+cases. No TensorFlow: this runs on the cart."""
 
 from __future__ import annotations
 
@@ -57,7 +60,9 @@ def adopt_site_threshold(cart: str | Path, site_check: str | Path, out: str | Pa
     local = r["local"]
     site = {"schema": "edgebus.site/1", "threshold": float(local["threshold"]), "threshold_ci": local["threshold_ci"],
             "target_sensitivity": r["target_sensitivity"], "shipped_threshold": r["threshold"],
-            "in_sample": {"sensitivity": local["sensitivity"], "specificity": local["specificity"]},
+            "calibration": local.get("calibration"),  # Platt on the site's cases: what the cart shows, recalibrated
+            "in_sample": {"sensitivity": local["sensitivity"], "specificity": local["specificity"],
+                          "ece": local.get("ece")},
             "chosen_on": {"site_check": str(check_path.resolve()), "sha256": sha256_file(check_path), "data": r["data"],
                           "n": r["n"], "malignant": r["malignant"], "benign": r["benign"], "verdict": r["verdict"]},
             "note": "chosen and scored on the same cases (in-sample): confirm it with a site check of further cases"}

@@ -67,7 +67,7 @@ def site_check(predictions, data, fmt: str = "breast", target: float = 0.9, out=
                seed: int = 0, log=print, overwrite: bool = False) -> dict:
     """Score a cart's predictions folder against a labelled set; write site_check.json / .md and a
     reliability plot (default: PREDICTIONS/site-check)."""
-    from edgebus.core.calibration import reliability
+    from edgebus.core.calibration import apply, reliability
     from edgebus.core.stats import percentile_interval
     from edgebus.core.metrics import expected_calibration_error, roc_auc, threshold_for_sensitivity
 
@@ -121,6 +121,7 @@ def site_check(predictions, data, fmt: str = "breast", target: float = 0.9, out=
             boot["specificity"].append(float((~pb[yb == 0]).mean()))
             boot["local_threshold"].append(threshold_for_sensitivity(yb, raw[i], target)["threshold"])
     local = threshold_for_sensitivity(y, raw, target)
+    shown_fit, local_cal = _platt_or_none(y, shown), _platt_or_none(y, raw)
     res = {"schema": "edgebus.site_check/1", "predictions": str(pred_dir), "data": str(data), "format": fmt,
            "n": int(len(y)), "malignant": n_mal, "benign": n_ben, "unmatched_predictions": len(rows) - len(matched),
            "labelled_not_predicted": len(labels) - len({c.case_id for c, _ in matched}),
@@ -129,8 +130,12 @@ def site_check(predictions, data, fmt: str = "breast", target: float = 0.9, out=
            "sensitivity": {"value": float(pred[y == 1].mean()), "ci": percentile_interval(boot["sensitivity"])},
            "specificity": {"value": float((~pred[y == 0]).mean()), "ci": percentile_interval(boot["specificity"])},
            "ece": expected_calibration_error(y, shown),
+           # logistic recalibration of the shown probability on these cases: slope 1, intercept 0 if it holds here
+           "calibration": None if shown_fit is None else {"slope": shown_fit["a"], "intercept": shown_fit["b"]},
            "local": {"threshold": local["threshold"], "threshold_ci": percentile_interval(boot["local_threshold"]),
                      "sensitivity": local["sensitivity"], "specificity": local["specificity"],
+                     "calibration": local_cal,
+                     "ece": None if local_cal is None else expected_calibration_error(y, apply(local_cal, raw)),
                      "note": "chosen and scored on the same cases (in-sample): confirm on further cases"},
            "bootstrap": {"resamples": n_boot, "seed": seed, "method": "percentile, cases resampled"}, "inputs": ident,
            # the cart these are predictions of (predict.json): `edgebus site-threshold` adopts a local threshold
@@ -145,6 +150,16 @@ def site_check(predictions, data, fmt: str = "breast", target: float = 0.9, out=
     atomic_write(out / "site_check.md", site_check_md(res))
     log(f"{res['verdict']} ({out / 'site_check.md'})")
     return res | {"out": str(out)}
+
+
+def _platt_or_none(y, p) -> dict | None:
+    """Platt scaling fitted on these cases, or None where the scores rank them backwards (slope <= 0)."""
+    from edgebus.core.calibration import fit_platt
+
+    try:
+        return fit_platt(y, p)
+    except EdgebusError:
+        return None
 
 
 def verdict(r: dict) -> str:
@@ -162,6 +177,10 @@ def verdict(r: dict) -> str:
     return f"uncertain at this site: {head} (target {t:.2f} inside the interval, value below it); label more cases"
 
 
+def _slope(c: dict | None) -> str:
+    return "the scores rank these cases backwards" if c is None else f"{c['slope']:.3f} / {c['intercept']:.3f}"
+
+
 def site_check_md(r: dict) -> str:
     def ci(v):
         return f"{v['value']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]"
@@ -177,8 +196,12 @@ def site_check_md(r: dict) -> str:
         f"| AUC | {ci(r['auc'])} |",
         f"| sensitivity (malignant recall) | {ci(r['sensitivity'])} |",
         f"| specificity (benign recall) | {ci(r['specificity'])} |",
-        f"| calibration error (ECE, the probability the cart shows) | {r['ece']:.3f} |", "",
+        f"| calibration error (ECE, the probability the cart shows) | {r['ece']:.3f} |",
+        f"| calibration slope / intercept (1 / 0 where it holds) | {_slope(r['calibration'])} |", "",
         f"The threshold these cases would choose for sensitivity {r['target_sensitivity']:.2f}: {loc['threshold']:.4f} "
         f"[{loc['threshold_ci'][0]:.4f}, {loc['threshold_ci'][1]:.4f}] (shipped: {r['threshold']:.4f}); at it, "
-        f"sensitivity {loc['sensitivity']:.3f}, specificity {loc['specificity']:.3f}, {loc['note']}.", "",
+        f"sensitivity {loc['sensitivity']:.3f}, specificity {loc['specificity']:.3f}, {loc['note']}. "
+        + (f"The shown probability recalibrated on these cases (Platt, a {loc['calibration']['a']:.3f}, b "
+           f"{loc['calibration']['b']:.3f}) has ECE {loc['ece']:.3f} on them. " if loc["calibration"] else "")
+        + "`edgebus site-threshold CART THIS_FOLDER --out DIR` puts both on a copy of the cart.", "",
         "![reliability](reliability.png)", ""])
