@@ -24,6 +24,21 @@ def test_platt_recovers_a_known_miscalibration():
         assert apply(cal, [raw_threshold(cal, t)])[0] == pytest.approx(t, abs=1e-9)
 
 
+def test_platt_fits_scores_far_from_calibrated():
+    """A new site's scores may sit several logits low: the fit moves its intercept by that much and keeps
+    the slope (plain Newton from the identity diverged there, to slopes of 10^5), and the intercept-only
+    form absorbs the shift alone."""
+    rng = np.random.default_rng(1)
+    z = rng.normal(-0.5, 1.6, 130)
+    y = rng.random(130) < 1 / (1 + np.exp(-z))
+    base = fit_platt(y, 1 / (1 + np.exp(-z)))
+    for shift in (1.0, 3.0, 5.0):
+        cal = fit_platt(y, 1 / (1 + np.exp(-(z - shift))))
+        assert cal["a"] == pytest.approx(base["a"], abs=0.01) and cal["b"] - shift * cal["a"] == pytest.approx(base["b"], abs=0.05)
+        one = fit_platt(y, 1 / (1 + np.exp(-(z - shift))), slope=False)
+        assert one["a"] == 1.0 and one["b"] == pytest.approx(shift + fit_platt(y, 1 / (1 + np.exp(-z)), slope=False)["b"], abs=0.05)
+
+
 def test_threshold_is_chosen_on_other_folds_only():
     """Folds 1 and 2 separate the classes at ~0.9 vs ~0.1; fold 0's cancers score only 0.3. A
     threshold chosen without fold 0 misses them; one that saw fold 0 would not."""

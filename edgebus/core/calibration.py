@@ -30,22 +30,34 @@ def sigmoid(z) -> np.ndarray:
     return np.exp(-np.logaddexp(0.0, -np.asarray(z, dtype=np.float64)))  # 1 / (1 + e^-z), without overflow
 
 
-def fit_platt(y, p, l2: float = 1e-3, steps: int = 100) -> dict:
+def fit_platt(y, p, l2: float = 1e-3, steps: int = 100, slope: bool = True) -> dict:
     """{"method": "platt", "a", "b"} by Newton's method on the log loss (a small L2 pull towards the
-    identity a=1, b=0 keeps it finite when the classes separate perfectly)."""
+    identity a=1, b=0 keeps it finite when the classes separate perfectly). Each step is halved until
+    the loss falls: plain Newton, started at the identity, diverges on scores far from calibrated (a
+    new site's, shifted by a few logits). slope=False keeps a at 1 and fits b alone ("recalibration in
+    the large": one number, steadier on few cases)."""
     y = np.asarray(y, dtype=np.float64).ravel()
     z = logit(p).ravel()
     if len(np.unique(y)) < 2:
         raise EdgebusError("calibration needs both benign and malignant cases")
-    w = np.array([1.0, 0.0])
+    ident = np.array([1.0, 0.0])
+
+    def loss(w):
+        s = w[0] * z + w[1]
+        return float(np.sum(np.logaddexp(0.0, s) - y * s) + l2 / 2 * np.sum((w - ident) ** 2))
+
+    w = ident.copy()
     for _ in range(steps):
         q = sigmoid(w[0] * z + w[1])
-        g = np.array([np.sum((q - y) * z), np.sum(q - y)]) + l2 * (w - [1.0, 0.0])
+        g = np.array([np.sum((q - y) * z), np.sum(q - y)]) + l2 * (w - ident)
         h = q * (1 - q)
         hess = np.array([[np.sum(h * z * z), np.sum(h * z)], [np.sum(h * z), np.sum(h)]]) + l2 * np.eye(2)
-        step = np.linalg.solve(hess, g)
-        w -= step
-        if np.abs(step).max() < 1e-10:
+        step = np.linalg.solve(hess, g) if slope else np.array([0.0, g[1] / hess[1, 1]])
+        before, t = loss(w), 1.0
+        while loss(w - t * step) > before and t > 1e-10:
+            t /= 2
+        w -= t * step
+        if np.abs(t * step).max() < 1e-10:
             break
     if not w[0] > 0:
         raise EdgebusError(f"calibration slope {w[0]:.3g} is not positive: the scores rank cases backwards; "
