@@ -18,7 +18,6 @@ BUNDLE_FILES = {"classify": "classifier.tflite", "segment": "segmenter.tflite"}
 BUNDLE_JSON = "bundle.json"
 FUSION_FILE = "fusion.json"
 SITE_FILE = "site.json"  # a threshold chosen on a site's own cases (edgebus site-threshold, runtime.site)
-MIN_MALIGNANT = 20  # fewer and a sensitivity interval is wider than +-0.15: too few to judge or choose on
 
 
 def find_bundle(folder: str | Path) -> tuple[Path | None, Path | None]:

@@ -23,7 +23,9 @@ import numpy as np
 from edgebus.core.errors import EdgebusError
 from edgebus.core.io import atomic_write, check_report, make_dir, read_json, read_jsonl, sha256_file, write_json
 from edgebus.runtime.batch import RUN_FILE
-from edgebus.runtime.bundle import MIN_MALIGNANT
+from edgebus.runtime.site import MIN_CHOOSE
+
+MIN_MALIGNANT = 20  # fewer and a sensitivity interval is wider than +-0.15: the report says it cannot judge
 
 
 def _labels(data, fmt: str) -> dict:
@@ -121,7 +123,9 @@ def site_check(predictions, data, fmt: str = "breast", target: float = 0.9, out=
             boot["specificity"].append(float((~pb[yb == 0]).mean()))
             boot["local_threshold"].append(threshold_for_sensitivity(yb, raw[i], target)["threshold"])
     local = threshold_for_sensitivity(y, raw, target)
-    shown_fit, local_cal = _platt_or_none(y, shown), _platt_or_none(y, raw)
+    # the shown probability's calibration slope and intercept here; the site's own recalibration is the intercept
+    # alone (benchmarks/results/site-threshold.md: steadier than slope and intercept on a site's few cases)
+    shown_fit, local_cal = _platt_or_none(y, shown), _platt_or_none(y, raw, slope=False)
     res = {"schema": "edgebus.site_check/1", "predictions": str(pred_dir), "data": str(data), "format": fmt,
            "n": int(len(y)), "malignant": n_mal, "benign": n_ben, "unmatched_predictions": len(rows) - len(matched),
            "labelled_not_predicted": len(labels) - len({c.case_id for c, _ in matched}),
@@ -141,7 +145,7 @@ def site_check(predictions, data, fmt: str = "breast", target: float = 0.9, out=
            # the cart these are predictions of (predict.json): `edgebus site-threshold` adopts a local threshold
            # into that cart only
            "models": read_json(pred_dir / RUN_FILE).get("models") if (pred_dir / RUN_FILE).is_file() else None}
-    res["verdict"] = verdict(res)
+    res["verdict_kind"], res["verdict"] = verdict(res)
     out = make_dir(out, "site-check folder")
     from edgebus.reports.figures import reliability_plot
 
@@ -152,29 +156,33 @@ def site_check(predictions, data, fmt: str = "breast", target: float = 0.9, out=
     return res | {"out": str(out)}
 
 
-def _platt_or_none(y, p) -> dict | None:
+def _platt_or_none(y, p, slope: bool = True) -> dict | None:
     """Platt scaling fitted on these cases, or None where the scores rank them backwards (slope <= 0)."""
     from edgebus.core.calibration import fit_platt
 
     try:
-        return fit_platt(y, p)
+        return fit_platt(y, p, slope=slope)
     except EdgebusError:
         return None
 
 
-def verdict(r: dict) -> str:
-    """One line: misses the target, consistent with it, uncertain, or too few cases to say."""
+def verdict(r: dict) -> tuple[str, str]:
+    """(kind, one line): the shipped threshold misses the target, is consistent with it, is uncertain, or there
+    are too few cases to say. Only "misses" lets `edgebus site-threshold` choose a local one: where the shipped
+    threshold holds, one chosen on a site's few cases does worse (benchmarks/results/site-threshold.md)."""
     s, t = r["sensitivity"], r["target_sensitivity"]
     head = f"sensitivity {s['value']:.3f} [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}] at the shipped threshold {r['threshold']:.4f}"
     if r["malignant"] < MIN_MALIGNANT:
-        return (f"too few malignant cases to judge ({r['malignant']} < {MIN_MALIGNANT}): {head}; "
-                "label more cases before trusting the threshold here")
+        return "too few", (f"too few malignant cases to judge ({r['malignant']} < {MIN_MALIGNANT}): {head}; "
+                           "label more cases before trusting the threshold here")
     if s["ci"][1] < t:
-        return (f"MISSES the target {t:.2f} at this site: {head}; these cases would choose {r['local']['threshold']:.4f} "
-                "(in-sample): adopt it on a copy of the cart (edgebus site-threshold) and confirm it on further cases")
+        return "misses", (f"MISSES the target {t:.2f} at this site: {head}; these cases would choose "
+                          f"{r['local']['threshold']:.4f} (in-sample): with {MIN_CHOOSE} or more malignant cases, adopt "
+                          "it on a copy of the cart (edgebus site-threshold) and confirm it on further cases")
     if s["value"] >= t:
-        return f"consistent with the target {t:.2f} at this site: {head}"
-    return f"uncertain at this site: {head} (target {t:.2f} inside the interval, value below it); label more cases"
+        return "consistent", f"consistent with the target {t:.2f} at this site: {head}"
+    return "uncertain", (f"uncertain at this site: {head} (target {t:.2f} inside the interval, value below it); "
+                         "label more cases")
 
 
 def _slope(c: dict | None) -> str:
@@ -201,7 +209,8 @@ def site_check_md(r: dict) -> str:
         f"The threshold these cases would choose for sensitivity {r['target_sensitivity']:.2f}: {loc['threshold']:.4f} "
         f"[{loc['threshold_ci'][0]:.4f}, {loc['threshold_ci'][1]:.4f}] (shipped: {r['threshold']:.4f}); at it, "
         f"sensitivity {loc['sensitivity']:.3f}, specificity {loc['specificity']:.3f}, {loc['note']}. "
-        + (f"The shown probability recalibrated on these cases (Platt, a {loc['calibration']['a']:.3f}, b "
-           f"{loc['calibration']['b']:.3f}) has ECE {loc['ece']:.3f} on them. " if loc["calibration"] else "")
-        + "`edgebus site-threshold CART THIS_FOLDER --out DIR` puts both on a copy of the cart.", "",
+        + (f"The shown probability recalibrated in the large on these cases (its logit moved by "
+           f"{loc['calibration']['b']:+.3f}) has ECE {loc['ece']:.3f} on them. " if loc["calibration"] else "")
+        + ("`edgebus site-threshold CART THIS_FOLDER --out DIR` puts both on a copy of the cart." if r["verdict_kind"] ==
+           "misses" else "The shipped threshold does not miss here: keep it."), "",
         "![reliability](reliability.png)", ""])
