@@ -212,7 +212,8 @@ def model_card_limits(n_lesions) -> list[str]:
             "every training image holds a lesion; normal frames and frames without a lesion were not seen",
             "the stress benchmark (edgebus stress) shows how much blur and lower resolution cost; before use at "
             "a new site, run its own labelled cases through the cart and check the threshold there "
-            "(edgebus site-check): each unseen scanner setting shifts all scores together",
+            "(edgebus site-check): each unseen scanner setting shifts all scores together; where it misses, with "
+            "at least 50 labelled cancers, edgebus site-threshold puts the site's own threshold on a copy of the cart",
             "on BrEaST the frame geometry alone predicts malignancy (field depth AUC 0.71): an estimate from case "
             "folds, where every scanner setting is also in training, overstates what a new scanner gets; the "
             "estimate from folds grouped by acquisition (edgebus cv --group-by acquisition) is the one to expect",
