@@ -121,6 +121,15 @@ def test_a_run_takes_the_cv_operating_point_into_its_int8_file_and_the_cart_appl
         res = pipe.predict(f)
         assert res["prob_malignant"] == pytest.approx(float(apply(op["calibration"], res["prob_raw"])), abs=1e-5)
         assert res["label"] == ("malignant" if res["prob_raw"] >= op["threshold"] else "benign")
+    # a site's recalibration (edgebus site-threshold) moves the shipped calibrated probability's logit, not the raw one's
+    site = {"threshold": 0.2, "calibration": {"method": "platt", "a": 1.0, "b": 0.7}, "sha256": "x",
+            "shipped_threshold": op["threshold"], "chosen_on": {}}
+    at_site = LesionPipeline(classifier=run / "model_int8.tflite", site=site)
+    for f in frames:
+        shipped, res = pipe.predict(f), at_site.predict(f)
+        q = apply(op["calibration"], shipped["prob_raw"])
+        assert res["prob_malignant"] == pytest.approx(float(apply(site["calibration"], q)), abs=1e-5)
+        assert res["label"] == ("malignant" if res["prob_raw"] >= 0.2 else "benign") and res["threshold"] == 0.2
 
 
 def test_operating_point_bad_input(cv_dir, synthetic_breast_dir, tmp_path):

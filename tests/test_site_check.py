@@ -150,8 +150,8 @@ def test_site_threshold_restores_sensitivity_at_a_brighter_scanner(cls_run, chai
     for x in _rows(site_pred):
         assert x["threshold"] == site["threshold"] and x["prob_raw"] == before[x["file"]]["prob_raw"]  # same models
         assert (x["label"] == "malignant") == (x["prob_raw"] >= site["threshold"])
-        z = np.log(x["prob_raw"] / (1 - x["prob_raw"])) + cal["b"]
-        assert abs(x["prob_malignant"] - 1 / (1 + np.exp(-z))) < 1e-4
+        q = before[x["file"]]["prob_malignant"]  # the shipped cart's shown probability, its logit moved by b
+        assert abs(x["prob_malignant"] - 1 / (1 + np.exp(-(np.log(q / (1 - q)) + cal["b"])))) < 1e-4
     assert _sensitivity(site_pred, later) >= 0.75 and _sensitivity(shipped_pred, later) < 0.5
     assert json.loads((site_pred / "summary.json").read_text())["models"]["site"]["threshold"] == site["threshold"]
 

@@ -72,6 +72,11 @@ RESULT_FIELDS = ("file", "width", "height", "image_area", "prob_malignant", "pro
                  "mask_area_px", "pixel_size_mm", "mask_area_mm2", "bbox", "crop", "latency_ms", "error")
 
 
+def _recalibrated(site_calibration: dict, calibrated, p: float) -> float:
+    """The shown probability with a site's recalibration (edgebus site-threshold) applied on top."""
+    return float(apply_calibration(site_calibration, calibrated(p)))
+
+
 def _ms(t0: float, t1: float) -> float:
     return round((t1 - t0) * 1000, 3)
 
@@ -239,8 +244,8 @@ class LesionPipeline:
                     res["findings"] = ", ".join(x for x in (res["findings"], orientation_words(shape[0])) if x)
             if self.site is not None:  # the threshold and calibration this site's own labelled cases chose
                 threshold = self.site["threshold"]
-                if self.site.get("calibration"):
-                    calibrated = partial(apply_calibration, self.site["calibration"])
+                if self.site.get("calibration"):  # moves the shown probability's logit (after the cart's own)
+                    calibrated = partial(_recalibrated, self.site["calibration"], calibrated)
             res["prob_raw"] = round(p, 6)  # the model's output: what the threshold applies to
             res["prob_malignant"] = round(float(calibrated(p)), 6)  # calibrated where the model carries one
             res["threshold"] = threshold

@@ -70,7 +70,7 @@ def adopt_site_threshold(cart: str | Path, site_check: str | Path, out: str | Pa
     local = r["local"]
     site = {"schema": "edgebus.site/1", "threshold": float(local["threshold"]), "threshold_ci": local["threshold_ci"],
             "target_sensitivity": r["target_sensitivity"], "shipped_threshold": r["threshold"],
-            "calibration": local.get("calibration"),  # Platt on the site's cases: what the cart shows, recalibrated
+            "calibration": local.get("calibration"),  # on the site's cases: applied to what the cart shows
             "in_sample": {"sensitivity": local["sensitivity"], "specificity": local["specificity"],
                           "ece": local.get("ece")},
             "chosen_on": {"site_check": str(check_path.resolve()), "sha256": sha256_file(check_path), "data": r["data"],

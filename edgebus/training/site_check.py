@@ -123,9 +123,10 @@ def site_check(predictions, data, fmt: str = "breast", target: float = 0.9, out=
             boot["specificity"].append(float((~pb[yb == 0]).mean()))
             boot["local_threshold"].append(threshold_for_sensitivity(yb, raw[i], target)["threshold"])
     local = threshold_for_sensitivity(y, raw, target)
-    # the shown probability's calibration slope and intercept here; the site's own recalibration is the intercept
-    # alone (benchmarks/results/site-threshold.md: steadier than slope and intercept on a site's few cases)
-    shown_fit, local_cal = _platt_or_none(y, shown), _platt_or_none(y, raw, slope=False)
+    # the shown probability's calibration slope and intercept here; the site's own recalibration moves the shown
+    # probability's logit by one number (benchmarks/results/site-threshold.md: steadier than slope and intercept on a
+    # site's few cases), on top of whatever calibration the cart ships
+    shown_fit, local_cal = _platt_or_none(y, shown), _platt_or_none(y, shown, slope=False)
     res = {"schema": "edgebus.site_check/1", "predictions": str(pred_dir), "data": str(data), "format": fmt,
            "n": int(len(y)), "malignant": n_mal, "benign": n_ben, "unmatched_predictions": len(rows) - len(matched),
            "labelled_not_predicted": len(labels) - len({c.case_id for c, _ in matched}),
@@ -139,7 +140,7 @@ def site_check(predictions, data, fmt: str = "breast", target: float = 0.9, out=
            "local": {"threshold": local["threshold"], "threshold_ci": percentile_interval(boot["local_threshold"]),
                      "sensitivity": local["sensitivity"], "specificity": local["specificity"],
                      "calibration": local_cal,
-                     "ece": None if local_cal is None else expected_calibration_error(y, apply(local_cal, raw)),
+                     "ece": None if local_cal is None else expected_calibration_error(y, apply(local_cal, shown)),
                      "note": "chosen and scored on the same cases (in-sample): confirm on further cases"},
            "bootstrap": {"resamples": n_boot, "seed": seed, "method": "percentile, cases resampled"}, "inputs": ident,
            # the cart these are predictions of (predict.json): `edgebus site-threshold` adopts a local threshold
