@@ -192,7 +192,7 @@ def site_threshold(cart: Path = typer.Argument(..., help="the shipped cart (a fo
     """A copy of the cart thresholded where this site's own labelled cases put it (the threshold the site check
     chose for its target). The shipped cart is not changed; the threshold is in-sample: confirm it with a site
     check of further cases."""
-    from edgebus.runtime.site import adopt_site_threshold
+    from edgebus.runtime import adopt_site_threshold
 
     site = adopt_site_threshold(cart, site_check, out, overwrite)
     on = site["chosen_on"]

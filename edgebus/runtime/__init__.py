@@ -7,6 +7,7 @@ from edgebus.runtime.interpreter import TFLiteModel, interpreter_backend
 from edgebus.runtime.model import ExportedModel
 from edgebus.runtime.overlay import render_overlay
 from edgebus.runtime.pipeline import LesionPipeline
+from edgebus.runtime.site import adopt_site_threshold
 
-__all__ = ["ExportedModel", "LesionPipeline", "TFLiteModel", "find_bundle", "interpreter_backend", "load_frame",
-           "make_bundle", "predict_files", "render_overlay"]
+__all__ = ["ExportedModel", "LesionPipeline", "TFLiteModel", "adopt_site_threshold", "find_bundle", "interpreter_backend",
+           "load_frame", "make_bundle", "predict_files", "render_overlay"]
