@@ -93,9 +93,10 @@ def cv_operating_point(cv_dir, target: float = 0.9, source: str = "auto", out=No
     sensitivity and specificity [95% CI]. Writes operating_point.json / .md and reliability.png to
     `out` (default: the CV folder) and, in a CV run directory, records it in the manifest."""
     from edgebus.core.calibration import crossfit_operating_point
-    from edgebus.core.io import atomic_write, check_report, sha256_file, write_json
+    from edgebus.core.io import atomic_write, check_report, write_json
     from edgebus.core.manifest import MANIFEST
     from edgebus.reports.figures import reliability_plot
+    from edgebus.training.shape_fusion import folds_sha256
 
     cv_dir = Path(cv_dir)
     if not 0 < target <= 1:
@@ -104,7 +105,7 @@ def cv_operating_point(cv_dir, target: float = 0.9, source: str = "auto", out=No
     if out.exists() and not out.is_dir():
         raise EdgebusError(f"{out}: exists and is not a folder; pick another --out")
     y, p, fold, source = _oof(cv_dir, source)
-    ident = check_report(out / "operating_point.json", {"folds_sha256": sha256_file(cv_dir / "folds.jsonl"),
+    ident = check_report(out / "operating_point.json", {"folds_sha256": folds_sha256(cv_dir),
                                                         "target_sensitivity": target, "source": source}, overwrite)
     op = crossfit_operating_point(y, p, fold, target)
     op.update(chosen_on="cv out-of-fold", source=source, cv=str(cv_dir), inputs=ident)
