@@ -71,6 +71,32 @@ def test_grid_resumes_without_redoing_a_cell(killed_and_resumed):
     assert (out / "cells.jsonl").read_bytes() == before
 
 
+def test_a_learning_rate_killed_mid_run_goes_on_from_its_last_epoch(synthetic_breast_dir, recipe, tmp_path):
+    """Killed right after epoch 1's checkpoint (cell (3e-3, 1) written), the grid trains lr 3e-3 on
+    from epoch 1, not from 0: its 2-epoch cell says so, its history has both epochs, and the
+    checkpoint is gone once the learning rate's cells are all written."""
+    out = tmp_path / "g"
+    cmd = [sys.executable, "-m", "edgebus", "grid", "--recipe", str(recipe), "--data", str(synthetic_breast_dir),
+           "--out", str(out), "--quiet"]
+    killed = subprocess.run(cmd, env={**os.environ, "EDGEBUS_EXIT_AFTER_EPOCHS": "1"}, capture_output=True,
+                            text=True, timeout=300)
+    assert killed.returncode == 75, killed.stderr[-2000:]
+    state = json.loads((out / "checkpoints" / "lr=0.003" / "state.json").read_text())
+    assert state["epoch"] == 1 and len(state["history"]["loss"]) == 1
+    r = cli("grid", "--recipe", recipe, "--data", synthetic_breast_dir, "--out", out, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "going on from the checkpoint after epoch 1" in r.output
+    cells = {(c["lr"], c["epochs"]): c for c in map(json.loads, lines(out / "cells.jsonl"))}
+    assert sorted(cells) == [(0.003, 1), (0.003, 2), (0.01, 1), (0.01, 2)]
+    assert cells[(0.003, 2)]["resumed_from"] == 1
+    assert "resumed_from" not in cells[(0.003, 1)] and "resumed_from" not in cells[(0.01, 2)]
+    history = (out / "histories" / "lr=0.003.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in history[1:]] == ["1", "2"]
+    assert history[1].split(",")[1:] == [f"{v:.6g}" for k, v in ((k, state["history"][k][0])
+                                                                 for k in history[0].split(",")[1:])]
+    assert not any((out / "checkpoints").iterdir())
+
+
 def test_grid_report_figures_and_best_run(killed_and_resumed):
     out, _, _ = killed_and_resumed
     assert_png(out / "grid_accuracy.png")

@@ -75,3 +75,42 @@ def test_a_weights_file_that_does_not_fit_the_manifest_is_refused(tmp_path):
     (tmp_path / "fake.keras").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))
     with pytest.raises(EdgebusError, match="not a Keras zip archive"):
         load_model(tmp_path / "fake.keras", ModelInfo(name="test-cnn", task="classify", input_size=[SIZE, SIZE]))
+
+
+def test_an_epoch_checkpoint_restores_weights_and_optimizer_exactly(tmp_path):
+    """engine.resume: what a resumed run starts from is the killed run's model AND Adam state (a
+    model-only restore would restart Adam's moments); a checkpoint of other settings, or a damaged
+    one, is set aside and the run starts from epoch 0."""
+    from edgebus.compat import keras
+    from edgebus.engine import resume
+    from edgebus.engine.fit import build_compiled
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((32, 32, 32, 3), dtype=np.float32), rng.integers(0, 2, 32).astype("float32")
+    folder, meta = tmp_path / "checkpoints" / "lr=1e-3", {"lr": 1e-3, "split_fractions": (0.8, 0.1, 0.1)}
+
+    def fresh():
+        keras.utils.set_random_seed(1)
+        return build_compiled("test-cnn", 32, "none", {}, "classify", lr=1e-3)
+
+    a, history = fresh(), {}
+    a.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[resume.checkpoint_callback(folder, meta, history)])
+    b = fresh()
+    start, hist = resume.restore(folder, b, meta, before=3, log=lambda m: None)
+    assert start == 2 and hist == history and len(hist["loss"]) == 2
+    assert int(b.optimizer.iterations.numpy()) == int(a.optimizer.iterations.numpy()) == 4
+    for u, v in zip(a.get_weights() + [w.numpy() for w in a.optimizer.variables],
+                    b.get_weights() + [w.numpy() for w in b.optimizer.variables]):
+        np.testing.assert_array_equal(u, v)
+
+    said = []
+    assert resume.restore(folder, fresh(), meta, before=2, log=said.append) == (0, {})  # epoch 2 still to measure
+    assert "not before epoch 2" in said[-1] and not folder.exists()
+    a.fit(x, y, epochs=1, verbose=0, callbacks=[resume.checkpoint_callback(folder, meta, {})])
+    assert resume.restore(folder, fresh(), {**meta, "lr": 1e-2}, before=3, log=said.append) == (0, {})
+    assert "other settings" in said[-1]
+    a.fit(x, y, epochs=1, verbose=0, callbacks=[resume.checkpoint_callback(folder, meta, {})])
+    data = next(folder.glob("ckpt.data-*"))
+    data.write_bytes(data.read_bytes()[:-8] + b"\0" * 8)
+    assert resume.restore(folder, fresh(), meta, before=3, log=said.append) == (0, {})
+    assert "damaged" in said[-1] and not folder.exists()

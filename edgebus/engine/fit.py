@@ -274,9 +274,11 @@ def eval_at(epochs: set, xs: dict, batch: int, on_eval):
 
 
 def fit_arrays(model, task: str, lr: float, data: dict, epochs: int, batch: int = 16, seed: int = 0,
-               augment: bool = True, callbacks=(), progress: bool = False, compile: bool = True):
+               augment: bool = True, callbacks=(), progress: bool = False, compile: bool = True,
+               initial_epoch: int = 0):
     """Fit a (compiled, when compile=False) model on data["train"], validating on data["val"]
-    (arrays (x, y) per part, as load_split_data gives). Returns the Keras History."""
+    (arrays (x, y) per part, as load_split_data gives), from `initial_epoch` (a resumed run) to
+    `epochs`. Returns the Keras History."""
     from edgebus.compat import tf
 
     if compile:
@@ -287,18 +289,20 @@ def fit_arrays(model, task: str, lr: float, data: dict, epochs: int, batch: int 
     return model.fit(
         dataset(tf, train[0], targets(model, train), batch, True, augment, seed, task, names),
         validation_data=dataset(tf, val[0], targets(model, val), batch, False, False, seed, task, names),
-        epochs=epochs, verbose=0, callbacks=[Progress(epochs, progress), *callbacks],
+        epochs=epochs, initial_epoch=initial_epoch, verbose=0, callbacks=[Progress(epochs, progress), *callbacks],
     )
 
 
 def fit_eval(model, task: str, lr: float, data: dict, eval_epochs, batch: int = 16, seed: int = 0,
              augment: bool = True, threshold: float = DEFAULT_THRESHOLD, on_eval=None, progress: bool = False,
-             parts=("val", "test")):
+             parts=("val", "test"), checkpoint=None, log=print, on_start=None):
     """Fit up to max(eval_epochs) and, at each epoch count in eval_epochs, evaluate the model in
     inference mode (model.predict, not Keras' training-mode metrics) on each of `parts`.
 
     on_eval(epoch, metrics: {part: task_metrics}, probs: {part: prediction}, model) is called at
-    each of those epochs; the return value is (History, [(epoch, metrics), ...])."""
+    each of those epochs. checkpoint=(folder, meta): go on from the epoch checkpoint in folder when
+    it is this run's, and checkpoint every epoch (engine.resume); on_start(epoch) is told the epoch
+    the fit goes on from (0: a fresh run). Returns (history of every epoch as a dict, [(epoch, metrics), ...])."""
     eval_epochs = sorted({int(e) for e in eval_epochs})
     if not eval_epochs or eval_epochs[0] < 1:
         raise EdgebusError(f"epochs {eval_epochs}: give positive epoch counts")
@@ -310,9 +314,18 @@ def fit_eval(model, task: str, lr: float, data: dict, eval_epochs, batch: int = 
         if on_eval is not None:
             on_eval(epoch, metrics, probs, m)
 
-    cb = eval_at(set(eval_epochs), {k: data[k][0] for k in parts}, batch, handle)
-    hist = fit_arrays(model, task, lr, data, eval_epochs[-1], batch, seed, augment, [cb], progress)
-    return hist, results
+    callbacks, start, history = [eval_at(set(eval_epochs), {k: data[k][0] for k in parts}, batch, handle)], 0, {}
+    with strategy().scope():
+        compile_model(model, task, lr)
+    if checkpoint is not None:
+        from edgebus.engine import resume
+
+        start, history = resume.restore(checkpoint[0], model, checkpoint[1], eval_epochs[0], log)
+        callbacks.append(resume.checkpoint_callback(checkpoint[0], checkpoint[1], history))  # after the cells are written
+    if on_start is not None:
+        on_start(start)
+    hist = fit_arrays(model, task, lr, data, eval_epochs[-1], batch, seed, augment, callbacks, progress, False, start)
+    return (history if checkpoint is not None else hist.history), results
 
 
 def fit_keep(model, task, cfg, data: dict, progress: bool = False):

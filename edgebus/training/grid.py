@@ -44,6 +44,7 @@ from edgebus.data.arrays import data_info, load_split_data, read_lesions
 from edgebus.data.breast import fingerprint
 from edgebus.data.content import content_hashes
 from edgebus.data.preprocess import preprocess_contract
+from edgebus.engine.resume import discard
 from edgebus.training.cells import _lr_tag, _shard_tag, cell_key, rank_key, read_cells, select, shard_lrs
 from edgebus.training.backends import Backend, run_units
 from edgebus.training.config import FitConfig, maybe_exit
@@ -98,6 +99,10 @@ def _validate(cfg: GridConfig, task: str) -> None:
     cfg.split_fractions = tuple(float(v) for v in cfg.split_fractions)
 
 
+def _checkpoint(out: Path, lr: float) -> Path:
+    return out / "checkpoints" / f"lr={_lr_tag(lr)}"
+
+
 def _identity(cfg: GridConfig, task: str, fp: str) -> dict:
     ident = {k: getattr(cfg, k) for k in _IDENTITY}
     ident.update(task=task, split_fractions=list(cfg.split_fractions), data_fingerprint=fp)
@@ -112,10 +117,13 @@ def _cell_record(task, lr, epoch, metrics, probs, wall, shard) -> dict:
     return rec
 
 
-def lr_unit(cfg: GridConfig, lr: float, todo: list, data: dict, shard, progress: bool = False, on_cell=None) -> dict:
+def lr_unit(cfg: GridConfig, lr: float, todo: list, data: dict, shard, progress: bool = False, on_cell=None,
+            checkpoint: Path | None = None, log=print) -> dict:
     """One learning rate of the grid: a model trained to max(todo) epochs, measured at each epoch
-    count in todo; on_cell(cell record, model) as each is measured. Returns {"lr", "cells",
-    "history" (csv)}. Runs in the driver (local) or a Ray worker (ray_lr)."""
+    count in todo; on_cell(cell record, model) as each is measured. With a checkpoint folder it
+    goes on from the last epoch a killed run finished (engine.resume) and its cells say so
+    (`resumed_from`). Returns {"lr", "cells", "history" (csv)}. Runs in the driver (local) or a Ray
+    worker (ray_lr)."""
     from edgebus.compat import keras, set_seed
     from edgebus.engine.fit import build_compiled, fit_eval, history_csv
 
@@ -124,16 +132,20 @@ def lr_unit(cfg: GridConfig, lr: float, todo: list, data: dict, shard, progress:
     set_seed(cfg.seed)
     model = build_compiled(cfg.model, cfg.size, cfg.weights, cfg.model_kwargs, task)
     t0 = time.time()
-    cells = []
+    cells, start = [], []
 
     def on_eval(epoch, metrics, probs, m):
         rec = _cell_record(task, lr, epoch, metrics, probs, time.time() - t0, shard)
+        if start and start[0]:
+            rec["resumed_from"] = start[0]
         cells.append(rec)
         if on_cell is not None:
             on_cell(rec, m)
 
-    hist, _ = fit_eval(model, task, lr, data, todo, cfg.batch, cfg.seed, cfg.augment, cfg.threshold, on_eval, progress)
-    return {"lr": lr, "cells": cells, "history": history_csv(hist.history)}
+    ckpt = None if checkpoint is None else (checkpoint, {"lr": lr, **{k: getattr(cfg, k) for k in _IDENTITY}})
+    hist, _ = fit_eval(model, task, lr, data, todo, cfg.batch, cfg.seed, cfg.augment, cfg.threshold, on_eval,
+                       progress, checkpoint=ckpt, log=log, on_start=start.append)
+    return {"lr": lr, "cells": cells, "history": history_csv(hist)}
 
 
 def ray_lr(lr: float, todo: list, shared: dict) -> dict:
@@ -244,7 +256,7 @@ def run_grid(cfg: GridConfig, shard: tuple[int, int] = (1, 1), progress: bool = 
                 cell_done(rec)
 
             log(f"lr {_lr_tag(lr)}: training to {max(todo)} epochs, evaluating at {', '.join(map(str, todo))}")
-            return lr_unit(cfg, lr, todo, data, shard, progress, on_cell)
+            return lr_unit(cfg, lr, todo, data, shard, progress, on_cell, _checkpoint(out, lr), log)
         shared = None
     else:
         unit, shared = ray_lr, {"cfg": cfg, "data": data, "shard": shard}
@@ -257,6 +269,7 @@ def run_grid(cfg: GridConfig, shard: tuple[int, int] = (1, 1), progress: bool = 
             for rec in res["cells"]:
                 cell_done(rec)
         atomic_write(out / "histories" / f"lr={_lr_tag(res['lr'])}.csv", res["history"])
+        discard(_checkpoint(out, res["lr"]))  # its cells are all written: the checkpoint has done its job
     run = Run.load(out)
     run.stage(f"grid-{_shard_tag(shard)}", cells_written=written, wall_s=round(time.time() - t_start, 1),
               device=device_name(), finished=now(), **backend.describe())
