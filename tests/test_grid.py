@@ -95,6 +95,8 @@ def test_a_learning_rate_killed_mid_run_goes_on_from_its_last_epoch(synthetic_br
     assert history[1].split(",")[1:] == [f"{v:.6g}" for k, v in ((k, state["history"][k][0])
                                                                  for k in history[0].split(",")[1:])]
     assert not any((out / "checkpoints").iterdir())
+    assert "Trained on from an epoch checkpoint" in (out / "report.md").read_text()
+    assert "lr 0.003 from epoch 1." in (out / "report.md").read_text()
 
 
 def test_grid_report_figures_and_best_run(killed_and_resumed):
@@ -115,6 +117,7 @@ def test_grid_report_figures_and_best_run(killed_and_resumed):
     for needle in ("Validation accuracy", "Test accuracy", "| benign |", "| macro avg |", "| weighted avg |",
                    "ROC AUC", "confusion_matrix.png", "Reduced recipe"):
         assert needle in md, needle
+    assert "epoch checkpoint" not in md  # this grid was stopped between cells, never resumed mid-run
     # best/ is a standard run directory with the chosen cell's weights
     best = out / "best"
     m = manifest(best)

@@ -44,6 +44,11 @@ def grid_markdown(report: dict, manifest: dict) -> str:
         f"numbers of every cell come from the same pass and were not used to choose.",
         "",
     ]
+    resumed = sorted({(c["lr"], c["resumed_from"]) for c in report["cells"] if c.get("resumed_from")})
+    if resumed:
+        lines += ["Trained on from an epoch checkpoint after the run was stopped (same recipe; the data order after "
+                  "the stop is not the one an unbroken run would have drawn): "
+                  + "; ".join(f"lr {lr:g} from epoch {e}" for lr, e in resumed) + ".", ""]
     for part in ("val", "test"):
         lines += [f"## {'Validation' if part == 'val' else 'Test'} {metric} (rows: epochs, columns: learning rate)", "",
                   "| epochs | " + " | ".join(f"{lr:g}" for lr in lrs) + " |", "|---" * (len(lrs) + 1) + "|"]

@@ -135,8 +135,8 @@ def finalize(out: str | Path, log=print, progress: bool = False) -> dict:
 
     name = (run.manifest.grid.get("recipe") or {}).get("name") or ident["model"]
     figs = {"grid": f"grid_{metric}.png"}
-    heads = [{"lr": c["lr"], "epochs": c["epochs"], "val": _head(task, c["val"]), "test": _head(task, c["test"])}
-             for c in cells]
+    heads = [{"lr": c["lr"], "epochs": c["epochs"], "val": _head(task, c["val"]), "test": _head(task, c["test"]),
+              **({"resumed_from": c["resumed_from"]} if c.get("resumed_from") else {})} for c in cells]
     figures.grid_plot(heads, metric, out / figs["grid"], f"{name}: {metric} vs learning rate ({ident['size']} px)",
                       chosen={"lr": chosen["lr"], "val": _head(task, chosen["val"]), "test": _head(task, chosen["test"])})
     if task.name == "classify":
