@@ -23,7 +23,8 @@ between the model and the cell line, shards on machines whose candidates were no
 one cell is re-trained with the same seed and the report says so.
 
 Tests kill a grid on purpose: with EDGEBUS_EXIT_AFTER_UNITS=n in the environment the process calls
-os._exit(75) right after its n-th cell line is written (cv.py honours it for folds too).
+os._exit(75) right after its n-th cell line is written (cv.py honours it for folds too);
+EDGEBUS_EXIT_AFTER_EPOCHS=n does it right after the n-th epoch checkpoint (mid learning rate).
 """
 
 from __future__ import annotations
