@@ -211,6 +211,29 @@ def test_kfold_partitions_and_cv_summary(synthetic_breast_dir, recipe, tmp_path)
     assert "mean +- std" in (out / "report.md").read_text()
 
 
+def test_a_cv_fold_killed_mid_run_goes_on_from_its_last_epoch(synthetic_breast_dir, recipe, tmp_path):
+    """Killed after fold 1's second epoch checkpoint (of 3), the CV trains that fold on from epoch 2
+    with its best epoch so far, writes every fold once and leaves no checkpoint behind."""
+    out = tmp_path / "cv"
+    args = ["cv", "classify", "--recipe", str(recipe), "--data", str(synthetic_breast_dir), "--out", str(out),
+            "--epochs", "3", "--quiet"]
+    killed = subprocess.run([sys.executable, "-m", "edgebus", *args], env={**os.environ, "EDGEBUS_EXIT_AFTER_EPOCHS": "2"},
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == 75, killed.stderr[-2000:]
+    assert not (out / "folds.jsonl").exists() or not lines(out / "folds.jsonl")
+    state = json.loads((out / "checkpoints" / "fold0" / "state.json").read_text())
+    assert state["epoch"] == 2 and state["keep"]["epoch"] in (1, 2) and state["meta"]["fold"] == 0
+    r = cli(*args)
+    assert r.exit_code == 0, r.output
+    assert "going on from the checkpoint after epoch 2" in r.output
+    folds = [json.loads(c) for c in lines(out / "folds.jsonl")]
+    assert sorted(f["fold"] for f in folds) == [0, 1, 2]
+    assert [f.get("resumed_from") for f in sorted(folds, key=lambda f: f["fold"])] == [2, None, None]
+    first = next(f for f in folds if f["fold"] == 0)
+    assert first["kept_epoch"] in (state["keep"]["epoch"], 3)  # the best of epochs 1-2 survived the kill, or epoch 3 beat it
+    assert not any((out / "checkpoints").iterdir())
+
+
 def test_identical_images_stay_in_one_part(synthetic_breast_dir, tmp_path):
     from edgebus.data.breast import read_breast
     from edgebus.core.splits import content_groups, duplicates, grouped_kfold, grouped_split, leaks

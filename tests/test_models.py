@@ -103,6 +103,18 @@ def test_an_epoch_checkpoint_restores_weights_and_optimizer_exactly(tmp_path):
                     b.get_weights() + [w.numpy() for w in b.optimizer.variables]):
         np.testing.assert_array_equal(u, v)
 
+    # with a KeepBest, the best epoch so far (score, epoch, weights) travels with the checkpoint
+    from edgebus.engine.fit import KeepBest
+
+    keep, c = KeepBest("classify"), fresh()
+    c.fit(x, y, validation_data=(x, y), batch_size=16, epochs=2, verbose=0,
+          callbacks=[keep, resume.checkpoint_callback(folder, meta, {}, keep)])
+    back = KeepBest("classify")
+    assert resume.restore(folder, fresh(), meta, before=3, log=lambda m: None, keep=back)[0] == 2
+    assert (back.best, back.epoch) == (keep.best, keep.epoch) and keep.epoch in (1, 2)
+    for u, v in zip(keep.weights, back.weights):
+        np.testing.assert_array_equal(u, v)
+
     said = []
     assert resume.restore(folder, fresh(), meta, before=2, log=said.append) == (0, {})  # epoch 2 still to measure
     assert "not before epoch 2" in said[-1] and not folder.exists()

@@ -328,15 +328,29 @@ def fit_eval(model, task: str, lr: float, data: dict, eval_epochs, batch: int = 
     return (history if checkpoint is not None else hist.history), results
 
 
-def fit_keep(model, task, cfg, data: dict, progress: bool = False):
+def fit_keep(model, task, cfg, data: dict, progress: bool = False, checkpoint=None, log=print, on_start=None):
     """Fit `cfg.epochs` epochs at `cfg.lr` under `cfg.schedule` and keep the epoch `cfg.keep` names
-    ("best": the best validation accuracy or IoU; "last"); returns (deployable model, History, kept epoch, wall seconds)."""
+    ("best": the best validation accuracy or IoU; "last"); returns (deployable model, History, kept
+    epoch, wall seconds). checkpoint=(folder, meta) and on_start as in fit_eval (the best epoch so
+    far is checkpointed too; wall seconds are then this process's)."""
     if cfg.keep not in ("best", "last"):
         raise EdgebusError(f"keep='{cfg.keep}': choose best or last")
     keep = KeepBest(task)
-    sched = schedule_callbacks(cfg.lr, cfg.epochs, cfg.schedule)
+    callbacks, start = [*schedule_callbacks(cfg.lr, cfg.epochs, cfg.schedule), keep], 0
     t0 = time.time()
-    hist = fit_arrays(model, task, cfg.lr, data, cfg.epochs, cfg.batch, cfg.seed, cfg.augment, [*sched, keep], progress)
+    with strategy().scope():
+        compile_model(model, task, cfg.lr)
+    if checkpoint is not None:
+        from edgebus.engine import resume
+
+        start, history = resume.restore(checkpoint[0], model, checkpoint[1], cfg.epochs + 1, log, keep)
+        callbacks.append(resume.checkpoint_callback(checkpoint[0], checkpoint[1], history, keep))  # after keep
+    if on_start is not None:
+        on_start(start)
+    hist = fit_arrays(model, task, cfg.lr, data, cfg.epochs, cfg.batch, cfg.seed, cfg.augment, callbacks, progress,
+                      False, start)
+    if checkpoint is not None:
+        hist.history = history
     wall = time.time() - t0
     kept = cfg.epochs
     if cfg.keep == "best" and keep.weights is not None:

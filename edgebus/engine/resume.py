@@ -1,9 +1,10 @@
 """Epoch checkpoints of a long training run (a grid's learning rate: 50 epochs, an hour or more on a
-CPU), so a killed run goes on from its last finished epoch instead of from epoch 0.
+CPU; a CV fold), so a killed run goes on from its last finished epoch instead of from epoch 0.
 
 A checkpoint is a folder: the model's weights and the optimizer's state (a TensorFlow object-graph
-checkpoint: variable values only, nothing deserialized as code) and `state.json` (the epoch, what the
-run is, the Keras history so far, the files' sha256). It is replaced whole at each epoch (a fresh
+checkpoint: variable values only, nothing deserialized as code), with `keep=` the best epoch's
+weights so far (`keep.npz`, plain arrays) and `state.json` (the epoch, what the run is, the Keras
+history so far, the best epoch's score, the files' sha256). It is replaced whole at each epoch (a fresh
 folder, then renames), so a kill leaves the previous checkpoint or the new one, never a mix. A
 checkpoint that does not match the run, or fails its hashes, is set aside with a log line and the
 run starts over: it never decides a result on its own.
@@ -24,6 +25,7 @@ from edgebus.core.io import make_dir, sha256_file, write_json
 
 STATE = "state.json"
 PREFIX = "ckpt"
+KEEP = "keep.npz"
 EXIT_ENV = "EDGEBUS_EXIT_AFTER_EPOCHS"  # tests: end the process (os._exit(75)) right after the n-th checkpoint
 
 
@@ -38,10 +40,11 @@ def _trackables(model):
     return tf.train.Checkpoint(model=model, optimizer=model.optimizer)
 
 
-def restore(folder: Path, model, meta: dict, before: int, log=print) -> tuple[int, dict]:
+def restore(folder: Path, model, meta: dict, before: int, log=print, keep=None) -> tuple[int, dict]:
     """Load the checkpoint in `folder` into the compiled `model` when it is this run's (`meta`
-    matches) and older than epoch `before` (a later one would skip an epoch still to be measured).
-    Returns (epoch to go on from, history so far); (0, {}) when there is none to use."""
+    matches) and older than epoch `before` (a later one would skip an epoch still to be measured),
+    and into `keep` (engine.fit.KeepBest) the best epoch so far. Returns (epoch to go on from,
+    history so far); (0, {}) when there is none to use."""
     folder, meta = Path(folder), _plain(meta)
     state_file = folder / STATE
     if not state_file.is_file():
@@ -64,6 +67,14 @@ def restore(folder: Path, model, meta: dict, before: int, log=print) -> tuple[in
             with strategy().scope():
                 model.optimizer.build(model.trainable_variables)
             _trackables(model).read(str(folder / PREFIX)).assert_existing_objects_matched()
+            if keep is not None and state.get("keep"):
+                import numpy as np
+
+                with np.load(folder / KEEP, allow_pickle=False) as z:
+                    weights = [z[f"arr_{i}"] for i in range(len(z.files))]
+                if [w.shape for w in weights] != [tuple(v.shape) for v in model.weights]:
+                    raise ValueError("best-epoch weights of another shape")
+                keep.best, keep.epoch, keep.weights = tuple(state["keep"]["best"]), int(state["keep"]["epoch"]), weights
         except Exception as e:  # a checkpoint of another architecture: start over, never crash a long run
             why = f"it does not fit this model ({type(e).__name__})"
     if why is not None:
@@ -78,9 +89,10 @@ def discard(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def checkpoint_callback(folder: Path, meta: dict, history: dict):
+def checkpoint_callback(folder: Path, meta: dict, history: dict, keep=None):
     """A Keras callback that, at every epoch end, replaces the checkpoint in `folder` with the model,
-    its optimizer and the history so far (`history`: the epochs before this fit, extended in place)."""
+    its optimizer, the history so far (`history`: the epochs before this fit, extended in place) and
+    `keep`'s best epoch (put it after `keep` in the callback list)."""
     from edgebus.compat import keras
 
     folder, meta = Path(folder), _plain(meta)
@@ -96,8 +108,14 @@ def checkpoint_callback(folder: Path, meta: dict, history: dict):
             tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
             tmp.chmod(0o755)  # mkdtemp makes 0700
             _trackables(self.model).write(str(tmp / PREFIX))
+            best = None
+            if keep is not None and keep.weights is not None:
+                import numpy as np
+
+                np.savez(tmp / KEEP, *keep.weights)
+                best = {"best": list(keep.best), "epoch": keep.epoch}
             files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
-            write_json(tmp / STATE, {"epoch": epoch + 1, "meta": meta, "history": history, "files": files})
+            write_json(tmp / STATE, {"epoch": epoch + 1, "meta": meta, "history": history, "keep": best, "files": files})
             old = folder.with_name(f".{folder.name}.old")
             discard(old)
             if folder.exists():

@@ -4,7 +4,8 @@
 The study reports one 27-image test split; a proportion measured on 27 images carries a 95%
 interval of about +-18 points, so the differences it reports between models are inside the noise.
 k folds put every image in exactly one test fold. Identical images (by content hash) share a fold.
-Results: `folds.jsonl`, one fsync'ed line per finished fold, so a killed CV resumes where it was.
+Results: `folds.jsonl`, one fsync'ed line per finished fold, so a killed CV resumes where it was; the
+fold in progress (local backend) goes on from its last epoch checkpoint (`checkpoints/fold<i>/`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from edgebus.data.arrays import data_info, load_split_data, read_lesions
 from edgebus.data.breast import fingerprint
 from edgebus.data.content import content_hashes
 from edgebus.data.preprocess import preprocess_contract
+from edgebus.engine.resume import discard
 from edgebus.training.backends import Backend, run_units, take
 from edgebus.training.config import FitConfig, maybe_exit
 
@@ -119,10 +121,12 @@ def _crop_extras(model, task, cfg, contract, fold, by_id, fold_boxes, rec) -> np
 
 
 def fold_unit(cfg: CVConfig, contract: dict, f: int, fold: dict, data: dict, progress: bool = False,
-              crop: tuple | None = None) -> dict:
+              crop: tuple | None = None, checkpoint: Path | None = None, log=print) -> dict:
     """Train, score (and with cfg.int8 convert) one fold on its arrays; {"fold", "rec", "files":
-    {name: bytes}}. Writes only into a temp folder of its own, so it runs in the driver or in a
-    Ray worker alike. crop: (cases by id, the fold's boxes) for a lesion-crop classifier."""
+    {name: bytes}}. Writes its models only into a temp folder of its own, so it runs in the driver
+    or in a Ray worker alike. crop: (cases by id, the fold's boxes) for a lesion-crop classifier.
+    checkpoint: the folder of its epoch checkpoint (the local backend), so a killed fold goes on from
+    its last finished epoch (engine.resume) and its record says so (`resumed_from`)."""
     import shutil
     import tempfile
     import time
@@ -136,10 +140,14 @@ def fold_unit(cfg: CVConfig, contract: dict, f: int, fold: dict, data: dict, pro
     keras.backend.clear_session()
     set_seed(cfg.seed)
     model = build_compiled(cfg.model, cfg.size, cfg.weights, cfg.model_kwargs, task.name)
-    model, _, kept, wall = fit_keep(model, task.name, cfg, data, progress)
+    ckpt = None if checkpoint is None else (checkpoint, {"fold": f, **{k: getattr(cfg, k) for k in _CV_IDENTITY}})
+    start = []
+    model, _, kept, wall = fit_keep(model, task.name, cfg, data, progress, ckpt, log, start.append)
     probs = {k: predict(model, data[k][0], cfg.batch) for k in ("val", "test")}
     metrics = {k: task.metrics(data[k][1], probs[k], cfg.threshold) for k in probs}
     rec = _fold_record(task, f, fold, data, probs, metrics, kept, wall, cfg.threshold)
+    if start[0]:
+        rec["resumed_from"] = start[0]
     if has_descriptors(model):  # out-of-fold BI-RADS descriptor outputs, for per-descriptor scores
         from edgebus.engine.fit import predict_outputs
 
@@ -249,7 +257,7 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print, backend: Backend | 
             boxes = None if seg_boxes is None else {**seg_boxes[f]["val"], **seg_boxes[f]["test"]}
             data = load_split_data(by_id, fold, contract, task, boxes, **heads)
             crop = None if seg_boxes is None else (by_id, seg_boxes[f])
-            return fold_unit(cfg, contract, f, fold, data, progress, crop)
+            return fold_unit(cfg, contract, f, fold, data, progress, crop, out / "checkpoints" / f"fold{f}", log)
         shared = None
     else:
         if seg_boxes is not None or cfg.crop_margin is not None:
@@ -268,6 +276,7 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print, backend: Backend | 
         rec["models"] = {name: {"file": f"{fold_dir.name}/{name}", "sha256": sha256_file(fold_dir / name)}
                          for name in sorted(res["files"])}
         append_jsonl(results, rec)
+        discard(out / "checkpoints" / f"fold{f}")  # the fold is written: its checkpoint has done its job
         written += 1
         if "test_int8" in rec:
             log(f"fold {f + 1}/{cfg.folds}: int8 test {task.headline_text(rec['test_int8'])}")
