@@ -231,6 +231,7 @@ def test_a_cv_fold_killed_mid_run_goes_on_from_its_last_epoch(synthetic_breast_d
     assert [f.get("resumed_from") for f in sorted(folds, key=lambda f: f["fold"])] == [2, None, None]
     first = next(f for f in folds if f["fold"] == 0)
     assert first["kept_epoch"] in (state["keep"]["epoch"], 3)  # the best of epochs 1-2 survived the kill, or epoch 3 beat it
+    assert "(from epoch 2, after a stop)" in (out / "report.md").read_text()
     assert not any((out / "checkpoints").iterdir())
 
 

@@ -99,7 +99,8 @@ def cv_markdown(summary: dict, recs: list, manifest) -> str:
                   "![confusion matrix](confusion_matrix.png)"]
     lines += ["", "| fold | test n | kept epoch | wall s |", "|---|---|---|---|"]
     for r in recs:
-        lines.append(f"| {r['fold'] + 1} | {r['test']['n']} | {r['kept_epoch']} | {r['wall_s']} |")
+        wall = f"{r['wall_s']} (from epoch {r['resumed_from']}, after a stop)" if r.get("resumed_from") else r["wall_s"]
+        lines.append(f"| {r['fold'] + 1} | {r['test']['n']} | {r['kept_epoch']} | {wall} |")
     if manifest.cv.get("acquisition_audit") and not get_task(task).truth_is_mask:
         lines += ["", audit_markdown(manifest.cv["acquisition_audit"]).rstrip("\n")]
     return "\n".join(lines) + "\n"
