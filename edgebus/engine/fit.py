@@ -12,6 +12,7 @@ import numpy as np
 from edgebus.core.errors import EdgebusError
 from edgebus.core.metrics import DEFAULT_THRESHOLD
 from edgebus.core.tasks import get_task
+from edgebus.engine import resume
 from edgebus.engine.augment import augment_name
 from edgebus.engine.models import strategy
 from edgebus.models.registry import AUX_MASK, DESCRIPTORS_OUTPUT, classifier_only, output_names
@@ -314,17 +315,13 @@ def fit_eval(model, task: str, lr: float, data: dict, eval_epochs, batch: int = 
         if on_eval is not None:
             on_eval(epoch, metrics, probs, m)
 
-    callbacks, start, history = [eval_at(set(eval_epochs), {k: data[k][0] for k in parts}, batch, handle)], 0, {}
     with strategy().scope():
         compile_model(model, task, lr)
-    if checkpoint is not None:
-        from edgebus.engine import resume
-
-        start, history = resume.restore(checkpoint[0], model, checkpoint[1], eval_epochs[0], log)
-        callbacks.append(resume.checkpoint_callback(checkpoint[0], checkpoint[1], history))  # after the cells are written
+    start, history, ckpt = resume.attach(checkpoint, model, eval_epochs[0], log)
     if on_start is not None:
         on_start(start)
-    hist = fit_arrays(model, task, lr, data, eval_epochs[-1], batch, seed, augment, callbacks, progress, False, start)
+    cb = eval_at(set(eval_epochs), {k: data[k][0] for k in parts}, batch, handle)  # cells written, then the checkpoint
+    hist = fit_arrays(model, task, lr, data, eval_epochs[-1], batch, seed, augment, [cb, *ckpt], progress, False, start)
     return (history if checkpoint is not None else hist.history), results
 
 
@@ -335,18 +332,14 @@ def fit_keep(model, task, cfg, data: dict, progress: bool = False, checkpoint=No
     far is checkpointed too; wall seconds are then this process's)."""
     if cfg.keep not in ("best", "last"):
         raise EdgebusError(f"keep='{cfg.keep}': choose best or last")
-    keep = KeepBest(task)
-    callbacks, start = [*schedule_callbacks(cfg.lr, cfg.epochs, cfg.schedule), keep], 0
+    keep, sched = KeepBest(task), schedule_callbacks(cfg.lr, cfg.epochs, cfg.schedule)  # a bad schedule name fails here
     t0 = time.time()
     with strategy().scope():
         compile_model(model, task, cfg.lr)
-    if checkpoint is not None:
-        from edgebus.engine import resume
-
-        start, history = resume.restore(checkpoint[0], model, checkpoint[1], cfg.epochs + 1, log, keep)
-        callbacks.append(resume.checkpoint_callback(checkpoint[0], checkpoint[1], history, keep))  # after keep
+    start, history, ckpt = resume.attach(checkpoint, model, cfg.epochs + 1, log, keep)
     if on_start is not None:
         on_start(start)
+    callbacks = [*sched, keep, *ckpt]  # the checkpoint after keep
     hist = fit_arrays(model, task, cfg.lr, data, cfg.epochs, cfg.batch, cfg.seed, cfg.augment, callbacks, progress,
                       False, start)
     if checkpoint is not None:

@@ -40,6 +40,15 @@ def _trackables(model):
     return tf.train.Checkpoint(model=model, optimizer=model.optimizer)
 
 
+def attach(checkpoint, model, before: int, log=print, keep=None) -> tuple[int, dict, list]:
+    """For a fit of the compiled `model` with checkpoint=(folder, meta) or None: (epoch to go on
+    from, history so far, [the callback that checkpoints every epoch]); see `restore`."""
+    if checkpoint is None:
+        return 0, {}, []
+    start, history = restore(checkpoint[0], model, checkpoint[1], before, log, keep)
+    return start, history, [checkpoint_callback(checkpoint[0], checkpoint[1], history, keep)]
+
+
 def restore(folder: Path, model, meta: dict, before: int, log=print, keep=None) -> tuple[int, dict]:
     """Load the checkpoint in `folder` into the compiled `model` when it is this run's (`meta`
     matches) and older than epoch `before` (a later one would skip an epoch still to be measured),
