@@ -235,6 +235,23 @@ def test_a_cv_fold_killed_mid_run_goes_on_from_its_last_epoch(synthetic_breast_d
     assert not any((out / "checkpoints").iterdir())
 
 
+def test_a_ray_task_checkpoints_only_where_it_sees_the_drivers_mark(tmp_path):
+    """A task on a node without the run folder (no mark there) trains without checkpoints instead
+    of writing them where no retry would look; the mark lives only while the driver's tasks run."""
+    from edgebus.training.backends import Backend, checkpoint_root, task_checkpoints
+
+    with checkpoint_root(Backend(), tmp_path) as root:
+        assert root is None  # local units are told their checkpoint folder directly
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / ".driver-stale").touch()  # left by a killed driver
+    with checkpoint_root(Backend("ray"), tmp_path) as root:
+        assert task_checkpoints(root) == tmp_path.resolve() / "checkpoints"
+        assert task_checkpoints({**root, "token": "another-run"}) is None
+        assert task_checkpoints({**root, "path": str(tmp_path / "not-mounted")}) is None
+        assert len(list((tmp_path / "checkpoints").iterdir())) == 1  # this run's mark only
+    assert task_checkpoints(root) is None and not any((tmp_path / "checkpoints").iterdir())
+
+
 def test_identical_images_stay_in_one_part(synthetic_breast_dir, tmp_path):
     from edgebus.data.breast import read_breast
     from edgebus.core.splits import content_groups, duplicates, grouped_kfold, grouped_split, leaks

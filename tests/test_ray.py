@@ -1,6 +1,7 @@
 """Grids and CVs on a Ray cluster (issue 15), on a local cluster this test starts itself: the ray
-backend gives cell for cell the results of the local one, a task whose worker dies is retried, and
-a driver killed mid-grid resumes from cells.jsonl like a local run."""
+backend gives cell for cell the results of the local one, a task whose worker dies is retried (and
+goes on from its last epoch checkpoint), and a driver killed mid-grid resumes from cells.jsonl and
+the epoch checkpoints like a local run."""
 
 import json
 import os
@@ -76,6 +77,22 @@ def test_a_task_whose_worker_dies_is_retried(cluster, local_grid, synthetic_brea
     assert len(_lines(tmp_path / "g" / "cells.jsonl")) == 4  # nothing written twice
 
 
+def test_a_task_killed_mid_run_goes_on_from_its_last_epoch(cluster, synthetic_breast_dir, tmp_path, monkeypatch):
+    """Both learning rates' workers die right after epoch 1's checkpoint (as a lost node would); Ray
+    retries each task and, seeing the run folder (same machine), it trains on from epoch 1."""
+    monkeypatch.setenv("EDGEBUS_EXIT_AFTER_EPOCHS", "1")  # travels to the workers with the task
+    out = tmp_path / "g"
+    r = cli(*GRID, "--data", synthetic_breast_dir, "--backend", "ray", "--out", out)
+    assert r.exit_code == 0, r.output
+    cells = _cells(out)
+    assert sorted(cells) == [(0.001, 2), (0.001, 4), (0.003, 2), (0.003, 4)]
+    assert len(_lines(out / "cells.jsonl")) == 4  # nothing written twice
+    assert [c.get("resumed_from") for c in cells.values()] == [1, 1, 1, 1]
+    histories = sorted((out / "histories").iterdir())
+    assert [len(h.read_text().splitlines()) for h in histories] == [5, 5]  # a header and all 4 epochs
+    assert not any((out / "checkpoints").iterdir())  # each checkpoint and the driver's mark are gone
+
+
 def test_a_killed_driver_resumes(cluster, local_grid, synthetic_breast_dir, tmp_path):
     out = tmp_path / "g"
     env = {**os.environ, "EDGEBUS_EXIT_AFTER_UNITS": "1"}
@@ -87,8 +104,14 @@ def test_a_killed_driver_resumes(cluster, local_grid, synthetic_breast_dir, tmp_
     r = cli(*GRID, "--data", synthetic_breast_dir, "--backend", "ray", "--out", out)
     assert r.exit_code == 0, r.output
     assert "1 done" in r.output and "3 cell(s) in 2 training run(s)" in r.output, r.output
-    _same_cells(_cells(local_grid), _cells(out))
     assert len(_lines(out / "cells.jsonl")) == 4
+    # a learning rate the killed driver's task had checkpointed goes on from that epoch (a valid run,
+    # not a bit-for-bit copy, and it says so); every other cell is the local grid's
+    cells = _cells(out)
+    fresh = {k for k, c in cells.items() if "resumed_from" not in c}
+    assert all(1 <= cells[k]["resumed_from"] < k[1] for k in set(cells) - fresh)
+    _same_cells({k: v for k, v in _cells(local_grid).items() if k in fresh}, {k: cells[k] for k in fresh})
+    assert not any((out / "checkpoints").iterdir())  # the killed driver's mark went with the re-run
 
 
 def test_bad_backend_settings_get_one_line(synthetic_breast_dir, tmp_path):

@@ -8,17 +8,26 @@ is written twice or lost, and a re-run resumes from those files exactly as a loc
 preprocessed data set is put in Ray's object store once and every task gets a reference to it.
 A task whose worker process dies is retried (`retries`); an error raised by the unit itself is
 not retried, it is reported. EDGEBUS_* environment variables travel to the workers.
+
+Epoch checkpoints are the one thing a task writes itself, as a local unit does: scratch, not
+results. A task checkpoints into the run folder only when it can see the driver's mark there (the
+same machine, or a file system the nodes share), so a retried task goes on from its last epoch;
+on a node that cannot see it a retry starts from epoch 0.
 """
 
 from __future__ import annotations
 
 import os
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator
 
 from edgebus.core.errors import EdgebusError
 
 BACKENDS = ("local", "ray")
+MARK = ".driver-"  # out/checkpoints/.driver-<token>: this run's driver made it, so a task that sees it shares its files
 KILL_ENV = "EDGEBUS_KILL_TASK_ONCE"  # tests: a folder; the first Ray task to start there kills its worker
 
 
@@ -105,6 +114,35 @@ def run_units(backend: Backend, fn: Callable, units: list[tuple], shared, log=pr
                 ray.cancel(p)
             raise EdgebusError(f"a Ray task's worker died {backend.retries + 1} times; see the Ray logs, and re-run "
                                "to resume") from None
+
+
+@contextmanager
+def checkpoint_root(backend: Backend, out: Path) -> Iterator[dict | None]:
+    """Driver side, Ray: out/checkpoints with a fresh mark while the tasks run, as {"path", "token"}
+    to hand to them (see `task_checkpoints`); the mark goes when they are done, and one a killed
+    driver left goes now. Local: None (the units run here and checkpoint as they are told)."""
+    if backend.name == "local":
+        yield None
+        return
+    root = Path(out).resolve() / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(f"{MARK}*"):
+        stale.unlink(missing_ok=True)
+    token = uuid.uuid4().hex
+    mark = root / f"{MARK}{token}"
+    mark.touch()
+    try:
+        yield {"path": str(root), "token": token}
+    finally:
+        mark.unlink(missing_ok=True)
+
+
+def task_checkpoints(root: dict | None) -> Path | None:
+    """Task side: the run's checkpoint folder when this node sees the driver's mark in it, else None."""
+    if root is None:
+        return None
+    path = Path(root["path"])
+    return path if (path / f"{MARK}{root['token']}").is_file() else None
 
 
 def take(parts: tuple, index: list[int]) -> tuple:

@@ -5,7 +5,8 @@ The study reports one 27-image test split; a proportion measured on 27 images ca
 interval of about +-18 points, so the differences it reports between models are inside the noise.
 k folds put every image in exactly one test fold. Identical images (by content hash) share a fold.
 Results: `folds.jsonl`, one fsync'ed line per finished fold, so a killed CV resumes where it was; the
-fold in progress (local backend) goes on from its last epoch checkpoint (`checkpoints/fold<i>/`).
+fold in progress goes on from its last epoch checkpoint (`checkpoints/fold<i>/`; on Ray where the
+task sees the run folder).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from edgebus.data.breast import fingerprint
 from edgebus.data.content import content_hashes
 from edgebus.data.preprocess import preprocess_contract
 from edgebus.engine.resume import discard
-from edgebus.training.backends import Backend, run_units, take
+from edgebus.training.backends import Backend, checkpoint_root, run_units, take, task_checkpoints
 from edgebus.training.config import FitConfig, maybe_exit
 
 
@@ -125,7 +126,7 @@ def fold_unit(cfg: CVConfig, contract: dict, f: int, fold: dict, data: dict, pro
     """Train, score (and with cfg.int8 convert) one fold on its arrays; {"fold", "rec", "files":
     {name: bytes}}. Writes its models only into a temp folder of its own, so it runs in the driver
     or in a Ray worker alike. crop: (cases by id, the fold's boxes) for a lesion-crop classifier.
-    checkpoint: the folder of its epoch checkpoint (the local backend), so a killed fold goes on from
+    checkpoint: the folder of its epoch checkpoint, so a killed fold goes on from
     its last finished epoch (engine.resume) and its record says so (`resumed_from`)."""
     import shutil
     import tempfile
@@ -170,10 +171,13 @@ def fold_unit(cfg: CVConfig, contract: dict, f: int, fold: dict, data: dict, pro
 
 
 def ray_fold(f: int, fold: dict, shared: dict) -> dict:
-    """A fold as a Ray task: its arrays cut from the data set put once in the object store."""
+    """A fold as a Ray task: its arrays cut from the data set put once in the object store; it
+    checkpoints its epochs where the run folder is visible (backends.task_checkpoints)."""
     pos = {i: n for n, i in enumerate(shared["ids"])}
     data = {k: take(shared["parts"], [pos[i] for i in fold[k]]) for k in ("train", "val", "test")}
-    return fold_unit(shared["cfg"], shared["contract"], f, fold, data, shared["progress"])
+    root = task_checkpoints(shared["checkpoints"])
+    return fold_unit(shared["cfg"], shared["contract"], f, fold, data, shared["progress"],
+                     checkpoint=None if root is None else root / f"fold{f}")
 
 
 def run_cv(cfg: CVConfig, progress: bool = False, log=print, backend: Backend | None = None) -> dict:
@@ -265,23 +269,26 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print, backend: Backend | 
                                "boxes: run it with the local backend")
         unit = ray_fold
         ids = [c.case_id for c in cases]
-        shared = {"cfg": cfg, "contract": contract, "ids": ids, "progress": False,
+        shared = {"cfg": cfg, "contract": contract, "ids": ids, "progress": False, "checkpoints": None,
                   "parts": load_split_data(by_id, {"train": ids}, contract, task, **heads)["train"]}
     written = 0
-    for res in run_units(backend, unit, todo, shared, log):
-        f, rec = res["fold"], res["rec"]
-        fold_dir = make_dir(out / f"fold{f}", "CV folder")
-        for name, blob in res["files"].items():  # the fold's deployable models: stress, ensembles, bundles
-            atomic_write(fold_dir / name, blob)
-        rec["models"] = {name: {"file": f"{fold_dir.name}/{name}", "sha256": sha256_file(fold_dir / name)}
-                         for name in sorted(res["files"])}
-        append_jsonl(results, rec)
-        discard(out / "checkpoints" / f"fold{f}")  # the fold is written: its checkpoint has done its job
-        written += 1
-        if "test_int8" in rec:
-            log(f"fold {f + 1}/{cfg.folds}: int8 test {task.headline_text(rec['test_int8'])}")
-        log(f"fold {f + 1}/{cfg.folds}: test {task.headline_text(rec['test'])} (kept epoch {rec['kept_epoch']})")
-        maybe_exit(written)
+    with checkpoint_root(backend, out) as root:
+        if root is not None:
+            shared["checkpoints"] = root
+        for res in run_units(backend, unit, todo, shared, log):
+            f, rec = res["fold"], res["rec"]
+            fold_dir = make_dir(out / f"fold{f}", "CV folder")
+            for name, blob in res["files"].items():  # the fold's deployable models: stress, ensembles, bundles
+                atomic_write(fold_dir / name, blob)
+            rec["models"] = {name: {"file": f"{fold_dir.name}/{name}", "sha256": sha256_file(fold_dir / name)}
+                             for name in sorted(res["files"])}
+            append_jsonl(results, rec)
+            discard(out / "checkpoints" / f"fold{f}")  # the fold is written: its checkpoint has done its job
+            written += 1
+            if "test_int8" in rec:
+                log(f"fold {f + 1}/{cfg.folds}: int8 test {task.headline_text(rec['test_int8'])}")
+            log(f"fold {f + 1}/{cfg.folds}: test {task.headline_text(rec['test'])} (kept epoch {rec['kept_epoch']})")
+            maybe_exit(written)
     summary = summarize_cv(out, cfg.n_boot)
     run = Run.load(out)
     run.stage("cv", folds=cfg.folds, device=device_name(), finished=now(), **backend.describe())

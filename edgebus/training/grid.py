@@ -7,8 +7,9 @@ model.predict on val and test) at every epoch count of the grid on its way: 35 c
 Results: `cells.jsonl` in the grid directory (`cells-shard<i>of<n>.jsonl` for a shard), one JSON
 line per finished cell, appended and fsync'ed at once. A re-run with the same settings reads every
 cells*.jsonl there, skips the cells already done (a learning rate whose cells are all done is not
-trained at all), and re-trains a partly done learning rate from scratch up to its remaining epoch
-counts, appending only the cells that are missing. A killed grid loses at most the run in progress.
+trained at all), and trains a partly done learning rate on to its remaining epoch counts from its
+last epoch checkpoint (`checkpoints/lr=<lr>/`, engine.resume; a Ray task too where it sees the run
+folder), appending only the cells that are missing. A killed grid loses at most the epoch in progress.
 
 Selection: by the validation metric only, as the study did (ties: the second metric on val, then
 fewer epochs, then the lower learning rate). Every cell also stores its test metrics, measured in
@@ -24,7 +25,8 @@ one cell is re-trained with the same seed and the report says so.
 
 Tests kill a grid on purpose: with EDGEBUS_EXIT_AFTER_UNITS=n in the environment the process calls
 os._exit(75) right after its n-th cell line is written (cv.py honours it for folds too);
-EDGEBUS_EXIT_AFTER_EPOCHS=n does it right after the n-th epoch checkpoint (mid learning rate).
+EDGEBUS_EXIT_AFTER_EPOCHS=n does it right after epoch n's checkpoint (mid learning rate; in a Ray
+worker, as a lost node would).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from edgebus.data.content import content_hashes
 from edgebus.data.preprocess import preprocess_contract
 from edgebus.engine.resume import discard
 from edgebus.training.cells import _lr_tag, _shard_tag, cell_key, rank_key, read_cells, select, shard_lrs
-from edgebus.training.backends import Backend, run_units
+from edgebus.training.backends import Backend, checkpoint_root, run_units, task_checkpoints
 from edgebus.training.config import FitConfig, maybe_exit
 
 
@@ -100,8 +102,8 @@ def _validate(cfg: GridConfig, task: str) -> None:
     cfg.split_fractions = tuple(float(v) for v in cfg.split_fractions)
 
 
-def _checkpoint(out: Path, lr: float) -> Path:
-    return out / "checkpoints" / f"lr={_lr_tag(lr)}"
+def _checkpoint(root: Path, lr: float) -> Path:
+    return root / f"lr={_lr_tag(lr)}"
 
 
 def _identity(cfg: GridConfig, task: str, fp: str) -> dict:
@@ -151,7 +153,8 @@ def lr_unit(cfg: GridConfig, lr: float, todo: list, data: dict, shard, progress:
 
 def ray_lr(lr: float, todo: list, shared: dict) -> dict:
     """A learning rate as a Ray task, on the split's arrays from the object store; returns its cells
-    and, as bytes, the model at its own best cell (the driver keeps it when it beats the grid's)."""
+    and, as bytes, the model at its own best cell (the driver keeps it when it beats the grid's).
+    Checkpoints its epochs where the run folder is visible (backends.task_checkpoints)."""
     import tempfile
 
     from edgebus.engine.models import save_model
@@ -165,7 +168,9 @@ def ray_lr(lr: float, todo: list, shared: dict) -> dict:
                 save_model(classifier_only(m), Path(tmp) / "best.keras")
                 best.update(rec=rec, model=(Path(tmp) / "best.keras").read_bytes())
 
-        res = lr_unit(cfg, lr, todo, shared["data"], shared["shard"], False, on_cell)
+        root = task_checkpoints(shared["checkpoints"])
+        res = lr_unit(cfg, lr, todo, shared["data"], shared["shard"], False, on_cell,
+                      None if root is None else _checkpoint(root, lr))
     res["best"] = {"cell": cell_key(best["rec"]), "model": best["model"]}
     return res
 
@@ -257,20 +262,23 @@ def run_grid(cfg: GridConfig, shard: tuple[int, int] = (1, 1), progress: bool = 
                 cell_done(rec)
 
             log(f"lr {_lr_tag(lr)}: training to {max(todo)} epochs, evaluating at {', '.join(map(str, todo))}")
-            return lr_unit(cfg, lr, todo, data, shard, progress, on_cell, _checkpoint(out, lr), log)
+            return lr_unit(cfg, lr, todo, data, shard, progress, on_cell, _checkpoint(out / "checkpoints", lr), log)
         shared = None
     else:
-        unit, shared = ray_lr, {"cfg": cfg, "data": data, "shard": shard}
-    for res in run_units(backend, unit, units, shared, log):
-        if res.get("best") is not None:  # a Ray task's own best cell: the grid's candidate if it beats the rest
-            rec = next(c for c in res["cells"] if cell_key(c) == tuple(res["best"]["cell"]))
-            if best is None or rank_key(rec, cfg.select, task) > rank_key(best, cfg.select, task):
-                save_candidate(rec, lambda p, blob=res["best"]["model"]: atomic_write(p, blob))
-                best = rec
-            for rec in res["cells"]:
-                cell_done(rec)
-        atomic_write(out / "histories" / f"lr={_lr_tag(res['lr'])}.csv", res["history"])
-        discard(_checkpoint(out, res["lr"]))  # its cells are all written: the checkpoint has done its job
+        unit, shared = ray_lr, {"cfg": cfg, "data": data, "shard": shard, "checkpoints": None}
+    with checkpoint_root(backend, out) as root:
+        if root is not None:
+            shared["checkpoints"] = root
+        for res in run_units(backend, unit, units, shared, log):
+            if res.get("best") is not None:  # a Ray task's own best cell: the grid's candidate if it beats the rest
+                rec = next(c for c in res["cells"] if cell_key(c) == tuple(res["best"]["cell"]))
+                if best is None or rank_key(rec, cfg.select, task) > rank_key(best, cfg.select, task):
+                    save_candidate(rec, lambda p, blob=res["best"]["model"]: atomic_write(p, blob))
+                    best = rec
+                for rec in res["cells"]:
+                    cell_done(rec)
+            atomic_write(out / "histories" / f"lr={_lr_tag(res['lr'])}.csv", res["history"])
+            discard(_checkpoint(out / "checkpoints", res["lr"]))  # its cells are written: the checkpoint is done
     run = Run.load(out)
     run.stage(f"grid-{_shard_tag(shard)}", cells_written=written, wall_s=round(time.time() - t_start, 1),
               device=device_name(), finished=now(), **backend.describe())
