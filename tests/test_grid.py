@@ -235,6 +235,52 @@ def test_a_cv_fold_killed_mid_run_goes_on_from_its_last_epoch(synthetic_breast_d
     assert not any((out / "checkpoints").iterdir())
 
 
+def test_a_full_disk_at_an_epoch_checkpoint_stops_with_one_line_and_keeps_the_cells(synthetic_breast_dir, recipe,
+                                                                                  tmp_path, monkeypatch):
+    """The checkpoint of lr 3e-3's epoch 2 meets a full disk: one line naming the folder and the fix,
+    no half-written checkpoint left, the cells written before it kept; the same command then ends
+    the grid and clears the checkpoint it no longer needs."""
+    import errno
+
+    from edgebus.engine import resume
+
+    real, calls = resume._trackables, []
+
+    def full_disk_at_second(model):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(model)
+
+    monkeypatch.setattr(resume, "_trackables", full_disk_at_second)
+    out = tmp_path / "g"
+    args = ("grid", "--recipe", recipe, "--data", synthetic_breast_dir, "--out", out, "--quiet")
+    _one_line_error(cli(*args), "lr=0.003", "No space left on device", "run the same command again")
+    cells = [(c["lr"], c["epochs"]) for c in map(json.loads, lines(out / "cells.jsonl"))]
+    assert cells == [(0.003, 1), (0.003, 2)]  # epoch 2's cell is measured before its checkpoint
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["lr=0.003"]  # epoch 1's, nothing half-written
+    assert json.loads((out / "checkpoints" / "lr=0.003" / "state.json").read_text())["epoch"] == 1
+    monkeypatch.setattr(resume, "_trackables", real)
+    r = cli(*args)
+    assert r.exit_code == 0, r.output
+    assert "lr 0.003: all 2 cells done, skipped" in r.output
+    assert len(lines(out / "cells.jsonl")) == 4
+    assert not any((out / "checkpoints").iterdir())  # lr 3e-3's leftover went with its skip
+
+
+def test_a_full_disk_at_a_cell_line_gets_one_line(synthetic_breast_dir, recipe, tmp_path, monkeypatch):
+    import errno
+
+    from edgebus.training import grid
+
+    def full(path, record):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(grid, "append_jsonl", full)
+    _one_line_error(cli("grid", "--recipe", recipe, "--data", synthetic_breast_dir, "--out", tmp_path / "g", "--quiet"),
+                    "cells.jsonl: No space left on device; free some space, then run the same command again")
+
+
 def test_a_ray_task_checkpoints_only_where_it_sees_the_drivers_mark(tmp_path):
     """A task on a node without the run folder (no mark there) trains without checkpoints instead
     of writing them where no retry would look; the mark lives only while the driver's tasks run."""

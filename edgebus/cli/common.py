@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 from typing import Optional
 
@@ -10,8 +11,15 @@ import typer
 from edgebus.core.errors import EdgebusError
 
 
+# a machine's limits, not a bug: one line with the fix (every write is atomic, so nothing finished is lost)
+_WRITE_FIXES = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space or raise the quota",
+                errno.EROFS: "write to another folder (--out)", errno.EACCES: "fix its permissions or use another --out",
+                errno.EPERM: "fix its permissions or use another --out"}
+
+
 def friendly(fn):
-    """Bad input ends with one line on stderr and exit code 2, never a traceback."""
+    """Bad input, a full disk or a folder it may not write end with one line on stderr and exit code
+    2, never a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -19,6 +27,13 @@ def friendly(fn):
             return fn(*args, **kwargs)
         except EdgebusError as e:
             typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2)
+        except OSError as e:
+            if e.errno not in _WRITE_FIXES:
+                raise
+            where = f"{e.filename}: " if e.filename else ""
+            typer.echo(f"error: {where}{e.strerror}; {_WRITE_FIXES[e.errno]}, then run the same command again "
+                       "(what was finished is kept)", err=True)
             raise typer.Exit(2)
 
     return wrapper

@@ -21,6 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from edgebus.core.errors import EdgebusError
 from edgebus.core.io import make_dir, sha256_file, write_json
 
 STATE = "state.json"
@@ -98,6 +99,26 @@ def discard(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def _write(model, folder: Path, state: dict, keep) -> Path:
+    """The checkpoint in a fresh temp folder beside `folder`, complete with its state.json."""
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes 0700
+        _trackables(model).write(str(tmp / PREFIX))
+        best = None
+        if keep is not None and keep.weights is not None:
+            import numpy as np
+
+            np.savez(tmp / KEEP, *keep.weights)
+            best = {"best": list(keep.best), "epoch": keep.epoch}
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+        write_json(tmp / STATE, {**state, "keep": best, "files": files})
+    except BaseException:
+        discard(tmp)  # a part-written folder frees its space at once
+        raise
+    return tmp
+
+
 def checkpoint_callback(folder: Path, meta: dict, history: dict, keep=None):
     """A Keras callback that, at every epoch end, replaces the checkpoint in `folder` with the model,
     its optimizer, the history so far (`history`: the epochs before this fit, extended in place) and
@@ -108,21 +129,17 @@ def checkpoint_callback(folder: Path, meta: dict, history: dict, keep=None):
     make_dir(folder.parent, "checkpoint folder")
     for stale in folder.parent.glob(f".{folder.name}.*"):  # left by a kill in the middle of a write
         discard(stale)
+
     class Cb(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             for k, v in (logs or {}).items():
                 history.setdefault(k, []).append(float(v))
-            tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
-            tmp.chmod(0o755)  # mkdtemp makes 0700
-            _trackables(self.model).write(str(tmp / PREFIX))
-            best = None
-            if keep is not None and keep.weights is not None:
-                import numpy as np
-
-                np.savez(tmp / KEEP, *keep.weights)
-                best = {"best": list(keep.best), "epoch": keep.epoch}
-            files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
-            write_json(tmp / STATE, {"epoch": epoch + 1, "meta": meta, "history": history, "keep": best, "files": files})
+            try:
+                tmp = _write(self.model, folder, {"epoch": epoch + 1, "meta": meta, "history": history}, keep)
+            except Exception as e:  # disk full, quota, permissions: stop with one line, the cells and folds so far stay
+                raise EdgebusError(f"{folder}: cannot write the epoch checkpoint ({str(e).splitlines()[0][:160]}); "
+                                   "free space (or fix the folder's permissions) and run the same command again: "
+                                   "it resumes from the last checkpoint and the results written so far") from None
             old = folder.with_name(f".{folder.name}.old")
             discard(old)
             if folder.exists():

@@ -252,6 +252,8 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print, backend: Backend | 
     results = out / "folds.jsonl"
     repair_jsonl(results)
     done = {r["fold"] for r in read_jsonl(results)}
+    for f in done:  # a checkpoint left by a stop right after its fold's line
+        discard(out / "checkpoints" / f"fold{f}")
     heads = {"masks": has_aux_mask(model), "descriptors": has_descriptors(model)}
     model = None
     todo = [(f, fold) for f, fold in enumerate(folds) if f not in done]

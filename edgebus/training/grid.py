@@ -236,6 +236,7 @@ def run_grid(cfg: GridConfig, shard: tuple[int, int] = (1, 1), progress: bool = 
     for lr in mine:
         if not todo_all[lr]:
             log(f"lr {_lr_tag(lr)}: all {len(cfg.epochs)} cells done, skipped")
+            discard(_checkpoint(out / "checkpoints", lr))  # left by a stop after its last cell line
 
     def cell_done(rec):
         nonlocal written
