@@ -123,7 +123,7 @@ def checkpoint_callback(folder: Path, meta: dict, history: dict, keep=None):
     """A Keras callback that, at every epoch end, replaces the checkpoint in `folder` with the model,
     its optimizer, the history so far (`history`: the epochs before this fit, extended in place) and
     `keep`'s best epoch (put it after `keep` in the callback list)."""
-    from edgebus.compat import keras
+    from edgebus.compat import keras, tf
 
     folder, meta = Path(folder), _plain(meta)
     make_dir(folder.parent, "checkpoint folder")
@@ -136,7 +136,7 @@ def checkpoint_callback(folder: Path, meta: dict, history: dict, keep=None):
                 history.setdefault(k, []).append(float(v))
             try:
                 tmp = _write(self.model, folder, {"epoch": epoch + 1, "meta": meta, "history": history}, keep)
-            except Exception as e:  # disk full, quota, permissions: stop with one line, the cells and folds so far stay
+            except (OSError, tf.errors.OpError) as e:  # disk full, quota, permissions: one line; results so far stay
                 raise EdgebusError(f"{folder}: cannot write the epoch checkpoint ({str(e).splitlines()[0][:160]}); "
                                    "free space (or fix the folder's permissions) and run the same command again: "
                                    "it resumes from the last checkpoint and the results written so far") from None
