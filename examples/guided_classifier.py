@@ -22,7 +22,7 @@ seg = train(TrainConfig(data=str(data), model="test-unet", out=str(out / "segmen
 # val/test crops are cut with this segmenter's boxes (it trained on the same split, so it never saw them)
 cls = train(TrainConfig(data=str(data), model="test-cnn", out=str(out / "classifier"), size=64, epochs=25, lr=3e-3,
                         crop_margin=0.5, segmenter=str(seg.path)))
-print("crop classifier, test:", {k: cls.manifest["metrics"]["keras"]["test"][k] for k in ("accuracy", "auc")})
+print("crop classifier, test:", {k: cls.manifest.keras_metrics("test")[k] for k in ("accuracy", "auc")})
 for run in (seg, cls):
     export_run(run.path, ExportConfig(formats=["float32", "int8"], qat_epochs=2))
 

@@ -70,7 +70,7 @@ def report(results: list[Path] = typer.Argument(..., help="report.json files fro
 
 @friendly
 def predict(
-        inputs: Path = typer.Argument(..., help="a PNG/JPEG frame, a folder of frames, or a BrEaST- or BUSI-layout folder"),
+        inputs: Path = typer.Argument(..., help="a PNG/JPEG or ultrasound DICOM (.dcm) frame, a folder of frames, or a BrEaST- or BUSI-layout folder"),
         classifier: Optional[Path] = typer.Option(None, "--classifier", help="classifier .tflite, or a run directory (its int8 export)"),
         segmenter: Optional[Path] = typer.Option(None, "--segmenter", help="segmenter .tflite, or a run directory (its int8 export)"),
         bundle: Optional[Path] = typer.Option(None, "--bundle", help="folder holding both models (see 'edgebus bundle')"),

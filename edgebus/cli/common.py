@@ -61,7 +61,7 @@ SIZE = typer.Option(None, help="input size in pixels, square (default: the model
 BATCH = typer.Option(None, help="batch size (default: the model's, see 'edgebus models')")
 SEED = typer.Option(None, help="seed for the split and training (default 0)")
 BACKEND = typer.Option("local", "--backend", help="local (this process, one unit after another) or ray (each unit a Ray "
-                       "task; pip install 'edgebus[cluster]')")
+                       "task; pip install 'edgebus\\[cluster]')")
 ADDRESS = typer.Option(None, "--address", help="with --backend ray: the cluster (auto, or ray://HEAD:10001); default: "
                        "start a Ray instance on this machine")
 CPUS_PER_TASK = typer.Option(1.0, "--cpus-per-task", help="with --backend ray: CPUs each task asks for")
