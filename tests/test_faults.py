@@ -44,8 +44,8 @@ def assert_no_torn_final_files(folder: Path):
     """Every file under a final (non-temp) name is complete: JSON parses, a .keras is a whole zip,
     a .tflite has its flatbuffer identifier, no temp file is left under a final name."""
     for p in folder.rglob("*"):
-        if not p.is_file() or p.name.startswith("."):
-            continue
+        if not p.is_file() or any(part.startswith(".") for part in p.relative_to(folder).parts):
+            continue  # a temp file, or a file inside a temp folder (atomic_save, epoch checkpoints)
         if p.suffix == ".json":
             json.loads(p.read_text())
         elif p.suffix == ".keras":
