@@ -284,13 +284,11 @@ def test_a_full_disk_at_a_cell_line_gets_one_line(synthetic_breast_dir, recipe, 
 def test_a_ray_task_checkpoints_only_where_it_sees_the_drivers_mark(tmp_path):
     """A task on a node without the run folder (no mark there) trains without checkpoints instead
     of writing them where no retry would look; the mark lives only while the driver's tasks run."""
-    from edgebus.training.backends import Backend, checkpoint_root, task_checkpoints
+    from edgebus.training.backends import checkpoint_root, task_checkpoints
 
-    with checkpoint_root(Backend(), tmp_path) as root:
-        assert root is None  # local units are told their checkpoint folder directly
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / ".driver-stale").touch()  # left by a killed driver
-    with checkpoint_root(Backend("ray"), tmp_path) as root:
+    with checkpoint_root(tmp_path / "checkpoints") as root:
         assert task_checkpoints(root) == tmp_path.resolve() / "checkpoints"
         assert task_checkpoints({**root, "token": "another-run"}) is None
         assert task_checkpoints({**root, "path": str(tmp_path / "not-mounted")}) is None

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -76,14 +76,22 @@ def _ray():
     return ray
 
 
-def run_units(backend: Backend, fn: Callable, units: list[tuple], shared, log=print) -> Iterator:
-    """fn(*unit, shared) for every unit: locally in order, or as Ray tasks, yielded as each finishes."""
+def run_units(backend: Backend, fn: Callable, units: list[tuple], shared, log=print,
+              checkpoints: Path | None = None) -> Iterator:
+    """fn(*unit, shared) for every unit: locally in order, or as Ray tasks, yielded as each finishes.
+    Ray: shared (a dict) gets "checkpoints", the run's checkpoint folder marked for the tasks (see
+    `task_checkpoints`; None without `checkpoints`)."""
     if backend.name == "local":
         for u in units:
             yield fn(*u, shared)
         return
     if not units:
         return
+    with nullcontext() if checkpoints is None else checkpoint_root(checkpoints) as root:
+        yield from _ray_units(backend, fn, units, {**shared, "checkpoints": root}, log)
+
+
+def _ray_units(backend: Backend, fn: Callable, units: list[tuple], shared: dict, log) -> Iterator:
     ray = _ray()
     if not ray.is_initialized():
         try:
@@ -117,14 +125,11 @@ def run_units(backend: Backend, fn: Callable, units: list[tuple], shared, log=pr
 
 
 @contextmanager
-def checkpoint_root(backend: Backend, out: Path) -> Iterator[dict | None]:
-    """Driver side, Ray: out/checkpoints with a fresh mark while the tasks run, as {"path", "token"}
-    to hand to them (see `task_checkpoints`); the mark goes when they are done, and one a killed
-    driver left goes now. Local: None (the units run here and checkpoint as they are told)."""
-    if backend.name == "local":
-        yield None
-        return
-    root = Path(out).resolve() / "checkpoints"
+def checkpoint_root(folder: Path) -> Iterator[dict]:
+    """Driver side: the checkpoint folder with a fresh mark while the Ray tasks run, as {"path",
+    "token"} to hand to them (see `task_checkpoints`); the mark goes when they are done, and one a
+    killed driver left goes now."""
+    root = Path(folder).resolve()
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(f"{MARK}*"):
         stale.unlink(missing_ok=True)

@@ -27,7 +27,7 @@ from edgebus.data.breast import fingerprint
 from edgebus.data.content import content_hashes
 from edgebus.data.preprocess import preprocess_contract
 from edgebus.engine.resume import discard
-from edgebus.training.backends import Backend, checkpoint_root, run_units, take, task_checkpoints
+from edgebus.training.backends import Backend, run_units, take, task_checkpoints
 from edgebus.training.config import FitConfig, maybe_exit
 
 
@@ -170,6 +170,10 @@ def fold_unit(cfg: CVConfig, contract: dict, f: int, fold: dict, data: dict, pro
     return {"fold": f, "rec": rec, "files": files}
 
 
+def _checkpoint(root: Path, f: int) -> Path:
+    return root / f"fold{f}"
+
+
 def ray_fold(f: int, fold: dict, shared: dict) -> dict:
     """A fold as a Ray task: its arrays cut from the data set put once in the object store; it
     checkpoints its epochs where the run folder is visible (backends.task_checkpoints)."""
@@ -177,7 +181,7 @@ def ray_fold(f: int, fold: dict, shared: dict) -> dict:
     data = {k: take(shared["parts"], [pos[i] for i in fold[k]]) for k in ("train", "val", "test")}
     root = task_checkpoints(shared["checkpoints"])
     return fold_unit(shared["cfg"], shared["contract"], f, fold, data, shared["progress"],
-                     checkpoint=None if root is None else root / f"fold{f}")
+                     checkpoint=None if root is None else _checkpoint(root, f))
 
 
 def run_cv(cfg: CVConfig, progress: bool = False, log=print, backend: Backend | None = None) -> dict:
@@ -249,11 +253,12 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print, backend: Backend | 
     if dups:
         log(f"note: {len(dups)} group(s) of identical images, kept in one fold each: "
             + "; ".join(str(d["case_ids"]) for d in dups[:5]))
+    ckpts = out / "checkpoints"  # epoch checkpoints of the folds in progress (engine.resume)
     results = out / "folds.jsonl"
     repair_jsonl(results)
     done = {r["fold"] for r in read_jsonl(results)}
     for f in done:  # a checkpoint left by a stop right after its fold's line
-        discard(out / "checkpoints" / f"fold{f}")
+        discard(_checkpoint(ckpts, f))
     heads = {"masks": has_aux_mask(model), "descriptors": has_descriptors(model)}
     model = None
     todo = [(f, fold) for f, fold in enumerate(folds) if f not in done]
@@ -263,7 +268,7 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print, backend: Backend | 
             boxes = None if seg_boxes is None else {**seg_boxes[f]["val"], **seg_boxes[f]["test"]}
             data = load_split_data(by_id, fold, contract, task, boxes, **heads)
             crop = None if seg_boxes is None else (by_id, seg_boxes[f])
-            return fold_unit(cfg, contract, f, fold, data, progress, crop, out / "checkpoints" / f"fold{f}", log)
+            return fold_unit(cfg, contract, f, fold, data, progress, crop, _checkpoint(ckpts, f), log)
         shared = None
     else:
         if seg_boxes is not None or cfg.crop_margin is not None:
@@ -271,26 +276,23 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print, backend: Backend | 
                                "boxes: run it with the local backend")
         unit = ray_fold
         ids = [c.case_id for c in cases]
-        shared = {"cfg": cfg, "contract": contract, "ids": ids, "progress": False, "checkpoints": None,
+        shared = {"cfg": cfg, "contract": contract, "ids": ids, "progress": False,
                   "parts": load_split_data(by_id, {"train": ids}, contract, task, **heads)["train"]}
     written = 0
-    with checkpoint_root(backend, out) as root:
-        if root is not None:
-            shared["checkpoints"] = root
-        for res in run_units(backend, unit, todo, shared, log):
-            f, rec = res["fold"], res["rec"]
-            fold_dir = make_dir(out / f"fold{f}", "CV folder")
-            for name, blob in res["files"].items():  # the fold's deployable models: stress, ensembles, bundles
-                atomic_write(fold_dir / name, blob)
-            rec["models"] = {name: {"file": f"{fold_dir.name}/{name}", "sha256": sha256_file(fold_dir / name)}
-                             for name in sorted(res["files"])}
-            append_jsonl(results, rec)
-            discard(out / "checkpoints" / f"fold{f}")  # the fold is written: its checkpoint has done its job
-            written += 1
-            if "test_int8" in rec:
-                log(f"fold {f + 1}/{cfg.folds}: int8 test {task.headline_text(rec['test_int8'])}")
-            log(f"fold {f + 1}/{cfg.folds}: test {task.headline_text(rec['test'])} (kept epoch {rec['kept_epoch']})")
-            maybe_exit(written)
+    for res in run_units(backend, unit, todo, shared, log, checkpoints=ckpts):
+        f, rec = res["fold"], res["rec"]
+        fold_dir = make_dir(out / f"fold{f}", "CV folder")
+        for name, blob in res["files"].items():  # the fold's deployable models: stress, ensembles, bundles
+            atomic_write(fold_dir / name, blob)
+        rec["models"] = {name: {"file": f"{fold_dir.name}/{name}", "sha256": sha256_file(fold_dir / name)}
+                         for name in sorted(res["files"])}
+        append_jsonl(results, rec)
+        discard(_checkpoint(ckpts, f))  # the fold is written: its checkpoint has done its job
+        written += 1
+        if "test_int8" in rec:
+            log(f"fold {f + 1}/{cfg.folds}: int8 test {task.headline_text(rec['test_int8'])}")
+        log(f"fold {f + 1}/{cfg.folds}: test {task.headline_text(rec['test'])} (kept epoch {rec['kept_epoch']})")
+        maybe_exit(written)
     summary = summarize_cv(out, cfg.n_boot)
     run = Run.load(out)
     run.stage("cv", folds=cfg.folds, device=device_name(), finished=now(), **backend.describe())

@@ -49,7 +49,7 @@ from edgebus.data.content import content_hashes
 from edgebus.data.preprocess import preprocess_contract
 from edgebus.engine.resume import discard
 from edgebus.training.cells import _lr_tag, _shard_tag, cell_key, rank_key, read_cells, select, shard_lrs
-from edgebus.training.backends import Backend, checkpoint_root, run_units, task_checkpoints
+from edgebus.training.backends import Backend, run_units, task_checkpoints
 from edgebus.training.config import FitConfig, maybe_exit
 
 
@@ -215,6 +215,7 @@ def run_grid(cfg: GridConfig, shard: tuple[int, int] = (1, 1), progress: bool = 
         log(f"note: {len(dups)} group(s) of identical images, kept in one split part each: "
             + "; ".join(str(d["case_ids"]) for d in dups[:5]))
 
+    ckpts = out / "checkpoints"  # epoch checkpoints of the learning rates in progress (engine.resume)
     results = out / ("cells.jsonl" if shard == (1, 1) else f"cells-{_shard_tag(shard)}.jsonl")
     repair_jsonl(results)
     cells = read_cells(out)
@@ -236,7 +237,7 @@ def run_grid(cfg: GridConfig, shard: tuple[int, int] = (1, 1), progress: bool = 
     for lr in mine:
         if not todo_all[lr]:
             log(f"lr {_lr_tag(lr)}: all {len(cfg.epochs)} cells done, skipped")
-            discard(_checkpoint(out / "checkpoints", lr))  # left by a stop after its last cell line
+            discard(_checkpoint(ckpts, lr))  # left by a stop after its last cell line
 
     def cell_done(rec):
         nonlocal written
@@ -263,23 +264,20 @@ def run_grid(cfg: GridConfig, shard: tuple[int, int] = (1, 1), progress: bool = 
                 cell_done(rec)
 
             log(f"lr {_lr_tag(lr)}: training to {max(todo)} epochs, evaluating at {', '.join(map(str, todo))}")
-            return lr_unit(cfg, lr, todo, data, shard, progress, on_cell, _checkpoint(out / "checkpoints", lr), log)
+            return lr_unit(cfg, lr, todo, data, shard, progress, on_cell, _checkpoint(ckpts, lr), log)
         shared = None
     else:
-        unit, shared = ray_lr, {"cfg": cfg, "data": data, "shard": shard, "checkpoints": None}
-    with checkpoint_root(backend, out) as root:
-        if root is not None:
-            shared["checkpoints"] = root
-        for res in run_units(backend, unit, units, shared, log):
-            if res.get("best") is not None:  # a Ray task's own best cell: the grid's candidate if it beats the rest
-                rec = next(c for c in res["cells"] if cell_key(c) == tuple(res["best"]["cell"]))
-                if best is None or rank_key(rec, cfg.select, task) > rank_key(best, cfg.select, task):
-                    save_candidate(rec, lambda p, blob=res["best"]["model"]: atomic_write(p, blob))
-                    best = rec
-                for rec in res["cells"]:
-                    cell_done(rec)
-            atomic_write(out / "histories" / f"lr={_lr_tag(res['lr'])}.csv", res["history"])
-            discard(_checkpoint(out / "checkpoints", res["lr"]))  # its cells are written: the checkpoint is done
+        unit, shared = ray_lr, {"cfg": cfg, "data": data, "shard": shard}
+    for res in run_units(backend, unit, units, shared, log, checkpoints=ckpts):
+        if res.get("best") is not None:  # a Ray task's own best cell: the grid's candidate if it beats the rest
+            rec = next(c for c in res["cells"] if cell_key(c) == tuple(res["best"]["cell"]))
+            if best is None or rank_key(rec, cfg.select, task) > rank_key(best, cfg.select, task):
+                save_candidate(rec, lambda p, blob=res["best"]["model"]: atomic_write(p, blob))
+                best = rec
+            for rec in res["cells"]:
+                cell_done(rec)
+        atomic_write(out / "histories" / f"lr={_lr_tag(res['lr'])}.csv", res["history"])
+        discard(_checkpoint(ckpts, res["lr"]))  # its cells are written: the checkpoint is done
     run = Run.load(out)
     run.stage(f"grid-{_shard_tag(shard)}", cells_written=written, wall_s=round(time.time() - t_start, 1),
               device=device_name(), finished=now(), **backend.describe())
