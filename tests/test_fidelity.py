@@ -33,13 +33,29 @@ def test_mask_fidelity_is_the_iou_between_the_two_masks():
 def test_max_flips_gate():
     ref = {"accuracy": 0.8, "malignant_recall": 0.8}
     fid = label_flips([0.1, 0.6, 0.7, 0.4, 0.9, 0.2], [0.6, 0.6, 0.2, 0.3, 0.95, 0.7])
-    g = gate_check("classify", ref, ref, None, None, fid, 1)
+    g = gate_check("classify", ref, ref, {"max_flips": 1}, fid)
     assert not g["passed"] and g["failures"] == [
-        "3 of 6 test labels flipped against the float model (2 benign->malignant, 1 malignant->benign; > --max-flips 1)"]
-    assert gate_check("classify", ref, ref, None, None, fid, 3)["passed"]
-    seg = gate_check("segment", {"iou": 0.5}, {"iou": 0.5}, None, None, mask_fidelity(np.ones((1, 2, 2)), np.ones((1, 2, 2))), 0)
-    assert seg["passed"] and any(c.get("note", "").startswith("not applicable") and c["option"] == "--max-flips"
-                                 for c in seg["checks"])
+        "3 of 6 test labels flipped against the float model: 2 benign->malignant, 1 malignant->benign (> --max-flips 1)"]
+    assert gate_check("classify", ref, ref, {"max_flips": 3}, fid)["passed"]
+    assert not gate_check("classify", ref, ref, {}, fid)["passed"]  # default: a tenth of 6 cases, at least 1
+    seg = gate_check("segment", {"iou": 0.5}, {"iou": 0.5}, {"max_flips": 0, "min_mask_iou": 0.9},
+                     mask_fidelity(np.ones((1, 2, 2)), np.ones((1, 2, 2))))
+    assert seg["passed"] and [c["option"] for c in seg["checks"]] == ["--min-mask-iou"]
+
+
+def test_missed_cancers_gate_counts_cases_each_at_its_own_threshold():
+    """The file at its own threshold against the float model at its own: a cancer the float model
+    caught and the file calls benign fails --max-missed 0; a shifted scale with a matching threshold
+    does not."""
+    y = [1, 1, 1, 0, 0]
+    ref = [0.9, 0.6, 0.3, 0.2, 0.1]  # the float model at 0.5 misses one cancer (0.3)
+    f = label_flips(ref, [0.9, 0.4, 0.3, 0.2, 0.1], 0.5, 0.5, truth=y)
+    assert (f["malignant"], f["missed_float"], f["missed"]) == (3, 1, 2)
+    g = gate_check("classify", {}, {}, {"max_missed": 0, "max_flips": 5}, f)
+    assert g["failures"] == ["calls 2 of 3 test cancers benign where the float model called 1 benign (> --max-missed 0)"]
+    assert gate_check("classify", {}, {}, {"max_missed": 1, "max_flips": 5}, f)["passed"]
+    shifted = label_flips(ref, [0.45, 0.2, 0.05, 0.04, 0.02], 0.5, 0.1, truth=y)  # the same ranking at a lower threshold
+    assert shifted["flips"] == 0 and shifted["missed"] == 1
 
 
 def test_export_records_flips_and_gates_on_them(cls_run, tmp_path):

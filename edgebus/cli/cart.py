@@ -86,7 +86,9 @@ def predict(
         masks: bool = typer.Option(True, "--masks/--no-masks", help="write frame-sized lesion masks (PNG, 0/255)"),
         overwrite: bool = typer.Option(False, "--overwrite", help="replace the predictions already in --out instead of resuming"),
         dicom_seg: bool = typer.Option(False, "--dicom-seg", help="also write each single-frame DICOM's lesion mask as a DICOM "
-                                       "Segmentation referencing it (seg/NAME.seg.dcm; the dicom extra)")):
+                                       "Segmentation referencing it (seg/NAME.seg.dcm; the dicom extra)"),
+        accept_failed_gates: bool = typer.Option(False, "--accept-failed-gates", help="run a model file that failed its "
+                                                 "export gates anyway (every result row says so)")):
     """Classify and segment ultrasound frames with exported .tflite models, offline and without TensorFlow.
 
     Per frame: malignancy probability and label at the classifier's stored threshold, lesion mask at the frame's size, its area (pixels, and mm^2 with a pixel size), bounding box [x0, y0, x1, y1) and an overlay PNG; per-image latency and overall frames per second.
@@ -124,9 +126,12 @@ def predict(
             fallback = f"using --pixel-size {pixel_size} mm" if pixel_size else "no mm^2 for them"
             typer.echo(f"{data}: {missing} of {len(files)} frames have no Pixel_size in the sheet; {fallback}")
     if bundle is not None:  # its models, fusion and site threshold, sha256-checked
-        pipe = LesionPipeline.from_bundle(bundle, threads, xnnpack)
+        pipe = LesionPipeline.from_bundle(bundle, threads, xnnpack, accept_failed_gates)
     else:
-        pipe = LesionPipeline(classifier, segmenter, num_threads=threads, xnnpack=xnnpack)
+        pipe = LesionPipeline(classifier, segmenter, num_threads=threads, xnnpack=xnnpack,
+                              accept_failed_gates=accept_failed_gates)
+    if "FAILED" in pipe.gates:
+        typer.echo(f"warning: {pipe.gates}")
     for role, m in pipe.describe().items():
         if role == "site":
             typer.echo(f"site threshold: {m['threshold']:.4f} (shipped {m['shipped_threshold']:.4f}), chosen on "
@@ -156,14 +161,20 @@ def bundle(classifier: Optional[Path] = typer.Option(None, "--classifier", help=
            overwrite: bool = typer.Option(False, "--overwrite", help="replace the models in an existing bundle"),
            fusion: Optional[Path] = typer.Option(None, "--fusion", help="a fusion.json or its folder ('edgebus fuse "
                                                  "CLS_CV SEG_CV'): the classifier's score and the segmenter's lesion "
-                                                 "shape in one model, at its out-of-fold operating point")):
+                                                 "shape in one model, at its out-of-fold operating point"),
+           accept_failed_gates: bool = typer.Option(False, "--accept-failed-gates", help="bundle a model file that failed "
+                                                    "its export gates anyway (recorded in bundle.json and the model card)")):
     """Copy a classifier and a segmenter into one folder for the cart (classifier.tflite, segmenter.tflite, bundle.json).
 
     A classifier given as a CV folder ('edgebus cv classify --int8') becomes a fold ensemble: every fold's int8 file,
     averaged on the cart, with the CV's out-of-fold operating point ('edgebus operating-point CV_DIR')."""
     from edgebus.runtime import make_bundle
 
-    path = make_bundle(out, classifier, segmenter, format, overwrite, fusion)
+    from edgebus.runtime.bundle import bundle_acceptances
+
+    path = make_bundle(out, classifier, segmenter, format, overwrite, fusion, accept_failed_gates)
+    for line in bundle_acceptances(path):
+        typer.echo(f"warning: {line}")
     typer.echo(f"bundle: {path} (edgebus predict --bundle {path} FRAMES)")
 
 

@@ -27,6 +27,8 @@ def export(ctx: typer.Context, run: Path = typer.Argument(..., help="run directo
            qat_epochs: int = typer.Option(3, help="QAT fine-tune epochs on the run's training split"),
            qat_lr: Optional[float] = typer.Option(None, help="QAT learning rate (default: a tenth of the training lr)"),
            qat_batch: Optional[int] = typer.Option(None, help="QAT batch size (default: the training batch)"),
+           qat_distill: float = typer.Option(1.0, "--qat-distill", help="QAT's target: 1.0 the float model's own outputs "
+                                             "(distillation, the default), 0.0 the labels alone, between: a mix"),
            max_drop: Optional[float] = typer.Option(None, help="fail if a file loses more than this vs the float Keras model: "
                                                     "accuracy points for a classifier (1.0), IoU for a segmenter (0.01)"),
            max_recall_drop: Optional[float] = typer.Option(None, help="fail if malignant recall drops more than this many points"),
@@ -34,23 +36,30 @@ def export(ctx: typer.Context, run: Path = typer.Argument(..., help="run directo
                                          "AI Edge (LiteRT) quantizer, compared beside QAT and PTQ"),
            sensitive_int16: int = typer.Option(0, "--sensitive-int16", help="with --quantizer litert: keep the N layers "
                                                "whose int8 error is largest at 16-bit activations"),
-           max_flips: Optional[int] = typer.Option(None, "--max-flips", help="fail if a classifier file decides more than this many "
-                                                   "test cases differently from the float Keras model"),
+           max_flips: Optional[int] = typer.Option(None, "--max-flips", help="gate: fail if a classifier file decides more than "
+                                                   "this many test cases differently from the float Keras model (default: "
+                                                   "a tenth of the test split, at least 1)"),
+           max_missed: int = typer.Option(0, "--max-missed", help="gate: fail if a classifier file calls more test cancers "
+                                          "benign than the float model did, beyond this many"),
+           min_mask_iou: float = typer.Option(0.9, "--min-mask-iou", help="gate: fail if a segmenter file's mean per-image "
+                                              "mask IoU against the float model is below this"),
            edgetpu: bool = typer.Option(False, "--edgetpu", help="compile the int8 files with edgetpu_compiler if installed"),
            overwrite: bool = typer.Option(False, "--overwrite", help="replace earlier exports of the run")):
     """Convert a run's model to TFLite and validate every file on the test split.
 
-    With --int8 the float model is fine-tuned quantization-aware (tfmot) and converted to a
-    full-integer model_int8.tflite; the post-training model_int8_ptq.tflite is written beside it
-    for comparison. Every file is scored next to the float Keras model (export_report.md), loaded
-    in each installed interpreter, and each int8 file is checked for the Edge TPU
-    (edgetpu_report.md). A failed gate exits with code 2 and keeps the files."""
+    With --int8 the float model is fine-tuned quantization-aware (tfmot), distilled from its own
+    outputs, and converted to a full-integer model_int8.tflite; the post-training
+    model_int8_ptq.tflite is written beside it for comparison. Each classifier file gets its own
+    threshold by the rule that chose the run's. Every file is scored next to the float Keras model
+    (export_report.md), loaded in each installed interpreter, and each int8 file is checked for the
+    Edge TPU (edgetpu_report.md). The clinical gates are on by default; a failed gate exits with
+    code 2, keeps the files marked FAILED, and bundle / predict refuse them without --accept-failed-gates."""
     from edgebus.export.config import ExportConfig
     from edgebus.export.exporter import export_run
 
     opts = dict(formats=formats, calibration_images=calibration_images, io_type=io_type, qat_epochs=qat_epochs,
-                qat_lr=qat_lr, qat_batch=qat_batch, max_drop=max_drop, max_recall_drop=max_recall_drop,
-                max_flips=max_flips, edgetpu=edgetpu, quantizer=quantizer, sensitive_int16=sensitive_int16, overwrite=overwrite)
+                qat_lr=qat_lr, qat_batch=qat_batch, qat_distill=qat_distill, max_drop=max_drop, max_recall_drop=max_recall_drop,
+                max_flips=max_flips, max_missed=max_missed, min_mask_iou=min_mask_iou, edgetpu=edgetpu, quantizer=quantizer, sensitive_int16=sensitive_int16, overwrite=overwrite)
     cfg = ExportConfig.build(profile, int8=int8, ptq=ptq, **(_given(ctx, **opts) if profile is not None else opts))
     export_run(run, cfg, log=typer.echo)
     typer.echo(f"validation: {run / 'export_report.md'}" + (f"; Edge TPU: {run / 'edgetpu_report.md'}" if "int8" in cfg.formats else ""))

@@ -156,6 +156,8 @@ def _cv_command(task: str):
                 int8_source: Optional[str] = typer.Option(None, "--int8-source", help="ptq (default: post-training "
                                                           "calibration) or qat (quantization-aware fine-tuning per fold, as "
                                                           "'edgebus export --int8'; PTQ is scored too)"),
+                qat_distill: Optional[float] = typer.Option(None, "--qat-distill", help="with --int8-source qat: QAT's "
+                                                            "target, 1.0 (default) the fold's float model, 0.0 the labels"),
                 crop_margin: Optional[float] = CROP_MARGIN, augment: Optional[str] = AUGMENT,
                 normalize: Optional[str] = NORMALIZE, descriptors: bool = DESCRIPTORS, schedule: Optional[str] = SCHEDULE,
                 boxes_from: Optional[Path] = typer.Option(None, help="a segment CV folder (same folds) whose predicted "
@@ -176,7 +178,8 @@ def _cv_command(task: str):
             raise EdgebusError("--crop-margin and --boxes-from are for 'edgebus cv classify'")
         cfg = cv_config(task, recipe, **given(data=data, model=model, folds=folds, lr=lr, epochs=epochs, size=size,
                                               batch=batch, seed=seed, weights=weights, keep=keep, out=out,
-                                              int8=int8 or None, int8_source=int8_source, crop_margin=crop_margin,
+                                              int8=int8 or None, int8_source=int8_source, qat_distill=qat_distill,
+                                              crop_margin=crop_margin,
                                               boxes_from=boxes_from, augment=augment, normalize=normalize,
                                               descriptors=descriptors or None, fold_seed=fold_seed,
                                               schedule=schedule, group_by=group_by))

@@ -132,25 +132,34 @@ def flat_classification(m: dict) -> dict:
     return out
 
 
-def output_agreement(ref, other, threshold: float = DEFAULT_THRESHOLD) -> dict:
+def output_agreement(ref, other, threshold: float = DEFAULT_THRESHOLD, other_threshold: float | None = None) -> dict:
     """How closely an exported model follows its parent: share of equal decisions (labels or
-    pixels), max and mean output gap."""
+    pixels; `other` decided at its own threshold where given), max and mean output gap."""
     a = np.asarray(ref, dtype=np.float32)
     b = np.asarray(other, dtype=np.float32)
-    same = ((a >= threshold) == (b >= threshold)).mean()
+    same = ((a >= threshold) == (b >= (threshold if other_threshold is None else other_threshold))).mean()
     return {"agreement": float(same), "max_abs_diff": float(np.abs(a - b).max()), "mean_abs_diff": float(np.abs(a - b).mean())}
 
 
-def label_flips(ref, other, threshold: float = DEFAULT_THRESHOLD) -> dict:
+def label_flips(ref, other, threshold: float = DEFAULT_THRESHOLD, other_threshold: float | None = None,
+                truth=None) -> dict:
     """Case by case, where an exported classifier's decision differs from its float parent's:
     the flips out of all scored cases, by direction (the float call -> the exported call), and
-    the probability gaps. An agreement rate alone hides which way the flips go."""
+    the probability gaps (mean, median, 95th percentile, max). An agreement rate alone hides which
+    way the flips go. `other` is decided at its own threshold where given (an exported file's
+    operating point); with `truth`, also the malignant cases each calls benign."""
     a, b = np.asarray(ref, dtype=np.float64).ravel(), np.asarray(other, dtype=np.float64).ravel()
-    fa, fb = a >= threshold, b >= threshold
+    fa, fb = a >= threshold, b >= (threshold if other_threshold is None else other_threshold)
     gap = np.abs(a - b)
-    return {"n": int(len(a)), "flips": int((fa != fb).sum()), "benign_to_malignant": int((~fa & fb).sum()),
-            "malignant_to_benign": int((fa & ~fb).sum()), "mean_abs_diff": float(gap.mean()) if len(a) else None,
-            "max_abs_diff": float(gap.max()) if len(a) else None}
+    out = {"n": int(len(a)), "flips": int((fa != fb).sum()), "benign_to_malignant": int((~fa & fb).sum()),
+           "malignant_to_benign": int((fa & ~fb).sum()), "mean_abs_diff": float(gap.mean()) if len(a) else None,
+           "median_abs_diff": float(np.median(gap)) if len(a) else None,
+           "p95_abs_diff": float(np.percentile(gap, 95)) if len(a) else None,
+           "max_abs_diff": float(gap.max()) if len(a) else None}
+    if truth is not None:
+        cancer = np.asarray(truth).astype(int).ravel() == 1
+        out.update(malignant=int(cancer.sum()), missed_float=int((cancer & ~fa).sum()), missed=int((cancer & ~fb).sum()))
+    return out
 
 
 def mask_agreement_iou(ref, other, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
@@ -164,12 +173,18 @@ def mask_agreement_iou(ref, other, threshold: float = DEFAULT_THRESHOLD) -> np.n
 
 
 def mask_fidelity(ref, other, threshold: float = DEFAULT_THRESHOLD) -> dict:
-    """The float-vs-exported mask IoU per image (mask_agreement_iou): the mean, the worst image and
-    the pixels that changed side."""
+    """The float-vs-exported mask IoU per image (mask_agreement_iou): mean, median, the worst image,
+    the pixels that changed side and the per-pixel probability gaps (median, 95th percentile)."""
     iou = mask_agreement_iou(ref, other, threshold)
     flips = int(((np.asarray(ref) >= threshold) != (np.asarray(other) >= threshold)).sum())
-    return {"n": int(len(iou)), "mask_iou_mean": float(iou.mean()) if len(iou) else None,
-            "mask_iou_min": float(iou.min()) if len(iou) else None, "pixel_flips": flips}
+    gap = np.abs(np.asarray(ref, dtype=np.float64) - np.asarray(other, dtype=np.float64)).ravel()
+    some = len(iou) > 0
+    return {"n": int(len(iou)), "mask_iou_mean": float(iou.mean()) if some else None,
+            "mask_iou_median": float(np.median(iou)) if some else None,
+            "mask_iou_min": float(iou.min()) if some else None, "pixel_flips": flips,
+            "median_abs_diff": float(np.median(gap)) if some else None,
+            "p95_abs_diff": float(np.percentile(gap, 95)) if some else None,
+            "mask_iou_per_image": [round(float(v), 4) for v in iou]}
 
 
 def cohen_kappa(a, b) -> float | None:

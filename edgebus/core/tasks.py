@@ -47,13 +47,14 @@ class Task:
         """The second validation metric that breaks a tie in `metric`."""
         return self.select[1] if metric != self.select[1] else self.select[0]
 
-    def agreement(self, ref, other, threshold: float = DEFAULT_THRESHOLD) -> dict:
-        a = output_agreement(ref, other, threshold)
+    def agreement(self, ref, other, threshold: float = DEFAULT_THRESHOLD, other_threshold: float | None = None) -> dict:
+        a = output_agreement(ref, other, threshold, other_threshold)
         return {self.agreement_key: a.pop("agreement"), **a}
 
-    def fidelity(self, ref, other, threshold: float = DEFAULT_THRESHOLD) -> dict:
-        """Case by case, how an exported file departs from its float parent (label_flips /
-        mask_fidelity)."""
+    def fidelity(self, ref, other, threshold: float = DEFAULT_THRESHOLD, other_threshold: float | None = None,
+                 truth=None) -> dict:
+        """Case by case, how an exported file departs from its float parent (label_flips, the file
+        decided at its own threshold / mask_fidelity)."""
         raise NotImplementedError
 
     def check_output(self, shape: tuple, size: tuple) -> str | None:
@@ -81,8 +82,8 @@ class _Classify(Task):
     def metrics(self, truth, prob, threshold=DEFAULT_THRESHOLD):
         return classification_metrics(truth, prob, threshold)
 
-    def fidelity(self, ref, other, threshold=DEFAULT_THRESHOLD):
-        return label_flips(ref, other, threshold)
+    def fidelity(self, ref, other, threshold=DEFAULT_THRESHOLD, other_threshold=None, truth=None):
+        return label_flips(ref, other, threshold, other_threshold, truth)
 
     def flat(self, m):
         f = flat_classification(m)
@@ -114,7 +115,7 @@ class _Segment(Task):
     def metrics(self, truth, prob, threshold=DEFAULT_THRESHOLD):
         return segmentation_metrics(truth, prob, threshold)
 
-    def fidelity(self, ref, other, threshold=DEFAULT_THRESHOLD):
+    def fidelity(self, ref, other, threshold=DEFAULT_THRESHOLD, other_threshold=None, truth=None):
         return mask_fidelity(ref, other, threshold)
 
     def headline(self, m):

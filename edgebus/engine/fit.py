@@ -113,25 +113,33 @@ def _masked_bce(tf):
     return loss
 
 
+def output_losses(model, task: str) -> list:
+    """The training loss of each output of `model`, in output order (QAT's distillation mixes them in)."""
+    from edgebus.compat import keras, tf
+
+    names = output_names(model)
+    if len(names) > 1:  # a classifier with training heads beside malignancy
+        losses = {"malignant_prob": keras.losses.binary_crossentropy, AUX_MASK: _seg_loss(keras, tf),
+                  DESCRIPTORS_OUTPUT: _masked_bce(tf)}
+        return [losses[n] for n in names]
+    return [keras.losses.binary_crossentropy if get_task(task).name == "classify" else _seg_loss(keras, tf)]
+
+
 def compile_model(model, task: str, lr: float):
     from edgebus.compat import keras, tf
 
     names = output_names(model)
+    losses = output_losses(model, task)
     if len(names) > 1:  # a classifier with training heads beside malignancy, in output order
-        losses = {"malignant_prob": "binary_crossentropy", AUX_MASK: _seg_loss(keras, tf), DESCRIPTORS_OUTPUT: _masked_bce(tf)}
         model.compile(
             optimizer=keras.optimizers.Adam(lr),
-            loss=[losses[n] for n in names],
+            loss=losses,
             metrics=[["accuracy", keras.metrics.AUC(name="auc")] if n == "malignant_prob" else [] for n in names],
         )
     elif get_task(task).name == "classify":
-        model.compile(
-            optimizer=keras.optimizers.Adam(lr),
-            loss="binary_crossentropy",
-            metrics=["accuracy", keras.metrics.AUC(name="auc")],
-        )
+        model.compile(optimizer=keras.optimizers.Adam(lr), loss=losses[0], metrics=["accuracy", keras.metrics.AUC(name="auc")])
     else:
-        model.compile(optimizer=keras.optimizers.Adam(lr), loss=_seg_loss(keras, tf), metrics=[_iou_metric(tf)])
+        model.compile(optimizer=keras.optimizers.Adam(lr), loss=losses[0], metrics=[_iou_metric(tf)])
     return model
 
 

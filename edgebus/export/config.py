@@ -7,12 +7,14 @@ import dataclasses
 from pathlib import Path
 
 from edgebus.core.errors import EdgebusError
+from edgebus.export.distill import DEFAULT_WEIGHT
+
 FORMATS = ("float32", "float16", "dynamic", "int8")
 INT8_SOURCES = ("qat", "ptq")
 QUANTIZERS = ("tflite", "litert")  # the TF converter's (PTQ / QAT), and the AI Edge quantizer's beside it
 
 PROFILE_KEYS = {"target", "formats", "int8_source", "io_type", "calibration_images", "qat_epochs", "qat_lr",
-                "max_drop", "max_recall_drop", "max_flips", "edgetpu",
+                "qat_distill", "max_drop", "max_recall_drop", "max_flips", "max_missed", "min_mask_iou", "edgetpu",
                 "quantizer", "sensitive_int16"}
 
 
@@ -45,9 +47,14 @@ class ExportConfig:
     qat_epochs: int = 3
     qat_lr: float | None = None  # default: a tenth of the training lr
     qat_batch: int | None = None  # default: the training batch
+    qat_distill: float = DEFAULT_WEIGHT  # QAT's target: 1.0 the float model's outputs only, 0.0 the labels only
     max_drop: float | None = None
     max_recall_drop: float | None = None
-    max_flips: int | None = None  # classifier labels an exported file may decide differently from the float model
+    # the clinical gates, on by default (README "Export gates"): a file that fails them is kept, marked FAILED,
+    # and refused by bundle / predict without --accept-failed-gates
+    max_flips: int | None = None  # labels decided differently from the float model; None: a tenth of the test split, >= 1
+    max_missed: int = 0  # malignant test cases called benign beyond the float model's own misses
+    min_mask_iou: float = 0.9  # a segmenter's mean per-image mask IoU against the float model
     edgetpu: bool = False
     quantizer: str = "tflite"  # "litert": also quantize with the AI Edge quantizer (model_int8_litert.tflite, compared)
     sensitive_int16: int = 0  # with quantizer litert: keep the N tensors that lose most at 16-bit activations
@@ -97,8 +104,20 @@ class ExportConfig:
             raise EdgebusError("--qat-epochs must be >= 0, --qat-lr > 0 and --qat-batch >= 1")
         if self.max_flips is not None and self.max_flips < 0:
             raise EdgebusError(f"--max-flips {self.max_flips}: give 0 or more labels")
+        if self.max_missed is None or self.max_missed < 0:
+            raise EdgebusError(f"--max-missed {self.max_missed}: give 0 or more cases")
+        if self.min_mask_iou is None or not 0 <= self.min_mask_iou <= 1:
+            raise EdgebusError(f"--min-mask-iou {self.min_mask_iou}: give an IoU from 0 to 1, e.g. 0.9")
+        if self.max_drop is not None and self.max_drop < 0 or self.max_recall_drop is not None and self.max_recall_drop < 0:
+            raise EdgebusError(f"--max-drop {self.max_drop} / --max-recall-drop {self.max_recall_drop}: give 0 or more")
+        if not 0 <= self.qat_distill <= 1:
+            raise EdgebusError(f"--qat-distill {self.qat_distill}: give a weight from 0 (labels only) to 1 (the float model only)")
         if self.calibration_images < 1 and "int8" in self.formats:
             raise EdgebusError(f"--calibration-images {self.calibration_images}: int8 needs at least 1 calibration image")
+
+    def limits(self) -> dict:
+        """The gates' limits as export validation reads them (validate.gate_check)."""
+        return {k: getattr(self, k) for k in ("max_drop", "max_recall_drop", "max_flips", "max_missed", "min_mask_iou")}
 
     def plan(self) -> list[tuple[str, str, str]]:
         """(manifest key, format, source) of every file the export writes, in table order.

@@ -23,7 +23,8 @@ from edgebus.core.manifest import Run
 from edgebus.export.config import ExportConfig
 from edgebus.export.convert import convert, float_tensors, model_metadata, write_tflite
 from edgebus.export.qat import QAT_MODEL
-from edgebus.export.validate import gate_check, validation_table
+from edgebus.export.threshold import differs, file_point, parent_point
+from edgebus.export.validate import gate_check, status_text, validation_table
 
 ORDER = ("float32", "float16", "dynamic", "int8_ptq", "int8_litert", "int8")
 
@@ -39,21 +40,31 @@ def write_eval_pack(run: Run, split_ids: list, x: np.ndarray, truth: np.ndarray)
     run.add_artifact("eval_pack.npz", "eval-pack", split="test", n=len(x))
 
 
-def run_metadata(run: Run, fmt: str, source: str) -> dict:
+def run_metadata(run: Run, fmt: str, source: str, point: dict | None = None, gates: dict | None = None) -> dict:
+    """A file's embedded metadata; point: its own operating point (export.threshold.file_point),
+    gates: its validation verdict (status, failures, limits)."""
     m = run.manifest
     op = m.operating_point or {}
     summary = {k: op[k] for k in ("target_sensitivity", "chosen_on", "source", "cross_fitted", "n") if k in op} or None
+    threshold, calibration = m.threshold, m.calibration
+    if point is not None:
+        threshold, calibration = point["threshold"], point.get("calibration")
+        summary = {k: v for k, v in point.items() if k not in ("threshold", "calibration")}
     from edgebus.core.descriptors import metadata as descriptor_metadata
 
     heads = descriptor_metadata() if m.model.kwargs.get("descriptors") else None
-    return model_metadata(run.task, fmt, source, m.preprocess, m.threshold, model=dataclasses.asdict(m.model),
+    meta = model_metadata(run.task, fmt, source, m.preprocess, threshold, model=dataclasses.asdict(m.model),
                           source_run=str(run.path.resolve()), run_created=m.created, fingerprint=m.data.fingerprint,
-                          calibration=m.calibration, operating_point=summary, descriptors=heads)
+                          calibration=calibration, operating_point=summary, descriptors=heads)
+    if gates is not None:
+        meta["gates"] = gates
+    return meta
 
 
-def _export_file(run: Run, key: str, fmt: str, source: str, model, calib, io_type: str, test: tuple, ref_prob,
-                 extra_meta: dict | None = None, sensitive_int16: int = 0) -> dict:
-    """Convert one file, embed its metadata, write the sidecar, validate it on the test split."""
+def _export_file(run: Run, key: str, fmt: str, source: str, model, calib, io_type: str, parts: dict,
+                 extra_meta: dict | None = None, sensitive_int16: int = 0) -> tuple:
+    """Convert one file (metadata embedded at the run's threshold for now) and run it on the test
+    (and, for a classifier, validation) part. Returns (entry, {part: outputs}, the raw flatbuffer)."""
     from edgebus.runtime.model import ExportedModel
 
     name, side = f"model_{key}.tflite", f"model_{key}.json"
@@ -65,16 +76,13 @@ def _export_file(run: Run, key: str, fmt: str, source: str, model, calib, io_typ
         litert["version"] = quantizer_version()
     else:
         data = convert(model, fmt, calib if fmt == "int8" else None, io_type)
-    meta = write_tflite(run.file(name), data, {**run_metadata(run, fmt, source), **(extra_meta or {})}, run.file(side))
+    meta = write_tflite(run.file(name), data, {**run_metadata(run, fmt, source), **(extra_meta or {})})
     em = ExportedModel(run.file(name), run.task)  # the loader the cart uses: metadata, contract, shapes
-    xte, yte = test[:2]
-    prob, desc = em.predict_with_descriptors(xte)
-    thr = run.manifest.threshold
+    prob, desc = em.predict_with_descriptors(parts["test"][0])
+    probs = {"test": prob, **{k: em.predict(parts[k][0]) for k in parts if k != "test"}}
     entry = {
         "file": name, "metadata": side, "bytes": run.file(name).stat().st_size, "format": fmt, "source": source,
         "io": meta["io"], "ops": sorted(set(em.model.op_names())),
-        "metrics": run.task.metrics(yte, prob, thr), "agreement": run.task.agreement(ref_prob, prob, thr),
-        "fidelity": run.task.fidelity(ref_prob, prob, thr),
         "interpreter": f"{em.model.backend} {em.model.backend_version}",
         "xnnpack": em.model.xnnpack, "xnnpack_error": em.model.xnnpack_error, "status": "ok",
     }
@@ -83,16 +91,54 @@ def _export_file(run: Run, key: str, fmt: str, source: str, model, calib, io_typ
     if desc is not None:
         from edgebus.core.metrics import descriptor_metrics
 
-        entry["descriptors"] = descriptor_metrics(test[3], desc, [d["name"] for d in em.descriptors])
+        entry["descriptors"] = descriptor_metrics(parts["test"][3], desc, [d["name"] for d in em.descriptors])
     if fmt == "int8":
         left = float_tensors(em.model)
         entry["float_tensors"] = left
         if left:
             entry["status"] = "failed"
             entry["error"] = f"{name}: {len(left)} float tensors left (first: {left[0]}); not a full-integer model"
-    run.add_artifact(name, "tflite", format=fmt, source=source)
-    run.add_artifact(side, "tflite-metadata", format=fmt, source=source)
-    return entry, prob
+    return entry, probs, data
+
+
+def _judge(run: Run, entry: dict, probs: dict, parts: dict, parent: dict, keras_probs: dict, cfg: ExportConfig) -> dict:
+    """The file's own operating point, its test metrics there, its departures from the float parent
+    (each at its own threshold) and the gates' verdict; returns the file's operating point."""
+    task = run.task
+    yte = parts["test"][1]
+    point = None
+    thr = parent["threshold"]
+    if not task.truth_is_mask:
+        point = file_point(run, entry["format"], (parts["val"][1], probs["val"]) if "val" in probs else None)
+        thr = point["threshold"]
+        entry["operating_point"] = point
+    entry["threshold"] = thr
+    entry["metrics"] = task.metrics(yte, probs["test"], thr)
+    entry["agreement"] = task.agreement(keras_probs["test"], probs["test"], parent["threshold"], thr)
+    entry["fidelity"] = task.fidelity(keras_probs["test"], probs["test"], parent["threshold"], thr, truth=yte)
+    gate = gate_check(task, task.metrics(yte, keras_probs["test"], parent["threshold"]), entry["metrics"],
+                      cfg.limits(), entry["fidelity"])
+    gate["enforced"] = entry["role"] == "deliverable"
+    entry["gate"] = gate
+    if not gate["passed"] and gate["enforced"] and entry["status"] == "ok":
+        entry["status"] = "gate_failed"
+        entry["error"] = f"{entry['file']}: failed its export gates: " + "; ".join(gate["failures"])
+    return point
+
+
+def _finish_file(run: Run, entry: dict, raw: bytes, point: dict | None, extra_meta: dict | None) -> None:
+    """Embed the final metadata (the file's own threshold and calibration, the gates' verdict), write
+    the sidecar, and record both files with their sha256."""
+    g = entry["gate"]
+    gates = {"status": "FAILED" if entry["status"] == "gate_failed" else ("passed" if g["passed"] else "not enforced"),
+             "enforced": g["enforced"], "failures": g["failures"],
+             "limits": {c["option"]: c["limit"] for c in g["checks"]}, "checked_on": f"test split, n={entry['metrics']['n']}"}
+    entry["gates"] = gates
+    meta = write_tflite(run.file(entry["file"]), raw, {**run_metadata(run, entry["format"], entry["source"], point, gates),
+                                                        **(extra_meta or {})}, run.file(entry["metadata"]))
+    entry["io"] = meta["io"]
+    run.add_artifact(entry["file"], "tflite", format=entry["format"], source=entry["source"])
+    run.add_artifact(entry["metadata"], "tflite-metadata", format=entry["format"], source=entry["source"])
 
 
 def _qat(run: Run, model, data, calib, cfg: ExportConfig, log) -> tuple:
@@ -108,7 +154,7 @@ def _qat(run: Run, model, data, calib, cfg: ExportConfig, log) -> tuple:
     xte = data["test"][0]
     qmodel, info = qat_model(model, run.task, data["train"], calib, cfg.qat_epochs, lr, batch,
                              seed=run.manifest.split.seed if run.manifest.split else 0, log=log,
-                             augment=train_stage.get("augment", "none"))
+                             augment=train_stage.get("augment", "none"), distill=cfg.qat_distill)
     qat.save_qat_model(qmodel, run.file(qat.QAT_MODEL))
     # the saved file, not the object in memory, is what a later session has: prove it reloads the same
     again = qat.load_qat_model(run.file(qat.QAT_MODEL), model)
@@ -160,16 +206,36 @@ def _edgetpu(run: Run, new: dict, compile_files: bool, log) -> list:
     return keys
 
 
-def _report(run: Run, refs, results: dict, cfg: ExportConfig, n: int, edgetpu: bool) -> str:
+def _report(run: Run, refs, results: dict, cfg: ExportConfig, n: int, edgetpu: bool, parent: dict) -> str:
     table = validation_table(run.task, refs, results)
     rt_lines = [f"- {e['file']}: " + "; ".join(f"{k}: {v['status']}" + (f" ({v['error']})" if v.get("error") else "")
                                                for k, v in e.get("runtimes", {}).items()) for e in results.values()]
-    off = lambda v: "off" if v is None else v  # noqa: E731
+    off = lambda v: "off" if v is None else f"{v:g}"  # noqa: E731
+    if run.task.truth_is_mask:
+        gates = f"--min-mask-iou {cfg.min_mask_iou:g} (mean per-image mask IoU against the float model)"
+    else:
+        flips = off(cfg.max_flips) if cfg.max_flips is not None else "a tenth of the test cases, at least 1"
+        gates = (f"--max-missed {cfg.max_missed} (test cancers called benign beyond the float model's misses), "
+                 f"--max-flips {flips}")
     md = [f"# Export validation: {run.manifest.model.name} ({run.task.name})", "",
-          f"Test split, n={n}, threshold {run.manifest.threshold}; Δ against the float Keras model. "
-          f"Gates: --max-drop {off(cfg.max_drop)}, --max-recall-drop {off(cfg.max_recall_drop)}, "
-          f"--max-flips {off(cfg.max_flips)}.", "",
-          table, "", "## Interpreters", ""] + rt_lines
+          f"Test split, n={n}; Δ and flips against the float Keras model (threshold {parent['threshold']:.4f}), "
+          "each classifier file decided at its own threshold. "
+          f"Gates: {gates}; --max-drop {off(cfg.max_drop)}, --max-recall-drop {off(cfg.max_recall_drop)}.", "",
+          table, "", "## Gates and thresholds", ""]
+    for e in results.values():
+        if "gate" not in e:
+            continue
+        verdict = status_text(e) if e.get("role") != "comparison" else \
+            ("passed" if e["gate"]["passed"] else "would fail: " + "; ".join(e["gate"]["failures"])) + " (comparison, not enforced)"
+        md.append(f"- {e['file']}: {verdict}.")
+        point = e.get("operating_point")
+        if point is not None:
+            moved = (f" differs from the float model's {parent['threshold']:.4f}" if differs(point["threshold"], parent["threshold"])
+                     else " is the float model's")
+            there = "" if point.get("sensitivity") is None else \
+                f" (sensitivity {point['sensitivity']:.3f}, specificity {point.get('specificity') or float('nan'):.3f} there)"
+            md.append(f"  Threshold {point['threshold']:.4f}{moved}; chosen on {point['chosen_on']}{there}.")
+    md += ["", "## Interpreters", ""] + rt_lines
     if edgetpu:
         md += ["", "## Edge TPU", "", "See edgetpu_report.md."]
     lit = (results.get("int8_litert") or {}).get("litert")
@@ -189,10 +255,12 @@ def _report(run: Run, refs, results: dict, cfg: ExportConfig, n: int, edgetpu: b
 def export_run(run_dir: str | Path, cfg: ExportConfig | None = None, log=print) -> dict:
     """Export the run's model to each format, validate each file, record it all in the manifest.
 
-    Gates compare each delivered file with the float Keras model on the test split; a failure keeps
-    every file, records status "gate_failed" and raises EdgebusError. The PTQ comparison file of a
-    QAT export is gated for information only (entry["gate"]["enforced"] is False): QAT exists for
-    the models PTQ hurts."""
+    Each classifier file gets its own operating point (export.threshold), and the gates compare
+    each delivered file with the float Keras model on the test split, each at its own threshold. A
+    failure keeps every file, marks it FAILED (status "gate_failed", in the report, the sidecar, the
+    embedded metadata and the model card: bundle and predict refuse it) and raises EdgebusError. The
+    PTQ comparison file of a QAT export is gated for information only (entry["gate"]["enforced"] is
+    False): QAT exists for the models PTQ hurts."""
     from edgebus.data.arrays import load_run_arrays
     from edgebus.engine.fit import predict
     from edgebus.engine.models import load_run_model
@@ -209,13 +277,15 @@ def export_run(run_dir: str | Path, cfg: ExportConfig | None = None, log=print) 
         raise EdgebusError(f"{run.path}: already exported ({', '.join(again)}); pass --overwrite to replace them")
 
     model = load_run_model(run)
-    data = load_run_arrays(run)
+    classify = not run.task.truth_is_mask
+    data = load_run_arrays(run, ("train", "val", "test") if classify else ("train", "test"))
+    parts = {k: data[k] for k in (("val", "test") if classify else ("test",))}  # a classifier's file point may need val
     xtr = data["train"][0]
     xte, yte = data["test"][:2]
     write_eval_pack(run, run.read_artifact_json("split.json")["test"], xte, yte)
-    thr = run.manifest.threshold
-    keras_prob = predict(model, xte)
-    keras_metrics = run.task.metrics(yte, keras_prob, thr)
+    parent = parent_point(run)
+    keras_probs = {k: predict(model, parts[k][0]) for k in parts}
+    keras_metrics = run.task.metrics(yte, keras_probs["test"], parent["threshold"])
     calib = calibration_set(xtr, cfg.calibration_images)
 
     results = {k: v for k, v in done.items() if k not in {p[0] for p in plan}}
@@ -231,28 +301,24 @@ def export_run(run_dir: str | Path, cfg: ExportConfig | None = None, log=print) 
     if any(src == "qat" for _, _, src in plan):
         qmodel, qat_info = _qat(run, model, data, calib, cfg, log)
         qat_prob = predict(qmodel, xte)
-        qat_metrics = run.task.metrics(yte, qat_prob, thr)
+        qat_metrics = run.task.metrics(yte, qat_prob, parent["threshold"])
         run.manifest.metrics["keras_qat_test"] = qat_metrics
         refs.append((f"{QAT_MODEL} (QAT Keras)", "qat", qat_metrics))
 
     new = {}
     for key, fmt, source in plan:
         log(f"converting {key} ({source}) ...")
-        extra = {"qat": {"epochs": qat_info["epochs"], "lr": qat_info["lr"], "keras_weights": QAT_MODEL}} if source == "qat" else {}
-        entry, prob = _export_file(run, key, fmt, source, qmodel if source == "qat" else model, calib, cfg.io_type,
-                                   data["test"], keras_prob, extra, cfg.sensitive_int16)
+        extra = {"qat": {"epochs": qat_info["epochs"], "lr": qat_info["lr"], "distill": qat_info["distill"],
+                         "keras_weights": QAT_MODEL}} if source == "qat" else {}
+        entry, probs, raw = _export_file(run, key, fmt, source, qmodel if source == "qat" else model, calib,
+                                         cfg.io_type, parts, extra, cfg.sensitive_int16)
         entry["role"] = "comparison" if key in ("int8_ptq", "int8_litert") else "deliverable"
+        point = _judge(run, entry, probs, parts, parent, keras_probs, cfg)
         if source == "qat":
-            entry["agreement_vs_qat_keras"] = run.task.agreement(qat_prob, prob, thr)
-        gate = gate_check(run.task, keras_metrics, entry["metrics"], cfg.max_drop, cfg.max_recall_drop,
-                          entry["fidelity"], cfg.max_flips)
-        gate["enforced"] = entry["role"] == "deliverable"
-        entry["gate"] = gate
-        if not gate["passed"] and gate["enforced"] and entry["status"] == "ok":
-            entry["status"] = "gate_failed"
-            entry["error"] = f"{entry['file']}: " + "; ".join(gate["failures"])
+            entry["agreement_vs_qat_keras"] = run.task.agreement(qat_prob, probs["test"], parent["threshold"])
+        _finish_file(run, entry, raw, point, extra)
         new[key] = entry
-        log(f"  {entry['file']}: {entry['bytes'] / 1e6:.2f} MB, status {entry['status']}")
+        log(f"  {entry['file']}: {entry['bytes'] / 1e6:.2f} MB, {status_text(entry)}")
 
     log("loading every file in each installed interpreter ...")
     rt = check_files([run.file(e["file"]) for e in new.values()])
@@ -262,10 +328,10 @@ def export_run(run_dir: str | Path, cfg: ExportConfig | None = None, log=print) 
 
     results.update(new)
     run.manifest.exports = dict(sorted(results.items(), key=lambda kv: ORDER.index(kv[0]) if kv[0] in ORDER else 99))
-    table = _report(run, refs, run.manifest.exports, cfg, keras_metrics["n"], bool(int8_keys))
+    table = _report(run, refs, run.manifest.exports, cfg, keras_metrics["n"], bool(int8_keys), parent)
     stage = {"formats": list(cfg.formats), "files": list(new), "int8_source": cfg.int8_source if "int8" in cfg.formats else None,
-             "calibration_images": int(len(calib)), "io_type": cfg.io_type,
-             "gates": {"max_drop": cfg.max_drop, "max_recall_drop": cfg.max_recall_drop, "max_flips": cfg.max_flips}, "edgetpu_compile": cfg.edgetpu}
+             "calibration_images": int(len(calib)), "io_type": cfg.io_type, "gates": cfg.limits(),
+             "edgetpu_compile": cfg.edgetpu}
     if qat_info is not None:
         stage["qat"] = qat_info
     elif not redo_int8 and "qat" in prev_stage:  # the int8 file in the run still comes from that QAT
@@ -280,5 +346,6 @@ def export_run(run_dir: str | Path, cfg: ExportConfig | None = None, log=print) 
     failed = [e for e in new.values() if e["status"] != "ok"]
     if failed:
         more = f" (and {len(failed) - 1} more; see export_report.md)" if len(failed) > 1 else ""
-        raise EdgebusError(f"{failed[0]['error']}{more}; files kept in {run.path} for inspection")
+        raise EdgebusError(f"{failed[0]['error']}{more}; files kept in {run.path}, marked FAILED: 'edgebus bundle' and "
+                           "'edgebus predict' refuse them without --accept-failed-gates")
     return run.manifest.exports

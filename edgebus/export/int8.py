@@ -12,6 +12,7 @@ import numpy as np
 from edgebus.core.errors import EdgebusError
 from edgebus.export import qat
 from edgebus.export.convert import convert, float_tensors, model_metadata, write_tflite
+from edgebus.export.distill import DEFAULT_WEIGHT
 
 QAT_LR_FRACTION = 0.1  # QAT fine-tunes at a tenth of the training learning rate unless told
 
@@ -23,11 +24,11 @@ def calibration_set(x: np.ndarray, n: int = 100, seed: int = 0) -> np.ndarray:
 
 
 def qat_model(model, task, part: tuple, calib: np.ndarray, epochs: int, lr: float, batch: int,
-              seed: int = 0, log=None, augment="none") -> tuple:
+              seed: int = 0, log=None, augment="none", distill: float = DEFAULT_WEIGHT) -> tuple:
     """A quantization-aware copy of `model`: activation ranges calibrated on `calib`, then
     fine-tuned on the training part (x, truth[, masks, descriptors]) through the training
-    augmentation `augment`. Returns (QAT Keras model, info
-    with history and the custom configs)."""
+    augmentation `augment`, toward `model`'s own outputs with weight `distill` (export.distill; 0:
+    the labels alone). Returns (QAT Keras model, info with history and the custom configs)."""
     plan = qat.annotate_plan(model)
     if plan and log:
         log(f"QAT: custom quantize configs for {len(plan)} layers ({', '.join(sorted(set(plan.values())))})")
@@ -35,8 +36,8 @@ def qat_model(model, task, part: tuple, calib: np.ndarray, epochs: int, lr: floa
     qat.calibrate_ranges(qmodel, calib, batch)
     if log:
         log(f"QAT: fine-tuning {epochs} epochs at lr {lr:g}, batch {batch}, augment {augment}, "
-            f"on {len(part[0])} training images ...")
-    info = qat.fine_tune(qmodel, task, part, epochs, lr, batch, seed=seed, augment=augment)
+            f"distilled from the float model with weight {distill:g}, on {len(part[0])} training images ...")
+    info = qat.fine_tune(qmodel, task, part, epochs, lr, batch, seed=seed, augment=augment, parent=model, distill=distill)
     info["custom_configs"] = plan
     return qmodel, info
 

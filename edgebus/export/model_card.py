@@ -195,6 +195,7 @@ def model_card(run: Run) -> dict:
         "evaluation": {"test_split": {"float": keras_test, key: e.get("metrics")}, "cv": _cv_part(run)},
         "calibration": (m.operating_point or {}).get("ece"),
         "int8_vs_float": {"fidelity": e.get("fidelity"), "agreement": e.get("agreement")} if key == "int8" else None,
+        "gates": e.get("gates"), "operating_point": e.get("operating_point"),
         "latency": _latency(run),
         "limits": model_card_limits(m.data.n_lesions if m.data else None),
         "versions": {"edgebus": __version__, "tensorflow": train.get("tensorflow"), "tf_keras": train.get("keras"),
@@ -225,13 +226,32 @@ def _ci(v) -> str:
     return "-" if v is None else interval_text(v)
 
 
+def _gates_md(card: dict) -> list[str]:
+    """The export gates' verdict and the file's own operating point, first in the card: a FAILED file
+    may call cancers benign that its float parent caught."""
+    g, point = card.get("gates"), card.get("operating_point")
+    if not g:
+        return ["## Export gates", "", "Not recorded (exported before edgebus gated files, or a CV's fold file).", ""]
+    limits = ", ".join(f"{k} {v}" for k, v in (g.get("limits") or {}).items() if v is not None)
+    head = (f"**FAILED**: {'; '.join(g['failures'])}. 'edgebus bundle' and 'edgebus predict' refuse this file without "
+            "--accept-failed-gates." if g["status"] == "FAILED" else f"{g['status']} ({limits}; {g.get('checked_on')}).")
+    lines = ["## Export gates", "", head, ""]
+    if point:
+        lines += [f"This file's threshold {point['threshold']:.4f} was chosen on {point['chosen_on']}" +
+                  (f": sensitivity {point['sensitivity']:.3f}, specificity {point['specificity']:.3f} there."
+                   if point.get("sensitivity") is not None and point.get("specificity") is not None else "."), ""]
+    if card.get("accepted_failed_gates"):
+        lines += [f"Accepted: {card['accepted_failed_gates']}.", ""]
+    return lines
+
+
 def card_markdown(card: dict) -> str:
     md = card["model"]
     what = f"File `{md['file']}` (sha256 `{md['sha256'][:16]}`)" if md["sha256"] else f"{md['file']} (listed below)"
     lines = [f"# Model card: {md['name']} ({md['task']}, {md['format']} {md['source'] or ''})".rstrip(), "",
              f"{what}, input {md['input_size']}. Written "
              f"{card['written']} by edgebus {card['versions']['edgebus']} from the run; nothing here is typed by hand.", "",
-             "## Intended use", "", card["intended_use"], "", "Not for:", *[f"- {x}" for x in card["not_for"]], "",
+             *_gates_md(card), "## Intended use", "", card["intended_use"], "", "Not for:", *[f"- {x}" for x in card["not_for"]], "",
              "## Inputs and outputs", ""]
     for part in ("inputs", "outputs"):
         for name, d in card["io"][part].items():

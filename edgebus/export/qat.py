@@ -256,30 +256,46 @@ def calibrate_ranges(qmodel, x: np.ndarray, batch: int = 16) -> int:
 
 
 def fine_tune(qmodel, task: str, part: tuple, epochs: int, lr: float, batch: int, seed: int = 0,
-              augment="none") -> dict:
-    """Fine-tune a QAT model on a training part (x, truth[, masks, descriptors]) with the run's own
-    losses, one per output (calibrate_ranges first), through the run's own training augmentation:
-    fine-tuned on clean images only, an int8 model lost twice the float model's AUC under blur.
-    Returns the loss history and wall time."""
+              augment="none", parent=None, distill: float = 0.0) -> dict:
+    """Fine-tune a QAT model on a training part (x, truth[, masks, descriptors]) through the run's
+    own training augmentation (calibrate_ranges first): fine-tuned on clean images only, an int8
+    model lost twice the float model's AUC under blur. With a float `parent` and distill > 0 the
+    target is the parent's output mixed with the labels (export.distill); distill 0 fits the labels
+    alone with the run's own losses (the plain QAT of earlier exports). Returns the loss history and
+    wall time."""
     from edgebus.compat import set_seed, tf
     from edgebus.engine.augment import augment_name
-    from edgebus.engine.fit import compile_model, dataset, output_names, targets
+    from edgebus.engine.fit import compile_model, dataset, output_losses, output_names, targets
 
     if epochs < 0:
         raise EdgebusError(f"--qat-epochs {epochs}: give 0 or more epochs")
     if not lr > 0:
         raise EdgebusError(f"--qat-lr {lr}: give a positive learning rate")
+    if not 0 <= distill <= 1:
+        raise EdgebusError(f"--qat-distill {distill}: give a weight from 0 (labels only) to 1 (the float model only)")
+    distilled = parent is not None and distill > 0
     set_seed(seed)
-    compile_model(qmodel, task, lr)
+    if not distilled:
+        compile_model(qmodel, task, lr)
     t0 = time.time()
     hist = {}
     if epochs:
         ds = dataset(tf, part[0], targets(qmodel, part), batch, True, augment, seed, task, output_names(qmodel))
-        h = qmodel.fit(ds, epochs=epochs, verbose=0)
-        hist = {k: [round(float(v), 6) for v in vals] for k, vals in h.history.items()}
+        if distilled:
+            from edgebus.export.distill import distill_fit
+
+            hist = distill_fit(qmodel, parent, ds, epochs, lr, distill, output_losses(qmodel, task))
+        else:
+            h = qmodel.fit(ds, epochs=epochs, verbose=0)
+            hist = {k: [round(float(v), 6) for v in vals] for k, vals in h.history.items()}
     pin_input_range(qmodel)  # training cannot widen it on [0, 1] data, but make it exact
-    return {"epochs": epochs, "lr": lr, "batch": batch, "augment": augment_name(augment), "history": hist,
-            "wall_s": round(time.time() - t0, 1)}
+    info = {"epochs": epochs, "lr": lr, "batch": batch, "augment": augment_name(augment), "history": hist,
+            "wall_s": round(time.time() - t0, 1), "distill": float(distill) if parent is not None else 0.0}
+    if distilled:
+        from edgebus.export.distill import DEFAULT_TEMPERATURE
+
+        info["distill_temperature"] = DEFAULT_TEMPERATURE
+    return info
 
 
 def save_qat_model(qmodel, path: Path) -> None:

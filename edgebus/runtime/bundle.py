@@ -12,7 +12,7 @@ from edgebus.core.io import atomic_write, read_json, sha256_file, write_json
 from edgebus.core.tasks import TASKS
 from edgebus.runtime.metadata import read_metadata
 from edgebus.runtime.ensemble import EnsembleModel, cv_fold_files
-from edgebus.runtime.model import ExportedModel, resolve_model_path
+from edgebus.runtime.model import ExportedModel, check_gates, resolve_model_path
 
 BUNDLE_FILES = {"classify": "classifier.tflite", "segment": "segmenter.tflite"}
 BUNDLE_JSON = "bundle.json"
@@ -66,11 +66,25 @@ def _model_card_files(src) -> list[Path]:
     return [run.verify_artifact(n) for n in ("model_card.md", "model_card.json") if n in run.manifest.artifacts]
 
 
+def _card_copy(card: Path, accepted: str | None) -> bytes:
+    """A model card as it goes into a bundle: with the acceptance of a failed gate written into it."""
+    if accepted is None:
+        return card.read_bytes()
+    if card.suffix == ".json":
+        d = json.loads(card.read_text())
+        d["accepted_failed_gates"] = accepted
+        return (json.dumps(d, indent=2) + "\n").encode()
+    return (card.read_text() + f"\n## Accepted with failed gates\n\n{accepted} ('edgebus bundle').\n").encode()
+
+
 def make_bundle(out: str | Path, classifier: str | Path | None = None, segmenter: str | Path | None = None,
-                fmt: str = "int8", overwrite: bool = False, fusion: str | Path | None = None) -> Path:
+                fmt: str = "int8", overwrite: bool = False, fusion: str | Path | None = None,
+                accept_failed_gates: bool = False) -> Path:
     """Copy a classifier and/or segmenter (.tflite files or run directories: their `fmt` export) into
     `out` as classifier.tflite / segmenter.tflite, with bundle.json recording sources and sha256.
-    fusion: a fusion.json (or its folder) from `edgebus fuse`, applied on top of both."""
+    fusion: a fusion.json (or its folder) from `edgebus fuse`, applied on top of both. A file that
+    failed its export gates is refused unless accept_failed_gates (then recorded in bundle.json and
+    in the bundled model card)."""
     if classifier is None and segmenter is None:
         raise EdgebusError("bundle: pass --classifier and/or --segmenter")
     fused = None
@@ -99,14 +113,16 @@ def make_bundle(out: str | Path, classifier: str | Path | None = None, segmenter
         if src is None:
             continue
         m = ExportedModel(resolve_model_path(src, fmt), task)  # refuses a wrong or unlabelled file before anything is written
-        staged.append((task, m))
-    for task, m in staged:
+        staged.append((task, m, check_gates(m, accept_failed_gates)))  # and one that failed its gates, unless accepted
+    for task, m, accepted in staged:
         name = BUNDLE_FILES[task]
         atomic_write(out / name, m.path.read_bytes())
         record[TASKS[task].role] = {**m.describe(), "file": name, "copied_from": str(m.path.resolve())}
+        if accepted:
+            record[TASKS[task].role]["accepted_failed_gates"] = accepted
         src = classifier if task == "classify" else segmenter
         for card in _model_card_files(src):  # the run's model card travels with its model
-            atomic_write(out / f"{TASKS[task].role}_{card.name}", card.read_bytes())
+            atomic_write(out / f"{TASKS[task].role}_{card.name}", _card_copy(card, accepted))
     members = []
     if ensemble is not None:
         ens, source, cards = ensemble
@@ -128,7 +144,7 @@ def make_bundle(out: str | Path, classifier: str | Path | None = None, segmenter
         (out / FUSION_FILE).unlink(missing_ok=True)  # a replaced bundle keeps no stale fusion
     for name in (SITE_FILE, "site_check.md"):  # nor a site threshold chosen for the models it replaced
         (out / name).unlink(missing_ok=True)
-    keep = {BUNDLE_JSON, *(m["file"] for m in members), *(BUNDLE_FILES[t] for t, _ in staged)}
+    keep = {BUNDLE_JSON, *(m["file"] for m in members), *(BUNDLE_FILES[t] for t, _, _ in staged)}
     for p in out.glob("*.tflite"):  # a replaced bundle keeps no stale model
         if p.name not in keep and (p.name in BUNDLE_FILES.values() or p.name.startswith("classifier_fold")):
             p.unlink()
@@ -161,6 +177,16 @@ def load_bundle(folder: str | Path, num_threads: int = 1, xnnpack: bool = True):
             raise EdgebusError(f"{seg}: sha256 differs from {BUNDLE_JSON}; the file was changed, re-run 'edgebus bundle'")
     ens = EnsembleModel(paths, entry["threshold"], entry.get("calibration"), num_threads, xnnpack)
     return ens, seg if seg.is_file() else None
+
+
+def bundle_acceptances(folder: str | Path) -> list[str]:
+    """The failed export gates a bundle's maker accepted (bundle.json; [] for none or no bundle.json)."""
+    manifest = Path(folder) / BUNDLE_JSON
+    if not manifest.is_file():
+        return []
+    rec = read_json(manifest)
+    return [e["accepted_failed_gates"] for e in (rec.get(r) for r in ("classifier", "segmenter"))
+            if isinstance(e, dict) and e.get("accepted_failed_gates")]
 
 
 def load_fusion(folder: str | Path):

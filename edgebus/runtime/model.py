@@ -25,7 +25,7 @@ from edgebus.runtime.metadata import read_metadata
 def run_export(run: Run, key: str = "int8") -> Path:
     """The file of a run's `key` export, sha256-checked against the manifest."""
     e = run.manifest.exports.get(key)
-    if not e or e.get("status") != "ok":
+    if not e or e.get("status") not in ("ok", "gate_failed"):  # a file that failed its gates is refused by check_gates
         raise EdgebusError(f"{run.path}: no usable {key} export; run 'edgebus export {run.path} --int8' "
                            "or pass a .tflite file")
     return run.verify_artifact(e["file"])
@@ -101,6 +101,7 @@ class ExportedModel:
             except (EdgebusError, KeyError, TypeError) as e:
                 raise EdgebusError(f"{path}: metadata calibration {self.calibration!r} is not usable ({e}); re-export it") from None
         self.path, self.meta, self.contract, self.size = path, meta, pre, (h, w)
+        self.gates = meta.get("gates")  # the export's verdict: {"status": "passed" | "FAILED", "failures", ...}
         self.labels = list(meta.get("labels") or self.task.labels)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -131,6 +132,10 @@ class ExportedModel:
         """A uint8 HxW frame through the model's own preprocessing contract."""
         return to_model_input(gray, self.contract, box)
 
+    def gate_status(self) -> str:
+        """"passed", "FAILED", or "not gated" (a file exported before gates, or a CV fold's file)."""
+        return (self.gates or {}).get("status") or "not gated"
+
     def describe(self) -> dict:
         m = self.meta
         return {"file": str(self.path), "sha256": sha256_file(self.path), "task": self.task.name,
@@ -139,4 +144,20 @@ class ExportedModel:
                 "calibration": self.calibration, "descriptors": [d["name"] for d in self.descriptors],
                 "source_run": m.get("source_run"), "data_fingerprint": m.get("data_fingerprint"),
                 "interpreter": f"{self.model.backend} {self.model.backend_version}",
-                "xnnpack": self.model.xnnpack, "threads": self.model.num_threads}
+                "xnnpack": self.model.xnnpack, "threads": self.model.num_threads, "gates": self.gate_status(),
+                "gate_failures": (self.gates or {}).get("failures") or []}
+
+
+ACCEPT_HINT = ("re-export it (see its export_report.md), or pass --accept-failed-gates to use it anyway "
+               "(recorded in bundle.json, the model card and every prediction row)")
+
+
+def check_gates(model, accept: bool = False) -> str | None:
+    """Refuse an exported file that failed its export gates (it may call cancers benign that its float
+    parent caught) unless `accept`; returns the line that records an accepted failure, else None."""
+    if not isinstance(model, ExportedModel) or model.gate_status() != "FAILED":
+        return None
+    why = "; ".join(model.gates.get("failures") or []) or "no reason recorded"
+    if not accept:
+        raise EdgebusError(f"{model.path}: failed its export gates ({why}); {ACCEPT_HINT}")
+    return f"{model.path.name}: FAILED its export gates ({why}); accepted with --accept-failed-gates"

@@ -50,12 +50,12 @@ from edgebus.core.calibration import apply as apply_calibration
 from edgebus.core.descriptors import findings
 from edgebus.core.errors import EdgebusError
 from edgebus.data.preprocess import crop_square_px, image_area, lesion_box
-from edgebus.runtime.bundle import load_bundle, load_fusion, load_site
+from edgebus.runtime.bundle import bundle_acceptances, load_bundle, load_fusion, load_site
 from edgebus.runtime.ensemble import EnsembleModel
 from edgebus.runtime.dicom import is_dicom, iter_frames
 from edgebus.runtime.frames import MAX_FRAME_PIXELS, gray_from_array, load_frame
 from edgebus.runtime.fusion import orientation_words, shape_result
-from edgebus.runtime.model import ExportedModel
+from edgebus.runtime.model import ExportedModel, check_gates
 from edgebus.runtime.overlay import render_overlay
 
 LATENCY_KEYS = ("load", "classify", "segment", "total")
@@ -69,7 +69,7 @@ def dicom_fields(path, fr, pixel_size_mm=None) -> dict:
 
 
 RESULT_FIELDS = ("file", "width", "height", "image_area", "prob_malignant", "prob_raw", "prob_classifier", "label", "threshold", "descriptors", "findings", "shape", "mask_threshold", "mask",
-                 "mask_area_px", "pixel_size_mm", "mask_area_mm2", "bbox", "crop", "latency_ms", "error")
+                 "mask_area_px", "pixel_size_mm", "mask_area_mm2", "bbox", "crop", "latency_ms", "gates", "error")
 
 
 def _recalibrated(site_calibration: dict, calibrated, p: float) -> float:
@@ -86,12 +86,13 @@ class LesionPipeline:
 
     classifier / segmenter: an exported .tflite (or a run directory: its int8 export); either may be
     None to run only the other. A file without edgebus metadata, of the wrong task, or whose input
-    shape disagrees with its metadata raises EdgebusError here, at load time.
+    shape disagrees with its metadata raises EdgebusError here, at load time; so does a file that
+    failed its export gates, unless accept_failed_gates (then every result's `gates` says so).
     """
 
     def __init__(self, classifier: str | Path | None = None, segmenter: str | Path | None = None,
                  num_threads: int = 1, xnnpack: bool = True, max_pixels: int = MAX_FRAME_PIXELS, fusion=None,
-                 site: dict | None = None):
+                 site: dict | None = None, accept_failed_gates: bool = False):
         if classifier is None and segmenter is None:
             raise EdgebusError("pass a classifier and/or a segmenter model (or a bundle folder)")
         if classifier is None or isinstance(classifier, EnsembleModel):
@@ -108,12 +109,21 @@ class LesionPipeline:
         if fusion is not None and (self.classifier is None or self.segmenter is None):
             raise EdgebusError(f"{fusion.path}: fuses the classifier with the segmenter's lesion shape; give both")
         self.site = site  # runtime.site: a threshold chosen on a site's own cases replaces the shipped one
+        models = [m for m in (self.classifier, self.segmenter) if m is not None]
+        accepted = [a for a in (check_gates(m, accept_failed_gates) for m in models) if a]
+        # what every result row says of the export gates: the acceptance of a failed file, or each file's verdict
+        self.gates = "; ".join(accepted) or ", ".join(
+            f"{m.task.role} {m.gate_status() if isinstance(m, ExportedModel) else 'not gated (fold ensemble)'}" for m in models)
 
     @classmethod
-    def from_bundle(cls, folder: str | Path, num_threads: int = 1, xnnpack: bool = True, **kw) -> "LesionPipeline":
+    def from_bundle(cls, folder: str | Path, num_threads: int = 1, xnnpack: bool = True, accept_failed_gates: bool = False,
+                    **kw) -> "LesionPipeline":
+        """The cart of a bundle folder; a file that failed its gates runs where the bundle records that
+        it was accepted ('edgebus bundle --accept-failed-gates') or accept_failed_gates is given."""
         c, s = load_bundle(folder, num_threads, xnnpack)
+        accept = accept_failed_gates or bool(bundle_acceptances(folder))
         return cls(classifier=c, segmenter=s, num_threads=num_threads, xnnpack=xnnpack, fusion=load_fusion(folder),
-                   site=load_site(folder), **kw)
+                   site=load_site(folder), accept_failed_gates=accept, **kw)
 
     def describe(self) -> dict:
         d = {m.task.role: m.describe() for m in (self.classifier, self.segmenter) if m is not None}
@@ -162,7 +172,7 @@ class LesionPipeline:
                 yield res, gray
         except EdgebusError as e:
             res = {k: None for k in RESULT_FIELDS}
-            res.update(file=str(path), error=str(e), source_file=str(path))
+            res.update(file=str(path), error=str(e), source_file=str(path), gates=self.gates)
             yield res, None
 
     def predict_with_frame(self, frame, pixel_size_mm: float | None = None, name: str | None = None):
@@ -171,6 +181,7 @@ class LesionPipeline:
             name = str(frame) if isinstance(frame, (str, Path)) else None
         res = {k: None for k in RESULT_FIELDS}
         res["file"] = name
+        res["gates"] = self.gates
         if pixel_size_mm is not None and not (np.isfinite(pixel_size_mm) and pixel_size_mm > 0):
             raise EdgebusError(f"pixel size {pixel_size_mm} mm: must be a positive number")
         res["pixel_size_mm"] = None if pixel_size_mm is None else float(pixel_size_mm)

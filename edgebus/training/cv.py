@@ -27,6 +27,7 @@ from edgebus.data.breast import fingerprint
 from edgebus.data.content import content_hashes
 from edgebus.data.preprocess import preprocess_contract
 from edgebus.engine.resume import discard
+from edgebus.export.distill import DEFAULT_WEIGHT
 from edgebus.training.backends import Backend, run_units, take, task_checkpoints
 from edgebus.training.config import FitConfig, maybe_exit
 
@@ -44,6 +45,7 @@ class CVConfig(FitConfig):
     int8: bool = False  # also convert each fold's model to full-int8 TFLite and score it on the fold's test part
     int8_source: str = "ptq"  # or "qat": quantization-aware fine-tuning per fold, as `edgebus export --int8`
     qat_epochs: int = 3
+    qat_distill: float = DEFAULT_WEIGHT  # QAT's target, as `edgebus export --qat-distill`: 1.0 the fold's float model
     crop_margin: float | None = None  # lesion-crop classifier (segmentation-guided): train on mask crops
     boxes_from: str | None = None  # a segment CV directory (same folds) whose predicted boxes cut val/test
     fold_seed: int | None = None  # seed of the folds when it differs from the training seed: a second CV on the
@@ -53,7 +55,7 @@ class CVConfig(FitConfig):
 
 _CV_IDENTITY = ("task", "model", "folds", "size", "epochs", "lr", "batch", "seed", "weights", "model_kwargs",
                 "val_fraction", "augment", "keep", "threshold", "int8", "crop_margin", "int8_source", "qat_epochs",
-                "normalize", "descriptors", "fold_seed", "schedule", "group_by")
+                "qat_distill", "normalize", "descriptors", "fold_seed", "schedule", "group_by")
 
 
 def _fold_record(task, f, fold, data, probs, metrics, kept_epoch, wall, threshold) -> dict:
@@ -83,7 +85,7 @@ def _int8_fold(model, task, data, cfg: CVConfig, contract: dict, test_x=None, ke
     models = {"ptq": model}
     if cfg.int8_source == "qat":
         models["qat"] = qat_model(model, task, data["train"], calib, cfg.qat_epochs, QAT_LR_FRACTION * cfg.lr, cfg.batch,
-                                  cfg.seed, augment=augment_name(cfg.augment))[0]
+                                  cfg.seed, augment=augment_name(cfg.augment), distill=cfg.qat_distill)[0]
     src = "qat" if "qat" in models else "ptq"
     from edgebus.core.descriptors import metadata as descriptor_metadata
 
@@ -196,6 +198,8 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print, backend: Backend | 
         raise EdgebusError(f"keep='{cfg.keep}': choose best or last")
     if cfg.int8_source not in ("ptq", "qat"):
         raise EdgebusError(f"--int8-source '{cfg.int8_source}': choose ptq or qat")
+    if not 0 <= cfg.qat_distill <= 1:
+        raise EdgebusError(f"--qat-distill {cfg.qat_distill}: give a weight from 0 (labels only) to 1 (the float model only)")
     if cfg.crop_margin is not None and task.truth_is_mask:
         raise EdgebusError("--crop-margin is for classifiers")
     if cfg.boxes_from is not None and cfg.crop_margin is None:

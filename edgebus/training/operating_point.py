@@ -161,6 +161,23 @@ def operating_point_md(op: dict) -> str:
         "cross-fitted Platt scaling.", "", "![reliability](reliability.png)", ""])
 
 
+def cv_points(cv_dir, target: float) -> dict:
+    """{source: the operating point chosen on the CV's pooled out-of-fold scores of that source}, for
+    int8 and float where the CV scored them (export.threshold.file_point reads them)."""
+    from edgebus.core.calibration import crossfit_operating_point
+
+    out = {}
+    for source in SOURCES:
+        try:
+            y, p, fold, _ = _oof(Path(cv_dir), source)
+        except EdgebusError:
+            continue
+        o = crossfit_operating_point(y, p, fold, target, n_boot=200)
+        out[source] = {"threshold": o["threshold"], "calibration": o["calibration"], "n": o["n"],
+                       "sensitivity": o["in_sample"]["sensitivity"], "specificity": o["in_sample"]["specificity"]}
+    return out
+
+
 def apply_cv_operating_point(run_dir, cv_dir, log=print) -> dict:
     """Give a run (same model and input size as the CV, trained the same way) the operating point
     and calibration chosen on the CV's out-of-fold predictions; export then embeds both."""
@@ -184,7 +201,9 @@ def apply_cv_operating_point(run_dir, cv_dir, log=print) -> dict:
                            "an operating point transfers only between models trained the same way")
     run.manifest.threshold = float(op["threshold"])
     run.manifest.calibration = op["calibration"]
-    run.manifest.operating_point = {k: v for k, v in op.items() if k != "reliability"}
+    # each exported file takes the point chosen on the CV's scores of its own kind (export.threshold)
+    run.manifest.operating_point = {**{k: v for k, v in op.items() if k != "reliability"},
+                                    "per_source": cv_points(cv_dir, op["target_sensitivity"])}
     from edgebus.data.arrays import load_run_arrays
     from edgebus.engine.fit import predict
     from edgebus.engine.models import load_run_model
