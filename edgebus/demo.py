@@ -10,8 +10,13 @@ from edgebus.core.errors import EdgebusError
 from edgebus.core.io import atomic_write
 
 
+DEMO_CASES = 240  # a 24-image test split: one case is 4 points there, and the gates count cases
+
+
 def run_demo(out: Path, data: Path | None = None, size: int = 96, epochs: int = 15, overwrite: bool = False,
-             threads=(1, 2), qat_epochs: int = 2, log=print) -> Path:
+             threads=(1, 2), log=print) -> Path:
+    """The chain with export's own defaults, gates included: a file that fails them stops the demo
+    (export raises) before anything is bundled."""
     from edgebus.benchmarks import bench_run, write_report
     from edgebus.benchmarks.report import markdown
     from edgebus.export.config import ExportConfig
@@ -30,7 +35,7 @@ def run_demo(out: Path, data: Path | None = None, size: int = 96, epochs: int = 
         data = out / "data"
         if not (data / "BrEaST-Lesions_USG-images_and_masks").exists():
             log(f"writing a synthetic BrEaST-layout set to {data} ...")
-            make_synthetic(data, n_cases=160, seed=0)
+            make_synthetic(data, n_cases=DEMO_CASES, seed=0)
     plans = [("mobilenetv2", dict(lr=1e-3)), ("unet-efficientnetb2", dict(lr=1e-3))]  # batch: the registry's
     parts, runs = [], {}
     for model, kw in plans:
@@ -39,8 +44,11 @@ def run_demo(out: Path, data: Path | None = None, size: int = 96, epochs: int = 
         run = train(TrainConfig(data=str(data), model=model, out=str(run_dir), size=size, epochs=epochs,
                                 overwrite=overwrite, **kw))
         runs[run.task.name] = run_dir
-        log(f"exporting {run_dir}: float32, int8 PTQ and int8 QAT ({qat_epochs} fine-tuning epochs) ...")
-        export_run(run_dir, ExportConfig(formats=["float32", "int8"], overwrite=True, qat_epochs=qat_epochs), log=log)
+        cfg = ExportConfig(formats=["float32", "int8"], overwrite=True)
+        log(f"exporting {run_dir}: float32, int8 PTQ and int8 QAT ({cfg.qat_epochs} epochs distilled from the float model), "
+            "gated against the float model ...")
+        exports = export_run(run_dir, cfg, log=log)
+        parts.append(_gates_md(run, exports))
         result = bench_run(run_dir, threads, warmup=5, runs=30, log=log)
         write_report(result, run_dir)
         parts.append(markdown(result))
@@ -56,3 +64,19 @@ def run_demo(out: Path, data: Path | None = None, size: int = 96, epochs: int = 
                  "(with overlay and mask files)\n")
     atomic_write(report, "\n".join(parts))
     return report
+
+
+def _gates_md(run, exports: dict) -> str:
+    """The int8 file's verdict against its float parent, as export_report.md states it."""
+    e = exports["int8"]
+    f, g = e["fidelity"], e["gates"]
+    if run.task.truth_is_mask:
+        what = (f"mask IoU against the float model {f['mask_iou_mean']:.3f} mean, {f['mask_iou_median']:.3f} median, "
+                f"{f['mask_iou_min']:.3f} worst of {f['n']} test images")
+    else:
+        what = (f"{f['flips']} of {f['n']} test labels flipped against the float model ({f['benign_to_malignant']} benign->"
+                f"malignant, {f['malignant_to_benign']} malignant->benign); cancers called benign: {f['missed']} of "
+                f"{f['malignant']} (float model: {f['missed_float']}); threshold {e['threshold']:.3f}")
+    limits = ", ".join(f"{k} {v}" for k, v in g["limits"].items() if v is not None)
+    return (f"# {run.manifest.model.name}: int8 QAT file against its float parent\n\n- gates {g['status']} ({limits}): "
+            f"{what}\n- details: `{run.path / 'export_report.md'}`\n")

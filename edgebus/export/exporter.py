@@ -126,6 +126,27 @@ def _judge(run: Run, entry: dict, probs: dict, parts: dict, parent: dict, keras_
     return point
 
 
+def _stability(run: Run, model, part: tuple, keras_prob, threshold: float) -> dict:
+    """The float model against itself on its test inputs plus one gray level of Gaussian noise
+    (sigma 1/255, seeded): a file cannot be held closer to its parent than the parent is to itself, and
+    a parent that flips labels under this noise is too fragile for any int8 copy to follow exactly."""
+    from edgebus.engine.fit import predict
+
+    x = part[0]
+    noisy = np.clip(x + np.random.default_rng(0).normal(0, 1 / 255, x.shape), 0, 1).astype(np.float32)
+    f = run.task.fidelity(keras_prob, predict(model, noisy), threshold, threshold, truth=part[1])
+    return {k: v for k, v in f.items() if k != "mask_iou_per_image"}
+
+
+def _stability_line(task, s: dict) -> str:
+    if task.truth_is_mask:
+        return (f"Float model against itself with one gray level of noise (σ 1/255): mask IoU {s['mask_iou_mean']:.3f} mean, "
+                f"{s['mask_iou_min']:.3f} worst; no file can be expected to follow it more closely.")
+    return (f"Float model against itself with one gray level of noise (σ 1/255): {s['flips']} of {s['n']} labels flip, "
+            f"|Δp| p95 {s['p95_abs_diff']:.3f}" + ("; a parent this fragile cannot be followed exactly by any int8 copy."
+                                                    if s["flips"] else "."))
+
+
 def _finish_file(run: Run, entry: dict, raw: bytes, point: dict | None, extra_meta: dict | None) -> None:
     """Embed the final metadata (the file's own threshold and calibration, the gates' verdict), write
     the sidecar, and record both files with their sha256."""
@@ -206,7 +227,7 @@ def _edgetpu(run: Run, new: dict, compile_files: bool, log) -> list:
     return keys
 
 
-def _report(run: Run, refs, results: dict, cfg: ExportConfig, n: int, edgetpu: bool, parent: dict) -> str:
+def _report(run: Run, refs, results: dict, cfg: ExportConfig, n: int, edgetpu: bool, parent: dict, stability: dict) -> str:
     table = validation_table(run.task, refs, results)
     rt_lines = [f"- {e['file']}: " + "; ".join(f"{k}: {v['status']}" + (f" ({v['error']})" if v.get("error") else "")
                                                for k, v in e.get("runtimes", {}).items()) for e in results.values()]
@@ -221,7 +242,7 @@ def _report(run: Run, refs, results: dict, cfg: ExportConfig, n: int, edgetpu: b
           f"Test split, n={n}; Δ and flips against the float Keras model (threshold {parent['threshold']:.4f}), "
           "each classifier file decided at its own threshold. "
           f"Gates: {gates}; --max-drop {off(cfg.max_drop)}, --max-recall-drop {off(cfg.max_recall_drop)}.", "",
-          table, "", "## Gates and thresholds", ""]
+          table, "", "## Gates and thresholds", "", _stability_line(run.task, stability), ""]
     for e in results.values():
         if "gate" not in e:
             continue
@@ -286,6 +307,7 @@ def export_run(run_dir: str | Path, cfg: ExportConfig | None = None, log=print) 
     parent = parent_point(run)
     keras_probs = {k: predict(model, parts[k][0]) for k in parts}
     keras_metrics = run.task.metrics(yte, keras_probs["test"], parent["threshold"])
+    stability = _stability(run, model, parts["test"], keras_probs["test"], parent["threshold"])
     calib = calibration_set(xtr, cfg.calibration_images)
 
     results = {k: v for k, v in done.items() if k not in {p[0] for p in plan}}
@@ -328,9 +350,10 @@ def export_run(run_dir: str | Path, cfg: ExportConfig | None = None, log=print) 
 
     results.update(new)
     run.manifest.exports = dict(sorted(results.items(), key=lambda kv: ORDER.index(kv[0]) if kv[0] in ORDER else 99))
-    table = _report(run, refs, run.manifest.exports, cfg, keras_metrics["n"], bool(int8_keys), parent)
+    table = _report(run, refs, run.manifest.exports, cfg, keras_metrics["n"], bool(int8_keys), parent, stability)
     stage = {"formats": list(cfg.formats), "files": list(new), "int8_source": cfg.int8_source if "int8" in cfg.formats else None,
              "calibration_images": int(len(calib)), "io_type": cfg.io_type, "gates": cfg.limits(),
+             "float_under_noise": stability,
              "edgetpu_compile": cfg.edgetpu}
     if qat_info is not None:
         stage["qat"] = qat_info

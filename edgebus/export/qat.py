@@ -291,10 +291,6 @@ def fine_tune(qmodel, task: str, part: tuple, epochs: int, lr: float, batch: int
     pin_input_range(qmodel)  # training cannot widen it on [0, 1] data, but make it exact
     info = {"epochs": epochs, "lr": lr, "batch": batch, "augment": augment_name(augment), "history": hist,
             "wall_s": round(time.time() - t0, 1), "distill": float(distill) if parent is not None else 0.0}
-    if distilled:
-        from edgebus.export.distill import DEFAULT_TEMPERATURE
-
-        info["distill_temperature"] = DEFAULT_TEMPERATURE
     return info
 
 
