@@ -29,7 +29,7 @@ VARIANTS = {"ptq": None, "qat_labels": 0.0, "qat_distilled": 1.0}  # name -> QAT
 NOISE = "float_noise"  # the parent itself on its test frames plus one gray level of noise: the floor no copy can beat
 
 
-def fold_records(cv_dir: Path, out: Path, variants: list[str], log=print) -> list[dict]:
+def fold_records(cv_dir: Path, out: Path, variants: list[str], log=print, max_folds: int | None = None) -> list[dict]:
     from edgebus.core.io import append_jsonl, read_jsonl
     from edgebus.core.manifest import Run
     from edgebus.data.arrays import load_split_data, run_dataset
@@ -44,7 +44,10 @@ def fold_records(cv_dir: Path, out: Path, variants: list[str], log=print) -> lis
     by_id = {c.case_id: c for c in run_dataset(run).lesions()}
     results = out / "folds.jsonl"
     done = {(r["fold"], r["variant"]) for r in read_jsonl(results)} if results.is_file() else set()
-    for f, fold in enumerate(folds):
+    for f, fold in enumerate(folds[:max_folds]):
+        if not (cv_dir / f"fold{f}" / "model.keras").is_file():
+            log(f"fold {f + 1}: no model.keras yet (the CV has not finished it); stopping here")
+            break
         todo = [v for v in ["float", *variants] if (f, v) not in done]
         if not todo:
             continue
@@ -89,7 +92,7 @@ def classify_table(recs: list[dict], variants: list[str], target: float = 0.9) -
     ref = pooled["float"]
     t_ref = ref["op"]["threshold"]
     rows = ["| model | its threshold | AUC | malignant recall (cases missed) | flips at own threshold: b→m / m→b "
-            "of n | flips at the float threshold | |Δp| median / p95 / max | worst fold: cases missed beyond float |",
+            "of n | flips at the float threshold | abs Δp median / p95 / max | worst fold: cases missed beyond float |",
             "|---|---|---|---|---|---|---|---|"]
     summary = {}
     for v, d in pooled.items():
@@ -145,6 +148,7 @@ def main():
     ap.add_argument("cv", type=Path)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--variants", default=",".join([*VARIANTS, NOISE]))
+    ap.add_argument("--folds", type=int, default=None, help="only the first N folds (a reduced run; the table says so)")
     a = ap.parse_args()
     from edgebus.core.io import write_json
     from edgebus.core.manifest import Run
@@ -152,14 +156,18 @@ def main():
     variants = [v for v in a.variants.split(",") if v]
     out = a.out or a.cv / "int8-fidelity"
     out.mkdir(parents=True, exist_ok=True)
-    recs = fold_records(a.cv, out, variants)
+    recs = fold_records(a.cv, out, variants, max_folds=a.folds)
+    done = [f for f in sorted({r["fold"] for r in recs}) if all((f, v) in {(r["fold"], r["variant"]) for r in recs}
+                                                                  for v in ["float", *variants])]
+    recs = [r for r in recs if r["fold"] in done]
     run = Run.load(a.cv)
     rows, summary = (segment_table if run.task.truth_is_mask else classify_table)(recs, variants)
     ident = run.manifest.cv["identity"]
-    head = (f"{ident['model']} at {ident['size']} px, {ident['folds']} folds grouped by {ident.get('group_by', 'case')} "
+    part = "" if len(done) == ident["folds"] else f" (REDUCED: folds {', '.join(str(f + 1) for f in done)} only)"
+    head = (f"{ident['model']} at {ident['size']} px, {ident['folds']} folds grouped by {ident.get('group_by', 'case')}{part} "
             f"(`{a.cv}`), QAT {ident['qat_epochs']} epochs at lr {0.1 * ident['lr']:g}, batch {ident['batch']}, "
             f"augment {ident['augment']}")
-    write_json(out / "summary.json", {"cv": str(a.cv), "identity": ident, "variants": summary})
+    write_json(out / "summary.json", {"cv": str(a.cv), "identity": ident, "folds_done": done, "variants": summary})
     (out / "table.md").write_text("\n".join([head, "", *rows, ""]))
     print("\n".join([head, "", *rows]))
 

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tests.conftest import cli, manifest
 
 
@@ -96,6 +98,11 @@ def test_operating_point_threshold_reaches_the_exported_model(chain_data, tmp_pa
     m = manifest(run)
     assert m["operating_point"]["sensitivity"] >= 0.9 and m["threshold"] == m["operating_point"]["threshold"]
     assert cli("export", run, "--int8", "--ptq").exit_code == 0
-    assert read_metadata(run / "model_int8.tflite")["threshold"] == m["threshold"]
+    # each file's own point, by the same rule on its own validation scores (export.threshold): the float32 file
+    # lands on the run's threshold, the int8 file on its own, with the target sensitivity reached there
+    assert read_metadata(run / "model_float32.tflite")["threshold"] == pytest.approx(m["threshold"], abs=1e-5)
+    meta = read_metadata(run / "model_int8.tflite")
+    assert meta["operating_point"]["rule"] == "val" and meta["operating_point"]["sensitivity"] >= 0.9
+    assert meta["threshold"] == manifest(run)["exports"]["int8"]["threshold"]
     r = cli("operating-point", run)
     assert r.exit_code == 2 and "already exported" in r.output

@@ -114,7 +114,7 @@ def test_a_run_takes_the_cv_operating_point_into_its_int8_file_and_the_cart_appl
     assert r.exit_code == 0, r.output
     meta = read_metadata(run / "model_int8.tflite")
     assert meta["calibration"] == op["calibration"] and meta["threshold"] == op["threshold"]
-    assert meta["operating_point"]["chosen_on"] == "cv out-of-fold"
+    assert meta["operating_point"]["rule"] == "cv" and f"{cv_dir}: pooled out-of-fold int8 scores" in meta["operating_point"]["chosen_on"]
     frames = sorted((synthetic_breast_dir / "BrEaST-Lesions_USG-images_and_masks").glob("case*[0-9].png"))[:6]
     pipe = LesionPipeline(classifier=run / "model_int8.tflite")
     for f in frames:

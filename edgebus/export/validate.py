@@ -78,7 +78,7 @@ COLUMNS = {
         ("Δrecall (pts)", lambda m, r, a: _d(m["malignant_recall"], r["malignant_recall"], 100, "+.1f")),
         ("flips b→m / m→b", lambda m, r, a: f"{a['benign_to_malignant']} / {a['malignant_to_benign']} of {a['n']}"
          if a and "n" in a else "-"),
-        ("|Δp| median / p95 / max", lambda m, r, a: f"{a['median_abs_diff']:.3f} / {a['p95_abs_diff']:.3f} / "
+        ("abs Δp median / p95 / max", lambda m, r, a: f"{a['median_abs_diff']:.3f} / {a['p95_abs_diff']:.3f} / "
          f"{a['max_abs_diff']:.3f}" if a and a.get("p95_abs_diff") is not None else "-"),
     ],
     "segment": [
@@ -89,7 +89,7 @@ COLUMNS = {
         ("pixel agreement", lambda m, r, a: _fmt(a["pixel_agreement"]) if a else "-"),
         ("mask IoU vs float (mean / median / min)", lambda m, r, a: f"{a['mask_iou_mean']:.3f} / "
          f"{a['mask_iou_median']:.3f} / {a['mask_iou_min']:.3f}" if a and a.get("mask_iou_median") is not None else "-"),
-        ("|Δp| median / p95", lambda m, r, a: f"{a['median_abs_diff']:.4f} / {a['p95_abs_diff']:.4f}"
+        ("abs Δp median / p95", lambda m, r, a: f"{a['median_abs_diff']:.4f} / {a['p95_abs_diff']:.4f}"
          if a and a.get("p95_abs_diff") is not None else "-"),
     ],
 }
@@ -116,7 +116,7 @@ def validation_table(task, refs: list[tuple[str, str, dict]], entries: dict) -> 
         lines.append(cells(name, source, "-", m, None, "reference" if m is ref else "-"))
     for e in entries.values():
         status = status_text(e) if e.get("role") != "comparison" else e["status"] + " (comparison" + (
-            ", gates not enforced: " + "; ".join(e["gate"]["failures"]) if (e.get("gate") or {}).get("failures") else "") + ")"
+            ", FAILED: " + "; ".join(e["gate"]["failures"]) if (e.get("gate") or {}).get("failures") else "") + ")"
         lines.append(cells(e["file"], e.get("source", "-"), f"{e['bytes'] / 1e6:.2f}", e["metrics"],
                            {**e["agreement"], **(e.get("fidelity") or {})}, status))
     return "\n".join(lines)

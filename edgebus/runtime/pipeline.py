@@ -17,6 +17,9 @@ and that shape together; `prob_classifier` then keeps the classifier's own outpu
 carries BI-RADS descriptors measured on the mask (shape, margin, posterior features...), `descriptors`
 and `findings` are those (they replace a classifier head's), followed by the orientation.
 
+`gates` says what each model's export gates decided ("classifier passed, segmenter passed"; "not gated"
+for a file exported before gates or a CV fold's), or which failed file was accepted (--accept-failed-gates).
+
 `prob_raw` is the output the stored threshold applies to (`label`): the classifier's, or with a fusion the
 fused one; `prob_malignant` is that output through its calibration (Platt scaling fitted out-of-fold,
 `edgebus operating-point CV_DIR` or `edgebus fuse`), or the same number when none is carried.
