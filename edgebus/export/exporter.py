@@ -133,7 +133,8 @@ def _stability(run: Run, model, part: tuple, keras_prob, threshold: float) -> di
     from edgebus.engine.fit import predict
 
     x = part[0]
-    noisy = np.clip(x + np.random.default_rng(0).normal(0, 1 / 255, x.shape), 0, 1).astype(np.float32)
+    noise = np.random.default_rng(0).normal(0, 1 / 255, x.shape[:-1] + (1,))  # one gray level, the same in each channel
+    noisy = np.clip(x + noise, 0, 1).astype(np.float32)
     f = run.task.fidelity(keras_prob, predict(model, noisy), threshold, threshold, truth=part[1])
     return {k: v for k, v in f.items() if k != "mask_iou_per_image"}
 

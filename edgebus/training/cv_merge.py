@@ -26,7 +26,7 @@ from edgebus.core.manifest import MANIFEST, Run
 from edgebus.runtime.ensemble import member_files
 
 # settings that must agree for the members' folds to be averaged (seed is what differs)
-_SAME = ("task", "model", "folds", "size", "val_fraction", "keep", "threshold", "int8", "int8_source", "crop_margin",
+_SAME = ("task", "model", "folds", "size", "val_fraction", "keep", "threshold", "int8", "int8_source", "qat_distill", "crop_margin",
          "normalize", "descriptors", "data_fingerprint")
 _AVERAGED = ("test_prob_int8_ptq", "test_descriptor_prob")  # comparisons, averaged as recorded
 
