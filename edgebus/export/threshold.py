@@ -47,7 +47,7 @@ def file_point(run, fmt: str, val: tuple | None = None) -> dict:
     op = run.manifest.operating_point or {}
     if rule == "fixed":
         return {"rule": rule, "threshold": float(run.manifest.threshold), "calibration": run.manifest.calibration,
-                "chosen_on": "none: the run's fixed threshold (no operating point was chosen)"}
+                "chosen_on": "no data: it is the run's fixed threshold (no operating point was chosen)"}
     if rule == "val":
         y, p = val
         t = threshold_for_sensitivity(y, p, op["target_sensitivity"])
