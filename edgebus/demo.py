@@ -76,7 +76,8 @@ def _gates_md(run, exports: dict) -> str:
     else:
         what = (f"{f['flips']} of {f['n']} test labels flipped against the float model ({f['benign_to_malignant']} benign->"
                 f"malignant, {f['malignant_to_benign']} malignant->benign); cancers called benign: {f['missed']} of "
-                f"{f['malignant']} (float model: {f['missed_float']}); threshold {e['threshold']:.3f}")
+                f"{f['malignant']} (float model: {f['missed_float']}), {f['missed_new']} of them caught by the float model; "
+                f"threshold {e['threshold']:.3f}")
     limits = ", ".join(f"{k} {v}" for k, v in g["limits"].items() if v is not None)
     return (f"# {run.manifest.model.name}: int8 QAT file against its float parent\n\n- gates {g['status']} ({limits}): "
             f"{what}\n- details: `{run.path / 'export_report.md'}`\n")

@@ -22,7 +22,7 @@ def test_demo_chain_passes_its_gates_with_the_defaults(tmp_path):
         assert f"# {m['model']['name']}: int8 QAT file against its float parent\n\n- gates passed" in report
         if m["task"] == "classify":
             f = e["fidelity"]
-            assert f["missed"] <= f["missed_float"] and f["flips"] <= max(1, f["n"] // 10)
+            assert f["missed_new"] == 0 and f["flips"] <= max(1, f["n"] // 10)
         else:
             assert e["fidelity"]["mask_iou_mean"] >= 0.9
     bundle = json.loads((out / "cart" / "bundle.json").read_text())

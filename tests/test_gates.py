@@ -68,7 +68,7 @@ def test_planted_drift_fails_the_gates_and_bundle_and_predict_refuse_it(cls_run,
     one_line_error(r, "model_int8.tflite: failed its export gates", "--max-missed 0", "--accept-failed-gates")
     e = manifest(run)["exports"]["int8"]
     f = e["fidelity"]
-    assert f["missed"] > f["missed_float"] and f["malignant_to_benign"] > 0  # the fault happened
+    assert f["missed"] > f["missed_float"] and f["missed_new"] > 0 and f["malignant_to_benign"] > 0  # the fault happened
     assert e["status"] == "gate_failed" and (run / e["file"]).is_file()
     for meta in (read_metadata(run / e["file"]), json.loads((run / e["metadata"]).read_text())):
         assert meta["gates"]["status"] == "FAILED" and any("--max-missed" in x for x in meta["gates"]["failures"])

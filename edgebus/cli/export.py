@@ -39,8 +39,8 @@ def export(ctx: typer.Context, run: Path = typer.Argument(..., help="run directo
            max_flips: Optional[int] = typer.Option(None, "--max-flips", help="gate: fail if a classifier file decides more than "
                                                    "this many test cases differently from the float Keras model (default: "
                                                    "a tenth of the test split, at least 1)"),
-           max_missed: int = typer.Option(0, "--max-missed", help="gate: fail if a classifier file calls more test cancers "
-                                          "benign than the float model did, beyond this many"),
+           max_missed: int = typer.Option(0, "--max-missed", help="gate: fail if a classifier file calls more than this many "
+                                          "test cancers benign that the float model caught"),
            min_mask_iou: float = typer.Option(0.9, "--min-mask-iou", help="gate: fail if a segmenter file's mean per-image "
                                               "mask IoU against the float model is below this"),
            edgetpu: bool = typer.Option(False, "--edgetpu", help="compile the int8 files with edgetpu_compiler if installed"),

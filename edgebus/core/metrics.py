@@ -147,7 +147,8 @@ def label_flips(ref, other, threshold: float = DEFAULT_THRESHOLD, other_threshol
     the flips out of all scored cases, by direction (the float call -> the exported call), and
     the probability gaps (mean, median, 95th percentile, max). An agreement rate alone hides which
     way the flips go. `other` is decided at its own threshold where given (an exported file's
-    operating point); with `truth`, also the malignant cases each calls benign."""
+    operating point); with `truth`, also the malignant cases each calls benign, and those the parent
+    caught that `other` calls benign (missed_new)."""
     a, b = np.asarray(ref, dtype=np.float64).ravel(), np.asarray(other, dtype=np.float64).ravel()
     fa, fb = a >= threshold, b >= (threshold if other_threshold is None else other_threshold)
     gap = np.abs(a - b)
@@ -158,7 +159,8 @@ def label_flips(ref, other, threshold: float = DEFAULT_THRESHOLD, other_threshol
            "max_abs_diff": float(gap.max()) if len(a) else None}
     if truth is not None:
         cancer = np.asarray(truth).astype(int).ravel() == 1
-        out.update(malignant=int(cancer.sum()), missed_float=int((cancer & ~fa).sum()), missed=int((cancer & ~fb).sum()))
+        out.update(malignant=int(cancer.sum()), missed_float=int((cancer & ~fa).sum()), missed=int((cancer & ~fb).sum()),
+                   missed_new=int((cancer & fa & ~fb).sum()))  # cancers the parent caught and the file calls benign
     return out
 
 

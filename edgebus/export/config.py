@@ -53,7 +53,7 @@ class ExportConfig:
     # the clinical gates, on by default (README "Export gates"): a file that fails them is kept, marked FAILED,
     # and refused by bundle / predict without --accept-failed-gates
     max_flips: int | None = None  # labels decided differently from the float model; None: a tenth of the test split, >= 1
-    max_missed: int = 0  # malignant test cases called benign beyond the float model's own misses
+    max_missed: int = 0  # malignant test cases the float model caught and the file calls benign
     min_mask_iou: float = 0.9  # a segmenter's mean per-image mask IoU against the float model
     edgetpu: bool = False
     quantizer: str = "tflite"  # "litert": also quantize with the AI Edge quantizer (model_int8_litert.tflite, compared)

@@ -237,7 +237,7 @@ def _report(run: Run, refs, results: dict, cfg: ExportConfig, n: int, edgetpu: b
         gates = f"--min-mask-iou {cfg.min_mask_iou:g} (mean per-image mask IoU against the float model)"
     else:
         flips = off(cfg.max_flips) if cfg.max_flips is not None else "a tenth of the test cases, at least 1"
-        gates = (f"--max-missed {cfg.max_missed} (test cancers called benign beyond the float model's misses), "
+        gates = (f"--max-missed {cfg.max_missed} (test cancers the float model caught that the file calls benign), "
                  f"--max-flips {flips}")
     md = [f"# Export validation: {run.manifest.model.name} ({run.task.name})", "",
           f"Test split, n={n}; Δ and flips against the float Keras model (threshold {parent['threshold']:.4f}), "
