@@ -1,8 +1,8 @@
 """Quantization-aware fine-tuning distilled from the float parent.
 
 A plain QAT fine-tune re-fits the model on the labels for a few more epochs: on ~200 images that
-moves its probability scale (measured: a demo MobileNetV2 whose QAT file called 5 of 6 cancers
-benign at the float model's threshold while its AUC rose). The int8 file should decide what its
+moves its probability scale (issue 30 measured a demo MobileNetV2 whose QAT file called 5 of 6
+cancers benign at the float model's threshold while its AUC rose). The int8 file should decide what its
 float parent decides, so here the fine-tune's target is the parent's own output on the same batch,
 mixed with the label loss by `weight` (1.0 = the parent only, 0.0 = plain QAT):
 
