@@ -20,7 +20,6 @@ import numpy as np
 
 from edgebus.core.metrics import threshold_for_sensitivity
 
-RULES = ("fixed", "val", "cv")
 
 
 def rule_of(run) -> str:
