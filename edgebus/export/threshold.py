@@ -21,8 +21,8 @@ import numpy as np
 from edgebus.core.metrics import threshold_for_sensitivity
 
 
-
 def rule_of(run) -> str:
+    """"fixed", "val" or "cv": how the run's threshold was chosen (the module docstring)."""
     op = run.manifest.operating_point or {}
     if not op:
         return "fixed"
