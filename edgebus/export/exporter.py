@@ -23,7 +23,7 @@ from edgebus.core.manifest import Run
 from edgebus.export.config import ExportConfig
 from edgebus.export.convert import convert, float_tensors, model_metadata, write_tflite
 from edgebus.export.qat import QAT_MODEL
-from edgebus.export.threshold import differs, file_point, parent_point
+from edgebus.export.threshold import differs, file_point, parent_point, rule_of
 from edgebus.export.validate import gate_check, status_text, validation_table
 
 ORDER = ("float32", "float16", "dynamic", "int8_ptq", "int8_litert", "int8")
@@ -101,7 +101,8 @@ def _export_file(run: Run, key: str, fmt: str, source: str, model, calib, io_typ
     return entry, probs, data
 
 
-def _judge(run: Run, entry: dict, probs: dict, parts: dict, parent: dict, keras_probs: dict, cfg: ExportConfig) -> dict:
+def _judge(run: Run, entry: dict, probs: dict, parts: dict, parent: dict, keras_probs: dict, keras_metrics: dict,
+           cfg: ExportConfig) -> dict:
     """The file's own operating point, its test metrics there, its departures from the float parent
     (each at its own threshold) and the gates' verdict; returns the file's operating point."""
     task = run.task
@@ -116,8 +117,7 @@ def _judge(run: Run, entry: dict, probs: dict, parts: dict, parent: dict, keras_
     entry["metrics"] = task.metrics(yte, probs["test"], thr)
     entry["agreement"] = task.agreement(keras_probs["test"], probs["test"], parent["threshold"], thr)
     entry["fidelity"] = task.fidelity(keras_probs["test"], probs["test"], parent["threshold"], thr, truth=yte)
-    gate = gate_check(task, task.metrics(yte, keras_probs["test"], parent["threshold"]), entry["metrics"],
-                      cfg.limits(), entry["fidelity"])
+    gate = gate_check(task, keras_metrics, entry["metrics"], cfg.limits(), entry["fidelity"])
     gate["enforced"] = entry["role"] == "deliverable"
     entry["gate"] = gate
     if not gate["passed"] and gate["enforced"] and entry["status"] == "ok":
@@ -300,9 +300,9 @@ def export_run(run_dir: str | Path, cfg: ExportConfig | None = None, log=print) 
         raise EdgebusError(f"{run.path}: already exported ({', '.join(again)}); pass --overwrite to replace them")
 
     model = load_run_model(run)
-    classify = not run.task.truth_is_mask
-    data = load_run_arrays(run, ("train", "val", "test") if classify else ("train", "test"))
-    parts = {k: data[k] for k in (("val", "test") if classify else ("test",))}  # a classifier's file point may need val
+    scored = ("val", "test") if rule_of(run) == "val" and not run.task.truth_is_mask else ("test",)  # val: file points
+    data = load_run_arrays(run, ("train", *scored))
+    parts = {k: data[k] for k in scored}
     xtr = data["train"][0]
     xte, yte = data["test"][:2]
     write_eval_pack(run, run.read_artifact_json("split.json")["test"], xte, yte)
@@ -337,7 +337,7 @@ def export_run(run_dir: str | Path, cfg: ExportConfig | None = None, log=print) 
         entry, probs, raw = _export_file(run, key, fmt, source, qmodel if source == "qat" else model, calib,
                                          cfg.io_type, parts, extra, cfg.sensitive_int16)
         entry["role"] = "comparison" if key in ("int8_ptq", "int8_litert") else "deliverable"
-        point = _judge(run, entry, probs, parts, parent, keras_probs, cfg)
+        point = _judge(run, entry, probs, parts, parent, keras_probs, keras_metrics, cfg)
         if source == "qat":
             entry["agreement_vs_qat_keras"] = run.task.agreement(qat_prob, probs["test"], parent["threshold"])
         _finish_file(run, entry, raw, point, extra)
