@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
@@ -87,10 +88,7 @@ def locked(folder: str | Path):
     import fcntl
 
     lock = Path(folder) / ".edgebus.lock"
-    try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
-    except OSError as e:
-        raise EdgebusError(f"{lock}: cannot open the lock file ({e.strerror}); remove it if it is a link") from None
+    fd = _open_for_write(lock, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -164,12 +162,25 @@ def check_report(report: str | Path, inputs: dict, overwrite: bool = False) -> d
     return inputs
 
 
+def _open_for_write(path: Path, flags: int) -> int:
+    """os.open with O_NOFOLLOW: a results file, lock or marker that is a planted link is refused with
+    one line naming it, never written (or truncated) through."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise EdgebusError(f"{path}: is a symbolic link; edgebus does not write through links, remove it") from None
+        if e.errno in (errno.EISDIR, errno.ENOTDIR):
+            raise EdgebusError(f"{path}: is not a regular file; remove it or pick another --out") from None
+        raise
+
+
 def append_jsonl(path: str | Path, record: dict) -> bytes:
     """Append one JSON line and fsync it before returning (so a finished unit survives a kill)."""
     line = (json.dumps(record, default=json_default, separators=(",", ":")) + "\n").encode()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    fd = _open_for_write(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
         os.write(fd, line)  # one write of the whole line: O_APPEND keeps concurrent writers' lines apart
         os.fsync(fd)
@@ -180,23 +191,31 @@ def append_jsonl(path: str | Path, record: dict) -> bytes:
 
 def repair_jsonl(path: str | Path) -> int:
     """Cut a torn last line (a process killed inside a write) so the next append starts clean.
-    Returns the number of bytes removed."""
+    Returns the number of bytes removed. A link is refused before anything is read."""
     path = Path(path)
+    if path.is_symlink():
+        _open_for_write(path, os.O_RDONLY)  # raises the one line
     if not path.exists():
         return 0
-    data = path.read_bytes()
-    if not data or data.endswith(b"\n"):
-        return 0
-    keep = data.rfind(b"\n") + 1
-    with open(path, "r+b") as f:
-        f.truncate(keep)
-        f.flush()
-        os.fsync(f.fileno())
+    fd = _open_for_write(path, os.O_RDWR)
+    try:
+        with os.fdopen(fd, "r+b", closefd=False) as f:
+            data = f.read()
+            if not data or data.endswith(b"\n"):
+                return 0
+            keep = data.rfind(b"\n") + 1
+            f.truncate(keep)
+            f.flush()
+            os.fsync(fd)
+    finally:
+        os.close(fd)
     return len(data) - keep
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """The complete lines of a results file (a torn last line, without its newline, is ignored)."""
+def read_jsonl(path: str | Path, key: str | tuple | None = None) -> list[dict]:
+    """The complete lines of a results file (a torn last line, without its newline, is ignored).
+    Every line must be a JSON object; with `key` (a field or a tuple of fields), two rows with the
+    same key are refused: a file two processes wrote at once would count its units twice."""
     path = Path(path)
     if not path.exists():
         return []
@@ -209,7 +228,67 @@ def read_jsonl(path: str | Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise EdgebusError(f"{path}: line {i} is not valid JSON ({e.msg}); delete that line and re-run to redo it") from None
+            row = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            why = e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8"
+            raise EdgebusError(f"{path}: line {i} is not valid JSON ({why}); delete that line and re-run to redo it") from None
+        if not isinstance(row, dict):
+            raise EdgebusError(f"{path}: line {i} is not a JSON object; delete that line and re-run to redo it")
+        out.append(row)
+    if key is not None:
+        refuse_duplicates(path, out, key)
     return out
+
+
+def refuse_duplicates(path: str | Path, rows: list[dict], key: str | tuple) -> None:
+    """One line naming `path` when two rows share a key (frame, fold, cell): results written twice
+    (two processes on one folder) must not be counted twice by a clinical number."""
+    fields = (key,) if isinstance(key, str) else tuple(key)
+    seen, dups = set(), []
+    for i, r in enumerate(rows, start=1):
+        if any(f not in r for f in fields):
+            raise EdgebusError(f"{path}: row {i} has no {'/'.join(fields)}; it is not an edgebus results file, "
+                               "restore it or re-run into a new --out")
+        k = json.dumps([r[f] for f in fields], default=str)
+        if k in seen:
+            dups.append(k)
+        seen.add(k)
+    if dups:
+        raise EdgebusError(f"{path}: {len(dups)} row(s) repeat a {'/'.join(fields)} (first: {dups[0]}); two processes "
+                           "wrote there at once? re-run into a new --out")
+
+
+_WRITERS: dict[str, int] = {}
+WRITER_FILE = ".edgebus.writer"
+
+
+@contextlib.contextmanager
+def one_writer(folder: str | Path):
+    """Hold `folder` as this process's output folder: a second edgebus that wants to write results
+    there gets one line naming the first one's pid instead of appending duplicate rows (flock on
+    .edgebus.writer, non-blocking; released when this process ends or dies). Re-entrant in one process."""
+    import fcntl
+
+    folder = Path(folder)
+    key = str(folder.resolve())
+    if key in _WRITERS:
+        yield
+        return
+    marker = folder / WRITER_FILE
+    fd = _open_for_write(marker, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise EdgebusError(f"{folder}: another edgebus is writing there (pid {pid}); wait for it to end "
+                           "or pick another --out") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _WRITERS[key] = fd
+    try:
+        yield
+    finally:
+        del _WRITERS[key]
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from edgebus import __version__
 from edgebus.core.errors import EdgebusError
-from edgebus.core.io import locked, merge3, now, read_json, sha256_file, write_json
+from edgebus.core.io import WRITER_FILE, locked, merge3, now, read_json, sha256_file, write_json
 from edgebus.core.metrics import DEFAULT_THRESHOLD
 from edgebus.core.tasks import TASKS, Task, get_task
 
@@ -202,8 +202,8 @@ class Run:
 
 
 def _leftover(p: Path) -> bool:
-    """The lock file, or a temp file of an atomic write that a killed process left: neither is a result."""
-    return p.name == ".edgebus.lock" or (p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file())
+    """A lock file, or a temp file of an atomic write that a killed process left: neither is a result."""
+    return p.name in (".edgebus.lock", WRITER_FILE) or (p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file())
 
 
 def open_results_dir(out: Path, task: str, kind: str, identity: dict, what: str, defaults: dict | None = None):

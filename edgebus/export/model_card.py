@@ -98,7 +98,7 @@ def _cv_part(run: Run) -> dict | None:
 
 def _cv_evidence(cv_dir: Path, op: dict, root) -> dict:
     summary = read_json(cv_dir / "summary.json") if (cv_dir / "summary.json").is_file() else {}
-    recs = sorted(read_jsonl(cv_dir / "folds.jsonl"), key=lambda r: r["fold"])
+    recs = sorted(read_jsonl(cv_dir / "folds.jsonl", key="fold"), key=lambda r: r["fold"])
     key = "test_prob_int8" if all("test_prob_int8" in r for r in recs) else "test_prob"
     ids = [i for r in recs for i in r["test_ids"]]
     y = np.concatenate([r["test_label"] for r in recs]).astype(int)

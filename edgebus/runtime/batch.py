@@ -13,7 +13,8 @@ import numpy as np
 from PIL import Image
 
 from edgebus.core.errors import EdgebusError
-from edgebus.core.io import append_jsonl, atomic_write, make_dir, read_json, read_jsonl, repair_jsonl, write_json
+from edgebus.core.io import (append_jsonl, atomic_write, make_dir, one_writer, read_json, read_jsonl, refuse_duplicates,
+                             repair_jsonl, write_json)
 from edgebus.runtime.dicom import is_dicom, loop_summary
 from edgebus.runtime.overlay import render_overlay, save_png
 from edgebus.runtime.pipeline import LATENCY_KEYS, LesionPipeline
@@ -71,6 +72,18 @@ def _clear(out: Path) -> None:
                 p.unlink()
 
 
+def read_rows(jsonl: Path) -> list[dict]:
+    """predictions.jsonl's rows, each naming its frame, a frame predicted once (a failed frame may be
+    tried again: its error row is followed by the retry's): every reader counts a frame once."""
+    rows = read_jsonl(jsonl)
+    for i, r in enumerate(rows, start=1):
+        if not isinstance(r.get("file"), str):
+            raise EdgebusError(f"{jsonl}: row {i} names no frame (file); not a predictions file edgebus wrote, "
+                               "delete it or pick another --out")
+    refuse_duplicates(jsonl, [r for r in rows if r.get("error") is None], "file")
+    return rows
+
+
 def _open_out(out: Path, ident: dict, overlays: bool, masks: bool, overwrite: bool, dicom_seg: bool = False) -> dict:
     """Create `out` or reopen it to resume: {file: row} of the frames already done. Refuses a
     folder whose rows came from other models or settings (they would mix), unless `overwrite`."""
@@ -88,7 +101,7 @@ def _open_out(out: Path, ident: dict, overlays: bool, masks: bool, overwrite: bo
             raise EdgebusError(f"{out}: holds predictions made with other models or settings; pick another --out "
                                "or pass --overwrite to replace them")
         repair_jsonl(jsonl)
-        return {r["file"]: r for r in read_jsonl(jsonl) if r.get("error") is None}
+        return {r["file"]: r for r in read_rows(jsonl) if r.get("error") is None}
     write_json(run_file, ident)
     return {}
 
@@ -123,86 +136,88 @@ def predict_files(pipeline: LesionPipeline, files: list[Path], out: str | Path, 
     out = Path(out)
     if dicom_seg and pipeline.segmenter is None:
         raise EdgebusError("--dicom-seg writes the segmenter's masks; give a segmenter too (--segmenter, or a bundle with both)")
-    done = _open_out(out, _identity(pipeline, pixel_size_mm, overlays, masks, dicom_seg), overlays, masks, overwrite,
-                     dicom_seg)
-    jsonl = out / "predictions.jsonl"
-    pixel_sizes = pixel_sizes or {}
-    rows, resumed = [], 0
-    infer_s = pipe_s = 0.0
-    t_start = time.perf_counter()
-    for f, stem, res, gray in _predicted(pipeline, files, done, pixel_sizes, pixel_size_mm):
-        if res is None:  # done in an earlier run
-            rows.append(done[f])
-            resumed += 1
-            continue
-        ov = mk = None
-        if res["error"] is None:
-            lat = res["latency_ms"]
-            infer_s += ((lat["classify"] or 0) + (lat["segment"] or 0)) / 1000
-            pipe_s += lat["total"] / 1000
-            if overlays:
-                ov = str(save_png(out / "overlays" / f"{stem}.png", render_overlay(gray, res)))
-            if masks and res["mask"] is not None:
-                mk = str(save_png(out / "masks" / f"{stem}.png", Image.fromarray(res["mask"] * np.uint8(255))))
-            if dicom_seg and res.get("source_file") and res.get("frame") == 1:
-                res["dicom_seg"], note = _write_seg(pipeline, res, out / "seg" / f"{stem}.seg.dcm")
-                if note:
-                    log(note)
-            log(f"{Path(f).name}: {_describe_result(res)}")
-        else:
-            log(f"{Path(f).name}: error: {res['error']}")
-        row = _row(res, ov, mk)
+    make_dir(out, "--out")
+    with one_writer(out):  # a second predict here would write every frame twice
+        done = _open_out(out, _identity(pipeline, pixel_size_mm, overlays, masks, dicom_seg), overlays, masks, overwrite,
+                         dicom_seg)
+        jsonl = out / "predictions.jsonl"
+        pixel_sizes = pixel_sizes or {}
+        rows, resumed = [], 0
+        infer_s = pipe_s = 0.0
+        t_start = time.perf_counter()
+        for f, stem, res, gray in _predicted(pipeline, files, done, pixel_sizes, pixel_size_mm):
+            if res is None:  # done in an earlier run
+                rows.append(done[f])
+                resumed += 1
+                continue
+            ov = mk = None
+            if res["error"] is None:
+                lat = res["latency_ms"]
+                infer_s += ((lat["classify"] or 0) + (lat["segment"] or 0)) / 1000
+                pipe_s += lat["total"] / 1000
+                if overlays:
+                    ov = str(save_png(out / "overlays" / f"{stem}.png", render_overlay(gray, res)))
+                if masks and res["mask"] is not None:
+                    mk = str(save_png(out / "masks" / f"{stem}.png", Image.fromarray(res["mask"] * np.uint8(255))))
+                if dicom_seg and res.get("source_file") and res.get("frame") == 1:
+                    res["dicom_seg"], note = _write_seg(pipeline, res, out / "seg" / f"{stem}.seg.dcm")
+                    if note:
+                        log(note)
+                log(f"{Path(f).name}: {_describe_result(res)}")
+            else:
+                log(f"{Path(f).name}: error: {res['error']}")
+            row = _row(res, ov, mk)
+            try:
+                append_jsonl(jsonl, row)
+            except OSError as e:
+                raise EdgebusError(f"{jsonl}: cannot write results ({e.strerror or e}); check the output folder") from None
+            rows.append(row)
+        wall = time.perf_counter() - t_start
+        if resumed:
+            log(f"{out}: {resumed} frames were already done there (kept); {len(rows) - resumed} predicted now")
+        ok = sum(r["error"] is None for r in rows)
+        new_ok = ok - resumed
+        # the rows in frame order, once each (a frame that failed before and now succeeded has two lines)
+        final = {r["file"]: r for r in read_rows(jsonl)}
+        rows = [final.get(r["file"], r) for r in rows]
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+        w.writeheader()
+        w.writerows(_csv_row(r) for r in rows)
         try:
-            append_jsonl(jsonl, row)
+            csv_path = atomic_write(out / "predictions.csv", buf.getvalue())
         except OSError as e:
-            raise EdgebusError(f"{jsonl}: cannot write results ({e.strerror or e}); check the output folder") from None
-        rows.append(row)
-    wall = time.perf_counter() - t_start
-    if resumed:
-        log(f"{out}: {resumed} frames were already done there (kept); {len(rows) - resumed} predicted now")
-    ok = sum(r["error"] is None for r in rows)
-    new_ok = ok - resumed
-    # the rows in frame order, once each (a frame that failed before and now succeeded has two lines)
-    final = {r["file"]: r for r in read_jsonl(jsonl)}
-    rows = [final.get(r["file"], r) for r in rows]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
-    w.writeheader()
-    w.writerows(_csv_row(r) for r in rows)
-    try:
-        csv_path = atomic_write(out / "predictions.csv", buf.getvalue())
-    except OSError as e:
-        raise EdgebusError(f"{out}: cannot write results ({e.strerror or e}); check the output folder") from None
-    summary = {
-        "schema": "edgebus.predict/2",
-        "frames": len(rows), "ok": ok, "failed": len(rows) - ok, "resumed": resumed,
-        "failed_files": [r["file"] for r in rows if r["error"] is not None],
-        # frames per second over the frames predicted in this call, each naming what it counts
-        "fps": {
-            "inference": round(new_ok / infer_s, 2) if infer_s > 0 else None,
-            "pipeline": round(new_ok / pipe_s, 2) if pipe_s > 0 else None,
-            "wall": round(new_ok / wall, 2) if new_ok and wall > 0 else None,
-        },
-        "fps_includes": {
-            "inference": "the interpreter calls only (classify + segment)",
-            "pipeline": "decode, preprocessing, inference and post-processing (mask, area, box, findings)",
-            "wall": "everything: the pipeline plus overlay and mask PNGs and the results lines, wall clock",
-        },
-        "wall_s": round(wall, 3),
-        "models": pipeline.describe(),
-        "predictions": {"jsonl": str(jsonl), "csv": str(csv_path)},
-        "overlays": str(out / "overlays") if overlays and ok else None,
-    }
-    loops = {}
-    for r in rows:
-        if (r.get("frames") or 1) > 1:
-            loops.setdefault(r["source_file"], []).append(r)
-    if dicom_seg:
-        summary["dicom_seg"] = [r["dicom_seg"] for r in rows if r.get("dicom_seg")]
-    if loops:  # cine loops: the frame with the largest lesion and the mean probability, per loop
-        summary["loops"] = {src: loop_summary(rs) for src, rs in loops.items()}
-    summary["summary_file"] = str(write_json(out / "summary.json", summary))
-    return summary
+            raise EdgebusError(f"{out}: cannot write results ({e.strerror or e}); check the output folder") from None
+        summary = {
+            "schema": "edgebus.predict/2",
+            "frames": len(rows), "ok": ok, "failed": len(rows) - ok, "resumed": resumed,
+            "failed_files": [r["file"] for r in rows if r["error"] is not None],
+            # frames per second over the frames predicted in this call, each naming what it counts
+            "fps": {
+                "inference": round(new_ok / infer_s, 2) if infer_s > 0 else None,
+                "pipeline": round(new_ok / pipe_s, 2) if pipe_s > 0 else None,
+                "wall": round(new_ok / wall, 2) if new_ok and wall > 0 else None,
+            },
+            "fps_includes": {
+                "inference": "the interpreter calls only (classify + segment)",
+                "pipeline": "decode, preprocessing, inference and post-processing (mask, area, box, findings)",
+                "wall": "everything: the pipeline plus overlay and mask PNGs and the results lines, wall clock",
+            },
+            "wall_s": round(wall, 3),
+            "models": pipeline.describe(),
+            "predictions": {"jsonl": str(jsonl), "csv": str(csv_path)},
+            "overlays": str(out / "overlays") if overlays and ok else None,
+        }
+        loops = {}
+        for r in rows:
+            if (r.get("frames") or 1) > 1:
+                loops.setdefault(r["source_file"], []).append(r)
+        if dicom_seg:
+            summary["dicom_seg"] = [r["dicom_seg"] for r in rows if r.get("dicom_seg")]
+        if loops:  # cine loops: the frame with the largest lesion and the mean probability, per loop
+            summary["loops"] = {src: loop_summary(rs) for src, rs in loops.items()}
+        summary["summary_file"] = str(write_json(out / "summary.json", summary))
+        return summary
 
 
 def _write_seg(pipeline: LesionPipeline, res: dict, path: Path) -> tuple[str | None, str | None]:

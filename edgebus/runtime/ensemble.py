@@ -69,7 +69,7 @@ def cv_fold_files(cv_dir: str | Path) -> tuple[list[Path], float, dict | None, d
     run = Run.load(cv_dir)
     if run.manifest.cv is None or run.task.name != "classify":
         raise EdgebusError(f"{cv_dir}: not a classifier cross-validation; pass the folder 'edgebus cv classify --int8' wrote")
-    recs = sorted(read_jsonl(cv_dir / "folds.jsonl"), key=lambda r: r["fold"])
+    recs = sorted(read_jsonl(cv_dir / "folds.jsonl", key="fold"), key=lambda r: r["fold"])
     if len(recs) != run.manifest.cv["identity"]["folds"]:
         raise EdgebusError(f"{cv_dir}: not every fold is done; finish 'edgebus cv' first")
     files = []

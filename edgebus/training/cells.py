@@ -23,7 +23,7 @@ def read_cells(out: str | Path) -> list[dict]:
     """Finished cells from every cells*.jsonl in the grid directory, first occurrence of each kept."""
     seen, cells = set(), []
     for f in cells_files(Path(out)):
-        for c in read_jsonl(f):
+        for c in read_jsonl(f, key=("lr", "epochs")):  # a cell written twice in one file: two grids at once
             if cell_key(c) not in seen:
                 seen.add(cell_key(c))
                 cells.append(c)

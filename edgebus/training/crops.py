@@ -40,7 +40,7 @@ def segmenter_cv_boxes(cv_dir: str | Path, folds: list[dict], fingerprint: str) 
     if theirs != folds:
         raise EdgebusError(f"{where}: its folds differ from these (another --folds, --seed or val fraction); "
                            f"run both with the same settings")
-    recs = {r["fold"]: r for r in read_jsonl(cv_dir / "folds.jsonl")}
+    recs = {r["fold"]: r for r in read_jsonl(cv_dir / "folds.jsonl", key="fold")}
     out = []
     for f, fold in enumerate(folds):
         r = recs.get(f)

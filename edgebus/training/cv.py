@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgebus.core.errors import EdgebusError
-from edgebus.core.io import append_jsonl, atomic_write, make_dir, now, read_jsonl, repair_jsonl, sha256_file, write_json
+from edgebus.core.io import append_jsonl, atomic_write, make_dir, now, one_writer, read_jsonl, repair_jsonl, sha256_file, write_json
 from edgebus.core.manifest import Run, open_results_dir
 from edgebus.core.splits import check_split, content_groups, content_summary, group_kfold, grouped_kfold, merge_groups
 from edgebus.core.tasks import get_task
@@ -242,67 +242,69 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print, backend: Backend | 
     # a bad model name or weights file fails before the folder exists; this model serves the first fold
     model = build_compiled(cfg.model, cfg.size, cfg.weights, cfg.model_kwargs, task.name)
     defaults = {f.name: f.default for f in dataclasses.fields(CVConfig) if f.default is not dataclasses.MISSING}
-    run, fresh = open_results_dir(out, task.name, "cv", identity, "cross-validation", defaults)
-    if fresh:
-        write_json(run.file("folds.json"), {"seed": fold_seed, "k": cfg.folds, "val_fraction": cfg.val_fraction,
-                                            "group_by": cfg.group_by, "folds": folds})
-        run.add_artifact("folds.json", "folds")
-        m = run.manifest
-        m.data, m.model, m.preprocess, m.threshold = data_info(ds, fp, len(cases)), model_info(cfg), contract, cfg.threshold
-        m.cv = {"identity": identity, "results": "folds.jsonl", "recipe": cfg.recipe, "boxes_from": cfg.boxes_from,
-                "content_check": content_summary(hashes, groups, {c.case_id: c.label for c in cases}),
-                "acquisition_audit": shortcut_audit(cases)}
+    make_dir(out, "--out")
+    with one_writer(out):  # a second CV on this folder would write every fold twice
+        run, fresh = open_results_dir(out, task.name, "cv", identity, "cross-validation", defaults)
+        if fresh:
+            write_json(run.file("folds.json"), {"seed": fold_seed, "k": cfg.folds, "val_fraction": cfg.val_fraction,
+                                                "group_by": cfg.group_by, "folds": folds})
+            run.add_artifact("folds.json", "folds")
+            m = run.manifest
+            m.data, m.model, m.preprocess, m.threshold = data_info(ds, fp, len(cases)), model_info(cfg), contract, cfg.threshold
+            m.cv = {"identity": identity, "results": "folds.jsonl", "recipe": cfg.recipe, "boxes_from": cfg.boxes_from,
+                    "content_check": content_summary(hashes, groups, {c.case_id: c.label for c in cases}),
+                    "acquisition_audit": shortcut_audit(cases)}
+            run.save()
+        dups = run.manifest.cv["content_check"]["duplicate_groups"]
+        if dups:
+            log(f"note: {len(dups)} group(s) of identical images, kept in one fold each: "
+                + "; ".join(str(d["case_ids"]) for d in dups[:5]))
+        ckpts = out / "checkpoints"  # epoch checkpoints of the folds in progress (engine.resume)
+        results = out / "folds.jsonl"
+        repair_jsonl(results)
+        done = {r["fold"] for r in read_jsonl(results, key="fold")}
+        for f in done:  # a checkpoint left by a stop right after its fold's line
+            discard(_checkpoint(ckpts, f))
+        heads = {"masks": has_aux_mask(model), "descriptors": has_descriptors(model)}
+        model = None
+        todo = [(f, fold) for f, fold in enumerate(folds) if f not in done]
+        if backend.name == "local":
+            def unit(f, fold, _):
+                log(f"fold {f + 1}/{cfg.folds}: train {len(fold['train'])}, val {len(fold['val'])}, test {len(fold['test'])}")
+                boxes = None if seg_boxes is None else {**seg_boxes[f]["val"], **seg_boxes[f]["test"]}
+                data = load_split_data(by_id, fold, contract, task, boxes, **heads)
+                crop = None if seg_boxes is None else (by_id, seg_boxes[f])
+                return fold_unit(cfg, contract, f, fold, data, progress, crop, _checkpoint(ckpts, f), log)
+            shared = None
+        else:
+            if seg_boxes is not None or cfg.crop_margin is not None:
+                raise EdgebusError("--backend ray runs whole-frame CVs; a lesion-crop CV cuts each fold's frames with its own "
+                                   "boxes: run it with the local backend")
+            unit = ray_fold
+            ids = [c.case_id for c in cases]
+            shared = {"cfg": cfg, "contract": contract, "ids": ids, "progress": False,
+                      "parts": load_split_data(by_id, {"train": ids}, contract, task, **heads)["train"]}
+        written = 0
+        for res in run_units(backend, unit, todo, shared, log, checkpoints=ckpts):
+            f, rec = res["fold"], res["rec"]
+            fold_dir = make_dir(out / f"fold{f}", "CV folder")
+            for name, blob in res["files"].items():  # the fold's deployable models: stress, ensembles, bundles
+                atomic_write(fold_dir / name, blob)
+            rec["models"] = {name: {"file": f"{fold_dir.name}/{name}", "sha256": sha256_file(fold_dir / name)}
+                             for name in sorted(res["files"])}
+            append_jsonl(results, rec)
+            discard(_checkpoint(ckpts, f))  # the fold is written: its checkpoint has done its job
+            written += 1
+            if "test_int8" in rec:
+                log(f"fold {f + 1}/{cfg.folds}: int8 test {task.headline_text(rec['test_int8'])}")
+            log(f"fold {f + 1}/{cfg.folds}: test {task.headline_text(rec['test'])} (kept epoch {rec['kept_epoch']})")
+            maybe_exit(written)
+        summary = summarize_cv(out, cfg.n_boot)
+        run = Run.load(out)
+        run.stage("cv", folds=cfg.folds, device=device_name(), finished=now(), **backend.describe())
+        run.manifest.metrics["cv"] = {k: v for k, v in summary.items() if k in ("mean_std", "bootstrap")}
         run.save()
-    dups = run.manifest.cv["content_check"]["duplicate_groups"]
-    if dups:
-        log(f"note: {len(dups)} group(s) of identical images, kept in one fold each: "
-            + "; ".join(str(d["case_ids"]) for d in dups[:5]))
-    ckpts = out / "checkpoints"  # epoch checkpoints of the folds in progress (engine.resume)
-    results = out / "folds.jsonl"
-    repair_jsonl(results)
-    done = {r["fold"] for r in read_jsonl(results)}
-    for f in done:  # a checkpoint left by a stop right after its fold's line
-        discard(_checkpoint(ckpts, f))
-    heads = {"masks": has_aux_mask(model), "descriptors": has_descriptors(model)}
-    model = None
-    todo = [(f, fold) for f, fold in enumerate(folds) if f not in done]
-    if backend.name == "local":
-        def unit(f, fold, _):
-            log(f"fold {f + 1}/{cfg.folds}: train {len(fold['train'])}, val {len(fold['val'])}, test {len(fold['test'])}")
-            boxes = None if seg_boxes is None else {**seg_boxes[f]["val"], **seg_boxes[f]["test"]}
-            data = load_split_data(by_id, fold, contract, task, boxes, **heads)
-            crop = None if seg_boxes is None else (by_id, seg_boxes[f])
-            return fold_unit(cfg, contract, f, fold, data, progress, crop, _checkpoint(ckpts, f), log)
-        shared = None
-    else:
-        if seg_boxes is not None or cfg.crop_margin is not None:
-            raise EdgebusError("--backend ray runs whole-frame CVs; a lesion-crop CV cuts each fold's frames with its own "
-                               "boxes: run it with the local backend")
-        unit = ray_fold
-        ids = [c.case_id for c in cases]
-        shared = {"cfg": cfg, "contract": contract, "ids": ids, "progress": False,
-                  "parts": load_split_data(by_id, {"train": ids}, contract, task, **heads)["train"]}
-    written = 0
-    for res in run_units(backend, unit, todo, shared, log, checkpoints=ckpts):
-        f, rec = res["fold"], res["rec"]
-        fold_dir = make_dir(out / f"fold{f}", "CV folder")
-        for name, blob in res["files"].items():  # the fold's deployable models: stress, ensembles, bundles
-            atomic_write(fold_dir / name, blob)
-        rec["models"] = {name: {"file": f"{fold_dir.name}/{name}", "sha256": sha256_file(fold_dir / name)}
-                         for name in sorted(res["files"])}
-        append_jsonl(results, rec)
-        discard(_checkpoint(ckpts, f))  # the fold is written: its checkpoint has done its job
-        written += 1
-        if "test_int8" in rec:
-            log(f"fold {f + 1}/{cfg.folds}: int8 test {task.headline_text(rec['test_int8'])}")
-        log(f"fold {f + 1}/{cfg.folds}: test {task.headline_text(rec['test'])} (kept epoch {rec['kept_epoch']})")
-        maybe_exit(written)
-    summary = summarize_cv(out, cfg.n_boot)
-    run = Run.load(out)
-    run.stage("cv", folds=cfg.folds, device=device_name(), finished=now(), **backend.describe())
-    run.manifest.metrics["cv"] = {k: v for k, v in summary.items() if k in ("mean_std", "bootstrap")}
-    run.save()
-    return summary
+        return summary
 
 
 def summarize_cv(out: str | Path, n_boot: int = 2000) -> dict:
@@ -316,7 +318,7 @@ def summarize_cv(out: str | Path, n_boot: int = 2000) -> dict:
     if run.manifest.cv is None:
         raise EdgebusError(f"{out}: not a cross-validation folder; pass a folder 'edgebus cv' wrote")
     ident = run.manifest.cv["identity"]
-    recs = {r["fold"]: r for r in read_jsonl(out / "folds.jsonl")}
+    recs = {r["fold"]: r for r in read_jsonl(out / "folds.jsonl", key="fold")}
     k = ident["folds"]
     missing = [f + 1 for f in range(k) if f not in recs]
     if missing:

@@ -15,6 +15,8 @@ alone on a cart.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import shutil
 from pathlib import Path
 
@@ -42,7 +44,7 @@ def _member(path: Path) -> tuple[Run, list[dict], dict]:
     if run.task.truth_is_mask:
         raise EdgebusError(f"{path}: a segmenter CV; cv-merge averages classifiers")
     k = run.manifest.cv["identity"]["folds"]
-    recs = sorted(read_jsonl(path / "folds.jsonl"), key=lambda r: r["fold"])
+    recs = sorted(read_jsonl(path / "folds.jsonl", key="fold"), key=lambda r: r["fold"])
     if len(recs) != k:
         raise EdgebusError(f"{path}: {len(recs)} of {k} folds done; finish 'edgebus cv' first")
     return run, recs, run.read_artifact_json("folds.json")
@@ -51,13 +53,11 @@ def _member(path: Path) -> tuple[Run, list[dict], dict]:
 def merge_cv(members: list[str | Path], out: str | Path, n_boot: int = 2000, log=print) -> dict:
     """Average the fold models of `members` (CVs on the same folds) into the CV directory `out`;
     returns its summary (edgebus.training.cv.summarize_cv)."""
-    from edgebus.training.cv import summarize_cv
-
     members = [Path(m) for m in members]
     if len(members) < 2:
         raise EdgebusError("cv-merge: give two or more CV folders (the same folds, other --seed)")
     out = Path(out)
-    if out.exists():
+    if out.exists() or out.is_symlink():
         raise EdgebusError(f"{out}: exists; cv-merge writes a new folder, pick another --out")
     loaded = [_member(m) for m in members]
     run0, recs0, folds0 = loaded[0]
@@ -79,17 +79,33 @@ def merge_cv(members: list[str | Path], out: str | Path, n_boot: int = 2000, log
         raise EdgebusError(f"{members[0]}: a lesion-crop CV; cv-merge averages whole-frame classifiers")
     task, thr = run0.task, id0["threshold"]
     from edgebus.data.arrays import run_dataset
+
+    by_id = {c.case_id: c for c in run_dataset(run0).lesions()}
+    make_dir(out.parent, "--out")
+    # a temp folder made fresh (mkdtemp: a planted name is never followed), renamed into place when complete
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+    try:
+        tmp.chmod(0o755)
+        summary = _merge_into(tmp, members, loaded, seeds, by_id, task, thr, id0, run0, folds0, n_boot)
+        try:
+            os.rename(tmp, out)
+        except OSError:
+            raise EdgebusError(f"{out}: appeared while this merge ran (another cv-merge?); pick another --out") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"{out}: {len(members)} CVs (seeds {seeds}) averaged fold by fold")
+    return summary
+
+
+def _merge_into(tmp, members, loaded, seeds, by_id, task, thr, id0, run0, folds0, n_boot) -> dict:
+    """Write the merged CV into the temp folder `tmp`."""
     from edgebus.data.breast import load_arrays
     from edgebus.engine.fit import predict
     from edgebus.engine.models import load_model
     from edgebus.runtime.ensemble import EnsembleModel
+    from edgebus.training.cv import summarize_cv
 
-    by_id = {c.case_id: c for c in run_dataset(run0).lesions()}
-    make_dir(out.parent, "--out")
-    tmp = out.parent / f".{out.name}.partial"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    make_dir(tmp, "--out")
     run = Run.create(tmp, task.name)
     m = run.manifest
     m.data, m.model, m.preprocess, m.threshold = run0.manifest.data, run0.manifest.model, run0.manifest.preprocess, thr
@@ -141,7 +157,5 @@ def merge_cv(members: list[str | Path], out: str | Path, n_boot: int = 2000, log
     run = Run.load(tmp)
     run.stage("cv-merge", members=len(members), finished=now())
     run.save()
-    tmp.rename(out)
-    log(f"{out}: {len(members)} CVs (seeds {seeds}) averaged fold by fold")
     return summary
 

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from edgebus.core.errors import EdgebusError
-from edgebus.core.io import append_jsonl, atomic_write, make_dir, now, repair_jsonl, sha256_file, write_json
+from edgebus.core.io import append_jsonl, atomic_write, make_dir, now, one_writer, repair_jsonl, sha256_file, write_json
 from edgebus.core.manifest import Run, SplitInfo, open_results_dir
 from edgebus.core.splits import check_split, content_groups, content_summary, grouped_split
 from edgebus.core.tasks import get_task
@@ -200,94 +200,96 @@ def run_grid(cfg: GridConfig, shard: tuple[int, int] = (1, 1), progress: bool = 
 
     set_seed(cfg.seed)
     model = build_compiled(cfg.model, cfg.size, cfg.weights, cfg.model_kwargs, task)  # fails before the folder exists
-    run, fresh = open_results_dir(out, task, "grid", _identity(cfg, task, fp), "grid")
-    if fresh:
-        write_json(run.file("split.json"), {"seed": cfg.seed, "fractions": list(cfg.split_fractions), **split})
-        run.add_artifact("split.json", "split")
-        m = run.manifest
-        m.data, m.model, m.preprocess, m.threshold = data_info(ds, fp, len(cases)), model_info(cfg), contract, cfg.threshold
-        m.split = SplitInfo(file="split.json", seed=cfg.seed, counts={k: len(v) for k, v in split.items()})
-        m.grid = {"identity": _identity(cfg, task, fp), "recipe": cfg.recipe, "results": "cells*.jsonl",
-                  "content_check": content_summary(hashes, groups, label_of)}
-        run.save()
-    dups = run.manifest.grid["content_check"]["duplicate_groups"]
-    if dups:
-        log(f"note: {len(dups)} group(s) of identical images, kept in one split part each: "
-            + "; ".join(str(d["case_ids"]) for d in dups[:5]))
+    make_dir(out, "--out")
+    with one_writer(out):  # a second grid on this folder would write every cell twice
+        run, fresh = open_results_dir(out, task, "grid", _identity(cfg, task, fp), "grid")
+        if fresh:
+            write_json(run.file("split.json"), {"seed": cfg.seed, "fractions": list(cfg.split_fractions), **split})
+            run.add_artifact("split.json", "split")
+            m = run.manifest
+            m.data, m.model, m.preprocess, m.threshold = data_info(ds, fp, len(cases)), model_info(cfg), contract, cfg.threshold
+            m.split = SplitInfo(file="split.json", seed=cfg.seed, counts={k: len(v) for k, v in split.items()})
+            m.grid = {"identity": _identity(cfg, task, fp), "recipe": cfg.recipe, "results": "cells*.jsonl",
+                      "content_check": content_summary(hashes, groups, label_of)}
+            run.save()
+        dups = run.manifest.grid["content_check"]["duplicate_groups"]
+        if dups:
+            log(f"note: {len(dups)} group(s) of identical images, kept in one split part each: "
+                + "; ".join(str(d["case_ids"]) for d in dups[:5]))
 
-    ckpts = out / "checkpoints"  # epoch checkpoints of the learning rates in progress (engine.resume)
-    results = out / ("cells.jsonl" if shard == (1, 1) else f"cells-{_shard_tag(shard)}.jsonl")
-    repair_jsonl(results)
-    cells = read_cells(out)
-    done = {cell_key(c) for c in cells}
-    best = select(cells, cfg.select, task) if cells else None
-    cand = out / "candidates" / f"{_shard_tag(shard)}.keras"
-    make_dir(cand.parent, "grid folder")
-    mine = shard_lrs(cfg.lrs, shard)
-    todo_all = {lr: [e for e in cfg.epochs if (lr, e) not in done] for lr in mine}
-    n_todo = sum(len(v) for v in todo_all.values())
-    log(f"{out}: grid {len(cfg.lrs)} lr x {len(cfg.epochs)} epochs = {len(cfg.lrs) * len(cfg.epochs)} cells; "
-        f"{len(done)} done; this {'shard (' + str(shard[0]) + '/' + str(shard[1]) + ')' if shard != (1, 1) else 'run'}: "
-        f"{n_todo} cell(s) in {sum(1 for v in todo_all.values() if v)} training run(s)")
-    masks = has_aux_mask(model)
-    model = None
-    data = load_split_data(by_id, split, contract, task, masks=masks) if n_todo else None
-    written = 0
-    t_start = time.time()
-    for lr in mine:
-        if not todo_all[lr]:
-            log(f"lr {_lr_tag(lr)}: all {len(cfg.epochs)} cells done, skipped")
-            discard(_checkpoint(ckpts, lr))  # left by a stop after its last cell line
+        ckpts = out / "checkpoints"  # epoch checkpoints of the learning rates in progress (engine.resume)
+        results = out / ("cells.jsonl" if shard == (1, 1) else f"cells-{_shard_tag(shard)}.jsonl")
+        repair_jsonl(results)
+        cells = read_cells(out)
+        done = {cell_key(c) for c in cells}
+        best = select(cells, cfg.select, task) if cells else None
+        cand = out / "candidates" / f"{_shard_tag(shard)}.keras"
+        make_dir(cand.parent, "grid folder")
+        mine = shard_lrs(cfg.lrs, shard)
+        todo_all = {lr: [e for e in cfg.epochs if (lr, e) not in done] for lr in mine}
+        n_todo = sum(len(v) for v in todo_all.values())
+        log(f"{out}: grid {len(cfg.lrs)} lr x {len(cfg.epochs)} epochs = {len(cfg.lrs) * len(cfg.epochs)} cells; "
+            f"{len(done)} done; this {'shard (' + str(shard[0]) + '/' + str(shard[1]) + ')' if shard != (1, 1) else 'run'}: "
+            f"{n_todo} cell(s) in {sum(1 for v in todo_all.values() if v)} training run(s)")
+        masks = has_aux_mask(model)
+        model = None
+        data = load_split_data(by_id, split, contract, task, masks=masks) if n_todo else None
+        written = 0
+        t_start = time.time()
+        for lr in mine:
+            if not todo_all[lr]:
+                log(f"lr {_lr_tag(lr)}: all {len(cfg.epochs)} cells done, skipped")
+                discard(_checkpoint(ckpts, lr))  # left by a stop after its last cell line
 
-    def cell_done(rec):
-        nonlocal written
-        append_jsonl(results, rec)
-        done.add((rec["lr"], rec["epochs"]))
-        written += 1
-        log(f"  lr {_lr_tag(rec['lr'])}, {rec['epochs']} epochs: val {get_task(task).headline_text(rec['val'])} | "
-            f"test {get_task(task).headline_text(rec['test'])}")
-        maybe_exit(written)
+        def cell_done(rec):
+            nonlocal written
+            append_jsonl(results, rec)
+            done.add((rec["lr"], rec["epochs"]))
+            written += 1
+            log(f"  lr {_lr_tag(rec['lr'])}, {rec['epochs']} epochs: val {get_task(task).headline_text(rec['val'])} | "
+                f"test {get_task(task).headline_text(rec['test'])}")
+            maybe_exit(written)
 
-    def save_candidate(rec, save):
-        save(cand)  # the model first, then its sidecar, then the cell line
-        write_json(cand.with_suffix(".json"), {"lr": rec["lr"], "epochs": rec["epochs"], "sha256": sha256_file(cand),
-                                               "val": rec["val"], "saved": now()})
+        def save_candidate(rec, save):
+            save(cand)  # the model first, then its sidecar, then the cell line
+            write_json(cand.with_suffix(".json"), {"lr": rec["lr"], "epochs": rec["epochs"], "sha256": sha256_file(cand),
+                                                   "val": rec["val"], "saved": now()})
 
-    units = [(lr, todo_all[lr]) for lr in mine if todo_all[lr]]
-    if backend.name == "local":
-        def unit(lr, todo, _):
-            def on_cell(rec, m):
-                nonlocal best
+        units = [(lr, todo_all[lr]) for lr in mine if todo_all[lr]]
+        if backend.name == "local":
+            def unit(lr, todo, _):
+                def on_cell(rec, m):
+                    nonlocal best
+                    if best is None or rank_key(rec, cfg.select, task) > rank_key(best, cfg.select, task):
+                        save_candidate(rec, lambda p: save_model(classifier_only(m), p))
+                        best = rec
+                    cell_done(rec)
+
+                log(f"lr {_lr_tag(lr)}: training to {max(todo)} epochs, evaluating at {', '.join(map(str, todo))}")
+                return lr_unit(cfg, lr, todo, data, shard, progress, on_cell, _checkpoint(ckpts, lr), log)
+            shared = None
+        else:
+            unit, shared = ray_lr, {"cfg": cfg, "data": data, "shard": shard}
+        for res in run_units(backend, unit, units, shared, log, checkpoints=ckpts):
+            if res.get("best") is not None:  # a Ray task's own best cell: the grid's candidate if it beats the rest
+                rec = next(c for c in res["cells"] if cell_key(c) == tuple(res["best"]["cell"]))
                 if best is None or rank_key(rec, cfg.select, task) > rank_key(best, cfg.select, task):
-                    save_candidate(rec, lambda p: save_model(classifier_only(m), p))
+                    save_candidate(rec, lambda p, blob=res["best"]["model"]: atomic_write(p, blob))
                     best = rec
-                cell_done(rec)
+                for rec in res["cells"]:
+                    cell_done(rec)
+            atomic_write(out / "histories" / f"lr={_lr_tag(res['lr'])}.csv", res["history"])
+            discard(_checkpoint(ckpts, res["lr"]))  # its cells are written: the checkpoint is done
+        run = Run.load(out)
+        run.stage(f"grid-{_shard_tag(shard)}", cells_written=written, wall_s=round(time.time() - t_start, 1),
+                  device=device_name(), finished=now(), **backend.describe())
+        run.save()
+        remaining = [(lr, e) for lr in cfg.lrs for e in cfg.epochs if (lr, e) not in {cell_key(c) for c in read_cells(out)}]
+        if remaining:
+            log(f"{out}: {len(remaining)} cell(s) left for other shards; when all are done run 'edgebus grid report {out}'")
+            return {"complete": False, "remaining": len(remaining), "out": str(out)}
+        if not finish:
+            return {"complete": True, "out": str(out)}
+        from edgebus.training.grid_report import finalize
 
-            log(f"lr {_lr_tag(lr)}: training to {max(todo)} epochs, evaluating at {', '.join(map(str, todo))}")
-            return lr_unit(cfg, lr, todo, data, shard, progress, on_cell, _checkpoint(ckpts, lr), log)
-        shared = None
-    else:
-        unit, shared = ray_lr, {"cfg": cfg, "data": data, "shard": shard}
-    for res in run_units(backend, unit, units, shared, log, checkpoints=ckpts):
-        if res.get("best") is not None:  # a Ray task's own best cell: the grid's candidate if it beats the rest
-            rec = next(c for c in res["cells"] if cell_key(c) == tuple(res["best"]["cell"]))
-            if best is None or rank_key(rec, cfg.select, task) > rank_key(best, cfg.select, task):
-                save_candidate(rec, lambda p, blob=res["best"]["model"]: atomic_write(p, blob))
-                best = rec
-            for rec in res["cells"]:
-                cell_done(rec)
-        atomic_write(out / "histories" / f"lr={_lr_tag(res['lr'])}.csv", res["history"])
-        discard(_checkpoint(ckpts, res["lr"]))  # its cells are written: the checkpoint is done
-    run = Run.load(out)
-    run.stage(f"grid-{_shard_tag(shard)}", cells_written=written, wall_s=round(time.time() - t_start, 1),
-              device=device_name(), finished=now(), **backend.describe())
-    run.save()
-    remaining = [(lr, e) for lr in cfg.lrs for e in cfg.epochs if (lr, e) not in {cell_key(c) for c in read_cells(out)}]
-    if remaining:
-        log(f"{out}: {len(remaining)} cell(s) left for other shards; when all are done run 'edgebus grid report {out}'")
-        return {"complete": False, "remaining": len(remaining), "out": str(out)}
-    if not finish:
-        return {"complete": True, "out": str(out)}
-    from edgebus.training.grid_report import finalize
-
-    return finalize(out, log=log, progress=progress)
+        return finalize(out, log=log, progress=progress)

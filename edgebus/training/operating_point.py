@@ -67,7 +67,7 @@ def _oof(cv_dir: Path, source: str):
     """Pooled out-of-fold (labels, probabilities, folds) of a classifier CV folder and the source used."""
     from edgebus.core.io import read_jsonl
 
-    recs = sorted(read_jsonl(cv_dir / "folds.jsonl"), key=lambda r: r["fold"])
+    recs = sorted(read_jsonl(cv_dir / "folds.jsonl", key="fold"), key=lambda r: r["fold"])
     if not recs:
         raise EdgebusError(f"{cv_dir}: no folds.jsonl results; pass a folder 'edgebus cv classify' wrote")
     if "test_label" not in recs[0]:

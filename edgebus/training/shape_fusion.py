@@ -30,7 +30,7 @@ def _cv(cv_dir: Path, task: str):
     run = Run.load(cv_dir)
     if run.manifest.cv is None or run.task.name != task:
         raise EdgebusError(f"{cv_dir}: not a {task} cross-validation; pass the folder 'edgebus cv {task}' wrote")
-    recs = sorted(read_jsonl(cv_dir / "folds.jsonl"), key=lambda r: r["fold"])
+    recs = sorted(read_jsonl(cv_dir / "folds.jsonl", key="fold"), key=lambda r: r["fold"])
     if len(recs) != run.manifest.cv["identity"]["folds"]:
         raise EdgebusError(f"{cv_dir}: not every fold is done; finish 'edgebus cv {task}' first")
     return run, read_json(cv_dir / "folds.json"), recs

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from edgebus.core.errors import EdgebusError
-from edgebus.core.io import atomic_write, check_report, make_dir, read_json, read_jsonl, sha256_file, write_json
-from edgebus.runtime.batch import RUN_FILE
+from edgebus.core.io import atomic_write, check_report, make_dir, read_json, sha256_file, write_json
+from edgebus.runtime.batch import RUN_FILE, read_rows
 from edgebus.runtime.site import MIN_CHOOSE
 
 MIN_MALIGNANT = 20  # fewer and a sensitivity interval is wider than +-0.15: the report says it cannot judge
@@ -82,7 +82,7 @@ def site_check(predictions, data, fmt: str = "breast", target: float = 0.9, out=
     ident = check_report(out / "site_check.json", {"predictions_sha256": sha256_file(jsonl), "data": Path(data).resolve(),
                                                    "format": fmt, "target_sensitivity": target, "n_boot": n_boot,
                                                    "seed": seed}, overwrite)
-    rows = [r for r in read_jsonl(jsonl) if not r.get("error") and not r.get("skipped")]
+    rows = [r for r in read_rows(jsonl) if not r.get("error") and not r.get("skipped")]
     labels = _labels(data, fmt)
     depths = {len(k[0]) for k in labels}
     matched = [(c, r) for r in rows for c in [_match(r, labels, depths)] if c is not None]
@@ -97,8 +97,20 @@ def site_check(predictions, data, fmt: str = "breast", target: float = 0.9, out=
                 raise EdgebusError(f"{pred_dir}: its frame {r['file']} is {r.get('width')}x{r.get('height')} but "
                                    f"{c.image} is {'x'.join(map(str, frame_size(c.image)))}; predictions of another "
                                    f"set's frames: predict {data} itself")
+    seen = {}
+    for c, r in matched:  # one case predicted twice (from two working folders, say) would count twice
+        if (c.case_id, r.get("frame")) in seen:
+            raise EdgebusError(f"{jsonl}: case {c.case_id} is predicted twice ({seen[(c.case_id, r.get('frame'))]} and "
+                               f"{r['file']}); predict the set once into a new --out")
+        seen[(c.case_id, r.get("frame"))] = r["file"]
     if any(r.get("prob_raw") is None for _, r in matched):
         raise EdgebusError(f"{pred_dir}: predicted without a classifier; a site check scores the malignancy call")
+    for _, r in matched:
+        for k in ("prob_raw", "prob_malignant", "threshold"):
+            v = r.get(k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                raise EdgebusError(f"{jsonl}: frame {r['file']} has {k}={v!r}, not a probability from 0 to 1; "
+                                   "not a predictions file edgebus wrote, predict again into a new --out")
     thresholds = {float(r["threshold"]) for _, r in matched}
     if len(thresholds) != 1:
         raise EdgebusError(f"{pred_dir}: its frames were predicted at {len(thresholds)} thresholds (other models); "

@@ -63,7 +63,7 @@ def _cv_groups(run: Run, cv_dir: Path) -> list[Group]:
     from edgebus.runtime.model import ExportedModel
 
     by_id = {c.case_id: c for c in run_dataset(run).lesions()}
-    recs = sorted(read_jsonl(cv_dir / "folds.jsonl"), key=lambda r: r["fold"])
+    recs = sorted(read_jsonl(cv_dir / "folds.jsonl", key="fold"), key=lambda r: r["fold"])
     if len(recs) != run.manifest.cv["identity"]["folds"]:
         raise EdgebusError(f"{cv_dir}: not every fold is done; finish 'edgebus cv' first")
     groups = []
