@@ -150,3 +150,156 @@ def test_segmenter_gate_is_the_mask_iou_against_the_float_model():
     assert not g["passed"] and g["failures"] == ["mean mask IoU against the float model 0.750 over 2 test images "
                                                  "(< --min-mask-iou 0.9)"]
     assert gate_check("segment", {"iou": 1}, {"iou": 1}, {"min_mask_iou": 0.75}, fid)["passed"]
+
+
+# Issue 32: the gates at realistic limits, on their boundary (hand-built inputs; no model). A gate given
+# in the wrong unit (a fraction where points are meant, or the other way) or compared one case off
+# passes +-100 but not these.
+
+def _gate(task, ref, got, fid=None, **limits):
+    from edgebus.export.validate import gate_check
+
+    return gate_check(task, ref, got, {"max_missed": 0, "max_flips": None, "min_mask_iou": 0.9, **limits}, fid)
+
+
+def _check(g, metric):
+    return next(c for c in g["checks"] if c["metric"] == metric)
+
+
+def test_classifier_max_drop_is_in_accuracy_points_with_an_exact_boundary():
+    """One of 12 test images lost: 8.33 points. --max-drop 100/12 passes, 8.3 fails, and the same
+    loss read as a fraction (0.0833, what a points-vs-fraction mix-up would compare) fails too."""
+    ref, got = {"accuracy": 10 / 12, "malignant_recall": 0.8}, {"accuracy": 9 / 12, "malignant_recall": 0.8}
+    ok = _gate("classify", ref, got, max_drop=100 / 12)
+    assert ok["passed"] and _check(ok, "accuracy")["drop"] == pytest.approx(8.3333, abs=1e-4)
+    assert _check(ok, "accuracy")["unit"] == "points"
+    bad = _gate("classify", ref, got, max_drop=8.3)
+    assert not bad["passed"] and bad["failures"] == ["accuracy dropped 8.3 points (> --max-drop 8.3)"]
+    assert not _gate("classify", ref, got, max_drop=1 / 12)["passed"]  # a fraction is 100 times stricter
+    assert _gate("classify", ref, ref, max_drop=0)["passed"]  # no loss at all passes a zero limit
+    assert not _gate("classify", ref, got, max_drop=0)["passed"]
+
+
+def test_classifier_max_recall_drop_is_in_points_too():
+    """One of 5 test cancers lost: 20 points of malignant recall."""
+    ref, got = {"accuracy": 0.9, "malignant_recall": 1.0}, {"accuracy": 0.9, "malignant_recall": 0.8}
+    assert _gate("classify", ref, got, max_recall_drop=20)["passed"]
+    bad = _gate("classify", ref, got, max_recall_drop=19.9)
+    assert not bad["passed"] and bad["failures"] == ["malignant recall dropped 20.0 points (> --max-recall-drop 19.9)"]
+    assert not _gate("classify", ref, got, max_recall_drop=0.2)["passed"]  # 0.2 is a fifth of a point, not 20
+    assert _gate("classify", ref, got)["passed"]  # off unless given
+    assert not _gate("classify", ref, got, max_recall_drop=19.9, max_drop=100)["passed"]  # each gate on its own key
+
+
+def test_segmenter_max_drop_is_in_iou_units_with_an_exact_boundary():
+    """A segmenter's --max-drop is IoU (0.01 = one point): a drop of 0.05 passes 0.05, fails 0.049,
+    and would fail 0.05 if it were read as points (5)."""
+    ref, got = {"iou": 0.80}, {"iou": 0.75}
+    ok = _gate("segment", ref, got, max_drop=0.05)
+    assert ok["passed"] and _check(ok, "iou")["drop"] == pytest.approx(0.05)
+    bad = _gate("segment", ref, got, max_drop=0.049)
+    assert not bad["passed"] and bad["failures"] == ["IoU dropped 0.050 (> --max-drop 0.049)"]
+    assert not _gate("segment", ref, {"iou": 0.70}, max_drop=0.05)["passed"]
+
+
+def _flipped(n, k, other_threshold=None):
+    """label_flips of a parent and a file on n test cases (the first half malignant) where the file
+    calls exactly k of the parent's benign calls malignant."""
+    from edgebus.core.metrics import label_flips
+
+    truth = np.array([1] * (n // 2) + [0] * (n - n // 2))
+    parent = np.where(truth == 1, 0.8, 0.2)
+    file = parent.copy()
+    file[n // 2:n // 2 + k] = 0.55  # just over the threshold: flipped
+    return label_flips(parent, file, 0.5, other_threshold, truth)
+
+
+def test_max_flips_boundary_is_exact_and_the_default_is_a_tenth_of_the_split():
+    ref = {"accuracy": 1.0, "malignant_recall": 1.0}
+    fid = _flipped(20, 3)
+    assert (fid["flips"], fid["benign_to_malignant"], fid["missed_new"]) == (3, 3, 0)
+    assert _gate("classify", ref, ref, fid, max_flips=3)["passed"]
+    bad = _gate("classify", ref, ref, fid, max_flips=2)
+    assert not bad["passed"] and bad["failures"] == [
+        "3 of 20 test labels flipped against the float model: 3 benign->malignant, 0 malignant->benign (> --max-flips 2)"]
+    # not given: a tenth of the test split (2 of 20), at least one
+    assert _gate("classify", ref, ref, _flipped(20, 2))["passed"]
+    g = _gate("classify", ref, ref, fid)
+    assert not g["passed"] and _check(g, "flips")["limit"] == 2
+    assert _check(_gate("classify", ref, ref, _flipped(12, 1)), "flips")["limit"] == 1  # 12 // 10
+    assert _check(_gate("classify", ref, ref, _flipped(9, 0)), "flips")["limit"] == 1  # never 0 by default
+    assert not _gate("classify", ref, ref, _flipped(12, 2))["passed"]
+    assert _gate("classify", ref, ref, _flipped(20, 0), max_flips=0)["passed"]
+    assert not _gate("classify", ref, ref, _flipped(20, 1), max_flips=0)["passed"]
+    # the file is decided at its own threshold: at 0.6 its 0.55 scores are benign again, no flip
+    assert _flipped(20, 3, other_threshold=0.6)["flips"] == 0
+
+
+def test_max_missed_counts_only_cancers_the_parent_caught():
+    from edgebus.core.metrics import label_flips
+
+    truth = np.array([1, 1, 1, 0, 0, 0, 0, 0, 0, 0])
+    parent = np.array([0.9, 0.8, 0.3, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1])  # catches 2 of 3 cancers
+    file = np.array([0.9, 0.4, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1])  # loses one of those two
+    fid = label_flips(parent, file, 0.5, None, truth)
+    assert (fid["missed_new"], fid["missed"], fid["missed_float"], fid["flips"]) == (1, 2, 1, 1)
+    ref = {"accuracy": 1.0, "malignant_recall": 1.0}
+    bad = _gate("classify", ref, ref, fid)  # the default: not one
+    assert not bad["passed"] and bad["failures"] == [
+        "calls 1 test cancer(s) benign that the float model caught (2 of 3 called benign, the float model 1) "
+        "(> --max-missed 0)"]
+    assert _gate("classify", ref, ref, fid, max_missed=1)["passed"]
+    # a cancer the parent missed too is not the file's fault
+    assert _gate("classify", ref, ref, label_flips(parent, parent, 0.5, None, truth))["passed"]
+
+
+def test_min_mask_iou_boundary_is_exact():
+    """Per-image mask IoU against the parent 1.0 and 0.8: mean 0.9, exactly the default --min-mask-iou."""
+    from edgebus.core.metrics import mask_fidelity
+
+    a = np.zeros((2, 10, 10, 1))
+    a[:, 0, :] = 0.9  # a 10-pixel lesion in each image
+    b = a.copy()
+    b[1, 0, 8:] = 0.1  # image 2 loses 2 of its 10 pixels: IoU 0.8
+    fid = mask_fidelity(a, b)
+    assert fid["mask_iou_mean"] == pytest.approx(0.9)
+    ref = {"iou": 0.8}
+    assert _gate("segment", ref, ref, fid)["passed"]  # the default 0.9
+    assert _gate("segment", ref, ref, fid, min_mask_iou=0.899)["passed"]
+    bad = _gate("segment", ref, ref, fid, min_mask_iou=0.901)
+    assert not bad["passed"] and bad["failures"] == ["mean mask IoU against the float model 0.900 over 2 test images "
+                                                     "(< --min-mask-iou 0.901)"]
+    # a segmenter is not held to the classifier's label gates, nor a classifier to the mask gate
+    assert _gate("segment", ref, ref, fid, max_flips=0, max_missed=0, min_mask_iou=0.9)["passed"]
+    cls = {"accuracy": 1.0, "malignant_recall": 1.0}
+    assert _gate("classify", cls, cls, {**_flipped(20, 0), "mask_iou_mean": 0.1, "n": 20}, min_mask_iou=0.9)["passed"]
+
+
+def test_export_cli_max_flips_passes_at_the_planted_count_and_fails_one_below(tiny_cls, tmp_path, monkeypatch):
+    """Through `edgebus export`: the float16 file is made to call exactly 2 test cases differently
+    from its float parent; --max-flips 2 passes (status ok, the check records 2 against limit 2),
+    --max-flips 1 fails with one line and the file is marked gate_failed."""
+    from edgebus.runtime.model import ExportedModel
+    from tests.conftest import copy_run
+
+    run = copy_run(tiny_cls, tmp_path / "run")
+    assert manifest(run)["threshold"] == 0.5
+    orig = ExportedModel.predict_with_descriptors
+
+    def two_flipped(self, x):
+        prob, desc = orig(self, x)
+        prob = np.array(prob, dtype=np.float32, copy=True)
+        flat = prob.reshape(len(prob), -1)
+        flat[:2, 0] = np.where(flat[:2, 0] >= 0.5, 0.01, 0.99)  # the first two test cases decided the other way
+        return prob, desc
+
+    monkeypatch.setattr(ExportedModel, "predict_with_descriptors", two_flipped)
+    r = cli("export", run, "--formats", "float16", "--max-flips", 2, "--max-missed", 2)
+    assert r.exit_code == 0, r.output
+    e = manifest(run)["exports"]["float16"]
+    flips = next(c for c in e["gate"]["checks"] if c["metric"] == "flips")
+    assert e["status"] == "ok" and e["fidelity"]["flips"] == 2 and (flips["value"], flips["limit"]) == (2, 2), e["gate"]
+    r = cli("export", run, "--formats", "float16", "--max-flips", 1, "--max-missed", 2, "--overwrite")
+    one_line_error(r, "model_float16.tflite: failed its export gates", "2 of", "--max-flips 1")
+    e = manifest(run)["exports"]["float16"]
+    assert e["status"] == "gate_failed" and not e["gate"]["passed"]

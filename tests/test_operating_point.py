@@ -136,7 +136,7 @@ def test_operating_point_bad_input(cv_dir, synthetic_breast_dir, tmp_path):
     run = tmp_path / "run64"
     assert cli("train", "classify", "--data", synthetic_breast_dir, "--model", "test-cnn", "--size", 64, "--epochs", 1,
                "--out", run, "--quiet").exit_code == 0
-    one_line_error(cli("operating-point", run, "--from-cv", cv_dir), "at 32 px", "at 64 px")
+    one_line_error(cli("operating-point", run, "--from-cv", cv_dir), "preprocessing contract", "size [32, 32] vs [64, 64]")
     one_line_error(cli("operating-point", run, "--from-cv", tmp_path), "operating_point.json")
     one_line_error(cli("operating-point", cv_dir, "--source", "fp16"), "--source")
     one_line_error(cli("operating-point", cv_dir, "--from-cv", cv_dir), "--from-cv")

@@ -245,15 +245,17 @@ def test_bundle_and_pixel_sizes_from_the_sheet(cart_models, synthetic_breast_dir
     for row in rows[:5]:
         assert row["pixel_size_mm"] == pytest.approx(px[Path(row["file"]).name] * 10)
         assert row["mask_area_mm2"] == pytest.approx(row["mask_area_px"] * row["pixel_size_mm"] ** 2, rel=1e-6)
-    # a folder of two .tflite files with other names works by their metadata
+    # a folder of .tflite files without bundle.json is not a cart (what a killed 'bundle' would leave): refused
     loose = tmp_path / "loose"
     loose.mkdir()
     (loose / "a.tflite").write_bytes(cart_models["seg_file"].read_bytes())
     (loose / "b.tflite").write_bytes(cart_models["cls_file"].read_bytes())
-    from edgebus.runtime import LesionPipeline, find_bundle
+    from edgebus.runtime import find_bundle
 
-    assert find_bundle(loose) == (loose / "b.tflite", loose / "a.tflite")
-    assert LesionPipeline.from_bundle(loose).predict(_frames(synthetic_breast_dir, 1)[0])["error"] is None
+    assert find_bundle(b) == (b / "classifier.tflite", b / "segmenter.tflite")
+    _one_line_error(cli("predict", "--bundle", loose, synthetic_breast_dir, "--out", tmp_path / "y"), "no bundle.json",
+                    "--classifier")
+    assert not (tmp_path / "y").exists()
     # a bundled model changed after bundling is refused
     (b / "segmenter.tflite").write_bytes(cart_models["cls_file"].read_bytes())
     _one_line_error(cli("predict", "--bundle", b, synthetic_breast_dir, "--out", tmp_path / "x"), "sha256")

@@ -246,7 +246,7 @@ def bench_run(run_dir: str | Path, threads=(1,), warmup: int = 10, runs: int = 5
             targets = [(run.verify_artifact(e["file"]), False)]
         except EdgebusError as err:  # changed or missing: a failed row, never a silent benchmark of another file
             rows.append({"file": e["file"], "format": fmt, "threads": None, "status": "load_failed", "error": str(err),
-                         "size_bytes": None})
+                         "size_bytes": None, "integrity": "failed"})
             continue
         if edgetpu and fmt.startswith("int8"):
             targets.append((run.file(e["file"]).with_name(Path(e["file"]).stem + "_edgetpu.tflite"), True))

@@ -11,7 +11,7 @@ import io
 from pathlib import Path
 
 from edgebus.core.errors import EdgebusError
-from edgebus.core.io import atomic_write, json_default, locked, make_dir, read_json, write_json
+from edgebus.core.io import atomic_write, check_writable, json_default, locked, make_dir, read_json, write_json
 
 
 def _f(v, nd=2):
@@ -182,12 +182,43 @@ def _row_key(row: dict) -> tuple:
     return row.get("file"), row.get("threads"), row.get("xnnpack"), row.get("delegate")
 
 
+def report_folder(targets) -> Path:
+    """Where bench writes by default: the run (or pack) benchmarked, or the lone files' folder; lone
+    files that live in a run folder report to its bench-files/ (the run's own report stays whole)."""
+    first = Path(targets[0])
+    if len(targets) == 1 and first.is_dir():
+        return first
+    return first.parent / "bench-files" if (first.parent / "manifest.json").is_file() else first.parent
+
+
+def check_out(out_dir: str | Path, ident: dict) -> None:
+    """Before any timing: `out_dir` can be written, and its report.json (if any) is of the same
+    benchmark (`ident`: run), so merging keeps its rows instead of replacing them."""
+    out_dir = Path(out_dir)
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise EdgebusError(f"{out_dir}: is a link or a file; pick another --out")
+    check_writable(out_dir, "pass --out FOLDER for the report")
+    old = out_dir / "report.json"
+    if old.is_file():
+        try:
+            prev = read_json(old)
+        except EdgebusError:
+            return  # a torn or foreign file is replaced
+        if isinstance(prev, dict) and prev.get("schema") == "edgebus.bench/1" and \
+                any(prev.get(k) != v for k, v in ident.items()):
+            raise EdgebusError(f"{old}: holds the benchmark of {prev.get('run') or prev.get('model')}; its rows would be "
+                               "lost: pass --out FOLDER for this one")
+
+
 def merge_bench(old, new: dict) -> dict:
     """One bench result from `new` and the rows of an earlier (or concurrent) bench of the same
     model on the same machine that `new` did not measure again: two benches of one run keep
     both sets of rows; a row measured again takes the new numbers."""
-    if not isinstance(old, dict) or old.get("schema") != new.get("schema") or \
-            any(old.get(k) != new.get(k) for k in _SAME_BENCH):
+    if not isinstance(old, dict) or old.get("schema") != new.get("schema"):
+        return new
+    if any(old.get(k) != new.get(k) for k in ("run", "model")):  # another benchmark's rows are never dropped
+        raise EdgebusError(f"report.json: holds the benchmark of {old.get('run') or old.get('model')}; pass --out FOLDER")
+    if any(old.get(k) != new.get(k) for k in _SAME_BENCH):  # the same files measured again elsewhere: replaced
         return new
     keys = {_row_key(r) for r in new["rows"]}
     return {**new, "rows": [r for r in old.get("rows", []) if _row_key(r) not in keys] + new["rows"]}

@@ -24,7 +24,7 @@ def bench(targets: list[Path] = typer.Argument(..., help="a run directory (or a 
           out: Optional[Path] = typer.Option(None, help="where to write report.md/.json/.html (default: the run)")):
     """Time exported models and score them; writes report.md, report.json and report.html."""
     from edgebus.benchmarks.bench import bench_files, bench_run, make_pack
-    from edgebus.benchmarks.report import markdown, write_report
+    from edgebus.benchmarks.report import check_out, markdown, report_folder, write_report
 
     for t in targets:
         if not t.exists():
@@ -37,14 +37,13 @@ def bench(targets: list[Path] = typer.Argument(..., help="a run directory (or a 
     thread_counts = numbers(threads, "--threads", int)
     if not thread_counts or min(thread_counts) < 1 or warmup < 0 or runs < 1:
         raise EdgebusError("--threads takes counts >= 1 (e.g. 1,2), --warmup >= 0 and --runs >= 1")
-    if out is not None and out.exists() and not out.is_dir():
-        raise EdgebusError(f"{out}: exists and is not a folder; pick another --out")
-    if len(targets) == 1 and targets[0].is_dir():
+    on_run = len(targets) == 1 and targets[0].is_dir()
+    out = out or report_folder(targets)
+    check_out(out, {"run": str(targets[0].resolve()) if on_run else None})  # before the work, not after
+    if on_run:
         result = bench_run(targets[0], thread_counts, warmup, runs, xnnpack, keras, edgetpu, log=typer.echo)
-        out = out or targets[0]
     else:
         result = bench_files(targets, thread_counts, warmup, runs, xnnpack, eval_pack, log=typer.echo)
-        out = out or targets[0].parent
     md, _ = write_report(result, out)
     typer.echo(markdown(result))
     typer.echo(f"report: {md}")
@@ -52,6 +51,9 @@ def bench(targets: list[Path] = typer.Argument(..., help="a run directory (or a 
         from edgebus.export.model_card import write_model_card
 
         typer.echo(f"model card (with this latency): {write_model_card(targets[0])}")
+    bad = [r for r in result["rows"] if r.get("integrity") == "failed"]
+    if bad:  # a changed or missing file is not a benchmark result: the command fails
+        raise EdgebusError(f"{bad[0]['error']} ({len(bad)} file(s) in all); report kept at {md}")
     if result["rows"] and all(r.get("status") != "ok" for r in result["rows"]):
         raise EdgebusError(f"every benchmark row failed (first: {result['rows'][0].get('error')}); report kept at {md}")
 
@@ -100,7 +102,10 @@ def predict(
     from edgebus.data.breast import IMAGES_DIR, breast_pixel_sizes, is_breast_layout
     from edgebus.data.busi import is_busi_layout, read_busi
     from edgebus.runtime import LesionPipeline, predict_files
-    from edgebus.runtime.frames import resolve_inputs
+    from edgebus.runtime.frames import printable, resolve_inputs
+
+    def say(line: str) -> None:  # valid UTF-8 whatever the file names are (runtime.frames.printable)
+        typer.echo(printable(line))
 
     if bundle is not None and (classifier is not None or segmenter is not None):
         raise EdgebusError("pass either --bundle or --classifier/--segmenter, not both")
@@ -118,37 +123,38 @@ def predict(
     else:
         files, skipped = resolve_inputs(inputs)
     if skipped:
-        typer.echo(f"{inputs}: skipping {skipped} mask files (*_tumor, *_other)")
-    pixel_sizes = breast_pixel_sizes(data) if data is not None else None
+        say(f"{inputs}: skipping {skipped} mask files (*_tumor, *_other)")
+    # a case whose Pixel_size is not a size (inf, abc, 0): predicted, its mm^2 left out, one warning each
+    pixel_sizes = breast_pixel_sizes(data, warn=lambda line: say(f"warning: {line}")) if data is not None else None
     if pixel_sizes is not None:
         missing = sum(f.name not in pixel_sizes for f in files)
         if missing:
             fallback = f"using --pixel-size {pixel_size} mm" if pixel_size else "no mm^2 for them"
-            typer.echo(f"{data}: {missing} of {len(files)} frames have no Pixel_size in the sheet; {fallback}")
+            say(f"{data}: {missing} of {len(files)} frames have no Pixel_size in the sheet; {fallback}")
     if bundle is not None:  # its models, fusion and site threshold, sha256-checked
         pipe = LesionPipeline.from_bundle(bundle, threads, xnnpack, accept_failed_gates)
     else:
         pipe = LesionPipeline(classifier, segmenter, num_threads=threads, xnnpack=xnnpack,
                               accept_failed_gates=accept_failed_gates)
     if "FAILED" in pipe.gates:
-        typer.echo(f"warning: {pipe.gates}")
+        say(f"warning: {pipe.gates}")
     for role, m in pipe.describe().items():
         if role == "site":
-            typer.echo(f"site threshold: {m['threshold']:.4f} (shipped {m['shipped_threshold']:.4f}), chosen on "
-                       f"{m['chosen_on']['n']} of this site's cases (edgebus site-threshold)")
+            say(f"site threshold: {m['threshold']:.4f} (shipped {m['shipped_threshold']:.4f}), chosen on "
+                  f"{m['chosen_on']['n']} of this site's cases (edgebus site-threshold)")
         elif role == "fusion":
             words = f"; BI-RADS descriptors measured on the mask: {', '.join(m['descriptors'])}" if m.get("descriptors") else ""
-            typer.echo(f"fusion: {m['file']} (classifier score + the segmenter's lesion shape, threshold "
-                       f"{m['threshold']:.2f}{words})")
+            say(f"fusion: {m['file']} (classifier score + the segmenter's lesion shape, threshold "
+                  f"{m['threshold']:.2f}{words})")
         else:
-            typer.echo(f"{role}: {m['file']} ({m['format']}, {m['input_size'][0]}x{m['input_size'][1]}, threshold {m['threshold']:.2f})")
+            say(f"{role}: {m['file']} ({m['format']}, {m['input_size'][0]}x{m['input_size'][1]}, threshold {m['threshold']:.2f})")
     s = predict_files(pipe, files, out, pixel_sizes, pixel_size, overlays, masks, log=typer.echo, overwrite=overwrite,
                       dicom_seg=dicom_seg)
     f = s["fps"]
     fps = (f"frames/s: {f['inference']} inference only, {f['pipeline']} pipeline (decode to mask), {f['wall']} wall clock "
            "(with overlays and files)") if f["wall"] else "no frame predicted now"
-    typer.echo(f"{s['frames']} frames: {s['ok']} ok, {s['failed']} failed; {fps}")
-    typer.echo(f"results: {s['predictions']['jsonl']}, {s['predictions']['csv']}, {s['summary_file']}")
+    say(f"{s['frames']} frames: {s['ok']} ok, {s['failed']} failed; {fps}")
+    say(f"results: {s['predictions']['jsonl']}, {s['predictions']['csv']}, {s['summary_file']}")
     if s["failed"]:
         raise typer.Exit(1)
 

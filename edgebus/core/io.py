@@ -60,6 +60,15 @@ def make_dir(path: str | Path, what: str = "output folder") -> Path:
     return path
 
 
+def check_writable(folder: str | Path, fix: str) -> None:
+    """Before the work: one line if `folder` (or, not made yet, the folder it would go in) cannot be
+    written, instead of a failure after minutes of work."""
+    folder = Path(folder)
+    probe = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise EdgebusError(f"{probe}: cannot write there (read-only or no permission); {fix}")
+
+
 def atomic_save(path: str | Path, save) -> Path:
     """Let `save(tmp_path)` write a file (a Keras model, say) under a temp folder made fresh in the
     target folder (mkdtemp: a planted name cannot be followed), then rename it to `path`. A final

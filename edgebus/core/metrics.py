@@ -95,6 +95,8 @@ def threshold_for_sensitivity(y_true, prob, target: float = 0.9) -> dict:
     if len(pos) == 0:
         raise ValueError("no malignant case to set a sensitivity on")
     k = int(np.ceil(target * len(pos)))  # cases that must score >= threshold
+    while k > 1 and (k - 1) / len(pos) >= target:  # target * n rounds up past an integer: 0.55 * 100 = 55.000000000000007
+        k -= 1
     thr = float(pos[max(k, 1) - 1])
     pred = p >= thr
     neg = y == 0

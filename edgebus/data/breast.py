@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,7 @@ class Case:
     mask: Path | None  # tumor mask, None for normal rows
     label: int | None  # 0 benign, 1 malignant, None otherwise
     classification: str  # as in the sheet, lower-cased, stripped
-    pixel_size: float | None  # sheet's Pixel_size (cm per pixel), None if missing
+    pixel_size: float | None  # sheet's Pixel_size (cm per pixel), None if missing or not a positive number
     extra_masks: tuple = ()  # more masks of the same lesion, OR-merged (BUSI's _mask_1.png ...)
     descriptors: tuple | None = None  # BI-RADS findings (edgebus.core.descriptors): 1, 0, -1 unknown
 
@@ -52,6 +52,7 @@ class Dataset:
     sheet: Path | None  # None for layouts without a sheet (BUSI)
     cases: list[Case]  # every row of the sheet, in sheet order
     has_descriptors: bool = False  # the sheet has every BI-RADS descriptor column
+    bad_pixel_sizes: dict = field(default_factory=dict)  # CaseID -> the sheet's Pixel_size that is not a size (inf, abc, 0)
 
     def lesions(self) -> list[Case]:
         """Rows with a tumor mask and a benign/malignant label (the study's filter: drops the normal cases)."""
@@ -139,7 +140,7 @@ def read_breast(root: str | Path) -> Dataset:
     from edgebus.core.descriptors import COLUMNS as DESCRIPTOR_COLUMNS, encode_row
 
     has_descriptors = all(c in df.columns for c in DESCRIPTOR_COLUMNS)
-    cases, seen = [], set()
+    cases, seen, bad_px = [], set(), {}
     cols = list(REQUIRED_COLUMNS) + (list(DESCRIPTOR_COLUMNS) if has_descriptors else [])
     for i, row in enumerate(df[cols].itertuples(index=False), start=2):
         case_id, image_name, mask_name, pixel_size, classification = row[:len(REQUIRED_COLUMNS)]
@@ -179,7 +180,9 @@ def read_breast(root: str | Path) -> Dataset:
         try:
             px = None if _missing(pixel_size) else float(pixel_size)
         except (TypeError, ValueError):
-            px = None
+            px = math.nan
+        if px is not None and not (math.isfinite(px) and px > 0):  # inf, abc, -0.01, 0: no size (it is reported)
+            bad_px[case_id], px = pixel_size, None
         desc = None
         if has_descriptors:
             desc = encode_row(dict(zip(DESCRIPTOR_COLUMNS, row[len(REQUIRED_COLUMNS):])), where)
@@ -194,7 +197,7 @@ def read_breast(root: str | Path) -> Dataset:
         ))
     if not cases:
         raise EdgebusError(f"{sheet}: the sheet has no rows; restore the original sheet")
-    return Dataset(root=root, sheet=sheet, cases=cases, has_descriptors=has_descriptors)
+    return Dataset(root=root, sheet=sheet, cases=cases, has_descriptors=has_descriptors, bad_pixel_sizes=bad_px)
 
 
 def fingerprint(ds: Dataset) -> str:
@@ -265,8 +268,11 @@ def is_breast_layout(path: str | Path) -> bool:
     return (path / IMAGES_DIR).is_dir() and any(path.glob(SHEET_GLOB))
 
 
-def breast_pixel_sizes(root: str | Path) -> dict[str, float]:
-    """{image file name: mm per pixel} from a BrEaST-layout sheet (its Pixel_size is cm per pixel: x10)."""
+def breast_pixel_sizes(root: str | Path, warn=None) -> dict[str, float | None]:
+    """{image file name: mm per pixel} from a BrEaST-layout sheet (its Pixel_size is cm per pixel: x10).
+    A case whose Pixel_size is there but not a positive number (inf, abc, -0.01, 0) maps to None: its
+    frame is still predicted, its area in mm^2 left out (not taken from a --pixel-size meant for frames
+    the sheet does not list), and warn(line) gets one line naming the sheet, the case and the value."""
     import importlib.util
 
     try:
@@ -277,7 +283,14 @@ def breast_pixel_sizes(root: str | Path) -> dict[str, float]:
         raise EdgebusError("--data: reading the BrEaST sheet's Pixel_size needs pandas and openpyxl; "
                            "install edgebus[train] or pass --pixel-size")
     ds = read_breast(root)
-    return {c.image.name: c.pixel_size * 10.0 for c in ds.cases if c.pixel_size and c.pixel_size > 0}
+    sizes = {c.image.name: c.pixel_size * 10.0 for c in ds.cases if c.pixel_size is not None}
+    for c in ds.cases:
+        if c.case_id in ds.bad_pixel_sizes:
+            sizes[c.image.name] = None
+            if warn is not None:
+                warn(f"{ds.sheet}: CaseID {c.case_id} ({c.image.name}): Pixel_size {ds.bad_pixel_sizes[c.case_id]!r} is "
+                     "not a positive number of cm per pixel; its lesion area in mm^2 is left out (fix the sheet)")
+    return sizes
 
 
 def case_attributes(root: str | Path) -> dict[int, dict]:

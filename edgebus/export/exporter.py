@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgebus.core.errors import EdgebusError
-from edgebus.core.io import atomic_write
+from edgebus.core.io import atomic_write, check_writable
 from edgebus.core.manifest import Run
 from edgebus.export.config import ExportConfig
 from edgebus.export.convert import convert, float_tensors, model_metadata, write_tflite
@@ -137,6 +137,24 @@ def _stability(run: Run, model, part: tuple, keras_prob, threshold: float) -> di
     noisy = np.clip(x + noise, 0, 1).astype(np.float32)
     f = run.task.fidelity(keras_prob, predict(model, noisy), threshold, threshold, truth=part[1])
     return {k: v for k, v in f.items() if k != "mask_iou_per_image"}
+
+
+def _unlist_rewritten(run: Run, plan) -> None:
+    """Take what this export will rewrite out of the manifest (and save it) before any file is
+    written: a kill mid-way then leaves files the manifest does not list (stages refuse them as
+    missing; the same command makes them again), never a listed file whose sha256 no longer matches."""
+    keys = {k for k, _, _ in plan}
+    files = {"eval_pack.npz", "export_report.md", "model_card.md", "model_card.json", "edgetpu_report.json",
+             "edgetpu_report.md"}
+    for k in keys | ({"int8_ptq"} if "int8" in keys else set()):
+        e = run.manifest.exports.pop(k, None) or {}
+        files |= {e.get("file"), e.get("metadata")}
+    if "int8" in keys:
+        files.add(QAT_MODEL)
+    files |= {n for n, a in run.manifest.artifacts.items() if a.get("source_file") in files}  # Edge TPU builds
+    for name in files & set(run.manifest.artifacts):
+        run.manifest.artifacts.pop(name)
+    run.save()
 
 
 def _stability_line(task, s: dict) -> str:
@@ -298,6 +316,8 @@ def export_run(run_dir: str | Path, cfg: ExportConfig | None = None, log=print) 
     again = [k for k, _, _ in plan if k in done]
     if again and not cfg.overwrite:
         raise EdgebusError(f"{run.path}: already exported ({', '.join(again)}); pass --overwrite to replace them")
+    check_writable(run.path, "export writes its files into the run folder: copy the run somewhere writable")
+    _unlist_rewritten(run, plan)
 
     model = load_run_model(run)
     scored = ("val", "test") if rule_of(run) == "val" and not run.task.truth_is_mask else ("test",)  # val: file points

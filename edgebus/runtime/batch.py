@@ -16,6 +16,7 @@ from edgebus.core.errors import EdgebusError
 from edgebus.core.io import (append_jsonl, atomic_write, make_dir, one_writer, read_json, read_jsonl, refuse_duplicates,
                              repair_jsonl, write_json)
 from edgebus.runtime.dicom import is_dicom, loop_summary
+from edgebus.runtime.frames import printable
 from edgebus.runtime.overlay import render_overlay, save_png
 from edgebus.runtime.pipeline import LATENCY_KEYS, LesionPipeline
 
@@ -106,11 +107,22 @@ def _open_out(out: Path, ident: dict, overlays: bool, masks: bool, overwrite: bo
     return {}
 
 
-def _predicted(pipeline: LesionPipeline, files, done: dict, pixel_sizes: dict, pixel_size_mm):
+def _positive(x) -> bool:
+    try:
+        return bool(np.isfinite(x) and x > 0)
+    except TypeError:  # not a number at all
+        return False
+
+
+def _predicted(pipeline: LesionPipeline, files, done: dict, pixel_sizes: dict, pixel_size_mm, log):
     """(name, output stem, result or None when done before, gray) for every frame of `files`: a
-    PNG/JPEG is one frame, a DICOM file one per frame (decoded one at a time)."""
+    PNG/JPEG is one frame, a DICOM file one per frame (decoded one at a time). A pixel size that is
+    not a positive number leaves that frame's mm^2 out, with a warning, instead of ending the run."""
     for f, stem in zip(files, _out_names(files)):
         px = pixel_sizes.get(f.name, pixel_size_mm)
+        if px is not None and not _positive(px):
+            log(f"warning: {f.name}: pixel size {px!r} mm is not a positive number; its lesion area in mm^2 is left out")
+            px = None
         if is_dicom(f):
             for res, gray in pipeline.iter_dicom(f, px, skip=done.__contains__):  # done frames: decoded, not run
                 name = res["file"]
@@ -132,8 +144,14 @@ def predict_files(pipeline: LesionPipeline, files: list[Path], out: str | Path, 
     the same --out, it skips the frames already done (a frame that failed is tried again). A bad
     frame gets a row with `error` and the run goes on. overwrite: first remove what an earlier
     predict wrote there. dicom_seg: also write each single-frame DICOM's mask as a DICOM
-    Segmentation referencing it, seg/<name>.seg.dcm (edgebus.runtime.dicom_seg). Returns the summary."""
+    Segmentation referencing it, seg/<name>.seg.dcm (edgebus.runtime.dicom_seg). Returns the summary.
+    A file name that is not valid UTF-8 is kept exactly in the JSON files and shown escaped in the
+    log and the CSV (edgebus.runtime.frames.printable)."""
     out = Path(out)
+
+    def log(line: str, _say=log) -> None:  # a log line is always valid UTF-8
+        _say(printable(line))
+
     if dicom_seg and pipeline.segmenter is None:
         raise EdgebusError("--dicom-seg writes the segmenter's masks; give a segmenter too (--segmenter, or a bundle with both)")
     make_dir(out, "--out")
@@ -145,7 +163,7 @@ def predict_files(pipeline: LesionPipeline, files: list[Path], out: str | Path, 
         rows, resumed = [], 0
         infer_s = pipe_s = 0.0
         t_start = time.perf_counter()
-        for f, stem, res, gray in _predicted(pipeline, files, done, pixel_sizes, pixel_size_mm):
+        for f, stem, res, gray in _predicted(pipeline, files, done, pixel_sizes, pixel_size_mm, log):
             if res is None:  # done in an earlier run
                 rows.append(done[f])
                 resumed += 1
@@ -185,7 +203,7 @@ def predict_files(pipeline: LesionPipeline, files: list[Path], out: str | Path, 
         w.writeheader()
         w.writerows(_csv_row(r) for r in rows)
         try:
-            csv_path = atomic_write(out / "predictions.csv", buf.getvalue())
+            csv_path = atomic_write(out / "predictions.csv", printable(buf.getvalue()))
         except OSError as e:
             raise EdgebusError(f"{out}: cannot write results ({e.strerror or e}); check the output folder") from None
         summary = {

@@ -4,13 +4,16 @@ given as a CV directory becomes a fold ensemble (classifier_fold<k>.tflite, aver
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from edgebus.core.errors import EdgebusError
 from edgebus.core.io import atomic_write, read_json, sha256_file, write_json
 from edgebus.core.tasks import TASKS
-from edgebus.runtime.metadata import read_metadata
 from edgebus.runtime.ensemble import EnsembleModel, cv_fold_files
 from edgebus.runtime.model import ExportedModel, check_gates, resolve_model_path
 
@@ -20,39 +23,92 @@ FUSION_FILE = "fusion.json"
 SITE_FILE = "site.json"  # a threshold chosen on a site's own cases (edgebus site-threshold, runtime.site)
 
 
-def find_bundle(folder: str | Path) -> tuple[Path | None, Path | None]:
-    """(classifier, segmenter) files of a bundle folder: classifier.tflite / segmenter.tflite, or else
-    the .tflite files whose metadata says task classify / segment (at most one of each)."""
+def read_bundle(folder: str | Path) -> dict:
+    """A cart bundle's bundle.json, with every file it names sha256-checked. A folder without a valid
+    bundle.json is not a cart: `edgebus bundle` and `site-threshold` write it last, so a folder a kill
+    or a full disk left half made has none, and its models must not run unchecked."""
     folder = Path(folder)
     if not folder.is_dir():
         raise EdgebusError(f"{folder}: bundle folder not found; make one with 'edgebus bundle'")
-    named = {t: folder / n for t, n in BUNDLE_FILES.items() if (folder / n).is_file()}
-    if named:
-        found = named
-    else:
-        found, dup = {}, {}
-        for p in sorted(folder.glob("*.tflite")):
-            task = (read_metadata(p) or {}).get("task")
-            if task in TASKS:
-                dup.setdefault(task, []).append(p.name)
-                found.setdefault(task, p)
-        for task, names in dup.items():
-            if len(names) > 1:
-                raise EdgebusError(f"{folder}: more than one {task} model ({', '.join(names)}); keep one, or name "
-                                   f"them {BUNDLE_FILES['classify']} / {BUNDLE_FILES['segment']}")
-        if not found:
-            raise EdgebusError(f"{folder}: no .tflite with edgebus metadata; make a bundle with 'edgebus bundle'")
-    manifest = folder / BUNDLE_JSON
-    if manifest.is_file():
-        try:
-            recorded = json.loads(manifest.read_text())
-        except json.JSONDecodeError as e:
-            raise EdgebusError(f"{manifest}: not valid JSON ({e.msg}); re-run 'edgebus bundle'") from None
-        for task, p in found.items():
-            entry = recorded.get(TASKS[task].role) or {}
-            if entry.get("file") == p.name and entry.get("sha256") and sha256_file(p) != entry["sha256"]:
-                raise EdgebusError(f"{p}: sha256 differs from {BUNDLE_JSON}; the file was changed, re-run 'edgebus bundle'")
-    return found.get("classify"), found.get("segment")
+    path = folder / BUNDLE_JSON
+    if not path.is_file() or path.is_symlink():
+        raise EdgebusError(f"{folder}: not a cart bundle (no {BUNDLE_JSON}: half made, or not made by 'edgebus "
+                           "bundle'); make it again with 'edgebus bundle', or pass its files with --classifier/--segmenter")
+    try:
+        rec = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EdgebusError(f"{path}: not valid JSON ({getattr(e, 'msg', e)}); re-run 'edgebus bundle'") from None
+    if not isinstance(rec, dict) or rec.get("schema") != "edgebus.bundle/1":
+        raise EdgebusError(f"{path}: not an edgebus bundle record; re-run 'edgebus bundle'")
+    entries = []
+    for role in ("classifier", "segmenter", "fusion", "site"):
+        e = rec.get(role)
+        if e is None:
+            continue
+        if not isinstance(e, dict):
+            raise EdgebusError(f"{path}: its {role} entry is not an object; re-run 'edgebus bundle'")
+        entries += e.get("ensemble") if role == "classifier" and "ensemble" in e else [e]
+    if not any(rec.get(r) for r in ("classifier", "segmenter")):
+        raise EdgebusError(f"{path}: names no model; re-run 'edgebus bundle'")
+    for e in entries:
+        name = e.get("file") if isinstance(e, dict) else None
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise EdgebusError(f"{path}: names a file outside the bundle ({name!r}); re-run 'edgebus bundle'")
+        p = folder / name
+        if p.is_symlink() or not p.is_file() or sha256_file(p) != e.get("sha256"):
+            raise EdgebusError(f"{p}: missing, or sha256 differs from {BUNDLE_JSON}; the file was changed, re-run "
+                               "'edgebus bundle'")
+    return rec
+
+
+@contextlib.contextmanager
+def staging(out: Path):
+    """Yield a fresh temp folder beside `out` (mkdtemp: no planted name is followed); on success it
+    replaces `out` (an older folder there is renamed aside first and then removed), on failure it is
+    removed. A kill leaves `out` whole, or absent, never half made."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+    try:
+        tmp.chmod(0o777 & ~_umask())
+        yield tmp
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
+            os.replace(out, old / "x")
+        os.rename(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def replaceable(out: Path, overwrite: bool) -> None:
+    """Refuse an --out that holds anything but an earlier bundle's files: --overwrite replaces the
+    folder whole, and must not take a user's other files with it."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise EdgebusError(f"{out}: exists and is not a folder; pick another --out")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise EdgebusError(f"{out}: folder is not empty; pick another --out or pass --overwrite")
+    other = [p.name for p in out.iterdir() if p.is_symlink() or not p.is_file() or p.suffix not in (".tflite", ".json", ".md")]
+    if other:
+        raise EdgebusError(f"{out}: holds more than a cart bundle ({', '.join(sorted(other)[:3])}); --overwrite replaces "
+                           "the whole folder: pick another --out")
+
+
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+def find_bundle(folder: str | Path) -> tuple[Path | None, Path | None]:
+    """(classifier, segmenter) files of a bundle folder (single-file models), sha256-checked against bundle.json."""
+    rec = read_bundle(folder)
+    return tuple(Path(folder) / rec[r]["file"] if rec.get(r) and "ensemble" not in rec[r] else None
+                 for r in ("classifier", "segmenter"))
 
 
 def _model_card_files(src) -> list[Path]:
@@ -99,10 +155,7 @@ def make_bundle(out: str | Path, classifier: str | Path | None = None, segmenter
             raise EdgebusError(f"{fused.path}: fitted on the scores of {cv}, not of {classifier}; "
                                f"run 'edgebus fuse {classifier} SEG_CV' first")
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise EdgebusError(f"{out}: exists and is not a folder; pick another --out")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise EdgebusError(f"{out}: folder is not empty; pick another --out or pass --overwrite")
+    replaceable(out, overwrite)
     record = {"schema": "edgebus.bundle/1"}
     staged, ensemble = [], None
     if classifier is not None and (Path(classifier) / "folds.jsonl").is_file():  # a CV: its fold models, averaged
@@ -114,77 +167,52 @@ def make_bundle(out: str | Path, classifier: str | Path | None = None, segmenter
             continue
         m = ExportedModel(resolve_model_path(src, fmt), task)  # refuses a wrong or unlabelled file before anything is written
         staged.append((task, m, check_gates(m, accept_failed_gates)))  # and one that failed its gates, unless accepted
-    for task, m, accepted in staged:
-        name = BUNDLE_FILES[task]
-        atomic_write(out / name, m.path.read_bytes())
-        record[TASKS[task].role] = {**m.describe(), "file": name, "copied_from": str(m.path.resolve())}
-        if accepted:
-            record[TASKS[task].role]["accepted_failed_gates"] = accepted
-        src = classifier if task == "classify" else segmenter
-        for card in _model_card_files(src):  # the run's model card travels with its model
-            atomic_write(out / f"{TASKS[task].role}_{card.name}", _card_copy(card, accepted))
-    members = []
-    if ensemble is not None:
-        ens, source, cards = ensemble
-        for card in cards:  # the CV's card of this ensemble (written by 'edgebus operating-point CV_DIR')
-            atomic_write(out / f"classifier_{card.name}", card.read_bytes())
-        for k, m in enumerate(ens.members):
-            name = f"classifier_fold{k}.tflite"
+    with staging(out) as tmp:  # built in a fresh temp folder, renamed into place complete
+        out, final = tmp, out
+        for task, m, accepted in staged:
+            name = BUNDLE_FILES[task]
             atomic_write(out / name, m.path.read_bytes())
-            members.append({"file": name, "sha256": sha256_file(out / name), "copied_from": str(m.path.resolve())})
-        record["classifier"] = {"ensemble": members, "threshold": ens.threshold, "calibration": ens.calibration,
-                                "combine": "mean of the members' outputs", "task": "classify", **source}
-    (out / "fusion.md").unlink(missing_ok=True)
-    if fused is not None:
-        atomic_write(out / FUSION_FILE, fused.path.read_bytes())
-        if (fused.path.parent / "fusion.md").is_file():  # its out-of-fold evidence travels with it
-            atomic_write(out / "fusion.md", (fused.path.parent / "fusion.md").read_bytes())
-        record["fusion"] = {**fused.describe(), "file": FUSION_FILE, "copied_from": str(fused.path.resolve())}
-    else:
-        (out / FUSION_FILE).unlink(missing_ok=True)  # a replaced bundle keeps no stale fusion
-    for name in (SITE_FILE, "site_check.md"):  # nor a site threshold chosen for the models it replaced
-        (out / name).unlink(missing_ok=True)
-    keep = {BUNDLE_JSON, *(m["file"] for m in members), *(BUNDLE_FILES[t] for t, _, _ in staged)}
-    for p in out.glob("*.tflite"):  # a replaced bundle keeps no stale model
-        if p.name not in keep and (p.name in BUNDLE_FILES.values() or p.name.startswith("classifier_fold")):
-            p.unlink()
-    write_json(out / BUNDLE_JSON, record)
-    return out
+            record[TASKS[task].role] = {**m.describe(), "file": name, "copied_from": str(m.path.resolve())}
+            if accepted:
+                record[TASKS[task].role]["accepted_failed_gates"] = accepted
+            src = classifier if task == "classify" else segmenter
+            for card in _model_card_files(src):  # the run's model card travels with its model
+                atomic_write(out / f"{TASKS[task].role}_{card.name}", _card_copy(card, accepted))
+        members = []
+        if ensemble is not None:
+            ens, source, cards = ensemble
+            for card in cards:  # the CV's card of this ensemble (written by 'edgebus operating-point CV_DIR')
+                atomic_write(out / f"classifier_{card.name}", card.read_bytes())
+            for k, m in enumerate(ens.members):
+                name = f"classifier_fold{k}.tflite"
+                atomic_write(out / name, m.path.read_bytes())
+                members.append({"file": name, "sha256": sha256_file(out / name), "copied_from": str(m.path.resolve())})
+            record["classifier"] = {"ensemble": members, "threshold": ens.threshold, "calibration": ens.calibration,
+                                    "combine": "mean of the members' outputs", "task": "classify", **source}
+        if fused is not None:
+            atomic_write(out / FUSION_FILE, fused.path.read_bytes())
+            if (fused.path.parent / "fusion.md").is_file():  # its out-of-fold evidence travels with it
+                atomic_write(out / "fusion.md", (fused.path.parent / "fusion.md").read_bytes())
+            record["fusion"] = {**fused.describe(), "file": FUSION_FILE, "copied_from": str(fused.path.resolve())}
+        write_json(out / BUNDLE_JSON, record)  # last
+    return final
 
 
 def load_bundle(folder: str | Path, num_threads: int = 1, xnnpack: bool = True):
     """(classifier: a file, or the EnsembleModel of a fold-ensemble bundle, or None; segmenter file or None)."""
     folder = Path(folder)
-    manifest = folder / BUNDLE_JSON
-    entry = {}
-    if manifest.is_file():
-        try:
-            entry = json.loads(manifest.read_text()).get("classifier") or {}
-        except json.JSONDecodeError as e:
-            raise EdgebusError(f"{manifest}: not valid JSON ({e.msg}); re-run 'edgebus bundle'") from None
-    if "ensemble" not in entry:
-        return find_bundle(folder)
-    paths = []
-    for m in entry["ensemble"]:
-        p = folder / Path(m["file"]).name
-        if not p.is_file() or sha256_file(p) != m.get("sha256"):
-            raise EdgebusError(f"{p}: missing, or sha256 differs from {BUNDLE_JSON}; the file was changed, re-run 'edgebus bundle'")
-        paths.append(p)
-    seg = folder / BUNDLE_FILES["segment"]
-    if seg.is_file():
-        recorded = (json.loads(manifest.read_text()).get("segmenter") or {}).get("sha256")
-        if recorded and sha256_file(seg) != recorded:
-            raise EdgebusError(f"{seg}: sha256 differs from {BUNDLE_JSON}; the file was changed, re-run 'edgebus bundle'")
-    ens = EnsembleModel(paths, entry["threshold"], entry.get("calibration"), num_threads, xnnpack)
-    return ens, seg if seg.is_file() else None
+    rec = read_bundle(folder)
+    c, s = rec.get("classifier"), rec.get("segmenter")
+    seg = folder / s["file"] if s else None
+    if c and "ensemble" in c:
+        paths = [folder / m["file"] for m in c["ensemble"]]
+        return EnsembleModel(paths, c["threshold"], c.get("calibration"), num_threads, xnnpack), seg
+    return (folder / c["file"] if c else None), seg
 
 
 def bundle_acceptances(folder: str | Path) -> list[str]:
-    """The failed export gates a bundle's maker accepted (bundle.json; [] for none or no bundle.json)."""
-    manifest = Path(folder) / BUNDLE_JSON
-    if not manifest.is_file():
-        return []
-    rec = read_json(manifest)
+    """The failed export gates a bundle's maker accepted (bundle.json; [] for none)."""
+    rec = read_bundle(folder)
     return [e["accepted_failed_gates"] for e in (rec.get(r) for r in ("classifier", "segmenter"))
             if isinstance(e, dict) and e.get("accepted_failed_gates")]
 
@@ -193,36 +221,17 @@ def load_fusion(folder: str | Path):
     """The bundle's classifier + shape fusion (runtime.fusion.ShapeFusion), sha256-checked, or None."""
     from edgebus.runtime.fusion import ShapeFusion
 
-    folder = Path(folder)
-    manifest = folder / BUNDLE_JSON
-    if not manifest.is_file():
-        return None
-    try:
-        entry = json.loads(manifest.read_text()).get("fusion")
-    except json.JSONDecodeError as e:
-        raise EdgebusError(f"{manifest}: not valid JSON ({e.msg}); re-run 'edgebus bundle'") from None
-    if not entry:
-        return None
-    p = folder / FUSION_FILE
-    if not p.is_file() or sha256_file(p) != entry.get("sha256"):
-        raise EdgebusError(f"{p}: missing, or sha256 differs from {BUNDLE_JSON}; the file was changed, re-run 'edgebus bundle'")
-    return ShapeFusion(p)
+    entry = read_bundle(folder).get("fusion")
+    return ShapeFusion(Path(folder) / entry["file"]) if entry else None
 
 
 def load_site(folder: str | Path) -> dict | None:
     """The bundle's site threshold (site.json from `edgebus site-threshold`), sha256-checked against
     bundle.json, or None."""
-    folder = Path(folder)
-    manifest = folder / BUNDLE_JSON
-    if not manifest.is_file():
-        return None
-    entry = read_json(manifest).get("site")
+    entry = read_bundle(folder).get("site")
     if not entry:
         return None
-    p = folder / SITE_FILE
-    if not p.is_file() or sha256_file(p) != entry.get("sha256"):
-        raise EdgebusError(f"{p}: missing, or sha256 differs from {BUNDLE_JSON}; the file was changed, re-run "
-                           "'edgebus site-threshold' on the shipped cart")
+    p = Path(folder) / entry["file"]
     site = read_json(p)
     cal = site.get("calibration") if isinstance(site, dict) else None
     if (not isinstance(site, dict) or not isinstance(site.get("threshold"), (int, float))

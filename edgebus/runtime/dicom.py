@@ -72,28 +72,53 @@ def _open(path: Path):
     return ds
 
 
+def _header_fault(path, what: str) -> EdgebusError:
+    return EdgebusError(f"{path}: {what}; fix the file's header (or export it again from the scanner)")
+
+
+def _number(r, key: str, path, where: str, kind=int, required: bool = True):
+    """An ultrasound region's value as a number; one line naming the file and the attribute where it is
+    missing (required) or not a number."""
+    v = r.get(key, None)
+    if v is None or (isinstance(v, str) and not v.strip()):
+        if not required:
+            return None
+        raise _header_fault(path, f"{where} has no {key}")
+    try:
+        return kind(v)
+    except (TypeError, ValueError):
+        raise _header_fault(path, f"{where} has {key} {str(v)[:40]!r}, not a number") from None
+
+
 def tissue_region(ds, path) -> tuple[list[int] | None, float | None, str | None]:
     """(region [x0, y0, x1, y1), mm per pixel, a note) from the Sequence of Ultrasound Regions:
-    the largest 2D tissue region; (None, None, None) without usable regions."""
+    the largest 2D tissue region; (None, None, None) without usable regions. A B-mode region that
+    lacks a corner or, in centimetres, its PhysicalDeltaX/Y is an EdgebusError naming it."""
     regions = list(ds.get("SequenceOfUltrasoundRegions", None) or [])
-    tissue = [r for r in regions if int(r.get("RegionSpatialFormat", 0) or 0) == _2D
-              and int(r.get("RegionDataType", 0) or 0) == _TISSUE]
+    tissue, boxes = [], []
+    for i, r in enumerate(regions, start=1):
+        where = f"ultrasound region {i} of {len(regions)}"
+        if (_number(r, "RegionSpatialFormat", path, where, required=False) or 0) != _2D or \
+                (_number(r, "RegionDataType", path, where, required=False) or 0) != _TISSUE:
+            continue
+        x0, y0, x1, y1 = (_number(r, k, path, f"{where} (B-mode)") for k in
+                          ("RegionLocationMinX0", "RegionLocationMinY0", "RegionLocationMaxX1", "RegionLocationMaxY1"))
+        if x1 < x0 or y1 < y0:
+            raise _header_fault(path, f"{where} (B-mode) is inverted ([{x0}, {y0}] to [{x1}, {y1}])")
+        tissue.append((r, where))
+        boxes.append([x0, y0, x1 + 1, y1 + 1])
     if not tissue:
         return None, None, ("no B-mode region in its ultrasound regions; the whole frame is used" if regions else None)
-
-    def box(r):
-        return [int(r.RegionLocationMinX0), int(r.RegionLocationMinY0),
-                int(r.RegionLocationMaxX1) + 1, int(r.RegionLocationMaxY1) + 1]
-
-    best = max(tissue, key=lambda r: (box(r)[2] - box(r)[0]) * (box(r)[3] - box(r)[1]))
-    note = f"uses the B-mode region {box(best)} (1 of {len(regions)} regions)" if len(regions) > 1 else None
+    k = max(range(len(boxes)), key=lambda j: (boxes[j][2] - boxes[j][0]) * (boxes[j][3] - boxes[j][1]))
+    (best, where), box = tissue[k], boxes[k]
+    note = f"uses the B-mode region {box} (1 of {len(regions)} regions)" if len(regions) > 1 else None
     px = None
-    ux, uy = int(best.get("PhysicalUnitsXDirection", 0) or 0), int(best.get("PhysicalUnitsYDirection", 0) or 0)
-    if ux == _CM and uy == _CM:
-        dx, dy = float(best.PhysicalDeltaX), float(best.PhysicalDeltaY)
-        if dx > 0 and dy > 0:
+    units = [_number(best, f"PhysicalUnits{a}Direction", path, where, required=False) or 0 for a in "XY"]
+    if units == [_CM, _CM]:
+        dx, dy = (_number(best, f"PhysicalDelta{a}", path, f"{where} (B-mode, in cm)", float) for a in "XY")
+        if np.isfinite(dx) and np.isfinite(dy) and dx > 0 and dy > 0:
             px = 10.0 * float(np.sqrt(dx * dy))  # an area from dx * dy, whichever way the pixel is longer
-    return box(best), px, note
+    return box, px, note
 
 
 def _to_frame_array(a: np.ndarray, ds) -> np.ndarray:
@@ -123,9 +148,22 @@ def iter_frames(path: str | Path, max_pixels: int | None = None) -> Iterator[Dic
     if "PixelData" not in ds:
         raise EdgebusError(f"{path}: the DICOM file holds no pixel data (an image-less object); "
                            "pass the ultrasound image series")
-    n = int(ds.get("NumberOfFrames", 1) or 1)
-    region, px, note = tissue_region(ds, path)
-    uid = str(ds.get("SOPInstanceUID", "")) or None
+    try:
+        raw = ds.get("NumberOfFrames", None)
+        try:
+            n = 1 if raw is None or str(raw).strip() == "" else int(raw)  # an IS value is an int already
+        except (TypeError, ValueError):
+            n = -1
+        if n < 0:
+            raise _header_fault(path, f"NumberOfFrames {str(raw)[:40]!r} is not a whole number of frames")
+        n = n or 1
+        region, px, note = tissue_region(ds, path)
+        uid = str(ds.get("SOPInstanceUID", "")) or None
+    except EdgebusError:
+        raise
+    except Exception as e:  # any other malformed value pydicom reads lazily: the file's fault, one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise _header_fault(path, f"cannot read its header ({type(e).__name__}: {first})") from None
     from pydicom.pixels import iter_pixels
 
     try:

@@ -8,13 +8,15 @@ on data no fold saw (an external set)."""
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import numpy as np
 
 from edgebus.core.calibration import apply as calibrate
 from edgebus.core.errors import EdgebusError
-from edgebus.core.io import read_json, read_jsonl, sha256_file
+from edgebus.core.io import read_jsonl, sha256_file
 from edgebus.core.manifest import Run
 from edgebus.runtime.model import ExportedModel
 
@@ -79,13 +81,42 @@ def cv_fold_files(cv_dir: str | Path) -> tuple[list[Path], float, dict | None, d
                 raise EdgebusError(f"{cv_dir}: fold {r['fold'] + 1} kept no int8 model; run 'edgebus cv classify ... "
                                    "--int8' with this edgebus into a new --out")
             files.append(paths["model_int8.tflite"])
-    op_file = cv_dir / "operating_point.json"
-    op = read_json(op_file) if op_file.is_file() else None
+    op = cv_point(run)
     if op is not None and op.get("source") != "int8":
         op = None  # chosen on the float models' predictions: not the files the cart runs
     source = {"cv": str(cv_dir.resolve()), "folds": len(files),
               "operating_point": "cv out-of-fold (int8)" if op else "the CV's threshold (no operating point chosen)"}
     return files, (op or {}).get("threshold", run.manifest.threshold), (op or {}).get("calibration"), source
+
+
+def _finite(v, lo: float, hi: float, closed_hi: bool = False) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo < v and (
+        v <= hi if closed_hi else v < hi)
+
+
+def cv_point(cv: Run) -> dict | None:
+    """A classifier CV's operating_point.json (None: none chosen), trusted only as `edgebus
+    operating-point` wrote it: recorded in the CV's manifest with the sha256 it has now, made from
+    the folds.jsonl there now, a threshold in (0, 1), a finite calibration. A hand-edited threshold
+    would otherwise be embedded in every file and bundle made from the CV."""
+    name, where = "operating_point.json", cv.path / "operating_point.json"
+    if not where.is_file() and not where.is_symlink():
+        return None
+    if name not in cv.manifest.artifacts:
+        raise EdgebusError(f"{where}: not recorded in the CV's manifest.json (made by hand or by an older edgebus); "
+                           f"run 'edgebus operating-point {cv.path} --overwrite' again")
+    op = cv.read_artifact_json(name)  # sha256-checked
+    cal = op.get("calibration") if isinstance(op, dict) else None
+    if not (isinstance(op, dict) and _finite(op.get("threshold"), 0, 1)
+            and _finite(op.get("target_sensitivity"), 0, 1, closed_hi=True)
+            and (cal is None or isinstance(cal, dict) and all(_finite(cal.get(k), -1e6, 1e6) for k in ("a", "b")))):
+        raise EdgebusError(f"{where}: threshold, target or calibration out of range (a threshold lies in (0, 1)); "
+                           f"run 'edgebus operating-point {cv.path} --overwrite' again")
+    folds = cv.path / "folds.jsonl"
+    if (op.get("inputs") or {}).get("folds_sha256") != (sha256_file(folds) if folds.is_file() else None):
+        raise EdgebusError(f"{folds}: changed since the operating point was chosen; run "
+                           f"'edgebus operating-point {cv.path} --overwrite' again")
+    return op
 
 
 def member_files(rec: dict, cv_dir: Path) -> list[dict]:

@@ -80,6 +80,18 @@ def gray_from_array(frame, max_pixels: int = MAX_FRAME_PIXELS) -> np.ndarray:
     return np.asarray(_to_gray(im), dtype=np.uint8)
 
 
+def printable(text: str) -> str:
+    """`text` as valid UTF-8 for a log line or predictions.csv: a file name that is not UTF-8 on disk
+    (POSIX names are bytes: b"caf\\xe9.png" is os.fsdecode'd, surrogateescape, to "caf\\udce9.png") shows
+    its odd bytes as backslash escapes, "caf\\xe9.png". The JSON files (predictions.jsonl, summary.json)
+    keep the exact name instead, as JSON escapes ("caf\\udce9.png" in Python; os.fsencode gives the bytes
+    back), so a resumed run matches its frames; overlay and mask PNGs are named with the frame's own bytes."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file name holds
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def list_frames(folder: str | Path) -> tuple[list[Path], int]:
     """(sorted PNG/JPEG frames in folder, number of BrEaST mask files skipped: *_tumor, *_otherN)."""
     folder = Path(folder)

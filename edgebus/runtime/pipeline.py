@@ -173,9 +173,11 @@ class LesionPipeline:
                 res, gray = self.predict_with_frame(fr.gray, fr.pixel_size_mm or pixel_size_mm, name)
                 res.update(dicom_fields(path, fr, pixel_size_mm))
                 yield res, gray
-        except EdgebusError as e:
+        except Exception as e:  # EdgebusError, or what a reader throws for a file it did not foresee: one row
+            error = str(e) if isinstance(e, EdgebusError) else \
+                f"{path}: could not be read ({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}); replace or remove it"
             res = {k: None for k in RESULT_FIELDS}
-            res.update(file=str(path), error=str(e), source_file=str(path), gates=self.gates)
+            res.update(file=str(path), error=error, source_file=str(path), gates=self.gates)
             yield res, None
 
     def predict_with_frame(self, frame, pixel_size_mm: float | None = None, name: str | None = None):

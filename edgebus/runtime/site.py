@@ -19,9 +19,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgebus.core.errors import EdgebusError
-from edgebus.core.io import atomic_write, make_dir, read_json, sha256_file, write_json
+from edgebus.core.io import atomic_write, read_json, sha256_file, write_json
 from edgebus.runtime.batch import model_identity
-from edgebus.runtime.bundle import BUNDLE_JSON, SITE_FILE
+from edgebus.runtime.bundle import BUNDLE_JSON, SITE_FILE, read_bundle, replaceable, staging
 from edgebus.runtime.pipeline import LesionPipeline
 
 # malignant cases a site must label before a threshold is chosen on them: with 20 or 30 the chosen threshold
@@ -59,8 +59,7 @@ def adopt_site_threshold(cart: str | Path, site_check: str | Path, out: str | Pa
         raise EdgebusError(f"{cart}: not a cart bundle (no {BUNDLE_JSON}); make one with 'edgebus bundle'")
     if out.resolve() == cart.resolve():
         raise EdgebusError(f"{out}: is the shipped cart; write the site's copy to another --out (the shipped one stays)")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise EdgebusError(f"{out}: exists and is not empty; pick another --out or pass --overwrite")
+    replaceable(out, overwrite)
     pipeline = LesionPipeline.from_bundle(cart)
     if pipeline.classifier is None:
         raise EdgebusError(f"{cart}: has no classifier; a site threshold applies to the malignancy call")
@@ -76,19 +75,15 @@ def adopt_site_threshold(cart: str | Path, site_check: str | Path, out: str | Pa
             "chosen_on": {"site_check": str(check_path.resolve()), "sha256": sha256_file(check_path), "data": r["data"],
                           "n": r["n"], "malignant": r["malignant"], "benign": r["benign"], "verdict": r["verdict"]},
             "note": "chosen and scored on the same cases (in-sample): confirm it with a site check of further cases"}
-    record = read_json(cart / BUNDLE_JSON)
-    make_dir(out, "--out")
-    (out / BUNDLE_JSON).unlink(missing_ok=True)  # a copy half-written over an older one must not load
-    for p in out.glob("*"):  # an older copy's models and records that the cart does not have
-        if p.is_file() and p.suffix in (".tflite", ".json", ".md") and not (cart / p.name).is_file():
-            p.unlink()
-    for p in sorted(cart.iterdir()):  # the cart's files as they are (their sha256 stay in bundle.json)
-        if p.is_file() and not p.is_symlink() and p.name not in (BUNDLE_JSON, SITE_FILE, "site_check.md"):
-            atomic_write(out / p.name, p.read_bytes())
-    if (check_path.parent / "site_check.md").is_file():  # the evidence travels with the threshold
-        atomic_write(out / "site_check.md", (check_path.parent / "site_check.md").read_bytes())
-    write_json(out / SITE_FILE, site)
-    record["site"] = {"file": SITE_FILE, "sha256": sha256_file(out / SITE_FILE), "threshold": site["threshold"],
-                      "copied_from_cart": str(cart.resolve())}
-    write_json(out / BUNDLE_JSON, record)  # last: a half-written copy has no bundle.json and does not load
+    record = read_bundle(cart)
+    with staging(out) as tmp:  # the copy is built aside and renamed into place complete
+        for p in sorted(cart.iterdir()):  # the cart's files as they are (their sha256 stay in bundle.json)
+            if p.is_file() and not p.is_symlink() and p.name not in (BUNDLE_JSON, SITE_FILE, "site_check.md"):
+                atomic_write(tmp / p.name, p.read_bytes())
+        if (check_path.parent / "site_check.md").is_file():  # the evidence travels with the threshold
+            atomic_write(tmp / "site_check.md", (check_path.parent / "site_check.md").read_bytes())
+        write_json(tmp / SITE_FILE, site)
+        record["site"] = {"file": SITE_FILE, "sha256": sha256_file(tmp / SITE_FILE), "threshold": site["threshold"],
+                          "copied_from_cart": str(cart.resolve())}
+        write_json(tmp / BUNDLE_JSON, record)  # last
     return site

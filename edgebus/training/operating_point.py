@@ -116,6 +116,7 @@ def cv_operating_point(cv_dir, target: float = 0.9, source: str = "auto", out=No
     if (cv_dir / MANIFEST).is_file() and out == cv_dir:
         run = Run.load(cv_dir)
         run.manifest.operating_point = {k: v for k, v in op.items() if k != "reliability"}
+        run.add_artifact("operating_point.json", "operating_point")  # what --from-cv checks it by
         run.save()
         if source == "int8":
             _cv_card(cv_dir, log)
@@ -178,27 +179,47 @@ def cv_points(cv_dir, target: float) -> dict:
     return out
 
 
+def trusted_cv_point(run: Run, cv_dir: Path) -> dict:
+    """The operating point a CV folder hands a run (runtime.ensemble.cv_point: recorded, sha256- and
+    range-checked), refused unless the CV saw this data set (fingerprint), this model and this
+    preprocessing contract. A CV folder is untrusted input."""
+    from edgebus.runtime.ensemble import cv_point
+
+    if not (cv_dir / "manifest.json").is_file():
+        raise EdgebusError(f"{cv_dir}: not a CV folder (no manifest.json); pass the folder 'edgebus cv classify' wrote, "
+                           "after 'edgebus operating-point' chose its operating_point.json")
+    cv = Run.load(cv_dir)
+    if cv.manifest.cv is None or cv.task.name != "classify":
+        raise EdgebusError(f"{cv_dir}: not a classifier CV; pass the folder 'edgebus cv classify' wrote")
+    op = cv_point(cv)
+    if op is None:
+        raise EdgebusError(f"{cv_dir}: no operating_point.json; run 'edgebus operating-point {cv_dir}' first")
+    why = []
+    if (cv.manifest.data and cv.manifest.data.fingerprint) != (run.manifest.data and run.manifest.data.fingerprint):
+        why.append("another data set (data fingerprint)")
+    if cv.manifest.model is None or run.manifest.model is None or cv.manifest.model.name != run.manifest.model.name:
+        why.append(f"another model ({cv.manifest.model and cv.manifest.model.name} vs "
+                   f"{run.manifest.model and run.manifest.model.name})")
+    if cv.manifest.preprocess != run.manifest.preprocess:
+        a, b = cv.manifest.preprocess or {}, run.manifest.preprocess or {}
+        diff = sorted(k for k in {**a, **b} if a.get(k) != b.get(k))
+        why.append("another preprocessing contract (" + "; ".join(f"{k} {a.get(k)} vs {b.get(k)}" for k in diff) + ")")
+    if why:
+        raise EdgebusError(f"{cv_dir}: made with {'; '.join(why)} than {run.path}; an operating point transfers only "
+                           "between models trained the same way on the same data")
+    return op
+
+
 def apply_cv_operating_point(run_dir, cv_dir, log=print) -> dict:
     """Give a run (same model and input size as the CV, trained the same way) the operating point
     and calibration chosen on the CV's out-of-fold predictions; export then embeds both."""
-    from edgebus.core.io import read_json
-
     run, cv_dir = Run.load(run_dir), Path(cv_dir)
     if run.task.name != "classify":
         raise EdgebusError(f"{run.path}: an operating point applies to classifiers; this is a {run.task.name} run")
     if run.manifest.exports:
         raise EdgebusError(f"{run.path}: already exported; set the operating point before 'edgebus export' "
                            "so the threshold is embedded in the models (or train a new run)")
-    op_file = cv_dir / "operating_point.json"
-    if not op_file.is_file():
-        raise EdgebusError(f"{cv_dir}: no operating_point.json; run 'edgebus operating-point {cv_dir}' first")
-    op = read_json(op_file)
-    summary = read_json(cv_dir / "summary.json") if (cv_dir / "summary.json").is_file() else {}
-    mine = (run.manifest.model.name, run.manifest.preprocess["size"][0])
-    theirs = (summary.get("model"), summary.get("size"))
-    if theirs != mine:
-        raise EdgebusError(f"{cv_dir}: cross-validated {theirs[0]} at {theirs[1]} px, the run is {mine[0]} at {mine[1]} px; "
-                           "an operating point transfers only between models trained the same way")
+    op = trusted_cv_point(run, cv_dir)
     run.manifest.threshold = float(op["threshold"])
     run.manifest.calibration = op["calibration"]
     # each exported file takes the point chosen on the CV's scores of its own kind (export.threshold)
