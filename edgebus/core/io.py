@@ -10,6 +10,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -36,16 +37,29 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
     """Write `data` to `path` via a temp file in the same folder and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with named(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data.encode() if isinstance(data, str) else data)
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return path
+
+
+@contextlib.contextmanager
+def named(path: str | Path):
+    """An OSError inside (a full disk: ENOSPC from a write names no file) names `path`, so the
+    one-line error says which file could not be written."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno is not None:
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        raise
 
 
 def make_dir(path: str | Path, what: str = "output folder") -> Path:
@@ -58,6 +72,29 @@ def make_dir(path: str | Path, what: str = "output folder") -> Path:
         raise EdgebusError(f"{path}: exists and is not a folder; pick another {what}")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextlib.contextmanager
+def staging(out: str | Path):
+    """Yield a fresh temp folder beside `out` (mkdtemp: no planted name is followed); on success it
+    replaces `out` (an older folder there is renamed aside first and then removed), on failure it is
+    removed. A kill leaves `out` whole, or absent, never half made."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+    try:
+        tmp.chmod(0o777 & ~_UMASK)
+        yield tmp
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
+            os.replace(out, old / "x")
+        os.rename(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def check_writable(folder: str | Path, fix: str) -> None:
@@ -77,7 +114,8 @@ def atomic_save(path: str | Path, save) -> Path:
     tmp_dir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         tmp = tmp_dir / path.name
-        save(tmp)
+        with named(path):
+            save(tmp)
         if tmp.is_symlink() or not tmp.is_file():
             raise EdgebusError(f"{path}: the writer made no regular file")
         os.chmod(tmp, 0o666 & ~_UMASK)
@@ -191,8 +229,9 @@ def append_jsonl(path: str | Path, record: dict) -> bytes:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = _open_for_write(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
-        os.write(fd, line)  # one write of the whole line: O_APPEND keeps concurrent writers' lines apart
-        os.fsync(fd)
+        with named(path):
+            os.write(fd, line)  # one write of the whole line: O_APPEND keeps concurrent writers' lines apart
+            os.fsync(fd)
     finally:
         os.close(fd)
     return line

@@ -84,11 +84,23 @@ def segmentation_metrics(masks_true, prob, threshold: float = DEFAULT_THRESHOLD)
     }
 
 
+def check_target(target) -> float:
+    """A target sensitivity must lie in (0, 1]: one line, before any work, for anything else."""
+    import math
+
+    from edgebus.core.errors import EdgebusError
+
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target) or not 0 < target <= 1:
+        raise EdgebusError(f"--target-sensitivity {target}: give a value in (0, 1], e.g. 0.9")
+    return float(target)
+
+
 def threshold_for_sensitivity(y_true, prob, target: float = 0.9) -> dict:
     """The highest threshold whose malignant recall (sensitivity) on these cases reaches `target`,
     with the specificity it leaves. Chosen on validation data, stored in the exported model.
 
     Highest, because every lower threshold only trades specificity away for no sensitivity gain."""
+    check_target(target)
     y = np.asarray(y_true).astype(int).ravel()
     p = np.asarray(prob, dtype=np.float64).ravel()
     pos = np.sort(p[y == 1])[::-1]

@@ -21,6 +21,7 @@ from PIL import Image
 
 from edgebus.data.breast import IMAGES_DIR, SHEET_GLOB
 from edgebus.core.errors import EdgebusError
+from edgebus.core.io import staging
 
 SHEET_NAME = "BrEaST-Lesions-USG-clinical-data-synthetic.xlsx"
 COLUMNS = (
@@ -214,7 +215,7 @@ def _write_xlsx(path: Path, rows: list[dict]) -> None:
 
 
 def make_synthetic(out_dir, n_cases: int = 120, image_size: tuple[int, int] = (192, 224),
-                   malignant_fraction: float = 0.4, n_normal: int = 2, seed: int = 0) -> Path:
+                   malignant_fraction: float = 0.4, n_normal: int = 2, seed: int = 0, _in_place: bool = False) -> Path:
     """Write a BrEaST-layout data set of n_cases rows (n_normal of them normal) into out_dir; returns out_dir.
 
     Of the n_cases - n_normal lesion cases, round(that * malignant_fraction) are malignant.
@@ -233,6 +234,10 @@ def make_synthetic(out_dir, n_cases: int = 120, image_size: tuple[int, int] = (1
     others = [p.name for p in out.glob(SHEET_GLOB) if p.name != SHEET_NAME] if out.is_dir() else []
     if others:
         raise EdgebusError(f"{out}: already holds another sheet ({others[0]}); pick an empty output folder")
+    if not _in_place and not (out.is_dir() and any(out.iterdir())):  # a new set: built aside, renamed into place whole
+        with staging(out) as tmp:  # so a full disk or a kill leaves no half set to block the same command again
+            make_synthetic(tmp, n_cases, image_size, malignant_fraction, n_normal, seed, _in_place=True)
+        return out
     images = out / IMAGES_DIR
     images.mkdir(parents=True, exist_ok=True)
 

@@ -151,6 +151,7 @@ def _unlist_rewritten(run: Run, plan) -> None:
         files |= {e.get("file"), e.get("metadata")}
     if "int8" in keys:
         files.add(QAT_MODEL)
+    files.discard(None)
     files |= {n for n, a in run.manifest.artifacts.items() if a.get("source_file") in files}  # Edge TPU builds
     for name in files & set(run.manifest.artifacts):
         run.manifest.artifacts.pop(name)

@@ -4,15 +4,11 @@ given as a CV directory becomes a fold ensemble (classifier_fold<k>.tflite, aver
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from edgebus.core.errors import EdgebusError
-from edgebus.core.io import atomic_write, read_json, sha256_file, write_json
+from edgebus.core.io import atomic_write, read_json, sha256_file, staging, write_json
 from edgebus.core.tasks import TASKS
 from edgebus.runtime.ensemble import EnsembleModel, cv_fold_files
 from edgebus.runtime.model import ExportedModel, check_gates, resolve_model_path
@@ -61,28 +57,6 @@ def read_bundle(folder: str | Path) -> dict:
     return rec
 
 
-@contextlib.contextmanager
-def staging(out: Path):
-    """Yield a fresh temp folder beside `out` (mkdtemp: no planted name is followed); on success it
-    replaces `out` (an older folder there is renamed aside first and then removed), on failure it is
-    removed. A kill leaves `out` whole, or absent, never half made."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
-    try:
-        tmp.chmod(0o777 & ~_umask())
-        yield tmp
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
-            os.replace(out, old / "x")
-        os.rename(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def replaceable(out: Path, overwrite: bool) -> None:
     """Refuse an --out that holds anything but an earlier bundle's files: --overwrite replaces the
     folder whole, and must not take a user's other files with it."""
@@ -96,12 +70,6 @@ def replaceable(out: Path, overwrite: bool) -> None:
     if other:
         raise EdgebusError(f"{out}: holds more than a cart bundle ({', '.join(sorted(other)[:3])}); --overwrite replaces "
                            "the whole folder: pick another --out")
-
-
-def _umask() -> int:
-    m = os.umask(0)
-    os.umask(m)
-    return m
 
 
 def find_bundle(folder: str | Path) -> tuple[Path | None, Path | None]:

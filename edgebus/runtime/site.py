@@ -21,7 +21,8 @@ from pathlib import Path
 from edgebus.core.errors import EdgebusError
 from edgebus.core.io import atomic_write, read_json, sha256_file, write_json
 from edgebus.runtime.batch import model_identity
-from edgebus.runtime.bundle import BUNDLE_JSON, SITE_FILE, read_bundle, replaceable, staging
+from edgebus.core.io import staging
+from edgebus.runtime.bundle import BUNDLE_JSON, SITE_FILE, read_bundle, replaceable
 from edgebus.runtime.pipeline import LesionPipeline
 
 # malignant cases a site must label before a threshold is chosen on them: with 20 or 30 the chosen threshold

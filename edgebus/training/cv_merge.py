@@ -15,15 +15,13 @@ alone on a cart.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import shutil
 from pathlib import Path
 
 import numpy as np
 
 from edgebus.core.errors import EdgebusError
-from edgebus.core.io import append_jsonl, make_dir, now, read_jsonl, sha256_file, write_json
+from edgebus.core.io import append_jsonl, make_dir, now, read_jsonl, sha256_file, staging, write_json
 from edgebus.core.manifest import MANIFEST, Run
 from edgebus.runtime.ensemble import member_files
 
@@ -82,18 +80,8 @@ def merge_cv(members: list[str | Path], out: str | Path, n_boot: int = 2000, log
 
     by_id = {c.case_id: c for c in run_dataset(run0).lesions()}
     make_dir(out.parent, "--out")
-    # a temp folder made fresh (mkdtemp: a planted name is never followed), renamed into place when complete
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
-    try:
-        tmp.chmod(0o755)
+    with staging(out) as tmp:  # built aside in a fresh temp folder, renamed into place complete
         summary = _merge_into(tmp, members, loaded, seeds, by_id, task, thr, id0, run0, folds0, n_boot)
-        try:
-            os.rename(tmp, out)
-        except OSError:
-            raise EdgebusError(f"{out}: appeared while this merge ran (another cv-merge?); pick another --out") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log(f"{out}: {len(members)} CVs (seeds {seeds}) averaged fold by fold")
     return summary
 

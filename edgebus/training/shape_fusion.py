@@ -169,8 +169,10 @@ def fuse_cv(cls_cv, seg_cv, out=None, target: float = 0.9, log=print, overwrite:
     from edgebus.core.calibration import crossfit_operating_point
     from edgebus.core.io import atomic_write, check_report, make_dir, write_json
     from edgebus.core.stats import bootstrap_classification
+    from edgebus.core.metrics import check_target
     from edgebus.export.model_card import subgroups
 
+    check_target(target)
     out = Path(out) if out else Path(cls_cv) / "fusion"
     ident = {"classifier_folds_sha256": folds_sha256(cls_cv), "segment_folds_sha256": folds_sha256(seg_cv),
              "target_sensitivity": target}

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from edgebus.core.errors import EdgebusError
-from edgebus.core.io import atomic_write, write_json
-from edgebus.core.manifest import ModelInfo, Run, SplitInfo
+from edgebus.core.io import atomic_write, make_dir, one_writer, write_json
+from edgebus.core.manifest import MANIFEST, ModelInfo, Run, SplitInfo
 from edgebus.core.splits import stratified_split
 from edgebus.data.arrays import data_info, load_split_data, read_lesions
 from edgebus.data.breast import fingerprint
@@ -71,6 +72,18 @@ def write_metrics(run: Run, model, data: dict, batch: int) -> dict:
     return metrics
 
 
+def _unfinished(out, log) -> bool:
+    """A run folder an earlier train left before its end (a full disk, a kill): no train stage and no
+    grid or CV in it. Held by this process (one_writer), so no other train is still writing it."""
+    if not (Path(out) / MANIFEST).is_file():
+        return False
+    m = Run.load(out).manifest
+    if m.stages or m.grid is not None or m.cv is not None:
+        return False
+    log(f"{out}: an earlier train there did not finish; starting it again")
+    return True
+
+
 def train(cfg: TrainConfig, progress: bool = True, log=print) -> Run:
     """Read the data, split it, train, evaluate on val and test, and write the run directory."""
     task = cfg.resolve("train")
@@ -105,20 +118,22 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> Run:
 
     set_seed(cfg.seed)
     model = build_compiled(cfg.model, cfg.size, cfg.weights, cfg.model_kwargs, task)
-    run = Run.create(cfg.out, task, overwrite=cfg.overwrite)
-    write_run_header(run, cfg, ds, len(cases), split, contract, fp)
-    if cfg.crop_margin is not None:
-        write_json(run.file("boxes.json"), {"source": box_source, "boxes": {str(k): v for k, v in (boxes or {}).items()}})
-        run.add_artifact("boxes.json", "lesion-boxes")
-        run.manifest.crop = {"boxes": "boxes.json", "train": "true masks", "val_test": box_source}
-        run.save()
+    make_dir(cfg.out, "--out")
+    with one_writer(cfg.out):  # two trains into one folder would mix their files
+        run = Run.create(cfg.out, task, overwrite=cfg.overwrite or _unfinished(cfg.out, log))
+        write_run_header(run, cfg, ds, len(cases), split, contract, fp)
+        if cfg.crop_margin is not None:
+            write_json(run.file("boxes.json"), {"source": box_source, "boxes": {str(k): v for k, v in (boxes or {}).items()}})
+            run.add_artifact("boxes.json", "lesion-boxes")
+            run.manifest.crop = {"boxes": "boxes.json", "train": "true masks", "val_test": box_source}
+            run.save()
 
-    data = load_split_data(by_id, split, contract, task, boxes, masks=has_aux_mask(model),
-                           descriptors=has_descriptors(model))
-    model, hist, kept, wall = fit_keep(model, task, cfg, data, progress)
-    write_model(run, model, history_csv(hist.history))
-    write_metrics(run, model, data, cfg.batch)
-    run.stage("train", wall_s=round(wall, 1), epochs=cfg.epochs, kept_epoch=kept, keep=cfg.keep, lr=cfg.lr,
-              schedule=cfg.schedule, batch=cfg.batch, augment=augment_name(cfg.augment), **framework())
-    run.save()
-    return run
+        data = load_split_data(by_id, split, contract, task, boxes, masks=has_aux_mask(model),
+                               descriptors=has_descriptors(model))
+        model, hist, kept, wall = fit_keep(model, task, cfg, data, progress)
+        write_model(run, model, history_csv(hist.history))
+        write_metrics(run, model, data, cfg.batch)
+        run.stage("train", wall_s=round(wall, 1), epochs=cfg.epochs, kept_epoch=kept, keep=cfg.keep, lr=cfg.lr,
+                  schedule=cfg.schedule, batch=cfg.batch, augment=augment_name(cfg.augment), **framework())
+        run.save()
+        return run
