@@ -6,6 +6,9 @@ loop keeps memory flat. Colour (RGB, YBR_*) and palette frames become RGB, MONOC
 and then every frame goes through the shared preprocessing (`gray_from_array`) as a PNG would.
 Where the Sequence of Ultrasound Regions describes a 2D tissue (B-mode) region in centimetres, the
 frame is cut to it and its PhysicalDeltaX/Y give the pixel size, so mm^2 needs no --pixel-size.
+A malformed header (a B-mode region without a corner, one in centimetres without PhysicalDeltaX/Y,
+a NumberOfFrames that is not a whole number) is one EdgebusError naming the file and the attribute:
+in a folder run, that file's error row, and the run goes on.
 JPEG Lossless and JPEG-LS need a GPL plugin (pylibjpeg-libjpeg) that edgebus does not install.
 """
 
