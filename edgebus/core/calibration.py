@@ -65,6 +65,22 @@ def fit_platt(y, p, l2: float = 1e-3, steps: int = 100, slope: bool = True) -> d
     return {"method": "platt", "a": float(w[0]), "b": float(w[1])}
 
 
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
+
+
+def valid_calibration(cal) -> bool:
+    """None (no calibration) or a usable Platt map: method "platt", a finite slope a > 0 (monotone, so
+    a threshold keeps its meaning) and a finite intercept b. Files from elsewhere are checked with it."""
+    return not cal and cal in (None, {}) or (isinstance(cal, dict) and cal.get("method") == "platt" and _finite(cal.get("a"))
+                           and cal["a"] > 0 and _finite(cal.get("b")))
+
+
+def valid_threshold(t) -> bool:
+    """A decision threshold on a probability: a finite number strictly inside (0, 1)."""
+    return _finite(t) and 0 < t < 1
+
+
 def apply(cal: dict | None, p) -> np.ndarray:
     """Calibrated probabilities (the identity without a calibrator)."""
     p = np.asarray(p, dtype=np.float64)

@@ -90,6 +90,20 @@ def fit_logistic(x: np.ndarray, y, names, kind: str, l2: float = 1.0, steps: int
             "scale": scale.tolist(), "weights": w[:-1].tolist(), "intercept": float(w[-1])}
 
 
+def valid_model(model, names) -> bool:
+    """A logistic model as fit_logistic writes it, over exactly `names`: finite numbers, one per input,
+    non-zero scales. A fusion.json from elsewhere is checked with it before a frame is scored."""
+    if not isinstance(model, dict) or model.get("inputs") != list(names):
+        return False
+    for key in ("fill", "mean", "scale", "weights"):
+        v = model.get(key)
+        if not isinstance(v, list) or len(v) != len(names) or not all(
+                isinstance(a, (int, float)) and not isinstance(a, bool) and np.isfinite(a) for a in v):
+            return False
+    b = model.get("intercept")
+    return isinstance(b, (int, float)) and not isinstance(b, bool) and bool(np.isfinite(b)) and all(model["scale"])
+
+
 def predict(model: dict, x: np.ndarray, names=INPUTS) -> np.ndarray:
     """Probability of each row of x (columns `names`: feature_rows, or MEASURES for a descriptor)."""
     cols = [list(names).index(n) for n in model["inputs"]]

@@ -92,7 +92,7 @@ class RunManifest:
         if not isinstance(d, dict):
             raise EdgebusError(f"{where}: not an edgebus manifest (a JSON object is expected); restore it")
         d = dict(d)
-        if d.get("task") not in TASKS:
+        if not isinstance(d.get("task"), str) or d["task"] not in TASKS:
             raise EdgebusError(f"{where}: unknown task {d.get('task')!r}; not an edgebus run, or a damaged manifest")
         metrics = dict(d.get("metrics") or {})
         if "keras_test" in metrics:  # before 0.1.1 export stored the Keras test metrics a second time
@@ -107,16 +107,35 @@ class RunManifest:
                     fields = {f.name for f in dataclasses.fields(typ)}
                     d[key] = typ(**{k: v for k, v in d[key].items() if k in fields})
             m = cls(**{k: v for k, v in d.items() if k in known})
+            for obj in (m, m.data, m.model, m.split):
+                if obj is not None:
+                    _check_types(obj)
         except (TypeError, AttributeError) as e:
             raise EdgebusError(f"{where}: malformed manifest ({e}); restore it or re-run the stage that wrote it") from None
         for name, art in m.artifacts.items():
             if not isinstance(art, dict) or not isinstance(art.get("sha256"), str) or Path(name).name != name:
                 raise EdgebusError(f"{where}: malformed artifact entry {name!r}; restore the manifest")
-        try:
-            m.threshold = float(m.threshold)
-        except (TypeError, ValueError):
-            raise EdgebusError(f"{where}: threshold {m.threshold!r} is not a number; restore the manifest") from None
+        if isinstance(m.threshold, bool) or not isinstance(m.threshold, (int, float)) or not 0 <= m.threshold <= 1:
+            raise EdgebusError(f"{where}: threshold {m.threshold!r} is not a number from 0 to 1; restore the manifest")
+        m.threshold = float(m.threshold)
         return m
+
+
+_TYPES = {"str": str, "int": int, "float": (int, float), "list": list, "dict": dict}
+
+
+def _check_types(obj) -> None:
+    """Every field of a manifest dataclass holds the JSON type its annotation names (a hand-edited or
+    damaged manifest is refused here, not deep inside a stage)."""
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        kinds = [k.strip() for k in str(f.type).split("|")]
+        if v is None and "None" in kinds:
+            continue
+        allowed = tuple(t for k in kinds for t in (_TYPES.get(k),) if t is not None)
+        allowed = tuple(x for t in allowed for x in (t if isinstance(t, tuple) else (t,)))
+        if allowed and (not isinstance(v, allowed) or isinstance(v, bool)):
+            raise TypeError(f"{f.name} is {type(v).__name__}, not {' or '.join(kinds)}")
 
 
 _ALWAYS = {"task", "created", "edgebus_version", "stages", "artifacts", "metrics", "threshold"}

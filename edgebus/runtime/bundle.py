@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from edgebus.core.calibration import valid_calibration, valid_threshold
 from edgebus.core.errors import EdgebusError
 from edgebus.core.io import atomic_write, read_json, sha256_file, staging, write_json
 from edgebus.core.tasks import TASKS
@@ -43,7 +44,13 @@ def read_bundle(folder: str | Path) -> dict:
             continue
         if not isinstance(e, dict):
             raise EdgebusError(f"{path}: its {role} entry is not an object; re-run 'edgebus bundle'")
-        entries += e.get("ensemble") if role == "classifier" and "ensemble" in e else [e]
+        entries += e["ensemble"] if role == "classifier" and isinstance(e.get("ensemble"), list) else [e]
+    c = rec.get("classifier")
+    if isinstance(c, dict) and "ensemble" in c and not (
+            isinstance(c["ensemble"], list) and c["ensemble"] and valid_threshold(c.get("threshold"))
+            and valid_calibration(c.get("calibration"))):
+        raise EdgebusError(f"{path}: its fold ensemble has no members, or a threshold outside (0, 1) or an unusable "
+                           "calibration; re-run 'edgebus bundle'")
     if not any(rec.get(r) for r in ("classifier", "segmenter")):
         raise EdgebusError(f"{path}: names no model; re-run 'edgebus bundle'")
     for e in entries:
@@ -201,10 +208,8 @@ def load_site(folder: str | Path) -> dict | None:
         return None
     p = Path(folder) / entry["file"]
     site = read_json(p)
-    cal = site.get("calibration") if isinstance(site, dict) else None
-    if (not isinstance(site, dict) or not isinstance(site.get("threshold"), (int, float))
-            or (cal is not None and not (cal.get("method") == "platt" and isinstance(cal.get("b"), (int, float))
-                                         and isinstance(cal.get("a"), (int, float)) and cal["a"] > 0))):
+    if not isinstance(site, dict) or not valid_threshold(site.get("threshold")) or \
+            not valid_calibration(site.get("calibration")):
         raise EdgebusError(f"{p}: no threshold, or not a Platt calibration; re-run 'edgebus site-threshold' on the "
                            "shipped cart")
     return site | {"sha256": entry["sha256"]}

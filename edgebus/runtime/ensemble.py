@@ -8,13 +8,11 @@ on data no fold saw (an external set)."""
 
 from __future__ import annotations
 
-import math
-
 from pathlib import Path
 
 import numpy as np
 
-from edgebus.core.calibration import apply as calibrate
+from edgebus.core.calibration import apply as calibrate, valid_calibration, valid_threshold
 from edgebus.core.errors import EdgebusError
 from edgebus.core.io import read_jsonl, sha256_file
 from edgebus.core.manifest import Run
@@ -89,11 +87,6 @@ def cv_fold_files(cv_dir: str | Path) -> tuple[list[Path], float, dict | None, d
     return files, (op or {}).get("threshold", run.manifest.threshold), (op or {}).get("calibration"), source
 
 
-def _finite(v, lo: float, hi: float, closed_hi: bool = False) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo < v and (
-        v <= hi if closed_hi else v < hi)
-
-
 def cv_point(cv: Run) -> dict | None:
     """A classifier CV's operating_point.json (None: none chosen), trusted only as `edgebus
     operating-point` wrote it: recorded in the CV's manifest with the sha256 it has now, made from
@@ -106,10 +99,8 @@ def cv_point(cv: Run) -> dict | None:
         raise EdgebusError(f"{where}: not recorded in the CV's manifest.json (made by hand or by an older edgebus); "
                            f"run 'edgebus operating-point {cv.path} --overwrite' again")
     op = cv.read_artifact_json(name)  # sha256-checked
-    cal = op.get("calibration") if isinstance(op, dict) else None
-    if not (isinstance(op, dict) and _finite(op.get("threshold"), 0, 1)
-            and _finite(op.get("target_sensitivity"), 0, 1, closed_hi=True)
-            and (cal is None or isinstance(cal, dict) and all(_finite(cal.get(k), -1e6, 1e6) for k in ("a", "b")))):
+    if not (isinstance(op, dict) and valid_threshold(op.get("threshold")) and valid_calibration(op.get("calibration"))
+            and (valid_threshold(op.get("target_sensitivity")) or op.get("target_sensitivity") == 1)):
         raise EdgebusError(f"{where}: threshold, target or calibration out of range (a threshold lies in (0, 1)); "
                            f"run 'edgebus operating-point {cv.path} --overwrite' again")
     folds = cv.path / "folds.jsonl"

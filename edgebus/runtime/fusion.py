@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgebus.core import fusion
-from edgebus.core.calibration import apply
+from edgebus.core.calibration import apply, valid_threshold
 from edgebus.core.echo import echo_features
 from edgebus.core.errors import EdgebusError
 from edgebus.core.io import sha256_file
@@ -55,16 +55,19 @@ class ShapeFusion:
             op = r["operating_point"]["fused"]
             # the logistic output is the probability: a Platt step fitted on other scanner settings on top of it
             # made it worse out of fold (training/results/robustness.md), so none is applied
-            self.threshold, self.calibration = float(op["threshold"]), None
-            if self.model["inputs"] != list(fusion.INPUTS) or len(self.model["weights"]) != len(fusion.INPUTS):
-                raise KeyError("inputs")
+            self.threshold, self.calibration = op["threshold"], None
+            if not valid_threshold(self.threshold):
+                raise ValueError(f"threshold {self.threshold!r} outside (0, 1)")
+            if not fusion.valid_model(self.model, fusion.INPUTS):
+                raise KeyError("model")
             self.descriptors = [d for d in r.get("descriptors") or [] if d.get("shipped")]
             for d in self.descriptors:
-                if d["model"]["inputs"] != list(fusion.MEASURES) or len(d["labels"]) != 2:
+                if not (fusion.valid_model(d.get("model"), fusion.MEASURES) and isinstance(d.get("labels"), list)
+                        and len(d["labels"]) == 2 and isinstance(d.get("name"), str)):
                     raise KeyError(f"descriptor {d.get('name')}")
         except FileNotFoundError:
             raise EdgebusError(f"{self.path}: not found; make it with 'edgebus fuse CLS_CV SEG_CV'") from None
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise EdgebusError(f"{self.path}: not a fusion file of this edgebus ({type(e).__name__}: {e}); "
                                "re-run 'edgebus fuse'") from None
         self.sha256 = sha256_file(self.path)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgebus.core.calibration import apply as calibrate
+from edgebus.core.calibration import apply as calibrate, valid_calibration, valid_threshold
 from edgebus.core.errors import EdgebusError
 from edgebus.core.io import sha256_file
 from edgebus.core.manifest import MANIFEST, Run
@@ -90,16 +90,13 @@ class ExportedModel:
             self.desc_index = next((i for i, sh in enumerate(shapes) if i != self.out_index and int(np.prod(sh[1:])) == n), None)
             if self.desc_index is None:
                 raise EdgebusError(f"{path}: metadata names {n} BI-RADS descriptors but no output has {n} values; re-export it")
-        try:
-            self.threshold = float(meta.get("threshold", DEFAULT_THRESHOLD))
-        except (TypeError, ValueError):
-            raise EdgebusError(f"{path}: metadata threshold {meta.get('threshold')!r} is not a number; re-export it") from None
+        self.threshold = meta.get("threshold", DEFAULT_THRESHOLD)
+        if not valid_threshold(self.threshold):
+            raise EdgebusError(f"{path}: metadata threshold {self.threshold!r} is not a number inside (0, 1); re-export it")
+        self.threshold = float(self.threshold)
         self.calibration = meta.get("calibration")
-        if self.calibration is not None:
-            try:
-                calibrate(self.calibration, 0.5)
-            except (EdgebusError, KeyError, TypeError) as e:
-                raise EdgebusError(f"{path}: metadata calibration {self.calibration!r} is not usable ({e}); re-export it") from None
+        if not valid_calibration(self.calibration):
+            raise EdgebusError(f"{path}: metadata calibration {self.calibration!r} is not a usable Platt map; re-export it")
         self.path, self.meta, self.contract, self.size = path, meta, pre, (h, w)
         self.gates = meta.get("gates")  # the export's verdict: {"status": "passed" | "FAILED", "failures", ...}
         self.labels = list(meta.get("labels") or self.task.labels)
