@@ -26,8 +26,12 @@ def test_merged_cv_averages_each_folds_members_and_the_stages_read_it(synthetic_
     assert ra[0]["test_prob"] != rb[0]["test_prob"]  # another seed: other models
 
     m = tmp_path / "merged"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / ".merged.partial").symlink_to(elsewhere)  # the temp name an older cv-merge used, planted as a link
     r = cli("cv-merge", a, b, "--out", m)
     assert r.exit_code == 0, r.output
+    assert list(elsewhere.iterdir()) == [] and not list(tmp_path.glob(".merged.*.partial"))  # built aside, then renamed
     rm = _recs(m)
     for x, y, z in zip(ra, rb, rm):
         for key in ("test_prob", "test_prob_int8"):  # the ensemble's outputs are the mean of its members'
