@@ -1,6 +1,7 @@
 """Grid search, its resume after a kill, shards, figures and report; k-fold CV, bootstrap and the
 content-hash leak check. Tiny models (test-cnn, test-unet) at 32 px on the 40-case synthetic set."""
 
+import csv
 import json
 import os
 import shutil
@@ -388,3 +389,72 @@ def test_grid_bad_input_errors(synthetic_breast_dir, killed_and_resumed, tmp_pat
     _one_line_error(cli("grid", "segment", "--data", synthetic_breast_dir, "--model", "test-cnn"), "classify")
     _one_line_error(cli("grid", "classify", "--data", synthetic_breast_dir, "--model", "test-cnn", "--shard", "3/2"), "shard")
     _one_line_error(cli("grid", "report", tmp_path), "manifest")
+
+
+def _val_bce_and_accuracy(run_dir: Path) -> tuple[float, float]:
+    """The saved model.keras re-scored on the run's own validation part: (binary cross-entropy as
+    Keras' val_loss computes it, accuracy at 0.5)."""
+    from edgebus.core.manifest import Run
+    from edgebus.data.arrays import load_run_arrays
+    from edgebus.engine.fit import predict
+    from edgebus.engine.models import load_run_model
+
+    run = Run.load(run_dir)
+    x, y = load_run_arrays(run, ("val",))["val"][:2]
+    p = np.clip(predict(load_run_model(run), x).ravel().astype(np.float64), 1e-7, 1 - 1e-7)
+    y = np.asarray(y, dtype=np.float64).ravel()
+    return float(np.mean(-(y * np.log(p) + (1 - y) * np.log(1 - p)))), float(np.mean((p > 0.5) == (y == 1)))
+
+
+def test_keep_best_keeps_the_best_validation_epoch_and_keep_last_the_last(chain_data, tmp_path):
+    """Issue 32: 4 epochs at a learning rate that swings (lr 3e-2, 12 validation images): --keep best
+    records the epoch of the best validation accuracy (ties: the lower val_loss) in history.csv, and
+    the saved weights are that epoch's: re-scored on the validation part they give that epoch's
+    val_loss and accuracy, not the last epoch's. --keep last keeps epoch 4 the same way."""
+    hists, kept = {}, {}
+    for keep in ("best", "last"):
+        out = tmp_path / keep
+        r = cli("train", "classify", "--data", chain_data, "--model", "test-cnn", "--size", 32, "--epochs", 4,
+                "--lr", 3e-2, "--keep", keep, "--out", out, "--quiet")
+        assert r.exit_code == 0, r.output
+        with open(out / "history.csv", newline="") as f:
+            hists[keep] = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        stage = manifest(out)["stages"]["train"]
+        assert stage["keep"] == keep and len(hists[keep]) == 4
+        kept[keep] = stage["kept_epoch"]
+        row = hists[keep][kept[keep] - 1]
+        assert row["epoch"] == kept[keep]
+        loss, acc = _val_bce_and_accuracy(out)
+        # the saved weights are the kept epoch's: its val_loss, and no other epoch's
+        assert loss == pytest.approx(row["val_loss"], rel=2e-3, abs=1e-4), (keep, loss, hists[keep])
+        assert min(hists[keep], key=lambda h: abs(h["val_loss"] - loss))["epoch"] == kept[keep]
+        assert acc == pytest.approx(row["val_accuracy"], abs=1e-6)
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["val"]["accuracy"] == pytest.approx(row["val_accuracy"], abs=1e-6)
+    assert kept["last"] == 4
+    best = max(hists["best"], key=lambda h: (h["val_accuracy"], -h["val_loss"]))  # first of equals: the earlier epoch
+    assert kept["best"] == best["epoch"], hists["best"]
+    # the check has teeth only where the best epoch is not the last (on this seed: epoch 3, 0.83 against 0.42)
+    assert kept["best"] != 4 and best["val_accuracy"] > hists["best"][3]["val_accuracy"], hists["best"]
+
+
+def test_keep_best_ranks_by_validation_accuracy_then_loss():
+    """engine.fit.KeepBest on hand-made epoch logs: the best validation accuracy wins even at a higher
+    val_loss; equal accuracies go to the lower val_loss, then to the earlier epoch."""
+    from edgebus.engine.fit import KeepBest
+
+    class Model:
+        n = 0
+
+        def get_weights(self):
+            return [self.n]
+
+    for logs, want in (([(0.5, 0.3), (0.8, 0.9), (0.8, 0.6), (0.7, 0.1)], 3),
+                       ([(0.6, 0.5), (0.6, 0.5), (0.5, 0.1)], 1),
+                       ([(0.5, 0.7), (0.5, 0.2), (0.5, 0.4)], 2)):
+        cb, model = KeepBest("classify"), Model()
+        cb.set_model(model)
+        for epoch, (acc, loss) in enumerate(logs):
+            model.n = epoch + 1
+            cb.on_epoch_end(epoch, {"val_accuracy": acc, "val_loss": loss, "accuracy": 1.0, "loss": 0.0})
+        assert (cb.epoch, cb.weights) == (want, [want]), logs
