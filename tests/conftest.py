@@ -139,6 +139,19 @@ def tiny_cls(synthetic_breast_dir, tmp_path_factory):
     return read_only(out)
 
 
+@pytest.fixture(scope="session")
+def tiny_cv(synthetic_breast_dir, tmp_path_factory):
+    """A 3-fold test-cnn classifier CV at 32 px, 1 epoch, with int8 fold models and its out-of-fold
+    operating point (read-only: copy_run it to change it). For plumbing, not for quality."""
+    out = tmp_path_factory.mktemp("tiny-cv") / "cv"
+    r = cli("cv", "classify", "--data", synthetic_breast_dir, "--model", "test-cnn", "--size", 32, "--folds", 3,
+            "--epochs", 1, "--int8", "--out", out, "--quiet")
+    assert r.exit_code == 0, r.output
+    r = cli("operating-point", out)
+    assert r.exit_code == 0, r.output
+    return read_only(out)
+
+
 def copy_run(run: Path, dst: Path) -> Path:
     """A writable copy of a shared run."""
     import shutil

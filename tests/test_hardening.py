@@ -34,13 +34,8 @@ def cls_file(tiny_cls, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cv(synthetic_breast_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("hard-cv") / "cv"
-    r = cli("cv", "classify", "--data", synthetic_breast_dir, "--model", "test-cnn", "--size", 32, "--folds", 3,
-            "--epochs", 1, "--int8", "--out", out, "--quiet")
-    assert r.exit_code == 0, r.output
-    assert cli("operating-point", out).exit_code == 0
-    return out
+def cv(tiny_cv):
+    return tiny_cv
 
 
 # ---- 1. results files are never written through a link -------------------------------------------

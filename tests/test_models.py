@@ -3,6 +3,8 @@ output its task promises, is one flat graph, takes quantization-aware annotation
 full-int8 TFLite file with no float tensor that the cart's loader accepts, and rebuilds from a run
 manifest with the same outputs. A model added to the registry is tested here without a new test."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -17,7 +19,16 @@ def images():
     return rng.random((4, SIZE, SIZE, 3), dtype=np.float32)
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+# what the README ships (the demo's MobileNetV2 and U-Net, the recommended cart's Lite0 models) and the tiny
+# test models run in every suite; the other real-size models (minutes of conversion) with EDGEBUS_SLOW=1
+SHIPPED = {"mobilenetv2", "unet-efficientnetb2", "efficientnet-lite0-segaux", "unet-efficientnet-lite0",
+           "test-cnn", "test-unet"}
+SLOW = pytest.mark.skipif(os.environ.get("EDGEBUS_SLOW") != "1", reason="set EDGEBUS_SLOW=1 (a real-size model "
+                          "beyond the shipped ones: minutes)")
+
+
+@pytest.mark.parametrize("name", [n if n in SHIPPED else pytest.param(n, marks=[pytest.mark.slow, SLOW])
+                                  for n in sorted(MODELS)])
 def test_registry_model(name, images, tmp_path):
     from edgebus.compat import keras, set_seed
     from edgebus.core.manifest import ModelInfo

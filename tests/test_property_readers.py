@@ -88,13 +88,8 @@ def test_results_files(tmp_path_factory, lines, torn):
 # ---- manifest.json, operating_point.json (a real CV), bundle.json / site.json (a real cart) ---------
 
 @pytest.fixture(scope="module")
-def cv(synthetic_breast_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("prop-cv") / "cv"
-    r = cli("cv", "classify", "--data", synthetic_breast_dir, "--model", "test-cnn", "--size", 32, "--folds", 3,
-            "--epochs", 1, "--int8", "--out", out, "--quiet")
-    assert r.exit_code == 0, r.output
-    assert cli("operating-point", out).exit_code == 0
-    return out
+def cv(tiny_cv):
+    return tiny_cv
 
 
 @pytest.fixture(scope="module")

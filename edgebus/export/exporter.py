@@ -318,7 +318,6 @@ def export_run(run_dir: str | Path, cfg: ExportConfig | None = None, log=print) 
     if again and not cfg.overwrite:
         raise EdgebusError(f"{run.path}: already exported ({', '.join(again)}); pass --overwrite to replace them")
     check_writable(run.path, "export writes its files into the run folder: copy the run somewhere writable")
-    _unlist_rewritten(run, plan)
 
     model = load_run_model(run)
     scored = ("val", "test") if rule_of(run) == "val" and not run.task.truth_is_mask else ("test",)  # val: file points
@@ -326,6 +325,7 @@ def export_run(run_dir: str | Path, cfg: ExportConfig | None = None, log=print) 
     parts = {k: data[k] for k in scored}
     xtr = data["train"][0]
     xte, yte = data["test"][:2]
+    _unlist_rewritten(run, plan)  # the model and data loaded: the first write is next
     write_eval_pack(run, run.read_artifact_json("split.json")["test"], xte, yte)
     parent = parent_point(run)
     keras_probs = {k: predict(model, parts[k][0]) for k in parts}

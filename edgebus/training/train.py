@@ -72,16 +72,13 @@ def write_metrics(run: Run, model, data: dict, batch: int) -> dict:
     return metrics
 
 
-def _unfinished(out, log) -> bool:
+def _unfinished(out) -> bool:
     """A run folder an earlier train left before its end (a full disk, a kill): no train stage and no
-    grid or CV in it. Held by this process (one_writer), so no other train is still writing it."""
+    grid or CV in it. (A train still writing it holds the folder: one_writer turns this one away.)"""
     if not (Path(out) / MANIFEST).is_file():
         return False
     m = Run.load(out).manifest
-    if m.stages or m.grid is not None or m.cv is not None:
-        return False
-    log(f"{out}: an earlier train there did not finish; starting it again")
-    return True
+    return not (m.stages or m.grid is not None or m.cv is not None)
 
 
 def train(cfg: TrainConfig, progress: bool = True, log=print) -> Run:
@@ -118,9 +115,14 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> Run:
 
     set_seed(cfg.seed)
     model = build_compiled(cfg.model, cfg.size, cfg.weights, cfg.model_kwargs, task)
+    again = _unfinished(cfg.out)
+    if (Path(cfg.out) / MANIFEST).is_file() and not (cfg.overwrite or again):  # refused before anything is written there
+        raise EdgebusError(f"{cfg.out}: a run already exists there; pick another --out or pass --overwrite to replace it")
     make_dir(cfg.out, "--out")
     with one_writer(cfg.out):  # two trains into one folder would mix their files
-        run = Run.create(cfg.out, task, overwrite=cfg.overwrite or _unfinished(cfg.out, log))
+        if again:
+            log(f"{cfg.out}: an earlier train there did not finish; starting it again")
+        run = Run.create(cfg.out, task, overwrite=cfg.overwrite or again)
         write_run_header(run, cfg, ds, len(cases), split, contract, fp)
         if cfg.crop_margin is not None:
             write_json(run.file("boxes.json"), {"source": box_source, "boxes": {str(k): v for k, v in (boxes or {}).items()}})
