@@ -152,6 +152,31 @@ def tiny_cv(synthetic_breast_dir, tmp_path_factory):
     return read_only(out)
 
 
+def _int8_file(run: Path) -> Path:
+    exports = manifest(run)["exports"]
+    e = exports["int8"]
+    assert e["status"] == "ok", e
+    return run / e["file"]
+
+
+@pytest.fixture(scope="session")
+def cart_models(synthetic_breast_dir, tmp_path_factory):
+    """Tiny int8 classifier + segmenter at 64 px (quality is irrelevant here, only the plumbing): the
+    cart tests of predict, bad frames and hardening share them."""
+    runs = tmp_path_factory.mktemp("predict-runs")
+    out = {}
+    for task, model, key in (("classify", "test-cnn", "cls"), ("segment", "test-unet", "seg")):
+        run = runs / key
+        r = cli("train", task, "--data", synthetic_breast_dir, "--model", model, "--size", 64, "--epochs", 3,
+                "--lr", 3e-3, "--batch", 16, "--out", run, "--quiet")
+        assert r.exit_code == 0, r.output
+        r = cli("export", run, "--formats", "int8", "--calibration-images", 16)
+        assert r.exit_code == 0, r.output
+        out[key] = run
+        out[f"{key}_file"] = _int8_file(run)
+    return out
+
+
 def copy_run(run: Path, dst: Path) -> Path:
     """A writable copy of a shared run."""
     import shutil

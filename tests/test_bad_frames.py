@@ -16,20 +16,10 @@ from tests.conftest import cli
 IMAGES = "BrEaST-Lesions_USG-images_and_masks"
 
 
-@pytest.fixture(scope="session")
-def tiny_cart(synthetic_breast_dir, tmp_path_factory):
-    """A tiny int8 classifier + segmenter at 32 px: only the plumbing matters here."""
-    runs = tmp_path_factory.mktemp("bad-frames-runs")
-    out = []
-    for task, model in (("classify", "test-cnn"), ("segment", "test-unet")):
-        run = runs / task
-        r = cli("train", task, "--data", synthetic_breast_dir, "--model", model, "--size", 32, "--epochs", 1,
-                "--batch", 16, "--out", run, "--quiet")
-        assert r.exit_code == 0, r.output
-        r = cli("export", run, "--formats", "int8", "--calibration-images", 8)
-        assert r.exit_code == 0, r.output
-        out.append(run / json.loads((run / "manifest.json").read_text())["exports"]["int8"]["file"])
-    return ["--classifier", out[0], "--segmenter", out[1]]
+@pytest.fixture(scope="module")
+def tiny_cart(cart_models):
+    """A tiny int8 classifier + segmenter (conftest): only the plumbing matters here."""
+    return ["--classifier", cart_models["cls_file"], "--segmenter", cart_models["seg_file"]]
 
 
 def _good_pngs(data: Path, n: int) -> list[Path]:

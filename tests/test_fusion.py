@@ -14,7 +14,7 @@ from edgebus.core.echo import echo_features
 from edgebus.core.errors import EdgebusError
 from edgebus.core.shape import FEATURES, on_grid, shape_features
 from edgebus.data.preprocess import lesion_in_frame
-from tests.conftest import cli, one_line_error
+from tests.conftest import cli, copy_run, one_line_error
 
 
 def _ellipse(h, w, box):
@@ -119,9 +119,9 @@ def test_fusion_learns_the_shape_signal_and_never_sees_the_fold_it_scores():
         fusion.fit(x, np.zeros(len(y)))
 
 
-def test_fuse_scores_a_classifier_cv_with_a_segment_cv_on_the_same_folds(synthetic_breast_dir, tmp_path):
+def test_fuse_scores_a_classifier_cv_with_a_segment_cv_on_the_same_folds(tiny_cv, synthetic_breast_dir, tmp_path):
     common = ("--data", synthetic_breast_dir, "--size", 32, "--folds", 3, "--int8", "--quiet")
-    assert cli("cv", "classify", "--model", "test-cnn", "--epochs", 2, "--out", tmp_path / "cls", *common).exit_code == 0
+    copy_run(tiny_cv, tmp_path / "cls")  # the shared classifier CV; the segment CV below is on the same folds
     r = cli("cv", "segment", "--model", "test-unet", "--epochs", 2, "--out", tmp_path / "seg", *common)
     assert r.exit_code == 0, r.output
     r = cli("fuse", tmp_path / "cls", tmp_path / "seg")

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,12 +24,9 @@ def _frames(data: Path, n: int) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def cls_file(tiny_cls, tmp_path_factory):
-    """A tiny exported int8 classifier (a writable copy of the shared run)."""
-    run = copy_run(tiny_cls, tmp_path_factory.mktemp("hard") / "run")
-    r = cli("export", run, "--formats", "int8", "--calibration-images", 16, "--qat-epochs", 1)
-    assert r.exit_code == 0, r.output
-    return run / "model_int8.tflite"
+def cls_file(cart_models):
+    """A tiny exported int8 classifier (conftest.cart_models: not written into here)."""
+    return cart_models["cls_file"]
 
 
 @pytest.fixture(scope="module")
@@ -273,7 +269,7 @@ def test_export_overwrite_killed_after_a_file_is_replaced_leaves_a_true_manifest
     real, calls = ex.write_tflite, []
 
     def killed_after_write(path, *a, **k):
-        out = real(path, *a, **k)
+        real(path, *a, **k)
         calls.append(path)
         raise KeyboardInterrupt  # the process dies here
     monkeypatch.setattr(ex, "write_tflite", killed_after_write)
@@ -294,7 +290,8 @@ def test_export_overwrite_killed_after_a_file_is_replaced_leaves_a_true_manifest
 
 
 def test_bench_of_one_file_in_a_run_keeps_the_runs_report(cls_file, tmp_path, monkeypatch):
-    run = cls_file.parent
+    run = copy_run(cls_file.parent, tmp_path / "run")
+    cls_file = run / cls_file.name
     assert cli("bench", run, "--runs", 2, "--warmup", 0, "--no-keras").exit_code == 0
     before = json.loads((run / "report.json").read_text())
     r = cli("bench", cls_file, "--runs", 2, "--warmup", 0)
