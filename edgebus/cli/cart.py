@@ -39,7 +39,8 @@ def bench(targets: list[Path] = typer.Argument(..., help="a run directory (or a 
         raise EdgebusError("--threads takes counts >= 1 (e.g. 1,2), --warmup >= 0 and --runs >= 1")
     on_run = len(targets) == 1 and targets[0].is_dir()
     out = out or report_folder(targets)
-    check_out(out, {"run": str(targets[0].resolve()) if on_run else None})  # before the work, not after
+    check_out(out, {"run": str(targets[0].resolve())} if on_run else  # before the work, not after
+              {"run": None, "model": ", ".join(t.name for t in targets)})
     if on_run:
         result = bench_run(targets[0], thread_counts, warmup, runs, xnnpack, keras, edgetpu, log=typer.echo)
     else:
