@@ -19,12 +19,13 @@ def images():
     return rng.random((4, SIZE, SIZE, 3), dtype=np.float32)
 
 
-# what the README ships (the demo's MobileNetV2 and U-Net, the recommended cart's Lite0 models) and the tiny
-# test models run in every suite; the other real-size models (minutes of conversion) with EDGEBUS_SLOW=1
-SHIPPED = {"mobilenetv2", "unet-efficientnetb2", "efficientnet-lite0-segaux", "unet-efficientnet-lite0",
-           "test-cnn", "test-unet"}
+# the recommended cart's Lite0 models and the tiny test models run in every suite. The demo's MobileNetV2 and
+# U-Net are built, QAT-annotated, exported full-int8 (a float tensor left fails the export), loaded by the cart
+# and rebuilt from their manifest by tests/test_demo.py in every suite; here, like the real-size models beyond
+# the shipped ones, with EDGEBUS_SLOW=1
+SHIPPED = {"efficientnet-lite0-segaux", "unet-efficientnet-lite0", "test-cnn", "test-unet"}
 SLOW = pytest.mark.skipif(os.environ.get("EDGEBUS_SLOW") != "1", reason="set EDGEBUS_SLOW=1 (a real-size model "
-                          "beyond the shipped ones: minutes)")
+                          "the demo test covers, or beyond the shipped ones: minutes)")
 
 
 @pytest.mark.parametrize("name", [n if n in SHIPPED else pytest.param(n, marks=[pytest.mark.slow, SLOW])
