@@ -182,7 +182,7 @@ def test_from_cv_checks_the_operating_point_file_data_and_contract(cv, synthetic
     m = manifest(bad)
     m["artifacts"]["operating_point.json"]["sha256"] = sha256_file(bad / "operating_point.json")
     (bad / "manifest.json").write_text(json.dumps(m))
-    one_line_error(cli("operating-point", run, "--from-cv", bad), "out of range", "(0, 1)")
+    one_line_error(cli("operating-point", run, "--from-cv", bad), "out of range", "from 0 to 1")
     # a CV whose folds.jsonl changed after its operating point was chosen
     moved = copy_run(cv, tmp_path / "cv-moved")
     with open(moved / "folds.jsonl", "ab") as f:

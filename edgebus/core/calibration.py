@@ -77,8 +77,9 @@ def valid_calibration(cal) -> bool:
 
 
 def valid_threshold(t) -> bool:
-    """A decision threshold on a probability: a finite number strictly inside (0, 1)."""
-    return _finite(t) and 0 < t < 1
+    """A decision threshold on a probability: a finite number from 0 to 1 (0 calls every frame malignant:
+    degenerate, but a threshold a sensitivity target can choose on int8 outputs that reach exactly 0)."""
+    return _finite(t) and 0 <= t <= 1
 
 
 def apply(cal: dict | None, p) -> np.ndarray:

@@ -49,7 +49,7 @@ def read_bundle(folder: str | Path) -> dict:
     if isinstance(c, dict) and "ensemble" in c and not (
             isinstance(c["ensemble"], list) and c["ensemble"] and valid_threshold(c.get("threshold"))
             and valid_calibration(c.get("calibration"))):
-        raise EdgebusError(f"{path}: its fold ensemble has no members, or a threshold outside (0, 1) or an unusable "
+        raise EdgebusError(f"{path}: its fold ensemble has no members, or a threshold outside [0, 1] or an unusable "
                            "calibration; re-run 'edgebus bundle'")
     if not any(rec.get(r) for r in ("classifier", "segmenter")):
         raise EdgebusError(f"{path}: names no model; re-run 'edgebus bundle'")

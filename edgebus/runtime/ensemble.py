@@ -90,7 +90,7 @@ def cv_fold_files(cv_dir: str | Path) -> tuple[list[Path], float, dict | None, d
 def cv_point(cv: Run) -> dict | None:
     """A classifier CV's operating_point.json (None: none chosen), trusted only as `edgebus
     operating-point` wrote it: recorded in the CV's manifest with the sha256 it has now, made from
-    the folds.jsonl there now, a threshold in (0, 1), a finite calibration. A hand-edited threshold
+    the folds.jsonl there now, a threshold from 0 to 1, a finite calibration. A hand-edited threshold
     would otherwise be embedded in every file and bundle made from the CV."""
     name, where = "operating_point.json", cv.path / "operating_point.json"
     if not where.is_file() and not where.is_symlink():
@@ -100,8 +100,8 @@ def cv_point(cv: Run) -> dict | None:
                            f"run 'edgebus operating-point {cv.path} --overwrite' again")
     op = cv.read_artifact_json(name)  # sha256-checked
     if not (isinstance(op, dict) and valid_threshold(op.get("threshold")) and valid_calibration(op.get("calibration"))
-            and (valid_threshold(op.get("target_sensitivity")) or op.get("target_sensitivity") == 1)):
-        raise EdgebusError(f"{where}: threshold, target or calibration out of range (a threshold lies in (0, 1)); "
+            and valid_threshold(op.get("target_sensitivity")) and op["target_sensitivity"] > 0):
+        raise EdgebusError(f"{where}: threshold, target or calibration out of range (a threshold lies from 0 to 1); "
                            f"run 'edgebus operating-point {cv.path} --overwrite' again")
     folds = cv.path / "folds.jsonl"
     if (op.get("inputs") or {}).get("folds_sha256") != (sha256_file(folds) if folds.is_file() else None):

@@ -57,7 +57,7 @@ class ShapeFusion:
             # made it worse out of fold (training/results/robustness.md), so none is applied
             self.threshold, self.calibration = op["threshold"], None
             if not valid_threshold(self.threshold):
-                raise ValueError(f"threshold {self.threshold!r} outside (0, 1)")
+                raise ValueError(f"threshold {self.threshold!r} outside [0, 1]")
             if not fusion.valid_model(self.model, fusion.INPUTS):
                 raise KeyError("model")
             self.descriptors = [d for d in r.get("descriptors") or [] if d.get("shipped")]

@@ -92,7 +92,7 @@ class ExportedModel:
                 raise EdgebusError(f"{path}: metadata names {n} BI-RADS descriptors but no output has {n} values; re-export it")
         self.threshold = meta.get("threshold", DEFAULT_THRESHOLD)
         if not valid_threshold(self.threshold):
-            raise EdgebusError(f"{path}: metadata threshold {self.threshold!r} is not a number inside (0, 1); re-export it")
+            raise EdgebusError(f"{path}: metadata threshold {self.threshold!r} is not a number from 0 to 1; re-export it")
         self.threshold = float(self.threshold)
         self.calibration = meta.get("calibration")
         if not valid_calibration(self.calibration):
