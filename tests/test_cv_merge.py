@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import cli, one_line_error
 
-TINY = ["--model", "test-cnn", "--size", 32, "--folds", 3, "--epochs", 5, "--lr", 3e-3, "--int8", "--quiet"]
+TINY = ["--model", "test-cnn", "--size", 32, "--folds", 3, "--epochs", 2, "--lr", 3e-3, "--int8", "--quiet"]
 
 
 def _recs(cv):
