@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgebus.core.errors import EdgebusError
-from edgebus.core.metrics import expected_calibration_error, threshold_for_sensitivity
+from edgebus.core.metrics import expected_calibration_error, finite, threshold_for_sensitivity
 
 EPS = 1e-6
 
@@ -65,21 +65,17 @@ def fit_platt(y, p, l2: float = 1e-3, steps: int = 100, slope: bool = True) -> d
     return {"method": "platt", "a": float(w[0]), "b": float(w[1])}
 
 
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
-
-
 def valid_calibration(cal) -> bool:
     """None (no calibration) or a usable Platt map: method "platt", a finite slope a > 0 (monotone, so
     a threshold keeps its meaning) and a finite intercept b. Files from elsewhere are checked with it."""
-    return not cal and cal in (None, {}) or (isinstance(cal, dict) and cal.get("method") == "platt" and _finite(cal.get("a"))
-                           and cal["a"] > 0 and _finite(cal.get("b")))
+    return not cal and cal in (None, {}) or (isinstance(cal, dict) and cal.get("method") == "platt" and finite(cal.get("a"))
+                           and cal["a"] > 0 and finite(cal.get("b")))
 
 
 def valid_threshold(t) -> bool:
     """A decision threshold on a probability: a finite number from 0 to 1 (0 calls every frame malignant:
     degenerate, but a threshold a sensitivity target can choose on int8 outputs that reach exactly 0)."""
-    return _finite(t) and 0 <= t <= 1
+    return finite(t) and 0 <= t <= 1
 
 
 def apply(cal: dict | None, p) -> np.ndarray:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgebus.core.calibration import logit, sigmoid
+from edgebus.core.metrics import finite
 from edgebus.core.errors import EdgebusError
 from edgebus.core.echo import FEATURES as ECHO_FEATURES
 from edgebus.core.shape import FEATURES
@@ -97,11 +98,9 @@ def valid_model(model, names) -> bool:
         return False
     for key in ("fill", "mean", "scale", "weights"):
         v = model.get(key)
-        if not isinstance(v, list) or len(v) != len(names) or not all(
-                isinstance(a, (int, float)) and not isinstance(a, bool) and np.isfinite(a) for a in v):
+        if not isinstance(v, list) or len(v) != len(names) or not all(finite(a) for a in v):
             return False
-    b = model.get("intercept")
-    return isinstance(b, (int, float)) and not isinstance(b, bool) and bool(np.isfinite(b)) and all(model["scale"])
+    return finite(model.get("intercept")) and all(model["scale"])
 
 
 def predict(model: dict, x: np.ndarray, names=INPUTS) -> np.ndarray:

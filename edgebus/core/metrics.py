@@ -84,13 +84,16 @@ def segmentation_metrics(masks_true, prob, threshold: float = DEFAULT_THRESHOLD)
     }
 
 
+def finite(v) -> bool:
+    """A finite JSON number (not a bool, a string or None): what a value read from a file must be."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
+
+
 def check_target(target) -> float:
     """A target sensitivity must lie in (0, 1]: one line, before any work, for anything else."""
-    import math
-
     from edgebus.core.errors import EdgebusError
 
-    if isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target) or not 0 < target <= 1:
+    if not finite(target) or not 0 < target <= 1:
         raise EdgebusError(f"--target-sensitivity {target}: give a value in (0, 1], e.g. 0.9")
     return float(target)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edgebus.core.errors import EdgebusError
+from edgebus.core.metrics import finite
 from edgebus.core.io import atomic_write, check_report, make_dir, read_json, sha256_file, write_json
 from edgebus.runtime.batch import RUN_FILE, read_rows
 from edgebus.runtime.site import MIN_CHOOSE
@@ -108,7 +109,7 @@ def site_check(predictions, data, fmt: str = "breast", target: float = 0.9, out=
     for _, r in matched:
         for k in ("prob_raw", "prob_malignant", "threshold"):
             v = r.get(k)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+            if not finite(v) or not 0 <= v <= 1:
                 raise EdgebusError(f"{jsonl}: frame {r['file']} has {k}={v!r}, not a probability from 0 to 1; "
                                    "not a predictions file edgebus wrote, predict again into a new --out")
     thresholds = {float(r["threshold"]) for _, r in matched}
