@@ -17,7 +17,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.conftest import cli, manifest
+from tests.conftest import TINY_RECIPE, cli, manifest
 
 
 @pytest.mark.parametrize("run_name", ["cls_run", "seg_run"])
@@ -278,23 +278,6 @@ def test_export_profile_fills_options_and_command_line_wins(cls_run, tmp_path):
     assert r.exit_code == 2 and "bad.toml" in r.output and "int4" in r.output
 
 
-CV_QAT_RECIPE = """
-name = "tiny-qat"
-description = "test-cnn, 3-fold CV with QAT int8 per fold"
-reduced = true
-task = "classify"
-model = "test-cnn"
-size = 32
-batch = 16
-seed = 0
-
-[cv]
-folds = 3
-lr = 3e-3
-epochs = 1
-"""
-
-
 def test_cv_int8_source_qat_records_and_keeps_each_folds_qat_file(synthetic_breast_dir, tmp_path):
     """Issue 32: the README's recipe, `edgebus cv --int8 --int8-source qat`, on a tiny 3-fold CV (1
     epoch; QAT its default 3 epochs, which neither the CLI nor a recipe sets for a CV): each fold records int8 source "qat", its int8 test probabilities beside the
@@ -305,8 +288,8 @@ def test_cv_int8_source_qat_records_and_keeps_each_folds_qat_file(synthetic_brea
     from edgebus.runtime.metadata import read_metadata
     from edgebus.runtime.model import ExportedModel
 
-    recipe = tmp_path / "tiny-qat.toml"
-    recipe.write_text(CV_QAT_RECIPE)
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TINY_RECIPE)  # its [cv]: 3 folds, lr 3e-3, 1 epoch
     out = tmp_path / "cv"
     r = cli("cv", "classify", "--recipe", recipe, "--data", synthetic_breast_dir, "--out", out, "--int8",
             "--int8-source", "qat", "--quiet")
