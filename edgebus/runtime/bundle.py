@@ -173,10 +173,10 @@ def make_bundle(out: str | Path, classifier: str | Path | None = None, segmenter
     return final
 
 
-def load_bundle(folder: str | Path, num_threads: int = 1, xnnpack: bool = True):
+def load_bundle(folder: str | Path, num_threads: int = 1, xnnpack: bool = True, rec: dict | None = None):
     """(classifier: a file, or the EnsembleModel of a fold-ensemble bundle, or None; segmenter file or None)."""
     folder = Path(folder)
-    rec = read_bundle(folder)
+    rec = rec or read_bundle(folder)
     c, s = rec.get("classifier"), rec.get("segmenter")
     seg = folder / s["file"] if s else None
     if c and "ensemble" in c:
@@ -185,25 +185,25 @@ def load_bundle(folder: str | Path, num_threads: int = 1, xnnpack: bool = True):
     return (folder / c["file"] if c else None), seg
 
 
-def bundle_acceptances(folder: str | Path) -> list[str]:
+def bundle_acceptances(folder: str | Path, rec: dict | None = None) -> list[str]:
     """The failed export gates a bundle's maker accepted (bundle.json; [] for none)."""
-    rec = read_bundle(folder)
+    rec = rec or read_bundle(folder)
     return [e["accepted_failed_gates"] for e in (rec.get(r) for r in ("classifier", "segmenter"))
             if isinstance(e, dict) and e.get("accepted_failed_gates")]
 
 
-def load_fusion(folder: str | Path):
+def load_fusion(folder: str | Path, rec: dict | None = None):
     """The bundle's classifier + shape fusion (runtime.fusion.ShapeFusion), sha256-checked, or None."""
     from edgebus.runtime.fusion import ShapeFusion
 
-    entry = read_bundle(folder).get("fusion")
+    entry = (rec or read_bundle(folder)).get("fusion")
     return ShapeFusion(Path(folder) / entry["file"]) if entry else None
 
 
-def load_site(folder: str | Path) -> dict | None:
+def load_site(folder: str | Path, rec: dict | None = None) -> dict | None:
     """The bundle's site threshold (site.json from `edgebus site-threshold`), sha256-checked against
     bundle.json, or None."""
-    entry = read_bundle(folder).get("site")
+    entry = (rec or read_bundle(folder)).get("site")
     if not entry:
         return None
     p = Path(folder) / entry["file"]

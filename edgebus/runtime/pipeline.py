@@ -53,7 +53,7 @@ from edgebus.core.calibration import apply as apply_calibration
 from edgebus.core.descriptors import findings
 from edgebus.core.errors import EdgebusError
 from edgebus.data.preprocess import crop_square_px, image_area, lesion_box
-from edgebus.runtime.bundle import bundle_acceptances, load_bundle, load_fusion, load_site
+from edgebus.runtime.bundle import bundle_acceptances, load_bundle, load_fusion, load_site, read_bundle
 from edgebus.runtime.ensemble import EnsembleModel
 from edgebus.runtime.dicom import is_dicom, iter_frames
 from edgebus.runtime.frames import MAX_FRAME_PIXELS, gray_from_array, load_frame
@@ -123,10 +123,11 @@ class LesionPipeline:
                     **kw) -> "LesionPipeline":
         """The cart of a bundle folder; a file that failed its gates runs where the bundle records that
         it was accepted ('edgebus bundle --accept-failed-gates') or accept_failed_gates is given."""
-        c, s = load_bundle(folder, num_threads, xnnpack)
-        accept = accept_failed_gates or bool(bundle_acceptances(folder))
-        return cls(classifier=c, segmenter=s, num_threads=num_threads, xnnpack=xnnpack, fusion=load_fusion(folder),
-                   site=load_site(folder), accept_failed_gates=accept, **kw)
+        rec = read_bundle(folder)  # every file it names sha256-checked once
+        c, s = load_bundle(folder, num_threads, xnnpack, rec)
+        accept = accept_failed_gates or bool(bundle_acceptances(folder, rec))
+        return cls(classifier=c, segmenter=s, num_threads=num_threads, xnnpack=xnnpack, fusion=load_fusion(folder, rec),
+                   site=load_site(folder, rec), accept_failed_gates=accept, **kw)
 
     def describe(self) -> dict:
         d = {m.task.role: m.describe() for m in (self.classifier, self.segmenter) if m is not None}
