@@ -24,6 +24,14 @@ OUT = typer.Option(None, "--out", help="output directory (default under runs/)")
 SHARD = typer.Option(None, help="i/n: run only this machine's share of the learning rates, e.g. 1/3")
 
 
+TEACHER = typer.Option(None, "--teacher", help="distil: a classifier CV made with --int8 (a merged seed ensemble "
+                       "too) whose files' answers on the training cases are mixed into the malignancy target; in a CV, each "
+                       "fold learns from its own fold's files (same folds required)")
+TEACHER_MASKS = typer.Option(None, "--teacher-masks", help="distil: a segment CV made with --int8 whose lesion maps "
+                             "are mixed into a multi-task model's mask target (same folds)")
+TEACHER_WEIGHT = typer.Option(None, "--teacher-weight", help="the teachers' share of each training target (default 0.5)")
+
+
 def _train_command(task: str):
     def command(data: Path = typer.Option(..., "--data", help="BrEaST-layout folder (sheet .xlsx + images_and_masks/)"),
                 model: Optional[str] = model_option(task), out: Optional[Path] = OUT, size: Optional[int] = SIZE,
@@ -36,17 +44,21 @@ def _train_command(task: str):
                 augment: Optional[str] = AUGMENT, normalize: Optional[str] = NORMALIZE, descriptors: bool = DESCRIPTORS,
                 schedule: Optional[str] = SCHEDULE,
                 segmenter: Optional[Path] = typer.Option(None, help="segment run (same split) whose predicted lesion boxes "
-                                                         "cut the val/test crops; without it they use the true masks (oracle)")):
+                                                         "cut the val/test crops; without it they use the true masks (oracle)"),
+                teacher: Optional[Path] = TEACHER, teacher_masks: Optional[Path] = TEACHER_MASKS,
+                teacher_weight: Optional[float] = TEACHER_WEIGHT):
         from edgebus.training import TrainConfig, train
 
-        if task != "classify" and (crop_margin is not None or segmenter is not None):
-            raise EdgebusError("--crop-margin and --segmenter are for 'edgebus train classify'")
+        if task != "classify" and (crop_margin is not None or segmenter is not None or teacher or teacher_masks):
+            raise EdgebusError("--crop-margin, --segmenter and --teacher are for 'edgebus train classify'")
         model = model or TASKS[task].default_model
         cfg = TrainConfig(data=str(data), model=model, task=task, size=size, epochs=epochs, lr=lr, batch=batch,
                           seed=seed, weights=weights, keep=keep, overwrite=overwrite, crop_margin=crop_margin,
                           segmenter=None if segmenter is None else str(segmenter), normalize=normalize,
                           augment=True if augment is None else augment, descriptors=descriptors,
-                          schedule=schedule or "constant")
+                          schedule=schedule or "constant", teacher=None if teacher is None else str(teacher),
+                          teacher_masks=None if teacher_masks is None else str(teacher_masks),
+                          teacher_weight=0.5 if teacher_weight is None else teacher_weight)
         cfg.resolve("train")
         cfg.out = str(out or Path("runs") / f"{model}-{cfg.size}")
         run = train(cfg, progress=not quiet, log=typer.echo)
@@ -168,21 +180,24 @@ def _cv_command(task: str):
                 group_by: Optional[str] = typer.Option(None, "--group-by", help="case (default: stratified by case) or "
                                                        "acquisition (every frame size, i.e. scanner + preset, in one "
                                                        "test fold only: scores each case as a new scanner would see it)"),
+                teacher: Optional[Path] = TEACHER, teacher_masks: Optional[Path] = TEACHER_MASKS,
+                teacher_weight: Optional[float] = TEACHER_WEIGHT,
                 backend: str = BACKEND, address: Optional[str] = ADDRESS, cpus_per_task: float = CPUS_PER_TASK,
                 gpus_per_task: float = GPUS_PER_TASK):
         from edgebus.core.stats import interval_text
         from edgebus.training.cv import run_cv
         from edgebus.training.recipes import cv_config
 
-        if task != "classify" and (crop_margin is not None or boxes_from is not None):
-            raise EdgebusError("--crop-margin and --boxes-from are for 'edgebus cv classify'")
+        if task != "classify" and (crop_margin is not None or boxes_from is not None or teacher or teacher_masks):
+            raise EdgebusError("--crop-margin, --boxes-from and --teacher are for 'edgebus cv classify'")
         cfg = cv_config(task, recipe, **given(data=data, model=model, folds=folds, lr=lr, epochs=epochs, size=size,
                                               batch=batch, seed=seed, weights=weights, keep=keep, out=out,
                                               int8=int8 or None, int8_source=int8_source, qat_distill=qat_distill,
                                               crop_margin=crop_margin,
                                               boxes_from=boxes_from, augment=augment, normalize=normalize,
                                               descriptors=descriptors or None, fold_seed=fold_seed,
-                                              schedule=schedule, group_by=group_by))
+                                              schedule=schedule, group_by=group_by, teacher=teacher,
+                                              teacher_masks=teacher_masks, teacher_weight=teacher_weight))
         s = run_cv(cfg, progress=not quiet, log=typer.echo,
                    backend=backend_of(backend, address, cpus_per_task, gpus_per_task))
         for k in TASKS[task].headline(s["pooled"]):

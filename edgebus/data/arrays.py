@@ -79,11 +79,12 @@ def run_boxes(run: Run) -> dict | None:
     return {int(k): v for k, v in run.read_artifact_json("boxes.json")["boxes"].items()}
 
 
-def load_run_arrays(run: Run, parts=("train", "test")) -> dict:
-    """The run's own split parts, preprocessed with the run's own contract."""
+def load_run_arrays(run: Run, parts=("train", "test"), masks: bool = False) -> dict:
+    """The run's own split parts, preprocessed with the run's own contract (with the lesion masks
+    as the third array where `masks`: a multi-task classifier's second target)."""
     ds = run_dataset(run)
     split = run.read_artifact_json(run.manifest.split.file if run.manifest.split else "split.json")
     by_id = {c.case_id: c for c in ds.lesions()}
     heads = bool(run.manifest.model.kwargs.get("descriptors")) if run.manifest.model else False
     return load_split_data(by_id, {k: split[k] for k in parts}, run.manifest.preprocess, run.task, run_boxes(run),
-                           descriptors=heads)
+                           masks=masks, descriptors=heads)

@@ -15,7 +15,7 @@ from edgebus.core.tasks import get_task
 from edgebus.engine import resume
 from edgebus.engine.augment import augment_name
 from edgebus.engine.models import strategy
-from edgebus.models.registry import AUX_MASK, DESCRIPTORS_OUTPUT, classifier_only, output_names
+from edgebus.models.registry import AUX_MASK, DESCRIPTORS_OUTPUT, output_names
 
 
 def build_compiled(name: str, size: int, weights: str, model_kwargs: dict, task: str, lr: float | None = None):
@@ -357,4 +357,4 @@ def fit_keep(model, task, cfg, data: dict, progress: bool = False, checkpoint=No
     if cfg.keep == "best" and keep.weights is not None:
         model.set_weights(keep.weights)
         kept = keep.epoch
-    return classifier_only(model), hist, kept, wall  # an auxiliary mask output is training-only
+    return model, hist, kept, wall  # a multi-task model keeps its lesion-mask output: it is deployed too

@@ -80,10 +80,18 @@ def load_model(path: str | Path, model_info: ModelInfo):
     """The registry architecture `model_info` names, with the weights stored in `path`."""
     from edgebus.models.registry import build_from_manifest
 
+    from edgebus.models.registry import classifier_only, has_aux_mask
+
     path = check_keras_zip(path)
     model = build_from_manifest(model_info)
     try:
-        model.load_weights(str(path))
+        try:
+            model.load_weights(str(path))
+        except (ValueError, KeyError):
+            if not has_aux_mask(model):
+                raise
+            model = classifier_only(model)  # saved by an edgebus that dropped the mask decoder after training
+            model.load_weights(str(path))
     except (OSError, ValueError, KeyError) as e:
         raise EdgebusError(f"{path}: its weights do not fit model '{model_info.name}' as the manifest describes it "
                            f"({str(e).splitlines()[0][:160]}); re-run 'edgebus train'") from None

@@ -23,8 +23,9 @@ from edgebus.core.manifest import Run
 from edgebus.export.config import ExportConfig
 from edgebus.export.convert import convert, float_tensors, model_metadata, write_tflite
 from edgebus.export.qat import QAT_MODEL
-from edgebus.export.threshold import differs, file_point, parent_point, rule_of
-from edgebus.export.validate import gate_check, status_text, validation_table
+from edgebus.export.threshold import file_point, parent_point, rule_of
+from edgebus.export.report import write_report
+from edgebus.export.validate import gate_check, status_text
 
 ORDER = ("float32", "float16", "dynamic", "int8_ptq", "int8_litert", "int8")
 
@@ -78,8 +79,11 @@ def _export_file(run: Run, key: str, fmt: str, source: str, model, calib, io_typ
         data = convert(model, fmt, calib if fmt == "int8" else None, io_type)
     meta = write_tflite(run.file(name), data, {**run_metadata(run, fmt, source), **(extra_meta or {})})
     em = ExportedModel(run.file(name), run.task)  # the loader the cart uses: metadata, contract, shapes
-    prob, desc = em.predict_with_descriptors(parts["test"][0])
+    out = em.predict_all(parts["test"][0])
+    prob, desc = out["prob"], out["descriptors"]
     probs = {"test": prob, **{k: em.predict(parts[k][0]) for k in parts if k != "test"}}
+    if out["mask"] is not None:
+        probs["test_mask"] = out["mask"]
     entry = {
         "file": name, "metadata": side, "bytes": run.file(name).stat().st_size, "format": fmt, "source": source,
         "io": meta["io"], "ops": sorted(set(em.model.op_names())),
@@ -117,7 +121,15 @@ def _judge(run: Run, entry: dict, probs: dict, parts: dict, parent: dict, keras_
     entry["metrics"] = task.metrics(yte, probs["test"], thr)
     entry["agreement"] = task.agreement(keras_probs["test"], probs["test"], parent["threshold"], thr)
     entry["fidelity"] = task.fidelity(keras_probs["test"], probs["test"], parent["threshold"], thr, truth=yte)
-    gate = gate_check(task, keras_metrics, entry["metrics"], cfg.limits(), entry["fidelity"])
+    mask_fid = None
+    if "test_mask" in probs:  # a multi-task file: its mask against the float model's and the truth
+        from edgebus.core.metrics import mask_fidelity, segmentation_metrics
+
+        mask_fid = mask_fidelity(keras_probs["test_mask"], probs["test_mask"], parent["mask_threshold"])
+        seg = segmentation_metrics(parts["test"][2], probs["test_mask"], parent["mask_threshold"])
+        entry["mask"] = {"threshold": parent["mask_threshold"], "iou": seg["iou"], "dice": seg["dice"],
+                         "fidelity": {k: v for k, v in mask_fid.items() if k != "mask_iou_per_image"}}
+    gate = gate_check(task, keras_metrics, entry["metrics"], cfg.limits(), entry["fidelity"], mask_fid)
     gate["enforced"] = entry["role"] == "deliverable"
     entry["gate"] = gate
     if not gate["passed"] and gate["enforced"] and entry["status"] == "ok":
@@ -156,15 +168,6 @@ def _unlist_rewritten(run: Run, plan) -> None:
     for name in files & set(run.manifest.artifacts):
         run.manifest.artifacts.pop(name)
     run.save()
-
-
-def _stability_line(task, s: dict) -> str:
-    if task.truth_is_mask:
-        return (f"Float model against itself with one gray level of noise (σ 1/255): mask IoU {s['mask_iou_mean']:.3f} mean, "
-                f"{s['mask_iou_min']:.3f} worst; no file can be expected to follow it more closely.")
-    return (f"Float model against itself with one gray level of noise (σ 1/255): {s['flips']} of {s['n']} labels flip, "
-            f"|Δp| p95 {s['p95_abs_diff']:.3f}" + ("; a parent this fragile cannot be followed exactly by any int8 copy."
-                                                    if s["flips"] else "."))
 
 
 def _finish_file(run: Run, entry: dict, raw: bytes, point: dict | None, extra_meta: dict | None) -> None:
@@ -247,53 +250,6 @@ def _edgetpu(run: Run, new: dict, compile_files: bool, log) -> list:
     return keys
 
 
-def _report(run: Run, refs, results: dict, cfg: ExportConfig, n: int, edgetpu: bool, parent: dict, stability: dict) -> str:
-    table = validation_table(run.task, refs, results)
-    rt_lines = [f"- {e['file']}: " + "; ".join(f"{k}: {v['status']}" + (f" ({v['error']})" if v.get("error") else "")
-                                               for k, v in e.get("runtimes", {}).items()) for e in results.values()]
-    off = lambda v: "off" if v is None else f"{v:g}"  # noqa: E731
-    if run.task.truth_is_mask:
-        gates = f"--min-mask-iou {cfg.min_mask_iou:g} (mean per-image mask IoU against the float model)"
-    else:
-        flips = off(cfg.max_flips) if cfg.max_flips is not None else "a tenth of the test cases, at least 1"
-        gates = (f"--max-missed {cfg.max_missed} (test cancers the float model caught that the file calls benign), "
-                 f"--max-flips {flips}")
-    md = [f"# Export validation: {run.manifest.model.name} ({run.task.name})", "",
-          f"Test split, n={n}; Δ and flips against the float Keras model (threshold {parent['threshold']:.4f}), "
-          "each classifier file decided at its own threshold. "
-          f"Gates: {gates}; --max-drop {off(cfg.max_drop)}, --max-recall-drop {off(cfg.max_recall_drop)}.", "",
-          table, "", "## Gates and thresholds", "", _stability_line(run.task, stability), ""]
-    for e in results.values():
-        if "gate" not in e:
-            continue
-        verdict = status_text(e) if e.get("role") != "comparison" else \
-            ("passed" if e["gate"]["passed"] else "FAILED: " + "; ".join(e["gate"]["failures"])) + \
-            " (a comparison file: the export does not stop on it; bundle and predict refuse it if it failed)"
-        md.append(f"- {e['file']}: {verdict}.")
-        point = e.get("operating_point")
-        if point is not None:
-            moved = (f" differs from the float model's {parent['threshold']:.4f}" if differs(point["threshold"], parent["threshold"])
-                     else " is the float model's")
-            there = "" if point.get("sensitivity") is None else \
-                f" (sensitivity {point['sensitivity']:.3f}, specificity {point.get('specificity') or float('nan'):.3f} there)"
-            md.append(f"  Threshold {point['threshold']:.4f}{moved}; chosen on {point['chosen_on']}{there}.")
-    md += ["", "## Interpreters", ""] + rt_lines
-    if edgetpu:
-        md += ["", "## Edge TPU", "", "See edgetpu_report.md."]
-    lit = (results.get("int8_litert") or {}).get("litert")
-    if lit:
-        kept = ", ".join(f"`{t}`" for t in lit["int16_tensors"]) or "none"
-        md += ["", f"## Where int8 loses (AI Edge quantizer {lit.get('version')}, {lit['layers']} tensors)", "",
-               f"Tensors kept at 16-bit activations (--sensitive-int16): {kept}.", "",
-               "| tensor | MSE vs float, all int8 | MSE, as exported |", "|---|---|---|"]
-        after = {r["tensor"]: r["mse"] for r in lit["layer_errors"]}
-        md += [f"| `{r['tensor'][:90]}` | {r['mse']:.3g} | {after[r['tensor']]:.3g} |" if r["tensor"] in after else
-               f"| `{r['tensor'][:90]}` | {r['mse']:.3g} | - |" for r in lit["layer_errors_int8"][:10]]
-    atomic_write(run.file("export_report.md"), "\n".join(md) + "\n")
-    run.add_artifact("export_report.md", "export-report")
-    return table
-
-
 def export_run(run_dir: str | Path, cfg: ExportConfig | None = None, log=print) -> dict:
     """Export the run's model to each format, validate each file, record it all in the manifest.
 
@@ -319,9 +275,14 @@ def export_run(run_dir: str | Path, cfg: ExportConfig | None = None, log=print) 
         raise EdgebusError(f"{run.path}: already exported ({', '.join(again)}); pass --overwrite to replace them")
     check_writable(run.path, "export writes its files into the run folder: copy the run somewhere writable")
 
+    from edgebus.core.metrics import DEFAULT_THRESHOLD
+    from edgebus.engine.fit import predict_outputs
+    from edgebus.models.registry import AUX_MASK, has_aux_mask
+
     model = load_run_model(run)
+    masks = has_aux_mask(model)  # a multi-task classifier: its file keeps the mask output, validated too
     scored = ("val", "test") if rule_of(run) == "val" and not run.task.truth_is_mask else ("test",)  # val: file points
-    data = load_run_arrays(run, ("train", *scored))
+    data = load_run_arrays(run, ("train", *scored), masks=masks)
     parts = {k: data[k] for k in scored}
     xtr = data["train"][0]
     xte, yte = data["test"][:2]
@@ -329,6 +290,11 @@ def export_run(run_dir: str | Path, cfg: ExportConfig | None = None, log=print) 
     write_eval_pack(run, run.read_artifact_json("split.json")["test"], xte, yte)
     parent = parent_point(run)
     keras_probs = {k: predict(model, parts[k][0]) for k in parts}
+    mask_meta = {}
+    if masks:
+        keras_probs["test_mask"] = predict_outputs(model, xte)[AUX_MASK]
+        parent["mask_threshold"] = DEFAULT_THRESHOLD
+        mask_meta = {"mask": {"output": AUX_MASK, "threshold": DEFAULT_THRESHOLD}}
     keras_metrics = run.task.metrics(yte, keras_probs["test"], parent["threshold"])
     stability = _stability(run, model, parts["test"], keras_probs["test"], parent["threshold"])
     calib = calibration_set(xtr, cfg.calibration_images)
@@ -355,6 +321,7 @@ def export_run(run_dir: str | Path, cfg: ExportConfig | None = None, log=print) 
         log(f"converting {key} ({source}) ...")
         extra = {"qat": {"epochs": qat_info["epochs"], "lr": qat_info["lr"], "distill": qat_info["distill"],
                          "keras_weights": QAT_MODEL}} if source == "qat" else {}
+        extra.update(mask_meta)
         entry, probs, raw = _export_file(run, key, fmt, source, qmodel if source == "qat" else model, calib,
                                          cfg.io_type, parts, extra, cfg.sensitive_int16)
         entry["role"] = "comparison" if key in ("int8_ptq", "int8_litert") else "deliverable"
@@ -373,7 +340,7 @@ def export_run(run_dir: str | Path, cfg: ExportConfig | None = None, log=print) 
 
     results.update(new)
     run.manifest.exports = dict(sorted(results.items(), key=lambda kv: ORDER.index(kv[0]) if kv[0] in ORDER else 99))
-    table = _report(run, refs, run.manifest.exports, cfg, keras_metrics["n"], bool(int8_keys), parent, stability)
+    table = write_report(run, refs, run.manifest.exports, cfg, keras_metrics["n"], bool(int8_keys), parent, stability)
     stage = {"formats": list(cfg.formats), "files": list(new), "int8_source": cfg.int8_source if "int8" in cfg.formats else None,
              "calibration_images": int(len(calib)), "io_type": cfg.io_type, "gates": cfg.limits(),
              "float_under_noise": stability,

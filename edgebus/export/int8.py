@@ -43,10 +43,13 @@ def qat_model(model, task, part: tuple, calib: np.ndarray, epochs: int, lr: floa
 
 
 def int8_probs(models: dict, task, calib: np.ndarray, contract: dict, threshold: float, x: np.ndarray,
-               io_type: str = "uint8", keep: dict | None = None, descriptors: list | None = None) -> dict:
+               io_type: str = "uint8", keep: dict | None = None, descriptors: list | None = None,
+               masks: dict | None = None) -> dict:
     """{source: outputs on x} of each Keras model in `models` ({"ptq": float model, "qat": QAT model})
     converted to full int8 and run by the interpreter, loaded as the cart loads it (ExportedModel).
-    keep: {source: path} of files to keep (copied atomically once they passed)."""
+    keep: {source: path} of files to keep (copied atomically once they passed). A multi-task model
+    keeps its mask output: its file's masks on x are put in `masks` ({source: array}) where given."""
+    from edgebus.models.registry import AUX_MASK, has_aux_mask
     from edgebus.core.io import atomic_write
     from edgebus.runtime.model import ExportedModel
 
@@ -54,14 +57,19 @@ def int8_probs(models: dict, task, calib: np.ndarray, contract: dict, threshold:
     with tempfile.TemporaryDirectory() as tmp:
         for source, m in models.items():
             path = Path(tmp) / f"int8_{source}.tflite"
-            write_tflite(path, convert(m, "int8", calib, io_type),
-                         model_metadata(task, "int8", source, contract, threshold, descriptors=descriptors))
+            meta = model_metadata(task, "int8", source, contract, threshold, descriptors=descriptors)
+            if has_aux_mask(m):
+                meta["mask"] = {"output": AUX_MASK, "threshold": 0.5}
+            write_tflite(path, convert(m, "int8", calib, io_type), meta)
             em = ExportedModel(path, task)
             left = float_tensors(em.model)
             if left:
                 raise EdgebusError(f"{path.name}: int8 conversion left {len(left)} float tensors (first: {left[0]}); "
                                    "not a full-integer model")
-            out[source] = em.predict(x)
+            got = em.predict_all(x)
+            out[source] = got["prob"] if not task.truth_is_mask else em.predict(x)
+            if masks is not None and got.get("mask") is not None:
+                masks[source] = got["mask"]
             if keep and source in keep:
                 atomic_write(keep[source], path.read_bytes())
     return out

@@ -12,13 +12,15 @@ def default_max_flips(n: int) -> int:
     return max(1, int(n) // 10)
 
 
-def gate_check(task, ref: dict, got: dict, limits: dict, fidelity: dict | None = None) -> dict:
+def gate_check(task, ref: dict, got: dict, limits: dict, fidelity: dict | None = None,
+               mask_fidelity: dict | None = None) -> dict:
     """Compare a file with its float Keras parent on the test split, each at its own threshold.
 
     limits: max_drop, max_recall_drop (off when None: accuracy and malignant recall points for a
     classifier, IoU for a segmenter), and the clinical gates, on by default: max_missed (malignant
     cases the parent caught that the file calls benign, case by case), max_flips (labels decided differently;
-    None: default_max_flips), min_mask_iou (a segmenter's mean per-image mask IoU against its parent).
+    None: default_max_flips), min_mask_iou (a segmenter's mean per-image mask IoU against its parent, or
+    a multi-task classifier's: its `mask_fidelity`).
     Returns {"passed", "checks", "failures"}; a failure reads as one sentence naming its option."""
     task = get_task(task)
     checks, failures = [], []
@@ -37,12 +39,13 @@ def gate_check(task, ref: dict, got: dict, limits: dict, fidelity: dict | None =
         amount = f"{drop:.1f} {unit}" if unit else f"{drop:.3f}"
         check(key, drop <= limit + 1e-9, opt, limit, f"{label} dropped {amount}", drop=round(drop, 4), unit=unit or key)
     fid = fidelity or {}
+    mask = fid if task.truth_is_mask else (mask_fidelity or {})
+    limit = limits.get("min_mask_iou")
+    if limit is not None and mask.get("mask_iou_mean") is not None:
+        v = mask["mask_iou_mean"]
+        check("mask_iou", v >= limit - 1e-9, "--min-mask-iou", limit,
+              f"mean mask IoU against the float model {v:.3f} over {mask['n']} test images", value=round(v, 4))
     if task.truth_is_mask:
-        limit = limits.get("min_mask_iou")
-        if limit is not None and fid.get("mask_iou_mean") is not None:
-            v = fid["mask_iou_mean"]
-            check("mask_iou", v >= limit - 1e-9, "--min-mask-iou", limit,
-                  f"mean mask IoU against the float model {v:.3f} over {fid['n']} test images", value=round(v, 4))
         return {"passed": not failures, "checks": checks, "failures": failures}
     if limits.get("max_missed") is not None and "missed_new" in fid:  # case by case: a cancer the parent caught
         check("missed_malignant", fid["missed_new"] <= limits["max_missed"], "--max-missed", limits["max_missed"],

@@ -83,9 +83,8 @@ def build_model(name: str, input_size: int | tuple[int, int], weights: str | Non
 
 def build_from_manifest(model_info):
     """The architecture a run's manifest names (its `model` entry: name, input size, build
-    arguments), as it was deployed (an auxiliary-mask classifier without its training-only
-    decoder), with fresh weights: the run's trained weights are loaded into it."""
-    return classifier_only(build_model(model_info.name, tuple(model_info.input_size), "none", **model_info.kwargs))
+    arguments), with fresh weights: the run's trained weights are loaded into it."""
+    return build_model(model_info.name, tuple(model_info.input_size), "none", **model_info.kwargs)
 
 
 def output_names(model) -> list[str]:
@@ -105,9 +104,9 @@ def has_descriptors(model) -> bool:
 
 
 def classifier_only(model):
-    """The deployed part of a model with an auxiliary mask output (input -> malignant_prob and, where
-    present, the descriptors), sharing its layers; other models as they are. This is what is saved,
-    exported and deployed."""
+    """A multi-task model without its lesion-mask output (input -> malignant_prob and, where present,
+    the descriptors), sharing its layers; other models as they are. What runs saved before the mask
+    was deployed hold (engine.models.load_model), and what a grid keeps."""
     if not has_aux_mask(model):
         return model
     from edgebus.compat import keras
@@ -221,6 +220,24 @@ def _se(keras, x, name):
     return keras.layers.Multiply(name=f"{name}_excite")([x, s])
 
 
+@register("test-segaux", "classify", size=64)
+def test_segaux(input_shape, weights=None, width: int = 8, dropout: float = 0.0, descriptors: int = 0,
+                upsample: str = "nearest"):
+    """Tiny multi-task classifier (malignancy and lesion mask), for tests."""
+    from edgebus.compat import keras
+
+    if weights is not None:
+        raise EdgebusError("test-segaux has no pretrained weights; use --weights none")
+    inputs = keras.Input(input_shape, name="image")
+    x, features = inputs, {}
+    for i, f in enumerate((width, width * 2, width * 4)):
+        x = _conv_bn(keras, x, f, f"b{i}", stride=2)
+        features[f"stride{2 ** (i + 1)}"] = x
+    heads = _heads(keras, x, dropout, descriptors)
+    mask = _aux_decoder(keras, features, ("stride8", "stride4"), (width * 2,), upsample, 4)
+    return keras.Model(inputs, [*heads, mask], name="test_segaux")
+
+
 @register("test-unet", "segment", size=64)
 def test_unet(input_shape, weights=None, width: int = 8):
     """Tiny U-Net with squeeze-and-excite blocks, for tests."""
@@ -287,30 +304,50 @@ def _lite_encoder(keras, variant: str, input_shape, name: str):
     return inputs, lite.lite_backbone(keras, lite.normalise(keras, inputs), variant)
 
 
-AUX_MASK = "aux_mask"  # the output name of a classifier's auxiliary lesion mask (training only)
+AUX_MASK = "aux_mask"  # the output name of a multi-task classifier's lesion mask
+
+
+UPSAMPLE = ("nearest", "bilinear", "transpose")  # a mask decoder's x2 step (benchmarks/decoder_shapes.py)
+
+
+def _up(keras, x, how: str, name: str):
+    """x2 upsampling of a decoder stage: nearest or bilinear resize, or a learned 2x2 stride-2
+    transposed convolution (channels kept). XNNPACK runs bilinear resize and transposed convolution
+    in int8 but not nearest-neighbour resize, which cuts the graph into pieces around each one."""
+    if how == "transpose":
+        return keras.layers.Conv2DTranspose(int(x.shape[-1]), 2, strides=2, use_bias=False, name=name)(x)
+    if how not in UPSAMPLE:
+        raise EdgebusError(f"upsample '{how}': choose one of {', '.join(UPSAMPLE)}")
+    return keras.layers.UpSampling2D(2, interpolation=how, name=name)(x)
+
+
+def _aux_decoder(keras, features: dict, skips, decoder_filters, upsample: str, factor: int):
+    """The lesion-mask decoder of a multi-task classifier: per stage x2 up, concatenate the skip,
+    3x3 conv, BN, ReLU; a 1x1 sigmoid; a bilinear x`factor` to the input size (output AUX_MASK)."""
+    m = features[skips[0]]
+    for i, (filters, skip) in enumerate(zip(decoder_filters, skips[1:])):
+        m = _up(keras, m, upsample, f"aux_stage{i}_up")
+        m = keras.layers.Concatenate(name=f"aux_stage{i}_concat")([m, features[skip]])
+        m = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"aux_stage{i}_conv")(m)
+        m = keras.layers.BatchNormalization(name=f"aux_stage{i}_bn")(m)
+        m = keras.layers.ReLU(name=f"aux_stage{i}_relu")(m)
+    m = keras.layers.Conv2D(1, 1, activation="sigmoid", name=f"aux_mask_stride{factor}")(m)
+    return keras.layers.UpSampling2D(factor, interpolation="bilinear", name=AUX_MASK)(m)
 
 
 def _lite_classifier_segaux(variant: str, input_shape, weights, dropout: float, bn_momentum: float | None,
-                            descriptors: int = 0, decoder_filters=(128, 64, 32)):
+                            descriptors: int = 0, decoder_filters=(128, 64, 32), upsample: str = "nearest"):
     """The Lite classifier plus a light U-Net decoder on the same encoder (skips at strides 16, 8, 4)
-    predicting the lesion mask, upsampled x4 (bilinear) to the input size. Two outputs:
-    malignant_prob and aux_mask. Training on both makes the encoder learn where the lesion is;
-    only the classification path is kept after training (edgebus.training.train.classifier_only),
-    so the exported model is an ordinary one-output classifier."""
+    predicting the lesion mask, upsampled x4 (bilinear) to the input size. Outputs: malignant_prob
+    (descriptors where asked) and aux_mask. Training on both makes the encoder learn where the lesion
+    is; the mask is kept, trained, exported and run in the same int8 file (one invoke per frame gives
+    both answers on the cart)."""
     from edgebus.compat import keras
 
     weights = _lite_weights(weights, variant)
     inputs, features = _lite_encoder(keras, variant, input_shape, f"efficientnet-{variant}-segaux")
     heads = _heads(keras, features["stride32"], dropout, descriptors)
-    m = features["stride32"]
-    for i, (filters, skip) in enumerate(zip(decoder_filters, ("stride16", "stride8", "stride4"))):
-        m = keras.layers.UpSampling2D(2, name=f"aux_stage{i}_up")(m)
-        m = keras.layers.Concatenate(name=f"aux_stage{i}_concat")([m, features[skip]])
-        m = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"aux_stage{i}_conv")(m)
-        m = keras.layers.BatchNormalization(name=f"aux_stage{i}_bn")(m)
-        m = keras.layers.ReLU(name=f"aux_stage{i}_relu")(m)
-    m = keras.layers.Conv2D(1, 1, activation="sigmoid", name="aux_mask_stride4")(m)
-    mask = keras.layers.UpSampling2D(4, interpolation="bilinear", name=AUX_MASK)(m)
+    mask = _aux_decoder(keras, features, ("stride32", "stride16", "stride8", "stride4"), decoder_filters, upsample, 4)
     model = keras.Model(inputs, [*heads, mask], name=f"efficientnet_{variant}_segaux")
     if weights is not None:
         from edgebus.models.weights import load_backbone_weights
@@ -321,9 +358,10 @@ def _lite_classifier_segaux(variant: str, input_shape, weights, dropout: float, 
 
 
 @register("efficientnet-lite0-segaux", "classify", size=160)
-def efficientnet_lite0_segaux(input_shape, weights=None, dropout: float = 0.2, bn_momentum: float | None = 0.9, descriptors: int = 0):
-    """EfficientNet-Lite0 classifier trained with an auxiliary lesion-mask decoder (segmentation-guided); exports as a plain classifier."""
-    return _lite_classifier_segaux("lite0", input_shape, weights, dropout, bn_momentum, descriptors)
+def efficientnet_lite0_segaux(input_shape, weights=None, dropout: float = 0.2, bn_momentum: float | None = 0.9,
+                              descriptors: int = 0, upsample: str = "nearest"):
+    """EfficientNet-Lite0 classifier with a lesion-mask decoder: one multi-task model (malignancy and mask)."""
+    return _lite_classifier_segaux("lite0", input_shape, weights, dropout, bn_momentum, descriptors, upsample=upsample)
 
 
 @register("efficientnet-lite0", "classify", size=160)

@@ -75,6 +75,10 @@ def cv_markdown(summary: dict, recs: list, manifest) -> str:
         lines.append(f"\nint8 against its float parent, case by case over all {f['n']} out-of-fold cases: {f['flips']} labels "
                      f"flipped ({f['benign_to_malignant']} benign -> malignant, {f['malignant_to_benign']} malignant -> "
                      f"benign); probability gap mean {f['mean_abs_diff']:.3f}, max {f['max_abs_diff']:.3f}.")
+    if "mask" in summary:  # a multi-task classifier: the lesion mask from the same model (and int8 file)
+        mk = summary["mask"]
+        lines.append("\nLesion mask from the same model (multi-task), pooled out-of-fold IoU against the truth: float "
+                     + interval_text(mk["bootstrap"]) + ("; int8 " + interval_text(mk["bootstrap_int8"]) if "bootstrap_int8" in mk else "") + ".")
     if "bootstrap_oracle" in summary:
         lines += ["", "The same float models on crops around the TRUE masks (what segmentation errors cost):", "",
                   "| metric | pooled out-of-fold, true-mask crops [95% bootstrap CI] |", "|---|---|"]

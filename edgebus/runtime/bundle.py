@@ -123,8 +123,8 @@ def make_bundle(out: str | Path, classifier: str | Path | None = None, segmenter
         from edgebus.runtime.fusion import FUSION_JSON, ShapeFusion
 
         fused = ShapeFusion(Path(fusion) / FUSION_JSON if Path(fusion).is_dir() else fusion)
-        if classifier is None or segmenter is None:
-            raise EdgebusError("bundle: --fusion combines the classifier with the segmenter's lesion shape; pass both")
+        if classifier is None:
+            raise EdgebusError("bundle: --fusion combines the classifier's score with the lesion's shape; pass --classifier")
         cv = fused.source.get("classifier_cv")
         if (Path(classifier) / "folds.jsonl").is_file() and cv and Path(cv).resolve() != Path(classifier).resolve():
             raise EdgebusError(f"{fused.path}: fitted on the scores of {cv}, not of {classifier}; "
@@ -137,6 +137,11 @@ def make_bundle(out: str | Path, classifier: str | Path | None = None, segmenter
         files, threshold, calibration, source = cv_fold_files(classifier)
         ensemble = (EnsembleModel(files, threshold, calibration), source, _model_card_files(classifier))
         classifier = None
+    if fused is not None and segmenter is None:  # the shape then comes from a multi-task classifier's own mask
+        c = ensemble[0] if ensemble else ExportedModel(classifier, "classify")
+        if not c.has_mask:
+            raise EdgebusError("bundle: --fusion needs the lesion's mask: pass --segmenter, or a multi-task classifier "
+                               "(efficientnet-lite0-segaux) whose file gives it")
     for task, src in (("classify", classifier), ("segment", segmenter)):
         if src is None:
             continue

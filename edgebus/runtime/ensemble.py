@@ -49,6 +49,38 @@ class EnsembleModel:
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.predict(x[None])[0]
 
+    @property
+    def has_mask(self) -> bool:
+        return all(m.has_mask for m in self.members)
+
+    @property
+    def mask_threshold(self):
+        return self.members[0].mask_threshold if self.has_mask else None
+
+    def pixels_for(self, gray: np.ndarray, box=None) -> np.ndarray:
+        return self.members[0].pixels_for(gray, box)
+
+    def tensor_for(self, pixels: np.ndarray) -> dict:
+        """The input tensor per distinct input quantization: the frame is looked up once for every
+        member that shares it (members of one recipe all do)."""
+        out = {}
+        for m in self.members:
+            t = m.model.pixel_table()
+            key = (t.dtype.str, t.tobytes())
+            if key not in out:
+                out[key] = t[pixels][None]
+        return out
+
+    def outputs_for(self, tensors: dict) -> dict:
+        """Every member's one invoke on its input tensor, averaged (probability, descriptors, mask)."""
+        outs = []
+        for m in self.members:
+            t = m.model.pixel_table()
+            outs.append(m.outputs_for(tensors[(t.dtype.str, t.tobytes())]))
+        mean = lambda k: None if outs[0][k] is None else np.mean([o[k] for o in outs], axis=0)  # noqa: E731
+        return {"prob": float(mean("prob")), "descriptors": mean("descriptors") if self.descriptors else None,
+                "mask": mean("mask") if self.has_mask else None}
+
     def input_for(self, gray: np.ndarray, box=None) -> np.ndarray:
         return self.members[0].input_for(gray, box)
 

@@ -107,6 +107,17 @@ class TFLiteModel:
         info = np.iinfo(dt)
         return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dt)
 
+    def pixel_table(self) -> np.ndarray:
+        """The input tensor's value for each uint8 pixel 0..255: exactly quantize_input(pixel / 255),
+        computed once, so a uint8 frame goes in by one table lookup (no float copy of the frame)."""
+        if getattr(self, "_table", None) is None:
+            self._table = self.quantize_input(np.arange(256, dtype=np.float32) / 255.0)
+        return self._table
+
+    def set_tensor(self, t: np.ndarray) -> None:
+        """Set an input tensor already in the model's dtype (pixel_table()[pixels], shared by an ensemble)."""
+        self.interpreter.set_tensor(self.input["index"], t)
+
     def dequantize(self, y: np.ndarray, detail: dict) -> np.ndarray:
         if np.dtype(detail["dtype"]).kind == "f":
             return y.astype(np.float32)

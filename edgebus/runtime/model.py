@@ -17,7 +17,7 @@ from edgebus.core.io import sha256_file
 from edgebus.core.manifest import MANIFEST, Run
 from edgebus.core.metrics import DEFAULT_THRESHOLD
 from edgebus.core.tasks import TASKS, get_task
-from edgebus.data.preprocess import PREPROCESS_VERSION, SUPPORTED_VERSIONS, pixels_to_input, to_model_input
+from edgebus.data.preprocess import PREPROCESS_VERSION, SUPPORTED_VERSIONS, pixels_to_input, to_model_input, to_uint8_input
 from edgebus.runtime.interpreter import TFLiteModel
 from edgebus.runtime.metadata import read_metadata
 
@@ -90,6 +90,15 @@ class ExportedModel:
             self.desc_index = next((i for i, sh in enumerate(shapes) if i != self.out_index and int(np.prod(sh[1:])) == n), None)
             if self.desc_index is None:
                 raise EdgebusError(f"{path}: metadata names {n} BI-RADS descriptors but no output has {n} values; re-export it")
+        self.mask_index, self.mask_threshold = None, None
+        if meta.get("mask") and self.task.name == "classify":  # a multi-task file: malignancy and lesion mask
+            self.mask_index = next((i for i, sh in enumerate(shapes) if i not in (self.out_index, self.desc_index)
+                                    and get_task("segment").check_output(sh, (h, w)) is None), None)
+            self.mask_threshold = meta["mask"].get("threshold", DEFAULT_THRESHOLD) if isinstance(meta["mask"], dict) else None
+            if self.mask_index is None or not valid_threshold(self.mask_threshold):
+                raise EdgebusError(f"{path}: metadata names a lesion-mask output but no {h}x{w} output or no mask "
+                                   "threshold from 0 to 1 is there; re-export it")
+            self.mask_threshold = float(self.mask_threshold)
         self.threshold = meta.get("threshold", DEFAULT_THRESHOLD)
         if not valid_threshold(self.threshold):
             raise EdgebusError(f"{path}: metadata threshold {self.threshold!r} is not a number from 0 to 1; re-export it")
@@ -112,6 +121,39 @@ class ExportedModel:
             return self.predict(x), None
         out, desc = self.model.predict(x, (self.out_index, self.desc_index))
         return out, desc.reshape(len(x), -1)
+
+    @property
+    def has_mask(self) -> bool:
+        """A multi-task classifier: its one invoke also gives the lesion mask."""
+        return self.mask_index is not None
+
+    def predict_all(self, x: np.ndarray) -> dict:
+        """NHWC float [0, 1] -> {"prob", "descriptors" (None without), "mask" (None without)}, one
+        invoke per image."""
+        idx = [i for i in (self.out_index, self.desc_index, self.mask_index) if i is not None]
+        got = dict(zip(idx, self.model.predict(x, tuple(idx)) if len(idx) > 1 else [self.model.predict(x, tuple(idx))]))
+        return {"prob": got[self.out_index], "descriptors": None if self.desc_index is None else got[self.desc_index].reshape(len(x), -1),
+                "mask": got.get(self.mask_index)}
+
+    def pixels_for(self, gray: np.ndarray, box=None) -> np.ndarray:
+        """A uint8 HxW frame through the model's preprocessing contract, kept uint8 (HxWxC)."""
+        return to_uint8_input(gray, self.contract, box)
+
+    def tensor_for(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 HxWxC pixels -> the batch-1 input tensor, by table lookup (no float copy)."""
+        return self.model.pixel_table()[pixels][None]
+
+    def outputs_for(self, tensor: np.ndarray) -> dict:
+        """One invoke on an input tensor (tensor_for) -> {"prob": float, "descriptors": (k,) or None,
+        "mask": (h, w) float32 or None}; a segmenter's map is its "mask"."""
+        m = self.model
+        m.set_tensor(tensor)
+        m.invoke()
+        if self.task.truth_is_mask:  # a segmenter: its one output is the mask
+            return {"prob": None, "descriptors": None, "mask": m.get_output(self.out_index).reshape(self.size)}
+        return {"prob": float(m.get_output(self.out_index).reshape(-1)[0]),
+                "descriptors": None if self.desc_index is None else m.get_output(self.desc_index).reshape(-1),
+                "mask": None if self.mask_index is None else m.get_output(self.mask_index).reshape(self.size)}
 
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """(N, H, W) uint8 pixels at the model's size (an evaluation pack) -> outputs."""
@@ -139,6 +181,7 @@ class ExportedModel:
                 "format": m.get("format"), "source": m.get("source"), "model": (m.get("model") or {}).get("name"),
                 "input_size": list(self.size), "threshold": self.threshold, "labels": self.labels,
                 "calibration": self.calibration, "descriptors": [d["name"] for d in self.descriptors],
+                "mask": None if self.mask_index is None else {"threshold": self.mask_threshold},
                 "source_run": m.get("source_run"), "data_fingerprint": m.get("data_fingerprint"),
                 "interpreter": f"{self.model.backend} {self.model.backend_version}",
                 "xnnpack": self.model.xnnpack, "threads": self.model.num_threads, "gates": self.gate_status(),

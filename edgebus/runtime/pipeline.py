@@ -42,6 +42,7 @@ is x1 - x0 pixels wide), None when the mask is empty.
 
 from __future__ import annotations
 
+import json
 import time
 from functools import partial
 from pathlib import Path
@@ -84,6 +85,21 @@ def _ms(t0: float, t1: float) -> float:
     return round((t1 - t0) * 1000, 3)
 
 
+def _mask_fields(res: dict, prob: np.ndarray, threshold: float, hw, area_box, pixel_size_mm) -> None:
+    """The lesion map at the frame's size (zero in its margins), its area and box, into `res`."""
+    (h, w), (x0, y0, x1, y1) = hw, area_box
+    mask = np.zeros((h, w), dtype=np.uint8)
+    full = np.asarray(Image.fromarray(np.asarray(prob, dtype=np.float32)).resize((x1 - x0, y1 - y0), Image.BILINEAR))
+    mask[y0:y1, x0:x1] = full >= threshold
+    area = int(mask.sum())
+    res["mask"], res["mask_threshold"], res["mask_area_px"] = mask, threshold, area
+    if pixel_size_mm is not None:
+        res["mask_area_mm2"] = round(area * float(pixel_size_mm) ** 2, 4)
+    if area:
+        ys, xs = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+        res["bbox"] = [int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1]
+
+
 class LesionPipeline:
     """Classification + segmentation of one frame at a time. Load once, call `predict` per frame.
 
@@ -109,8 +125,9 @@ class LesionPipeline:
                                "its metadata); give a segmenter too (--segmenter, or a bundle with both)")
         self.max_pixels = int(max_pixels)
         self.fusion = fusion  # runtime.fusion.ShapeFusion: classifier score + the segmenter's lesion shape
-        if fusion is not None and (self.classifier is None or self.segmenter is None):
-            raise EdgebusError(f"{fusion.path}: fuses the classifier with the segmenter's lesion shape; give both")
+        if fusion is not None and (self.classifier is None or (self.segmenter is None and not self.classifier.has_mask)):
+            raise EdgebusError(f"{fusion.path}: fuses the classifier with the lesion's shape; give a segmenter too "
+                               "(or a multi-task classifier, whose file gives the mask)")
         self.site = site  # runtime.site: a threshold chosen on a site's own cases replaces the shipped one
         models = [m for m in (self.classifier, self.segmenter) if m is not None]
         accepted = [a for a in (check_gates(m, accept_failed_gates) for m in models) if a]
@@ -208,51 +225,42 @@ class LesionPipeline:
         x0, y0, x1, y1 = image_area(gray)  # models see the image without black margins, as in training
         res["image_area"] = [x0, y0, x1, y1]
         image = gray[y0:y1, x0:x1]
-        inputs = {}
+        tensors = {}
 
-        def model_input(m: ExportedModel) -> np.ndarray:
-            key = (tuple(m.contract["size"]), m.contract["channels"])
-            if key not in inputs:
-                inputs[key] = m.input_for(image)
-            return inputs[key]
+        def model_input(m) -> np.ndarray:  # one resize and one table lookup per contract, shared by the models
+            key = (tuple(m.contract["size"]), m.contract["channels"], json.dumps(m.contract.get("normalize"), sort_keys=True))
+            if key not in tensors:
+                tensors[key] = m.tensor_for(m.pixels_for(image))
+            return tensors[key]
 
         box = prob = None
+        mask_threshold = None
         if self.segmenter is not None:  # first: a lesion-crop classifier needs its box
             s = self.segmenter
             ta = time.perf_counter()
-            prob = s.run(model_input(s)).reshape(s.size).astype(np.float32)
-            mask = np.zeros((h, w), dtype=np.uint8)  # at the frame's size, zero in its margins
-            full = np.asarray(Image.fromarray(prob).resize((x1 - x0, y1 - y0), Image.BILINEAR))
-            mask[y0:y1, x0:x1] = full >= s.threshold
+            prob = s.outputs_for(model_input(s))["mask"]
+            mask_threshold = s.threshold
             lat["segment"] = _ms(ta, time.perf_counter())
-            area = int(mask.sum())
-            res["mask"] = mask
-            res["mask_threshold"] = s.threshold
-            res["mask_area_px"] = area
-            if pixel_size_mm is not None:
-                res["mask_area_mm2"] = round(area * float(pixel_size_mm) ** 2, 4)
-            if area:
-                ys, xs = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
-                res["bbox"] = [int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1]
             if self.crops:  # on the model's map, as in training (edgebus.training.crops)
                 box = lesion_box(prob >= s.threshold)
         if self.classifier is not None:
             c = self.classifier
             ta = time.perf_counter()
             if self.crops:
-                x = c.input_for(image, box)
+                out = c.outputs_for(c.tensor_for(c.pixels_for(image, box)))
                 cx0, cy0, cx1, cy1 = crop_square_px(image.shape, box, c.contract["crop"]["margin"])
                 res["crop"] = [cx0 + x0, cy0 + y0, cx1 + x0, cy1 + y0]
             else:
-                x = model_input(c)
-            out, desc = c.predict_with_descriptors(x[None])
-            p = float(np.clip(np.asarray(out).reshape(-1)[0], 0.0, 1.0))
-            if desc is not None:  # the radiologist's words: "irregular shape, not circumscribed margin, ..."
-                res["descriptors"], res["findings"] = findings(desc, c.descriptors)
+                out = c.outputs_for(model_input(c))
+            if prob is None and out["mask"] is not None:  # a multi-task file: the same invoke gave the mask
+                prob, mask_threshold = out["mask"], c.mask_threshold
+            p = float(np.clip(out["prob"], 0.0, 1.0))
+            if out["descriptors"] is not None:  # the radiologist's words: "irregular shape, not circumscribed margin, ..."
+                res["descriptors"], res["findings"] = findings(out["descriptors"][None], c.descriptors)
             threshold, calibrated = c.threshold, c.calibrated
             if self.fusion is not None:  # the classifier's score and the lesion's measured shape, one model
                 res["prob_classifier"] = round(p, 6)
-                p, shape, desc = self.fusion.score(p, prob, image, self.segmenter.threshold)
+                p, shape, desc = self.fusion.score(p, prob, image, mask_threshold)
                 threshold, calibrated = self.fusion.threshold, self.fusion.calibrated
                 res["shape"] = shape_result(shape)
                 if desc is not None:  # measured on the mask: these replace a classifier head's words
@@ -270,6 +278,8 @@ class LesionPipeline:
             # site's is, may equal one of them to the last digit)
             res["label"] = c.labels[1] if res["prob_raw"] >= threshold else c.labels[0]
             lat["classify"] = _ms(ta, time.perf_counter())
+        if prob is not None:
+            _mask_fields(res, prob, mask_threshold, (h, w), (x0, y0, x1, y1), pixel_size_mm)
         lat["total"] = _ms(t0, time.perf_counter())
         res["latency_ms"] = lat
         return res, gray

@@ -89,6 +89,9 @@ class TrainConfig(FitConfig):
     overwrite: bool = False
     crop_margin: float | None = None  # lesion-crop classifier: cut a square around the lesion first
     segmenter: str | None = None  # segment run (same split) whose predicted boxes cut the val/test crops
+    teacher: str | None = None  # distil from a classifier CV's int8 files (every fold's, averaged; training.teacher)
+    teacher_masks: str | None = None  # and a segment CV's lesion maps, for a multi-task model's mask target
+    teacher_weight: float = 0.5  # the teachers' share of each training target
 
 
 EXIT_ENV = "EDGEBUS_EXIT_AFTER_UNITS"  # tests: os._exit after this many grid cells / CV folds are written

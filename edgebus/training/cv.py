@@ -51,11 +51,15 @@ class CVConfig(FitConfig):
     fold_seed: int | None = None  # seed of the folds when it differs from the training seed: a second CV on the
     #                               same folds with another initialisation and order (seed ensembles)
     group_by: str = "case"  # or "acquisition": no frame size (scanner + preset) in two folds, a new scanner's stand-in
+    teacher: str | None = None  # a classifier CV (same folds, --int8): each fold's student learns from its fold's files
+    teacher_masks: str | None = None  # a segment CV (same folds, --int8): the masks the student's decoder learns from
+    teacher_weight: float = 0.5  # the teacher's share of each training target (edgebus.training.teacher)
 
 
 _CV_IDENTITY = ("task", "model", "folds", "size", "epochs", "lr", "batch", "seed", "weights", "model_kwargs",
                 "val_fraction", "augment", "keep", "threshold", "int8", "crop_margin", "int8_source", "qat_epochs",
-                "qat_distill", "normalize", "descriptors", "fold_seed", "schedule", "group_by")
+                "qat_distill", "normalize", "descriptors", "fold_seed", "schedule", "group_by", "teacher",
+                "teacher_masks", "teacher_weight")
 
 
 def _fold_record(task, f, fold, data, probs, metrics, kept_epoch, wall, threshold) -> dict:
@@ -68,6 +72,16 @@ def _fold_record(task, f, fold, data, probs, metrics, kept_epoch, wall, threshol
         rec["val_ids"] = fold["val"]
         rec["boxes"] = {part: predicted_boxes(probs[part], threshold) for part in ("val", "test")}
     return rec
+
+
+def _mask_record(truth, prob, suffix: str = "") -> dict:
+    """A multi-task classifier's masks scored per test image, as a segment CV stores them
+    (test_iou / test_dice), under `mask_` names: summaries and `edgebus fuse` read them."""
+    from edgebus.core.metrics import DEFAULT_THRESHOLD, segmentation_metrics
+    from edgebus.core.stats import dice_from_iou
+
+    iou = segmentation_metrics(truth, prob, DEFAULT_THRESHOLD)["iou_per_image"]
+    return {f"test_mask_iou{suffix}": iou, f"test_mask_dice{suffix}": [round(v, 4) for v in dice_from_iou(iou)]}
 
 
 def _int8_fold(model, task, data, cfg: CVConfig, contract: dict, test_x=None, keep=None, float_test=None) -> dict:
@@ -90,9 +104,12 @@ def _int8_fold(model, task, data, cfg: CVConfig, contract: dict, test_x=None, ke
     from edgebus.core.descriptors import metadata as descriptor_metadata
 
     heads = descriptor_metadata() if cfg.model_kwargs.get("descriptors") else None
+    masks = {}
     probs = int8_probs(models, task, calib, contract, cfg.threshold, xte if test_x is None else test_x,
-                       keep={src: keep} if keep else None, descriptors=heads)
+                       keep={src: keep} if keep else None, descriptors=heads, masks=masks)
     rec = {"test_int8": task.metrics(yte, probs[src], cfg.threshold), "int8_source": src}
+    if src in masks and len(data["test"]) > 2 and data["test"][2] is not None:  # a multi-task file's lesion masks
+        rec.update(_mask_record(data["test"][2], masks[src], "_int8"))
     rec.update(task.case_record(yte, probs[src], rec["test_int8"], "_int8"))
     if src == "qat":
         rec.update(task.case_record(yte, probs["ptq"], task.metrics(yte, probs["ptq"], cfg.threshold), "_int8_ptq"))
@@ -137,7 +154,7 @@ def fold_unit(cfg: CVConfig, contract: dict, f: int, fold: dict, data: dict, pro
     from edgebus.compat import keras, set_seed
     from edgebus.engine.fit import build_compiled, fit_keep, predict
     from edgebus.engine.models import save_model
-    from edgebus.models.registry import DESCRIPTORS_OUTPUT, has_descriptors
+    from edgebus.models.registry import AUX_MASK, DESCRIPTORS_OUTPUT, has_aux_mask, has_descriptors
 
     task = get_task(cfg.task)
     keras.backend.clear_session()
@@ -151,6 +168,10 @@ def fold_unit(cfg: CVConfig, contract: dict, f: int, fold: dict, data: dict, pro
     rec = _fold_record(task, f, fold, data, probs, metrics, kept, wall, cfg.threshold)
     if start[0]:
         rec["resumed_from"] = start[0]
+    if has_aux_mask(model) and data["test"][2] is not None:  # a multi-task model's own lesion masks, out of fold
+        from edgebus.engine.fit import predict_outputs
+
+        rec.update(_mask_record(data["test"][2], predict_outputs(model, data["test"][0], cfg.batch)[AUX_MASK]))
     if has_descriptors(model):  # out-of-fold BI-RADS descriptor outputs, for per-descriptor scores
         from edgebus.engine.fit import predict_outputs
 
@@ -221,6 +242,13 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print, backend: Backend | 
     for f, fold in enumerate(folds):
         check_split(fold, hashes, f"fold {f + 1} of {cfg.folds}")
     fp = fingerprint(ds)
+    teachers = None
+    if cfg.teacher is not None or cfg.teacher_masks is not None:  # distillation: each fold's own teachers
+        from edgebus.training.teacher import load_teachers
+
+        if (backend or Backend()).name != "local":
+            raise EdgebusError("--teacher runs with the local backend (each fold's targets come from its own teachers)")
+        teachers = load_teachers(cfg.teacher, cfg.teacher_masks, fp, folds)
     identity = {k: getattr(cfg, k) for k in _CV_IDENTITY}
     identity.update(task=task.name, data_fingerprint=fp)
     seg_boxes = None
@@ -273,6 +301,10 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print, backend: Backend | 
                 log(f"fold {f + 1}/{cfg.folds}: train {len(fold['train'])}, val {len(fold['val'])}, test {len(fold['test'])}")
                 boxes = None if seg_boxes is None else {**seg_boxes[f]["val"], **seg_boxes[f]["test"]}
                 data = load_split_data(by_id, fold, contract, task, boxes, **heads)
+                if teachers is not None:
+                    from edgebus.training.teacher import soften
+
+                    data["train"] = soften(data["train"], [by_id[i] for i in fold["train"]], teachers, f, cfg.teacher_weight)
                 crop = None if seg_boxes is None else (by_id, seg_boxes[f])
                 return fold_unit(cfg, contract, f, fold, data, progress, crop, _checkpoint(ckpts, f), log)
             shared = None
@@ -366,6 +398,15 @@ def summarize_cv(out: str | Path, n_boot: int = 2000) -> dict:
         summary["descriptors"] = descriptor_metrics(np.concatenate([r["test_descriptors"] for r in recs]),
                                                     np.concatenate([r["test_descriptor_prob"] for r in recs]),
                                                     [d.name for d in DESCRIPTORS])
+    if all("test_mask_iou" in r for r in recs):  # a multi-task classifier's own lesion masks, out of fold
+        from edgebus.core.stats import bootstrap_means
+
+        summary["mask"] = {}
+        for sfx in ("", "_int8"):
+            if all(f"test_mask_iou{sfx}" in r for r in recs):
+                iou = np.concatenate([r[f"test_mask_iou{sfx}"] for r in recs]).astype(np.float64)
+                summary["mask"][f"iou{sfx}"] = float(iou.mean())
+                summary["mask"][f"bootstrap{sfx}"] = bootstrap_means({"iou": iou}, n_boot, seed)["iou"]
     if all("crop_fallbacks" in r for r in recs):
         summary["crop_fallbacks"] = {k: sum(r["crop_fallbacks"].get(k, 0) for r in recs) for k in recs[0]["crop_fallbacks"]}
     if "confusion_matrix" in summary["pooled"]:

@@ -158,14 +158,13 @@ def ray_lr(lr: float, todo: list, shared: dict) -> dict:
     import tempfile
 
     from edgebus.engine.models import save_model
-    from edgebus.models.registry import classifier_only
 
     cfg = shared["cfg"]
     best = {}
     with tempfile.TemporaryDirectory(prefix="edgebus-lr-") as tmp:
         def on_cell(rec, m):
             if not best or rank_key(rec, cfg.select, cfg.task) > rank_key(best["rec"], cfg.select, cfg.task):
-                save_model(classifier_only(m), Path(tmp) / "best.keras")
+                save_model(m, Path(tmp) / "best.keras")
                 best.update(rec=rec, model=(Path(tmp) / "best.keras").read_bytes())
 
         root = task_checkpoints(shared["checkpoints"])
@@ -195,7 +194,7 @@ def run_grid(cfg: GridConfig, shard: tuple[int, int] = (1, 1), progress: bool = 
     from edgebus.compat import set_seed
     from edgebus.engine.fit import build_compiled
     from edgebus.engine.models import device_name, save_model
-    from edgebus.models.registry import classifier_only, has_aux_mask
+    from edgebus.models.registry import has_aux_mask
     from edgebus.training.train import model_info
 
     set_seed(cfg.seed)
@@ -261,7 +260,7 @@ def run_grid(cfg: GridConfig, shard: tuple[int, int] = (1, 1), progress: bool = 
                 def on_cell(rec, m):
                     nonlocal best
                     if best is None or rank_key(rec, cfg.select, task) > rank_key(best, cfg.select, task):
-                        save_candidate(rec, lambda p: save_model(classifier_only(m), p))
+                        save_candidate(rec, lambda p: save_model(m, p))
                         best = rec
                     cell_done(rec)
 

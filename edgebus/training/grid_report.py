@@ -45,7 +45,6 @@ def _write_best_run(out: Path, manifest, chosen: dict, ds, split: dict, data: di
     from edgebus.compat import keras, set_seed
     from edgebus.engine.fit import build_compiled, fit_arrays, history_csv
     from edgebus.engine.models import framework, load_model
-    from edgebus.models.registry import classifier_only
     from edgebus.training.train import TrainConfig, write_metrics, write_model, write_run_header
 
     ident = manifest.grid["identity"]
@@ -79,7 +78,6 @@ def _write_best_run(out: Path, manifest, chosen: dict, ds, split: dict, data: di
         set_seed(cfg.seed)
         model = build_compiled(cfg.model, cfg.size, cfg.weights, cfg.model_kwargs, task)
         hist = fit_arrays(model, task, cfg.lr, data, cfg.epochs, cfg.batch, cfg.seed, cfg.augment, (), progress)
-        model = classifier_only(model)
         history = history_csv(hist.history)
     cfg.task = task
     run = Run.create(best_dir, task)

@@ -94,7 +94,7 @@ def cv_config(task: str, recipe: str | Path | None = None, **given):
     from edgebus.core.tasks import get_task
 
     kw.setdefault("model", get_task(task).default_model)
-    for k in ("data", "out", "boxes_from"):
+    for k in ("data", "out", "boxes_from", "teacher", "teacher_masks"):
         if kw.get(k) is not None:
             kw[k] = str(kw[k])
     return CVConfig(task=task, **kw)

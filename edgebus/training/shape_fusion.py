@@ -36,8 +36,21 @@ def _cv(cv_dir: Path, task: str):
     return run, read_json(cv_dir / "folds.json"), recs
 
 
-def _segmenters(seg_cv: Path, recs: list) -> dict:
-    """{fold: its int8 segmenter, loaded as the cart loads it}."""
+class MaskOf:
+    """A multi-task classifier's lesion-mask output, seen as a segmenter (input_for, run, threshold)."""
+
+    def __init__(self, model):
+        self.model, self.threshold, self.contract = model, model.mask_threshold, model.contract
+
+    def input_for(self, gray, box=None):
+        return self.model.input_for(gray, box)
+
+    def run(self, x):
+        return self.model.predict_all(x[None])["mask"][0]
+
+
+def _segmenters(seg_cv: Path, recs: list, task: str = "segment") -> dict:
+    """{fold: its int8 segmenter (or a multi-task classifier's mask), loaded as the cart loads it}."""
     from edgebus.runtime.ensemble import member_files
     from edgebus.runtime.model import ExportedModel
 
@@ -46,8 +59,12 @@ def _segmenters(seg_cv: Path, recs: list) -> dict:
         files = member_files(r, seg_cv)[0]
         if "model_int8.tflite" not in files:
             raise EdgebusError(f"{seg_cv}: fold {r['fold']} has no int8 segmenter (the cart runs int8); re-run "
-                               "'edgebus cv segment' with --int8")
-        out[r["fold"]] = ExportedModel(files["model_int8.tflite"], "segment")
+                               f"'edgebus cv {task}' with --int8")
+        m = ExportedModel(files["model_int8.tflite"], task)
+        if task == "classify" and not m.has_mask:
+            raise EdgebusError(f"{seg_cv}: a classifier CV whose files give no lesion mask; pass a segment CV "
+                               "('edgebus cv segment') or a multi-task one (efficientnet-lite0-segaux)")
+        out[r["fold"]] = m if task == "segment" else MaskOf(m)
     return out
 
 
@@ -74,11 +91,13 @@ def fusion_inputs(cls_cv, seg_cv) -> dict:
     from edgebus.core import fusion
     from edgebus.data.arrays import run_dataset
     from edgebus.data.preprocess import cut_area, lesion_box, load_gray
+    from edgebus.core.manifest import Run
     from edgebus.runtime.fusion import measure_lesion
 
     cls_cv, seg_cv = Path(cls_cv), Path(seg_cv)
     c_run, c_folds, c_recs = _cv(cls_cv, "classify")
-    s_run, s_folds, s_recs = _cv(seg_cv, "segment")
+    s_task = "classify" if (Run.load(seg_cv).task.name == "classify") else "segment"  # a multi-task CV gives its own masks
+    s_run, s_folds, s_recs = _cv(seg_cv, s_task)
     if c_run.manifest.data.fingerprint != s_run.manifest.data.fingerprint:
         raise EdgebusError(f"{seg_cv}: made on other data than {cls_cv} (fingerprint differs); run both on the same set")
     if c_folds["folds"] != s_folds["folds"]:
@@ -86,7 +105,7 @@ def fusion_inputs(cls_cv, seg_cv) -> dict:
                            "(or --fold-seed) and --group-by")
     if not all("test_prob_int8" in r for r in c_recs):
         raise EdgebusError(f"{cls_cv}: has no int8 scores (the cart runs int8); re-run 'edgebus cv classify' with --int8")
-    segmenters = _segmenters(seg_cv, s_recs)
+    segmenters = _segmenters(seg_cv, s_recs, s_task)
     classifiers = _classifiers(cls_cv, c_recs, c_run.manifest.threshold)
     ds = run_dataset(c_run)
     by_id = {c.case_id: c for c in ds.lesions()}

@@ -113,6 +113,11 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> Run:
     from edgebus.engine.models import framework
     from edgebus.models.registry import has_aux_mask, has_descriptors
 
+    teachers = None
+    if cfg.teacher is not None or cfg.teacher_masks is not None:  # distillation: every fold's teachers, averaged
+        from edgebus.training.teacher import load_teachers, soften
+
+        teachers = load_teachers(cfg.teacher, cfg.teacher_masks, fp)
     set_seed(cfg.seed)
     model = build_compiled(cfg.model, cfg.size, cfg.weights, cfg.model_kwargs, task)
     again = _unfinished(cfg.out)
@@ -132,10 +137,14 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> Run:
 
         data = load_split_data(by_id, split, contract, task, boxes, masks=has_aux_mask(model),
                                descriptors=has_descriptors(model))
+        distil = {}
+        if teachers is not None:
+            data["train"] = soften(data["train"], [by_id[i] for i in split["train"]], teachers, None, cfg.teacher_weight)
+            distil = {"teacher": {**teachers["source"], "weight": cfg.teacher_weight}}
         model, hist, kept, wall = fit_keep(model, task, cfg, data, progress)
         write_model(run, model, history_csv(hist.history))
         write_metrics(run, model, data, cfg.batch)
         run.stage("train", wall_s=round(wall, 1), epochs=cfg.epochs, kept_epoch=kept, keep=cfg.keep, lr=cfg.lr,
-                  schedule=cfg.schedule, batch=cfg.batch, augment=augment_name(cfg.augment), **framework())
+                  schedule=cfg.schedule, batch=cfg.batch, augment=augment_name(cfg.augment), **distil, **framework())
         run.save()
         return run
