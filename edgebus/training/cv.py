@@ -405,7 +405,7 @@ def summarize_cv(out: str | Path, n_boot: int = 2000) -> dict:
         for sfx in ("", "_int8"):
             if all(f"test_mask_iou{sfx}" in r for r in recs):
                 iou = np.concatenate([r[f"test_mask_iou{sfx}"] for r in recs]).astype(np.float64)
-                summary["mask"][f"iou{sfx}"] = float(iou.mean())
+                summary["mask"]["n"], summary["mask"][f"iou{sfx}"] = int(len(iou)), float(iou.mean())
                 summary["mask"][f"bootstrap{sfx}"] = bootstrap_means({"iou": iou}, n_boot, seed)["iou"]
     if all("crop_fallbacks" in r for r in recs):
         summary["crop_fallbacks"] = {k: sum(r["crop_fallbacks"].get(k, 0) for r in recs) for k in recs[0]["crop_fallbacks"]}
