@@ -176,7 +176,7 @@ def test_fuse_scores_a_classifier_cv_with_a_segment_cv_on_the_same_folds(tiny_cv
     (cart / "fusion.json").write_text((cart / "fusion.json").read_text().replace('"intercept": ', '"intercept": 1 + '))
     one_line_error(cli("predict", "--bundle", cart, synthetic_breast_dir, "--out", tmp_path / "p2"), "sha256 differs")
     one_line_error(cli("bundle", "--classifier", tmp_path / "cls", "--fusion", tmp_path / "cls" / "fusion", "--out",
-                       tmp_path / "c2"), "pass both")
+                       tmp_path / "c2"), "needs the lesion's mask", "--segmenter")
     other = cli("cv", "segment", "--model", "test-unet", "--epochs", 1, "--seed", 5, "--out", tmp_path / "seg5", *common)
     assert other.exit_code == 0, other.output
     one_line_error(cli("fuse", tmp_path / "cls", tmp_path / "seg5"), "folds differ")

@@ -205,12 +205,12 @@ def test_crop_run_benchmarks_on_its_predicted_crops(crop_run):
     assert rows["model_int8.tflite"]["metrics"]["accuracy"] == m["exports"]["int8"]["metrics"]["accuracy"]
 
 
-def test_auxiliary_mask_classifier_trains_on_masks_and_exports_one_output(synthetic_breast_dir, tmp_path):
+def test_auxiliary_mask_classifier_trains_on_masks_and_exports_both_outputs(synthetic_breast_dir, tmp_path):
     from edgebus.export.convert import float_tensors
-    from edgebus.models.registry import build_model
+    from edgebus.models.registry import build_model, classifier_only
     from edgebus.runtime import TFLiteModel
     from edgebus.core.manifest import Run
-    from edgebus.engine.models import load_run_model
+    from edgebus.engine.models import load_run_model, save_model
 
     m = build_model("efficientnet-lite0-segaux", 64)
     assert [tuple(o.shape) for o in m.outputs] == [(None, 1), (None, 64, 64, 1)]
@@ -221,8 +221,15 @@ def test_auxiliary_mask_classifier_trains_on_masks_and_exports_one_output(synthe
     head = (out / "history.csv").read_text().splitlines()[0].split(",")
     assert {"aux_mask_loss", "val_malignant_prob_accuracy"} <= set(head)  # both outputs were trained
     saved = load_run_model(Run.load(out))
-    assert len(saved.outputs) == 1 and not any(l.name.startswith("aux_") for l in saved.layers)
+    assert [tuple(o.shape) for o in saved.outputs] == [(None, 1), (None, 64, 64, 1)]  # the mask is kept: deployed too
     r = cli("export", out, "--int8", "--ptq")
     assert r.exit_code == 0, r.output
     t = TFLiteModel(out / "model_int8.tflite")
-    assert float_tensors(t) == [] and len(t.outputs) == 1
+    assert float_tensors(t) == [] and sorted(int(np.prod(o["shape"])) for o in t.outputs) == [1, 64 * 64]
+    # a run saved by an edgebus that dropped the decoder after training still loads, as a plain classifier
+    run = Run.load(out)
+    save_model(classifier_only(saved), out / "model.keras")
+    run.add_artifact("model.keras", "keras-model")
+    run.save()
+    old = load_run_model(Run.load(out))
+    assert len(old.outputs) == 1 and not any(layer.name.startswith("aux_") for layer in old.layers)

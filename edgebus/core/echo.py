@@ -35,16 +35,20 @@ def _beside(shape, rows: slice, x0: int, x1: int, half: int) -> np.ndarray:
 def echo_features(gray: np.ndarray, mask: np.ndarray) -> list[float] | None:
     """FEATURES of the lesion `mask` (nonzero = lesion) in the 2-D `gray` frame of the same size;
     None when the mask is empty."""
-    g = np.asarray(gray, dtype=np.float64)
+    g = np.asarray(gray)
     m = np.asarray(mask) > 0
     if g.ndim != 2 or m.shape != g.shape:
         raise EdgebusError(f"echo: a 2-D gray frame and a mask of its size are needed, got {g.shape} and {m.shape}")
-    if not m.any():
+    rows, cols = np.nonzero(m.any(axis=1))[0], np.nonzero(m.any(axis=0))[0]
+    if not len(rows):
         return None
-    h_all = g.shape[0]
-    ys, xs = np.nonzero(m)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
     half = max(1, (x1 - x0) // 2)
+    # every region below lies in this window: measure there (the same pixels; no full-frame copies)
+    wy1, wx0, wx1 = min(g.shape[0], y1 + max(1, (y1 - y0) // 2)), max(0, x0 - half), min(g.shape[1], x1 + half)
+    g, m = g[y0:wy1, wx0:wx1].astype(np.float64), m[y0:wy1, wx0:wx1]
+    y0, y1, x0, x1 = 0, y1 - y0, x0 - wx0, x1 - wx0
+    h_all = g.shape[0]
     tissue = (g > 0) & ~m
     side = _beside(g.shape, slice(y0, y1), x0, x1, half) & tissue
     band = slice(y1, min(h_all, y1 + max(1, (y1 - y0) // 2)))

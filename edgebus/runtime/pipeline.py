@@ -53,7 +53,7 @@ from PIL import Image
 from edgebus.core.calibration import apply as apply_calibration
 from edgebus.core.descriptors import findings
 from edgebus.core.errors import EdgebusError
-from edgebus.data.preprocess import crop_square_px, image_area, lesion_box
+from edgebus.data.preprocess import crop_square_px, image_area, lesion_box, prob_in_frame
 from edgebus.runtime.bundle import bundle_acceptances, load_bundle, load_fusion, load_site, read_bundle
 from edgebus.runtime.ensemble import EnsembleModel
 from edgebus.runtime.dicom import is_dicom, iter_frames
@@ -85,11 +85,11 @@ def _ms(t0: float, t1: float) -> float:
     return round((t1 - t0) * 1000, 3)
 
 
-def _mask_fields(res: dict, prob: np.ndarray, threshold: float, hw, area_box, pixel_size_mm) -> None:
-    """The lesion map at the frame's size (zero in its margins), its area and box, into `res`."""
+def _mask_fields(res: dict, full: np.ndarray, threshold: float, hw, area_box, pixel_size_mm) -> None:
+    """The lesion map (`full`: at the image area's size) in the frame (zero in its margins), its
+    area and box, into `res`."""
     (h, w), (x0, y0, x1, y1) = hw, area_box
     mask = np.zeros((h, w), dtype=np.uint8)
-    full = np.asarray(Image.fromarray(np.asarray(prob, dtype=np.float32)).resize((x1 - x0, y1 - y0), Image.BILINEAR))
     mask[y0:y1, x0:x1] = full >= threshold
     area = int(mask.sum())
     res["mask"], res["mask_threshold"], res["mask_area_px"] = mask, threshold, area
@@ -225,13 +225,13 @@ class LesionPipeline:
         x0, y0, x1, y1 = image_area(gray)  # models see the image without black margins, as in training
         res["image_area"] = [x0, y0, x1, y1]
         image = gray[y0:y1, x0:x1]
-        tensors = {}
+        pixels = {}
 
-        def model_input(m) -> np.ndarray:  # one resize and one table lookup per contract, shared by the models
+        def model_input(m):  # one resize per contract, shared by the models; then each model's table lookup
             key = (tuple(m.contract["size"]), m.contract["channels"], json.dumps(m.contract.get("normalize"), sort_keys=True))
-            if key not in tensors:
-                tensors[key] = m.tensor_for(m.pixels_for(image))
-            return tensors[key]
+            if key not in pixels:
+                pixels[key] = m.pixels_for(image)
+            return m.tensor_for(pixels[key])
 
         box = prob = None
         mask_threshold = None
@@ -254,13 +254,14 @@ class LesionPipeline:
                 out = c.outputs_for(model_input(c))
             if prob is None and out["mask"] is not None:  # a multi-task file: the same invoke gave the mask
                 prob, mask_threshold = out["mask"], c.mask_threshold
+            full = None if prob is None else prob_in_frame(prob, image.shape)  # one resize: mask, area and shape
             p = float(np.clip(out["prob"], 0.0, 1.0))
             if out["descriptors"] is not None:  # the radiologist's words: "irregular shape, not circumscribed margin, ..."
                 res["descriptors"], res["findings"] = findings(out["descriptors"][None], c.descriptors)
             threshold, calibrated = c.threshold, c.calibrated
             if self.fusion is not None:  # the classifier's score and the lesion's measured shape, one model
                 res["prob_classifier"] = round(p, 6)
-                p, shape, desc = self.fusion.score(p, prob, image, mask_threshold)
+                p, shape, desc = self.fusion.score(p, prob, image, mask_threshold, full)
                 threshold, calibrated = self.fusion.threshold, self.fusion.calibrated
                 res["shape"] = shape_result(shape)
                 if desc is not None:  # measured on the mask: these replace a classifier head's words
@@ -279,7 +280,8 @@ class LesionPipeline:
             res["label"] = c.labels[1] if res["prob_raw"] >= threshold else c.labels[0]
             lat["classify"] = _ms(ta, time.perf_counter())
         if prob is not None:
-            _mask_fields(res, prob, mask_threshold, (h, w), (x0, y0, x1, y1), pixel_size_mm)
+            _mask_fields(res, prob_in_frame(prob, image.shape) if self.classifier is None else full, mask_threshold,
+                         (h, w), (x0, y0, x1, y1), pixel_size_mm)
         lat["total"] = _ms(t0, time.perf_counter())
         res["latency_ms"] = lat
         return res, gray
