@@ -59,9 +59,9 @@ def run_demo(out: Path, data: Path | None = None, size: int = 96, epochs: int = 
     summary = predict_files(LesionPipeline.from_bundle(bundle), frames[:4], out / "predictions", log=log, overwrite=True)
     parts.append(f"# Cart: int8 classifier + segmenter on {summary['ok']} frames\n\n"
                  f"- bundle: `{bundle}`; predictions, overlays and masks: `{out / 'predictions'}`\n"
-                 f"- frames per second, 1 thread: {summary['fps']['inference']} inference only (classify + segment); "
-                 f"{summary['fps']['pipeline']} pipeline (decode to mask); {summary['fps']['wall']} wall clock "
-                 "(with overlay and mask files)\n")
+                 f"- frames per second, 1 thread: {summary['fps']['wall']} wall clock (with overlay and mask files); "
+                 f"{summary['fps']['inference']} inference only (classify + segment); "
+                 f"{summary['fps']['pipeline']} pipeline (decode to mask)\n")
     atomic_write(report, "\n".join(parts))
     return report
 

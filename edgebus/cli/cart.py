@@ -103,6 +103,7 @@ def predict(
     from edgebus.data.breast import IMAGES_DIR, breast_pixel_sizes, is_breast_layout
     from edgebus.data.busi import is_busi_layout, read_busi
     from edgebus.runtime import LesionPipeline, predict_files
+    from edgebus.runtime.batch import fps_line
     from edgebus.runtime.frames import printable, resolve_inputs
 
     def say(line: str) -> None:  # valid UTF-8 whatever the file names are (runtime.frames.printable)
@@ -151,10 +152,7 @@ def predict(
             say(f"{role}: {m['file']} ({m['format']}, {m['input_size'][0]}x{m['input_size'][1]}, threshold {m['threshold']:.2f})")
     s = predict_files(pipe, files, out, pixel_sizes, pixel_size, overlays, masks, log=typer.echo, overwrite=overwrite,
                       dicom_seg=dicom_seg)
-    f = s["fps"]
-    fps = (f"frames/s: {f['inference']} inference only, {f['pipeline']} pipeline (decode to mask), {f['wall']} wall clock "
-           "(with overlays and files)") if f["wall"] else "no frame predicted now"
-    say(f"{s['frames']} frames: {s['ok']} ok, {s['failed']} failed; {fps}")
+    say(f"{s['frames']} frames: {s['ok']} ok, {s['failed']} failed; {fps_line(s['fps'])}")
     say(f"results: {s['predictions']['jsonl']}, {s['predictions']['csv']}, {s['summary_file']}")
     if s["failed"]:
         raise typer.Exit(1)

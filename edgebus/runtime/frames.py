@@ -60,26 +60,14 @@ def load_frame(path: str | Path, max_pixels: int = MAX_FRAME_PIXELS) -> np.ndarr
             im.load()
         except (OSError, SyntaxError, ValueError) as e:  # a truncated or corrupt image body
             raise EdgebusError(f"{path}: not a readable image ({e}); replace or remove the file") from None
-        return np.asarray(to_gray(im), dtype=np.uint8)  # the shared preprocessing: alpha over black -> 8-bit gray
-
-
-def to_gray(im: Image.Image) -> Image.Image:
-    """The shared preprocessing's alpha over black -> 8-bit gray (data.preprocess._to_gray), with RGBA
-    (every BrEaST frame) done as Pillow's premultiplied RGBa: round(c * alpha / 255) per channel is
-    the black composite itself, so this skips the black frame and the alpha_composite copy (1.1 vs
-    2.0 ms on BrEaST frames) and gives the same bytes (test_frame_speed checks every value and alpha).
-    The premultiplied bytes are read back as RGBX, since Pillow's own RGBa -> L un-premultiplies."""
-    if im.mode != "RGBA":
-        return _to_gray(im)
-    premultiplied = im.convert("RGBa").tobytes()
-    return Image.frombuffer("RGBX", im.size, premultiplied, "raw", "RGBX", 0, 1).convert("L")
+        return np.asarray(_to_gray(im), dtype=np.uint8)  # the shared preprocessing: alpha over black -> 8-bit gray
 
 
 def gray_from_array(frame, max_pixels: int = MAX_FRAME_PIXELS) -> np.ndarray:
     """A numpy frame (HxW uint8/uint16 gray, HxWx3 RGB or HxWx4 RGBA uint8) or PIL image -> uint8 HxW gray."""
     if isinstance(frame, Image.Image):
         _check_frame("frame", frame.width, frame.height, frame.mode, frame.format, max_pixels)
-        return np.asarray(to_gray(frame), dtype=np.uint8)
+        return np.asarray(_to_gray(frame), dtype=np.uint8)
     a = np.asarray(frame)
     ok = (a.ndim == 2 and a.dtype in (np.uint8, np.uint16)) or (a.ndim == 3 and a.shape[-1] in (3, 4) and a.dtype == np.uint8)
     if not ok:
@@ -93,7 +81,7 @@ def gray_from_array(frame, max_pixels: int = MAX_FRAME_PIXELS) -> np.ndarray:
         im = Image.frombytes("I;16", (w, h), np.ascontiguousarray(a, dtype="<u2").tobytes())
     else:
         im = Image.fromarray(np.ascontiguousarray(a))
-    return np.asarray(to_gray(im), dtype=np.uint8)
+    return np.asarray(_to_gray(im), dtype=np.uint8)
 
 
 def printable(text: str) -> str:
