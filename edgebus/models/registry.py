@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from edgebus.core.errors import EdgebusError
+from edgebus.models.decoders import AUX_MASK, aux_decoder
 from edgebus.core.tasks import get_task
 
 MODELS: dict[str, dict] = {}
@@ -234,7 +235,7 @@ def test_segaux(input_shape, weights=None, width: int = 8, dropout: float = 0.0,
         x = _conv_bn(keras, x, f, f"b{i}", stride=2)
         features[f"stride{2 ** (i + 1)}"] = x
     heads = _heads(keras, x, dropout, descriptors)
-    mask = _aux_decoder(keras, features, ("stride8", "stride4"), (width * 2,), upsample, 4)
+    mask = aux_decoder(keras, features, ("stride8", "stride4"), (width * 2,), upsample, 4)
     return keras.Model(inputs, [*heads, mask], name="test_segaux")
 
 
@@ -304,35 +305,6 @@ def _lite_encoder(keras, variant: str, input_shape, name: str):
     return inputs, lite.lite_backbone(keras, lite.normalise(keras, inputs), variant)
 
 
-AUX_MASK = "aux_mask"  # the output name of a multi-task classifier's lesion mask
-
-
-UPSAMPLE = ("nearest", "bilinear", "transpose")  # a mask decoder's x2 step (benchmarks/decoder_shapes.py)
-
-
-def _up(keras, x, how: str, name: str):
-    """x2 upsampling of a decoder stage: nearest or bilinear resize, or a learned 2x2 stride-2
-    transposed convolution (channels kept). XNNPACK runs bilinear resize and transposed convolution
-    in int8 but not nearest-neighbour resize, which cuts the graph into pieces around each one."""
-    if how == "transpose":
-        return keras.layers.Conv2DTranspose(int(x.shape[-1]), 2, strides=2, use_bias=False, name=name)(x)
-    if how not in UPSAMPLE:
-        raise EdgebusError(f"upsample '{how}': choose one of {', '.join(UPSAMPLE)}")
-    return keras.layers.UpSampling2D(2, interpolation=how, name=name)(x)
-
-
-def _aux_decoder(keras, features: dict, skips, decoder_filters, upsample: str, factor: int):
-    """The lesion-mask decoder of a multi-task classifier: per stage x2 up, concatenate the skip,
-    3x3 conv, BN, ReLU; a 1x1 sigmoid; a bilinear x`factor` to the input size (output AUX_MASK)."""
-    m = features[skips[0]]
-    for i, (filters, skip) in enumerate(zip(decoder_filters, skips[1:])):
-        m = _up(keras, m, upsample, f"aux_stage{i}_up")
-        m = keras.layers.Concatenate(name=f"aux_stage{i}_concat")([m, features[skip]])
-        m = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"aux_stage{i}_conv")(m)
-        m = keras.layers.BatchNormalization(name=f"aux_stage{i}_bn")(m)
-        m = keras.layers.ReLU(name=f"aux_stage{i}_relu")(m)
-    m = keras.layers.Conv2D(1, 1, activation="sigmoid", name=f"aux_mask_stride{factor}")(m)
-    return keras.layers.UpSampling2D(factor, interpolation="bilinear", name=AUX_MASK)(m)
 
 
 def _lite_classifier_segaux(variant: str, input_shape, weights, dropout: float, bn_momentum: float | None,
@@ -347,7 +319,7 @@ def _lite_classifier_segaux(variant: str, input_shape, weights, dropout: float, 
     weights = _lite_weights(weights, variant)
     inputs, features = _lite_encoder(keras, variant, input_shape, f"efficientnet-{variant}-segaux")
     heads = _heads(keras, features["stride32"], dropout, descriptors)
-    mask = _aux_decoder(keras, features, ("stride32", "stride16", "stride8", "stride4"), decoder_filters, upsample, 4)
+    mask = aux_decoder(keras, features, ("stride32", "stride16", "stride8", "stride4"), decoder_filters, upsample, 4)
     model = keras.Model(inputs, [*heads, mask], name=f"efficientnet_{variant}_segaux")
     if weights is not None:
         from edgebus.models.weights import load_backbone_weights

@@ -50,7 +50,7 @@ def _member(path: Path) -> tuple[Run, list[dict], dict]:
 
 def merge_cv(members: list[str | Path], out: str | Path, n_boot: int = 2000, log=print) -> dict:
     """Average the fold models of `members` (CVs on the same folds) into the CV directory `out`;
-    returns its summary (edgebus.training.cv.summarize_cv)."""
+    returns its summary (edgebus.training.cv_summary.summarize_cv)."""
     members = [Path(m) for m in members]
     if len(members) < 2:
         raise EdgebusError("cv-merge: give two or more CV folders (the same folds, other --seed)")
@@ -92,7 +92,7 @@ def _merge_into(tmp, members, loaded, seeds, by_id, task, thr, id0, run0, folds0
     from edgebus.engine.fit import predict
     from edgebus.engine.models import load_model
     from edgebus.runtime.ensemble import EnsembleModel
-    from edgebus.training.cv import summarize_cv
+    from edgebus.training.cv_summary import summarize_cv
 
     run = Run.create(tmp, task.name)
     m = run.manifest
