@@ -284,16 +284,16 @@ def test_export_cli_max_flips_passes_at_the_planted_count_and_fails_one_below(ti
 
     run = copy_run(tiny_cls, tmp_path / "run")
     assert manifest(run)["threshold"] == 0.5
-    orig = ExportedModel.predict_with_descriptors
+    orig = ExportedModel.predict_all
 
     def two_flipped(self, x):
-        prob, desc = orig(self, x)
-        prob = np.array(prob, dtype=np.float32, copy=True)
+        out = orig(self, x)
+        prob = np.array(out["prob"], dtype=np.float32, copy=True)
         flat = prob.reshape(len(prob), -1)
         flat[:2, 0] = np.where(flat[:2, 0] >= 0.5, 0.01, 0.99)  # the first two test cases decided the other way
-        return prob, desc
+        return {**out, "prob": prob}
 
-    monkeypatch.setattr(ExportedModel, "predict_with_descriptors", two_flipped)
+    monkeypatch.setattr(ExportedModel, "predict_all", two_flipped)
     r = cli("export", run, "--formats", "float16", "--max-flips", 2, "--max-missed", 2)
     assert r.exit_code == 0, r.output
     e = manifest(run)["exports"]["float16"]

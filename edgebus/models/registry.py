@@ -308,7 +308,7 @@ def _lite_encoder(keras, variant: str, input_shape, name: str):
 
 
 def _lite_classifier_segaux(variant: str, input_shape, weights, dropout: float, bn_momentum: float | None,
-                            descriptors: int = 0, decoder_filters=(128, 64, 32), upsample: str = "nearest"):
+                            descriptors: int = 0, decoder_filters=(128, 64, 32), upsample: str = "bilinear"):
     """The Lite classifier plus a light U-Net decoder on the same encoder (skips at strides 16, 8, 4)
     predicting the lesion mask, upsampled x4 (bilinear) to the input size. Outputs: malignant_prob
     (descriptors where asked) and aux_mask. Training on both makes the encoder learn where the lesion
@@ -331,8 +331,9 @@ def _lite_classifier_segaux(variant: str, input_shape, weights, dropout: float, 
 
 @register("efficientnet-lite0-segaux", "classify", size=160)
 def efficientnet_lite0_segaux(input_shape, weights=None, dropout: float = 0.2, bn_momentum: float | None = 0.9,
-                              descriptors: int = 0, upsample: str = "nearest"):
-    """EfficientNet-Lite0 classifier with a lesion-mask decoder: one multi-task model (malignancy and mask)."""
+                              descriptors: int = 0, upsample: str = "bilinear"):
+    """EfficientNet-Lite0 classifier with a lesion-mask decoder: one multi-task model (malignancy and mask);
+    its decoder upsamples bilinearly, which XNNPACK runs in int8 in one piece (benchmarks/decoder_shapes.py)."""
     return _lite_classifier_segaux("lite0", input_shape, weights, dropout, bn_momentum, descriptors, upsample=upsample)
 
 

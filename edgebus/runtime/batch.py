@@ -8,6 +8,8 @@ import io
 import json
 import os
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -199,13 +201,27 @@ def _predicted(pipeline: LesionPipeline, files, done: dict, pixel_sizes: dict, p
             yield str(f), stem, res, gray
 
 
+WRITE_AHEAD = 4  # frames whose overlay and mask PNGs may still be in writing while later frames run
+
+
+def _write_files(out: Path, stem: str, res: dict, gray, overlays: bool, masks: bool) -> tuple[str | None, str | None]:
+    """(overlay path, mask path) of one frame, written (in the writer thread)."""
+    ov = mk = None
+    if overlays:
+        ov = str(save_png(out / "overlays" / f"{stem}.png", render_overlay(gray, res)))
+    if masks and res["mask"] is not None:
+        mk = str(save_png(out / "masks" / f"{stem}.png", Image.fromarray(res["mask"] * np.uint8(255))))
+    return ov, mk
+
+
 def predict_files(pipeline: LesionPipeline, files: list[Path], out: str | Path, pixel_sizes: dict | None = None,
                   pixel_size_mm: float | None = None, overlays: bool = True, masks: bool = True, log=print,
                   overwrite: bool = False, dicom_seg: bool = False) -> dict:
     """Predict every file, one log line each, into `out`: predictions.jsonl gets one line per frame
-    as it completes (a killed run keeps every finished frame; a power cut loses at most the last
-    FSYNC_EVERY_FRAMES or FSYNC_EVERY_S of them, see ResultsFile), then predictions.csv and
-    summary.json at the end, with overlays/<name>.png and masks/<name>.png (0/255). Run again with
+    once its overlays/<name>.png and masks/<name>.png (0/255) are written, by a second thread while
+    later frames run (a killed run loses at most the WRITE_AHEAD frames in writing; a power cut at most
+    FSYNC_EVERY_FRAMES or FSYNC_EVERY_S more, see ResultsFile), then predictions.csv and
+    summary.json at the end. Run again with
     the same --out, it skips the frames already done (a frame that failed is tried again). A bad
     frame gets a row with `error` and the run goes on. overwrite: first remove what an earlier
     predict wrote there. dicom_seg: also write each single-frame DICOM's mask as a DICOM
@@ -228,31 +244,40 @@ def predict_files(pipeline: LesionPipeline, files: list[Path], out: str | Path, 
         rows, resumed = [], 0
         infer_s = pipe_s = 0.0
         t_start = time.perf_counter()
-        with ResultsFile(jsonl) as results:  # fsynced at the end, or on an error
+        pending = deque()  # (result, its files being written) in frame order
+
+        def settle(every: bool = False) -> None:
+            """Rows of the frames whose files are written, in frame order: a row is only ever written
+            after its overlay and mask, so a kill never leaves a row pointing at a missing file."""
+            while pending and (every or pending[0][1].done() or len(pending) > WRITE_AHEAD):
+                res, files_done = pending.popleft()
+                row = _row(res, *files_done.result())  # a writer's error (a full disk) is raised here
+                results.append(row)
+                rows.append(row)
+
+        with ResultsFile(jsonl) as results, ThreadPoolExecutor(1) as writer:  # results fsynced at the end, or on an error
             for f, stem, res, gray in _predicted(pipeline, files, done, pixel_sizes, pixel_size_mm, log):
                 if res is None:  # done in an earlier run
+                    settle(every=True)
                     rows.append(done[f])
                     resumed += 1
                     continue
-                ov = mk = None
                 if res["error"] is None:
                     lat = res["latency_ms"]
-                    infer_s += ((lat["classify"] or 0) + (lat["segment"] or 0)) / 1000
+                    infer_s += lat["invoke"] / 1000
                     pipe_s += lat["total"] / 1000
-                    if overlays:
-                        ov = str(save_png(out / "overlays" / f"{stem}.png", render_overlay(gray, res)))
-                    if masks and res["mask"] is not None:
-                        mk = str(save_png(out / "masks" / f"{stem}.png", Image.fromarray(res["mask"] * np.uint8(255))))
                     if dicom_seg and res.get("source_file") and res.get("frame") == 1:
                         res["dicom_seg"], note = _write_seg(pipeline, res, out / "seg" / f"{stem}.seg.dcm")
                         if note:
                             log(note)
                     log(f"{Path(f).name}: {_describe_result(res)}")
+                    # PNG encoding releases the GIL: the files are written while the next frame runs
+                    pending.append((res, writer.submit(_write_files, out, stem, res, gray, overlays, masks)))
                 else:
                     log(f"{Path(f).name}: error: {res['error']}")
-                row = _row(res, ov, mk)
-                results.append(row)
-                rows.append(row)
+                    pending.append((res, writer.submit(lambda: (None, None))))
+                settle()
+            settle(every=True)
         wall = time.perf_counter() - t_start
         if resumed:
             log(f"{out}: {resumed} frames were already done there (kept); {len(rows) - resumed} predicted now")
@@ -282,7 +307,7 @@ def predict_files(pipeline: LesionPipeline, files: list[Path], out: str | Path, 
             },
             "fps_includes": {
                 "wall": "everything: the pipeline plus overlay and mask PNGs and the results lines, wall clock",
-                "inference": "the interpreter calls only (classify + segment)",
+                "inference": "the interpreter calls only (every network of the cart)",
                 "pipeline": "decode, preprocessing, inference and post-processing (mask, area, box, findings)",
             },
             "wall_s": round(wall, 3),

@@ -41,11 +41,6 @@ class EnsembleModel:
     def predict(self, x: np.ndarray) -> np.ndarray:
         return np.mean([m.predict(x) for m in self.members], axis=0)
 
-    def predict_with_descriptors(self, x: np.ndarray):
-        outs = [m.predict_with_descriptors(x) for m in self.members]
-        p = np.mean([o[0] for o in outs], axis=0)
-        return p, (np.mean([o[1] for o in outs], axis=0) if self.descriptors else None)
-
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.predict(x[None])[0]
 

@@ -115,13 +115,6 @@ class ExportedModel:
         mask), one invoke per image."""
         return self.model.predict(x, (self.out_index,))
 
-    def predict_with_descriptors(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(task output, BI-RADS descriptor probabilities (N, k) or None) in one invoke per image."""
-        if self.desc_index is None:
-            return self.predict(x), None
-        out, desc = self.model.predict(x, (self.out_index, self.desc_index))
-        return out, desc.reshape(len(x), -1)
-
     @property
     def has_mask(self) -> bool:
         """A multi-task classifier: its one invoke also gives the lesion mask."""
