@@ -159,3 +159,46 @@ def test_hull_area_unchanged(seed):
     assert _hull_area(x, y) == pytest.approx(sorted_set_hull(x, y), rel=1e-12, abs=1e-12)
     m = blobs(rng, 80, 120, 0.3)
     assert shape_features(m, (400, 500)) is not None
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_histogram_percentiles_equal_numpy(seed):
+    from edgebus.data.preprocess import uint8_percentiles
+
+    rng = np.random.default_rng(300 + seed)
+    g = rng.integers(0, 256, int(rng.integers(1, 5000))).astype(np.uint8)
+    if seed % 2:
+        g = np.clip(g // 7 * 7, 0, 255).astype(np.uint8)  # many ties
+    for q in ([1, 99], [0, 100], [50], [2.5, 97.5], [33.3, 66.7]):
+        assert uint8_percentiles(g, q) == np.percentile(g, q).tolist()  # bit for bit: the contract's stretch uses them
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_lesion_in_frame_windowed_equals_whole_frame(seed):
+    """The previous lesion_in_frame thresholded and masked the whole frame; the window gives the same mask."""
+    from PIL import Image
+
+    from edgebus.data.preprocess import lesion_in_frame
+
+    rng = np.random.default_rng(400 + seed)
+    gh = int(rng.integers(8, 70))
+    prob = (blobs(rng, gh, gh, rng.uniform(0.05, 0.5)) * rng.uniform(0.5, 1, (gh, gh))).astype(np.float32)
+    h, w = (int(v) for v in rng.integers(30, 400, 2))
+    got = lesion_in_frame(prob, (h, w), 0.5)
+    region = bfs_largest_region(prob >= 0.5)
+    if region is None:
+        assert got is None
+        return
+    keep = np.zeros((gh, gh), bool)
+    keep[region[0], region[1]] = True
+    keep = np.pad(keep, 1)
+    keep = np.logical_or.reduce([keep[1 + dy:keep.shape[0] - 1 + dy, 1 + dx:keep.shape[1] - 1 + dx]
+                                 for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
+    full = np.asarray(Image.fromarray(prob).resize((w, h), Image.BILINEAR)) >= 0.5
+    rows = np.minimum((np.arange(h) + 0.5) * gh / h, gh - 1).astype(int)
+    cols = np.minimum((np.arange(w) + 0.5) * gh / w, gh - 1).astype(int)
+    want = full & keep[rows][:, cols]
+    if not want.any():
+        assert got is None
+    else:
+        assert np.array_equal(got, want.astype(np.uint8))

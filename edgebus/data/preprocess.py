@@ -168,6 +168,22 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return (np.asarray(m) > 127).astype(np.uint8)
 
 
+def uint8_percentiles(g: np.ndarray, q) -> list[float]:
+    """np.percentile(g, q) (linear interpolation) of a uint8 array, read off its 256-bin histogram
+    instead of sorting it: the same numbers, a fraction of the time on a model-size frame."""
+    cum = np.cumsum(np.bincount(np.asarray(g, dtype=np.uint8).ravel(), minlength=256))
+    n = int(cum[-1])
+    out = []
+    for p in np.atleast_1d(q):
+        pos = float(p) / 100 * (n - 1)
+        i = int(np.floor(pos))
+        lo = int(np.searchsorted(cum, i + 1))  # the value at sorted index i
+        hi = int(np.searchsorted(cum, min(i + 2, n)))  # and at i + 1
+        t = pos - i
+        out.append(float(hi - (hi - lo) * (1 - t)) if t >= 0.5 else float(lo + (hi - lo) * t))  # numpy's _lerp, exactly
+    return out
+
+
 def to_uint8_input(gray: np.ndarray, contract: dict, box: list[float] | None = None) -> np.ndarray:
     """HxW uint8 grayscale -> HxWxC uint8 at the contract's size (what a uint8 int8-model takes).
     A crop contract cuts the square around `box` (lesion_box of the lesion mask) first."""
@@ -175,7 +191,7 @@ def to_uint8_input(gray: np.ndarray, contract: dict, box: list[float] | None = N
         gray = crop_to_box(gray, box, contract["crop"]["margin"])
     g = resize_gray(gray, tuple(contract["size"]))
     if "normalize" in contract:
-        lo, hi = np.percentile(g, contract["normalize"]["percentiles"])
+        lo, hi = uint8_percentiles(g, contract["normalize"]["percentiles"])
         g = np.clip(np.round((g.astype(np.float64) - lo) * (255.0 / max(hi - lo, 1.0))), 0, 255).astype(np.uint8)
     return np.repeat(g[..., None], contract["channels"], axis=-1)
 
@@ -289,12 +305,16 @@ def lesion_in_frame(prob: np.ndarray, frame_hw: tuple[int, int], threshold: floa
     keep = np.logical_or.reduce([keep[1 + dy:keep.shape[0] - 1 + dy, 1 + dx:keep.shape[1] - 1 + dx]
                                  for dy in (-1, 0, 1) for dx in (-1, 0, 1)])  # one cell of slack
     h, w = frame_hw
-    full = (prob_in_frame(prob, frame_hw) if full is None else full) >= threshold
+    full = prob_in_frame(prob, frame_hw) if full is None else full
     gh, gw = grid.shape
     rows = np.minimum((np.arange(h) + 0.5) * gh / h, gh - 1).astype(int)
     cols = np.minimum((np.arange(w) + 0.5) * gw / w, gw - 1).astype(int)
-    mask = full & keep[rows][:, cols]
-    return mask.astype(np.uint8) if mask.any() else None
+    kr, kc = np.nonzero(keep.any(axis=1))[0], np.nonzero(keep.any(axis=0))[0]  # the kept cells' rows and columns:
+    ya, yb = np.searchsorted(rows, kr[0]), np.searchsorted(rows, kr[-1], side="right")  # outside them the mask is 0
+    xa, xb = np.searchsorted(cols, kc[0]), np.searchsorted(cols, kc[-1], side="right")
+    mask = np.zeros((h, w), dtype=np.uint8)
+    mask[ya:yb, xa:xb] = (full[ya:yb, xa:xb] >= threshold) & keep[rows[ya:yb]][:, cols[xa:xb]]
+    return mask if mask[ya:yb, xa:xb].any() else None
 
 
 def crop_square_px(shape: tuple[int, int], box: list[float] | None, margin: float) -> list[int]:
