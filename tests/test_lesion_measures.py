@@ -146,7 +146,7 @@ def sorted_set_hull(x, y):
     return float(abs(np.dot(hull[:, 0], np.roll(hull[:, 1], 1)) - np.dot(hull[:, 1], np.roll(hull[:, 0], 1))) / 2)
 
 
-@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize("seed", range(30))
 def test_hull_area_unchanged(seed):
     from edgebus.core.shape import _hull_area
 
@@ -156,7 +156,7 @@ def test_hull_area_unchanged(seed):
         x, y = rng.integers(0, 50, n) * 1.7, rng.integers(0, 50, n) * 0.6
     else:
         x, y = rng.normal(size=n), rng.normal(size=n)
-    assert _hull_area(x, y) == pytest.approx(sorted_set_hull(x, y), rel=1e-12, abs=1e-12)
+    assert _hull_area(x, y) == sorted_set_hull(x, y)  # the same hull vertices in the same order: bit for bit
     m = blobs(rng, 80, 120, 0.3)
     assert shape_features(m, (400, 500)) is not None
 
