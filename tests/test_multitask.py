@@ -160,3 +160,25 @@ def test_distilled_student_runs_the_cart_alone(tiny_cv, synthetic_breast_dir, tm
     assert rows and all(r["error"] is None and r["mask_threshold"] == 0.5 and r["prob_classifier"] is not None
                         for r in rows)
     assert any(r["shape"] is not None for r in rows) or all(r["mask_area_px"] == 0 for r in rows)
+
+
+def test_multitask_file_with_descriptor_heads_gives_all_three_from_one_invoke(chain_data, tmp_path):
+    """Malignancy, the BI-RADS descriptor heads and the lesion mask: three outputs of one int8 file."""
+    from edgebus.runtime import LesionPipeline
+
+    run = tmp_path / "run"
+    r = cli("train", "classify", "--data", chain_data, "--model", "test-segaux", "--size", 64, "--epochs", 2,
+            "--descriptors", "--out", run, "--quiet")
+    assert r.exit_code == 0, r.output
+    r = cli("export", run, "--formats", "int8", "--ptq", "--calibration-images", 16, "--min-mask-iou", 0)
+    assert r.exit_code == 0, r.output
+    pipe = LesionPipeline(classifier=run)
+    c = pipe.classifier
+    assert len({c.out_index, c.desc_index, c.mask_index}) == 3 and len(c.descriptors) > 0
+    calls = []
+    real = c.model.invoke
+    c.model.invoke = lambda: (calls.append(1), real())[1]
+    res = pipe.predict(sorted(Path(chain_data).rglob("case0*.png"))[0])
+    assert len(calls) == 1 and res["error"] is None
+    assert set(res["descriptors"]) == {d["name"] for d in c.descriptors} and res["findings"]
+    assert res["mask"] is not None and res["mask_threshold"] == 0.5
