@@ -295,7 +295,8 @@ class LesionPipeline:
         return res, gray
 
     def overlay(self, frame, result: dict | None = None) -> Image.Image:
-        """The overlay image of a frame (predicting it first when no result is given)."""
+        """The overlay image of a frame (predicting it first when no result is given). With a file and its
+        result, pass the gray frame predict_with_frame returned instead of the path: no second decode."""
         gray = self.load(frame)
         if result is None:
             result = self.predict(gray)
