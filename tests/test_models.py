@@ -38,7 +38,7 @@ def test_registry_model(name, images, tmp_path):
     from edgebus.engine.models import load_model, save_model
     from edgebus.export import qat
     from edgebus.export.convert import convert, float_tensors, model_metadata, write_tflite
-    from edgebus.models.registry import build_from_manifest, build_model, classifier_only, model_defaults
+    from edgebus.models.registry import AUX_MASK, build_from_manifest, build_model, has_aux_mask, model_defaults
     from edgebus.runtime.model import ExportedModel
 
     task = get_task(MODELS[name]["task"])
@@ -46,8 +46,7 @@ def test_registry_model(name, images, tmp_path):
     assert defaults["size"] >= 32 and defaults["batch"] >= 1
     keras.backend.clear_session()
     set_seed(0)
-    built = build_model(name, SIZE)
-    model = classifier_only(built)  # what is saved, exported and deployed
+    model = build_model(name, SIZE)  # what is saved, exported and deployed (a multi-task model with its mask)
     assert not any(isinstance(layer, keras.Model) for layer in model.layers), "nested model: QAT needs a flat graph"
     out = predict(model, images)
     assert task.check_output((1, *out.shape[1:]), (SIZE, SIZE)) is None, out.shape
@@ -57,10 +56,15 @@ def test_registry_model(name, images, tmp_path):
     assert any(type(layer).__name__.startswith("QuantizeWrapper") for layer in qmodel.layers)
     qat.calibrate_ranges(qmodel, images, 4)
     path = tmp_path / "model_int8.tflite"
-    write_tflite(path, convert(qmodel, "int8", images), model_metadata(task, "int8", "qat", _contract(), 0.5))
+    meta = model_metadata(task, "int8", "qat", _contract(), 0.5)
+    if has_aux_mask(model):
+        meta["mask"] = {"output": AUX_MASK, "threshold": 0.5}
+    write_tflite(path, convert(qmodel, "int8", images), meta)
     em = ExportedModel(path, task)  # the cart's loader: metadata, contract, input and output shapes
     assert float_tensors(em.model) == [], f"{name}: int8 file keeps float tensors"
     assert em.predict(images).shape == out.shape
+    if has_aux_mask(model):  # the mask output travels in the same int8 file
+        assert em.has_mask and em.predict_all(images)["mask"].shape == (len(images), SIZE, SIZE, 1)
 
     save_model(model, tmp_path / "model.keras")
     info = ModelInfo(name=name, task=task.name, input_size=[SIZE, SIZE])
