@@ -21,7 +21,8 @@ from edgebus.core.errors import EdgebusError
 from edgebus.core.metrics import roc_auc
 
 
-def _cv(cv_dir: Path, task: str):
+def finished_cv(cv_dir: Path, task: str):
+    """(Run, folds.json, fold records in order) of a finished CV of `task`; one line for anything else."""
     from edgebus.core.io import read_json, read_jsonl
     from edgebus.core.manifest import Run
 
@@ -95,9 +96,9 @@ def fusion_inputs(cls_cv, seg_cv) -> dict:
     from edgebus.runtime.fusion import measure_lesion
 
     cls_cv, seg_cv = Path(cls_cv), Path(seg_cv)
-    c_run, c_folds, c_recs = _cv(cls_cv, "classify")
+    c_run, c_folds, c_recs = finished_cv(cls_cv, "classify")
     s_task = "classify" if (Run.load(seg_cv).task.name == "classify") else "segment"  # a multi-task CV gives its own masks
-    s_run, s_folds, s_recs = _cv(seg_cv, s_task)
+    s_run, s_folds, s_recs = finished_cv(seg_cv, s_task)
     if c_run.manifest.data.fingerprint != s_run.manifest.data.fingerprint:
         raise EdgebusError(f"{seg_cv}: made on other data than {cls_cv} (fingerprint differs); run both on the same set")
     if c_folds["folds"] != s_folds["folds"]:

@@ -18,24 +18,9 @@ import numpy as np
 from PIL import Image
 
 from edgebus.core.errors import EdgebusError
+from edgebus.training.shape_fusion import finished_cv
 
 TEACHER_WEIGHT = 0.5  # w: the teacher's share of each target (0: the truth alone; 1: the teacher alone)
-
-
-def _cv(cv_dir, task: str):
-    from edgebus.core.io import read_json, read_jsonl
-    from edgebus.core.manifest import Run
-
-    cv_dir = Path(cv_dir)
-    if not (cv_dir / "manifest.json").is_file() or not (cv_dir / "folds.json").is_file():
-        raise EdgebusError(f"{cv_dir}: not a cross-validation folder; pass the folder 'edgebus cv {task} --int8' wrote")
-    run = Run.load(cv_dir)
-    if run.manifest.cv is None or run.task.name != task:
-        raise EdgebusError(f"{cv_dir}: not a {task} cross-validation; pass the folder 'edgebus cv {task} --int8' wrote")
-    recs = sorted(read_jsonl(cv_dir / "folds.jsonl", key="fold"), key=lambda r: r["fold"])
-    if len(recs) != run.manifest.cv["identity"]["folds"]:
-        raise EdgebusError(f"{cv_dir}: not every fold is done; finish 'edgebus cv {task}' first")
-    return run, read_json(cv_dir / "folds.json")["folds"], recs
 
 
 def _fold_models(cv_dir, recs: list, task: str) -> list:
@@ -63,7 +48,8 @@ def load_teachers(cls_cv, seg_cv, fingerprint: str, folds: list | None = None) -
         if cv_dir is None:
             out[key] = None
             continue
-        run, their_folds, recs = _cv(cv_dir, task)
+        run, their_folds, recs = finished_cv(Path(cv_dir), task)
+        their_folds = their_folds["folds"]
         if run.manifest.data.fingerprint != fingerprint:
             raise EdgebusError(f"{cv_dir}: made on other data (fingerprint differs); a teacher must be trained on this set")
         if folds is not None and their_folds != folds:
