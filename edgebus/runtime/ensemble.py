@@ -55,23 +55,24 @@ class EnsembleModel:
     def pixels_for(self, gray: np.ndarray, box=None) -> np.ndarray:
         return self.members[0].pixels_for(gray, box)
 
+    def _table_keys(self) -> list:
+        """Each member's input quantization, as a key (made once): members sharing one share a tensor."""
+        if getattr(self, "_keys", None) is None:
+            self._keys = [(t.dtype.str, t.tobytes()) for t in (m.model.pixel_table() for m in self.members)]
+        return self._keys
+
     def tensor_for(self, pixels: np.ndarray) -> dict:
         """The input tensor per distinct input quantization: the frame is looked up once for every
         member that shares it (members of one recipe all do)."""
         out = {}
-        for m in self.members:
-            t = m.model.pixel_table()
-            key = (t.dtype.str, t.tobytes())
+        for m, key in zip(self.members, self._table_keys()):
             if key not in out:
-                out[key] = t[pixels][None]
+                out[key] = m.tensor_for(pixels)
         return out
 
     def outputs_for(self, tensors: dict) -> dict:
         """Every member's one invoke on its input tensor, averaged (probability, descriptors, mask)."""
-        outs = []
-        for m in self.members:
-            t = m.model.pixel_table()
-            outs.append(m.outputs_for(tensors[(t.dtype.str, t.tobytes())]))
+        outs = [m.outputs_for(tensors[key]) for m, key in zip(self.members, self._table_keys())]
         mean = lambda k: None if outs[0][k] is None else np.mean([o[k] for o in outs], axis=0)  # noqa: E731
         return {"prob": float(mean("prob")), "descriptors": mean("descriptors") if self.descriptors else None,
                 "mask": mean("mask") if self.has_mask else None}
