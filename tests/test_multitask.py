@@ -182,3 +182,70 @@ def test_multitask_file_with_descriptor_heads_gives_all_three_from_one_invoke(ch
     assert len(calls) == 1 and res["error"] is None
     assert set(res["descriptors"]) == {d["name"] for d in c.descriptors} and res["findings"]
     assert res["mask"] is not None and res["mask_threshold"] == 0.5
+
+
+def test_decoder_learns_at_its_own_rate():
+    """decoder_lr_scale=10: the first Adam step moves each decoder weight 10x as far as the same model
+    trained at one rate, and every other weight exactly as far (Adam's first step is lr x sign of the
+    gradient, so a loss weight could not do this)."""
+    from edgebus.compat import keras, set_seed
+    from edgebus.engine.fit import compile_model, decoder_weights
+    from edgebus.models.registry import build_model
+
+    rng = np.random.default_rng(0)
+    x = rng.random((8, 32, 32, 3), dtype=np.float32) * 255
+    y = (rng.random(8) > 0.5).astype("float32")
+    m = (rng.random((8, 32, 32, 1)) > 0.7).astype("float32")
+    steps = {}
+    for scale in (1.0, 10.0):
+        keras.backend.clear_session()
+        set_seed(0)
+        model = build_model("test-segaux", 32, None, decoder_lr_scale=scale)
+        compile_model(model, "classify", 1e-3)
+        before = [w.numpy().copy() for w in model.trainable_weights]
+        model.train_on_batch(x, (y, m))
+        decoder = {id(w) for w in decoder_weights(model)}
+        assert decoder and len(decoder) < len(model.trainable_weights)
+        steps[scale] = [(id(w) in decoder, np.abs(w.numpy() - b)) for w, b in zip(model.trainable_weights, before)]
+    ratios = {True: [], False: []}
+    for (dec, one), (_, ten) in zip(steps[1.0], steps[10.0]):
+        moved = one > 1e-5  # weights whose gradient was not ~0
+        if moved.any():
+            ratios[dec].append(np.median(ten[moved] / one[moved]))
+    assert ratios[True] and ratios[False]
+    np.testing.assert_allclose(ratios[True], 10.0, rtol=0.02)
+    np.testing.assert_allclose(ratios[False], 1.0, rtol=0.02)
+
+
+def test_decoder_options_are_checked():
+    from edgebus.core.errors import EdgebusError
+    from edgebus.models.registry import build_model
+
+    with pytest.raises(EdgebusError, match="mask_stride 3"):
+        build_model("efficientnet-lite0-segaux", 64, None, mask_stride=3)
+    with pytest.raises(EdgebusError, match="decoder_lr_scale 0"):
+        build_model("efficientnet-lite0-segaux", 64, None, decoder_lr_scale=0)
+    model = build_model("efficientnet-lite0-segaux", 64, None, mask_stride=2)
+    assert model.get_layer("aux_mask_stride2").output.shape[1:3] == (32, 32)
+    assert tuple(model.get_layer("aux_mask").output.shape[1:3]) == (64, 64)
+
+
+def test_training_accuracy_reads_soft_targets():
+    """A distilled student's targets are soft: its logged accuracy reads them at 0.5 (Keras' own showed
+    ~0.02 while the model learned); on hard labels it is the usual accuracy (sklearn as reference)."""
+    from sklearn.metrics import accuracy_score
+
+    from edgebus.compat import keras, tf
+    from edgebus.engine.fit import _accuracy
+
+    rng = np.random.default_rng(1)
+    y = (rng.random(64) > 0.5).astype("float32")
+    p = rng.random((64, 1)).astype("float32")
+    ref = accuracy_score(y, p[:, 0] > 0.5)
+    for target in (y, 0.6 * y + 0.2 + 0.1 * (rng.random(64) - 0.5)):  # hard, then soft on the same side of 0.5
+        m = _accuracy(keras, tf)
+        m.update_state(target.astype("float32"), p)
+        assert float(m.result()) == pytest.approx(ref, abs=1e-6)
+    plain = keras.metrics.BinaryAccuracy()
+    plain.update_state(0.6 * y + 0.2, p)
+    assert float(plain.result()) < ref  # the fault this mends: Keras' own accuracy on soft targets

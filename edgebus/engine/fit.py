@@ -100,6 +100,17 @@ def _iou_metric(tf):
     return iou
 
 
+def _accuracy(keras, tf):
+    """Binary accuracy with the target read at 0.5 too, named "accuracy" (KeepBest and the logs read it):
+    Keras' own compares a soft (distilled) target with 0/1 and shows ~0 while the model learns; on
+    hard labels the two are equal."""
+
+    def accuracy(y_true, y_pred):
+        return tf.reduce_mean(tf.cast(tf.equal(y_true > 0.5, y_pred > 0.5), tf.float32), axis=-1)
+
+    return keras.metrics.MeanMetricWrapper(accuracy, name="accuracy")
+
+
 def _masked_bce(tf):
     """Binary cross-entropy over the known entries only (a descriptor the sheet leaves unknown is -1)."""
 
@@ -125,19 +136,55 @@ def output_losses(model, task: str) -> list:
     return [keras.losses.binary_crossentropy if get_task(task).name == "classify" else _seg_loss(keras, tf)]
 
 
+def decoder_weights(model) -> list:
+    """The trainable weights of a multi-task model's mask decoder (its layers are named aux_*)."""
+    return [w for layer in model.layers if layer.name.startswith("aux_") for w in layer.trainable_weights]
+
+
+def optimizer(model, lr: float):
+    """Adam at `lr`; a multi-task model built with decoder_lr_scale != 1 (registry) gets its mask
+    decoder's weights updated at lr x that scale: the decoder starts from scratch beside a pretrained
+    encoder that wants a small rate (a U-Net trains at 10x a classifier's rate here)."""
+    from edgebus.compat import keras, tf
+
+    scale = float(getattr(model, "decoder_lr_scale", 1.0))
+    decoder = decoder_weights(model)
+    if scale == 1.0 or not decoder:
+        return keras.optimizers.Adam(lr)
+
+    class DecoderScaledAdam(keras.optimizers.Adam):
+        """Adam with the decoder's steps scaled (dense gradients, no amsgrad: how edgebus calls Adam)."""
+
+        def build(self, var_list):
+            super().build(var_list)
+            self._scaled = {self._var_key(w) for w in decoder}
+
+        def update_step(self, gradient, variable):
+            if self._var_key(variable) not in self._scaled:
+                return super().update_step(gradient, variable)
+            lr = tf.cast(self.learning_rate, variable.dtype) * scale
+            step = tf.cast(self.iterations + 1, variable.dtype)
+            alpha = lr * tf.sqrt(1 - tf.pow(tf.cast(self.beta_2, variable.dtype), step)) / (
+                1 - tf.pow(tf.cast(self.beta_1, variable.dtype), step))
+            m = self._momentums[self._index_dict[self._var_key(variable)]]
+            v = self._velocities[self._index_dict[self._var_key(variable)]]
+            m.assign_add((gradient - m) * (1 - self.beta_1))
+            v.assign_add((tf.square(gradient) - v) * (1 - self.beta_2))
+            variable.assign_sub((m * alpha) / (tf.sqrt(v) + self.epsilon))
+
+    return DecoderScaledAdam(lr)
+
+
 def compile_model(model, task: str, lr: float):
     from edgebus.compat import keras, tf
 
     names = output_names(model)
     losses = output_losses(model, task)
     if len(names) > 1:  # a classifier with training heads beside malignancy, in output order
-        model.compile(
-            optimizer=keras.optimizers.Adam(lr),
-            loss=losses,
-            metrics=[["accuracy", keras.metrics.AUC(name="auc")] if n == "malignant_prob" else [] for n in names],
-        )
+        per_output = {"malignant_prob": [_accuracy(keras, tf), keras.metrics.AUC(name="auc")], AUX_MASK: [_iou_metric(tf)]}
+        model.compile(optimizer=optimizer(model, lr), loss=losses, metrics=[per_output.get(n, []) for n in names])
     elif get_task(task).name == "classify":
-        model.compile(optimizer=keras.optimizers.Adam(lr), loss=losses[0], metrics=["accuracy", keras.metrics.AUC(name="auc")])
+        model.compile(optimizer=keras.optimizers.Adam(lr), loss=losses[0], metrics=[_accuracy(keras, tf), keras.metrics.AUC(name="auc")])
     else:
         model.compile(optimizer=keras.optimizers.Adam(lr), loss=losses[0], metrics=[_iou_metric(tf)])
     return model
