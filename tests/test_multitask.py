@@ -189,7 +189,8 @@ def test_decoder_learns_at_its_own_rate():
     trained at one rate, and every other weight exactly as far (Adam's first step is lr x sign of the
     gradient, so a loss weight could not do this)."""
     from edgebus.compat import keras, set_seed
-    from edgebus.engine.fit import compile_model, decoder_weights
+    from edgebus.engine.fit import compile_model
+    from edgebus.engine.losses import decoder_weights
     from edgebus.models.registry import build_model
 
     rng = np.random.default_rng(0)
@@ -236,14 +237,14 @@ def test_training_accuracy_reads_soft_targets():
     from sklearn.metrics import accuracy_score
 
     from edgebus.compat import keras, tf
-    from edgebus.engine.fit import _accuracy
+    from edgebus.engine.losses import accuracy
 
     rng = np.random.default_rng(1)
     y = (rng.random(64) > 0.5).astype("float32")
     p = rng.random((64, 1)).astype("float32")
     ref = accuracy_score(y, p[:, 0] > 0.5)
     for target in (y, 0.6 * y + 0.2 + 0.1 * (rng.random(64) - 0.5)):  # hard, then soft on the same side of 0.5
-        m = _accuracy(keras, tf)
+        m = accuracy(keras, tf)
         m.update_state(target.astype("float32"), p)
         assert float(m.result()) == pytest.approx(ref, abs=1e-6)
     plain = keras.metrics.BinaryAccuracy()

@@ -54,7 +54,7 @@ def logit_mse(tf, p_parent, p_student):
 def distill_fit(student, parent, ds, epochs: int, lr: float, weight: float, label_losses: list) -> dict:
     """Fine-tune `student` (the QAT model) on `ds` of (x, targets) toward `parent`'s outputs on the
     same batch and on blends of its frames. label_losses: one Keras loss per output, in output order
-    (engine.fit.output_losses), applied to the real frames only. Returns the per-epoch history
+    (engine.losses.output_losses), applied to the real frames only. Returns the per-epoch history
     {"loss", "distill_loss", "label_loss"} (means over batches)."""
     from edgebus.compat import keras, tf
 

@@ -266,7 +266,8 @@ def fine_tune(qmodel, task: str, part: tuple, epochs: int, lr: float, batch: int
     wall time."""
     from edgebus.compat import set_seed, tf
     from edgebus.engine.augment import augment_name
-    from edgebus.engine.fit import compile_model, dataset, output_losses, output_names, targets
+    from edgebus.engine.fit import compile_model, dataset, output_names, targets
+    from edgebus.engine.losses import output_losses
 
     if epochs < 0:
         raise EdgebusError(f"--qat-epochs {epochs}: give 0 or more epochs")
