@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Callable
 
 from edgebus.core.errors import EdgebusError
+from edgebus.models.blocks import DESCRIPTORS_OUTPUT, classifier_head, conv_bn, se, set_bn_momentum
+from edgebus.models.blocks import heads as output_heads
 from edgebus.models.decoders import AUX_MASK, aux_decoder
 from edgebus.core.tasks import get_task
 
@@ -118,38 +120,6 @@ def classifier_only(model):
     return keras.Model(model.inputs, outs if len(outs) > 1 else outs[0], name=model.name)
 
 
-DESCRIPTORS_OUTPUT = "descriptors"  # the BI-RADS descriptor head's output name (edgebus.core.descriptors)
-
-
-def _heads(keras, features, dropout: float, descriptors: int) -> list:
-    """malignant_prob (and, with descriptors > 0, one sigmoid per BI-RADS descriptor) on pooled features."""
-    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(features)
-    if dropout:
-        x = keras.layers.Dropout(dropout, name="head_dropout")(x)
-    outs = [keras.layers.Dense(1, activation="sigmoid", name="malignant_prob")(x)]
-    if descriptors:
-        outs.append(keras.layers.Dense(int(descriptors), activation="sigmoid", name=DESCRIPTORS_OUTPUT)(x))
-    return outs
-
-
-def _classifier_head(keras, inputs, features, dropout: float, name: str, descriptors: int = 0):
-    outs = _heads(keras, features, dropout, descriptors)
-    return keras.Model(inputs, outs if len(outs) > 1 else outs[0], name=name)
-
-
-def _set_bn_momentum(model, momentum: float | None) -> None:
-    """Keras applications use BN momentum 0.99/0.999: on a 200-image set the moving statistics
-    barely move in a few hundred steps, and the model predicts one class in inference mode
-    (STACK.md). A lower momentum fixes that."""
-    if momentum is None:
-        return
-    from edgebus.compat import keras
-
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = momentum
-
-
 @register("mobilenetv2", "classify")
 def mobilenetv2(input_shape, weights=None, alpha: float = 1.0, dropout: float = 0.2, bn_momentum: float | None = 0.9,
                 descriptors: int = 0):
@@ -161,8 +131,8 @@ def mobilenetv2(input_shape, weights=None, alpha: float = 1.0, dropout: float = 
     base = keras.applications.MobileNetV2(
         input_tensor=x, include_top=False, weights=weights, alpha=alpha
     )
-    model = _classifier_head(keras, inputs, base.output, dropout, "mobilenetv2", descriptors)
-    _set_bn_momentum(model, bn_momentum)
+    model = classifier_head(keras, inputs, base.output, dropout, "mobilenetv2", descriptors)
+    set_bn_momentum(model, bn_momentum)
     return model
 
 
@@ -175,8 +145,8 @@ def resnet50(input_shape, weights=None, dropout: float = 0.2, bn_momentum: float
     # caffe-style input: 0..255 minus the ImageNet mean (gray input: one mean for all channels)
     x = keras.layers.Rescaling(255.0, offset=-116.78, name="to_caffe")(inputs)
     base = keras.applications.ResNet50(input_tensor=x, include_top=False, weights=weights)
-    model = _classifier_head(keras, inputs, base.output, dropout, "resnet50", descriptors)
-    _set_bn_momentum(model, bn_momentum)
+    model = classifier_head(keras, inputs, base.output, dropout, "resnet50", descriptors)
+    set_bn_momentum(model, bn_momentum)
     return model
 
 
@@ -188,14 +158,8 @@ def unet_efficientnetb2(input_shape, weights=None, bn_momentum: float | None = 0
     model = sm().Unet(
         "efficientnetb2", input_shape=input_shape, classes=1, activation="sigmoid", encoder_weights=weights
     )
-    _set_bn_momentum(model, bn_momentum)
+    set_bn_momentum(model, bn_momentum)
     return model
-
-
-def _conv_bn(keras, x, filters, name, stride=1):
-    x = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
-    return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
 @register("test-cnn", "classify", size=64)
@@ -208,17 +172,8 @@ def test_cnn(input_shape, weights=None, width: int = 8, dropout: float = 0.0, de
     inputs = keras.Input(input_shape, name="image")
     x = inputs
     for i, f in enumerate((width, width * 2, width * 4)):
-        x = _conv_bn(keras, x, f, f"b{i}", stride=2)
-    return _classifier_head(keras, inputs, x, dropout, "test_cnn", descriptors)
-
-
-def _se(keras, x, name):
-    """Squeeze-and-excite gate, the same Multiply pattern as EfficientNet's (tfmot rejects it raw)."""
-    c = x.shape[-1]
-    s = keras.layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_squeeze")(x)
-    s = keras.layers.Conv2D(max(1, c // 4), 1, activation="relu", name=f"{name}_reduce")(s)
-    s = keras.layers.Conv2D(c, 1, activation="sigmoid", name=f"{name}_expand")(s)
-    return keras.layers.Multiply(name=f"{name}_excite")([x, s])
+        x = conv_bn(keras, x, f, f"b{i}", stride=2)
+    return classifier_head(keras, inputs, x, dropout, "test_cnn", descriptors)
 
 
 @register("test-segaux", "classify", size=64)
@@ -232,9 +187,9 @@ def test_segaux(input_shape, weights=None, width: int = 8, dropout: float = 0.0,
     inputs = keras.Input(input_shape, name="image")
     x, features = inputs, {}
     for i, f in enumerate((width, width * 2, width * 4)):
-        x = _conv_bn(keras, x, f, f"b{i}", stride=2)
+        x = conv_bn(keras, x, f, f"b{i}", stride=2)
         features[f"stride{2 ** (i + 1)}"] = x
-    heads = _heads(keras, x, dropout, descriptors)
+    heads = output_heads(keras, x, dropout, descriptors)
     mask = aux_decoder(keras, features, ("stride8", "stride4"), (width * 2,), upsample, 4)
     model = keras.Model(inputs, [*heads, mask], name="test_segaux")
     model.decoder_lr_scale = float(decoder_lr_scale)
@@ -251,15 +206,15 @@ def test_unet(input_shape, weights=None, width: int = 8):
     inputs = keras.Input(input_shape, name="image")
     skips, x = [], inputs
     for i, f in enumerate((width, width * 2, width * 4)):
-        x = _conv_bn(keras, x, f, f"enc{i}")
-        x = _se(keras, x, f"enc{i}_se")
+        x = conv_bn(keras, x, f, f"enc{i}")
+        x = se(keras, x, f"enc{i}_se")
         skips.append(x)
         x = keras.layers.MaxPooling2D(name=f"enc{i}_pool")(x)
-    x = _conv_bn(keras, x, width * 8, "mid")
+    x = conv_bn(keras, x, width * 8, "mid")
     for i, f in reversed(list(enumerate((width, width * 2, width * 4)))):
         x = keras.layers.UpSampling2D(name=f"dec{i}_up")(x)
         x = keras.layers.Concatenate(name=f"dec{i}_cat")([x, skips[i]])
-        x = _conv_bn(keras, x, f, f"dec{i}")
+        x = conv_bn(keras, x, f, f"dec{i}")
     out = keras.layers.Conv2D(1, 1, activation="sigmoid", name="mask")(x)
     return keras.Model(inputs, out, name="test_unet")
 
@@ -287,12 +242,12 @@ def _lite_classifier(variant: str, input_shape, weights, dropout: float, bn_mome
     weights = _lite_weights(weights, variant)
     inputs = keras.Input(input_shape, name="image")
     features = lite.lite_backbone(keras, lite.normalise(keras, inputs), variant)
-    model = _classifier_head(keras, inputs, features["stride32"], dropout, f"efficientnet_{variant}", descriptors)
+    model = classifier_head(keras, inputs, features["stride32"], dropout, f"efficientnet_{variant}", descriptors)
     if weights is not None:
         from edgebus.models.weights import load_backbone_weights
 
         load_backbone_weights(model, weights, variant)
-    _set_bn_momentum(model, bn_momentum)
+    set_bn_momentum(model, bn_momentum)
     return model
 
 
@@ -305,8 +260,6 @@ def _lite_encoder(keras, variant: str, input_shape, name: str):
         raise EdgebusError(f"{name}: input size {h}x{w} must be a multiple of 32 (stride-32 encoder)")
     inputs = keras.Input(input_shape, name="image")
     return inputs, lite.lite_backbone(keras, lite.normalise(keras, inputs), variant)
-
-
 
 
 def _lite_classifier_segaux(variant: str, input_shape, weights, dropout: float, bn_momentum: float | None,
@@ -329,7 +282,7 @@ def _lite_classifier_segaux(variant: str, input_shape, weights, dropout: float, 
         raise EdgebusError(f"decoder_lr_scale {decoder_lr_scale}: give a positive multiple of the learning rate")
     weights = _lite_weights(weights, variant)
     inputs, features = _lite_encoder(keras, variant, input_shape, f"efficientnet-{variant}-segaux")
-    heads = _heads(keras, features["stride32"], dropout, descriptors)
+    heads = output_heads(keras, features["stride32"], dropout, descriptors)
     skips, filters = stages[mask_stride]
     mask = aux_decoder(keras, features, skips, filters, upsample, mask_stride)
     model = keras.Model(inputs, [*heads, mask], name=f"efficientnet_{variant}_segaux")
@@ -338,7 +291,7 @@ def _lite_classifier_segaux(variant: str, input_shape, weights, dropout: float, 
         from edgebus.models.weights import load_backbone_weights
 
         load_backbone_weights(model, weights, variant)
-    _set_bn_momentum(model, bn_momentum)
+    set_bn_momentum(model, bn_momentum)
     return model
 
 
@@ -397,7 +350,7 @@ def _lite_unet(variant: str, input_shape, weights, bn_momentum: float | None,
         from edgebus.models.weights import load_backbone_weights
 
         load_backbone_weights(model, weights, variant)
-    _set_bn_momentum(model, bn_momentum)
+    set_bn_momentum(model, bn_momentum)
     return model
 
 
