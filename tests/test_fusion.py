@@ -9,6 +9,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from edgebus.core import fusion
+from edgebus.core.calibration import CALIBRATIONS, apply
 from edgebus.core.descriptors import DESCRIPTORS
 from edgebus.core.echo import echo_features
 from edgebus.core.errors import EdgebusError
@@ -133,6 +134,8 @@ def test_fuse_scores_a_classifier_cv_with_a_segment_cv_on_the_same_folds(tiny_cv
     shipped = {d["name"] for d in res["descriptors"] if d["shipped"]}
     assert all(d["model"]["inputs"] == list(fusion.MEASURES) for d in res["descriptors"] if d["shipped"])
     assert set(res["auc"]) == set(fusion.KINDS) and len(res["model"]["weights"]) == len(fusion.INPUTS)
+    assert res["calibration"]["chosen"] in CALIBRATIONS and "Calibration of the fused probability, chosen out of fold" in (
+        tmp_path / "cls" / "fusion" / "fusion.md").read_text()
     assert "classifier + shape (fused)" in (tmp_path / "cls" / "fusion" / "fusion.md").read_text()
     from edgebus.export.model_card import SUBGROUPS
 
@@ -172,7 +175,8 @@ def test_fuse_scores_a_classifier_cv_with_a_segment_cv_on_the_same_folds(tiny_cv
         assert set(x["descriptors"] or {}) == shipped  # the measured descriptors the fusion shipped, and only those
         assert all(v["finding"] in x["findings"] for v in (x["descriptors"] or {}).values())
         assert x["label"] == ("malignant" if x["prob_raw"] >= x["threshold"] else "benign")
-        assert x["prob_malignant"] == x["prob_raw"]  # the fused logistic output is the probability: no second Platt step
+        # the shown probability: the fused output through the calibration `fuse` chose out of fold (None: as it is)
+        assert x["prob_malignant"] == pytest.approx(float(apply(res["calibration"]["calibration"], x["prob_raw"])), abs=1e-6)
     (cart / "fusion.json").write_text((cart / "fusion.json").read_text().replace('"intercept": ', '"intercept": 1 + '))
     one_line_error(cli("predict", "--bundle", cart, synthetic_breast_dir, "--out", tmp_path / "p2"), "sha256 differs")
     one_line_error(cli("bundle", "--classifier", tmp_path / "cls", "--fusion", tmp_path / "cls" / "fusion", "--out",

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from edgebus.core.calibration import apply, crossfit_operating_point, fit_platt, raw_threshold
+from edgebus.core.calibration import apply, choose_calibration, crossfit_operating_point, fit_platt, raw_threshold
 from edgebus.core.metrics import expected_calibration_error
 from tests.conftest import cli, manifest, one_line_error
 
@@ -79,7 +79,10 @@ def test_cv_operating_point_uses_the_pooled_out_of_fold_int8_predictions(cv_dir,
     p = np.concatenate([r["test_prob_int8"] for r in recs])
     fold = np.concatenate([[r["fold"]] * len(r["test_label"]) for r in recs])
     op = json.loads((cv_dir / "operating_point.json").read_text())
-    want = crossfit_operating_point(y, p, fold, 0.9)
+    chosen = choose_calibration(y, p, fold)["chosen"]  # the calibration chosen out of fold (tested on its own)
+    assert op["calibration_choice"]["chosen"] == chosen and "Calibration of the malignancy probability" in (
+        cv_dir / "operating_point.md").read_text()
+    want = crossfit_operating_point(y, p, fold, 0.9, method=chosen)
     assert op["source"] == "int8" and op["n"] == len(y) == manifest(cv_dir)["data"]["n_lesions"]
     assert op["threshold"] == pytest.approx(want["threshold"]) and op["calibration"] == want["calibration"]
     assert op["cross_fitted"] == want["cross_fitted"]

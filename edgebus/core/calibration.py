@@ -30,17 +30,12 @@ def sigmoid(z) -> np.ndarray:
     return np.exp(-np.logaddexp(0.0, -np.asarray(z, dtype=np.float64)))  # 1 / (1 + e^-z), without overflow
 
 
-def fit_platt(y, p, l2: float = 1e-3, steps: int = 100, slope: bool = True) -> dict:
-    """{"method": "platt", "a", "b"} by Newton's method on the log loss (a small L2 pull towards the
-    identity a=1, b=0 keeps it finite when the classes separate perfectly). Each step is halved until
-    the loss falls: plain Newton, started at the identity, diverges on scores far from calibrated (a
-    new site's, shifted by a few logits). slope=False keeps a at 1 and fits b alone ("recalibration in
-    the large": one number, steadier on few cases)."""
-    y = np.asarray(y, dtype=np.float64).ravel()
-    z = logit(p).ravel()
-    if len(np.unique(y)) < 2:
-        raise EdgebusError("calibration needs both benign and malignant cases")
+def _logistic(y, z, l2: float, slope: bool = True, intercept: bool = True, steps: int = 100) -> np.ndarray:
+    """[a, b] minimising the log loss of sigmoid(a * z + b) plus l2/2 * |[a, b] - [1, 0]|^2, by Newton
+    steps each halved until the loss falls (plain Newton from the identity diverges on scores a few
+    logits off). slope=False keeps a at 1, intercept=False keeps b at 0."""
     ident = np.array([1.0, 0.0])
+    free = np.array([slope, intercept])
 
     def loss(w):
         s = w[0] * z + w[1]
@@ -49,20 +44,107 @@ def fit_platt(y, p, l2: float = 1e-3, steps: int = 100, slope: bool = True) -> d
     w = ident.copy()
     for _ in range(steps):
         q = sigmoid(w[0] * z + w[1])
-        g = np.array([np.sum((q - y) * z), np.sum(q - y)]) + l2 * (w - ident)
+        g = (np.array([np.sum((q - y) * z), np.sum(q - y)]) + l2 * (w - ident)) * free
         h = q * (1 - q)
         hess = np.array([[np.sum(h * z * z), np.sum(h * z)], [np.sum(h * z), np.sum(h)]]) + l2 * np.eye(2)
-        step = np.linalg.solve(hess, g) if slope else np.array([0.0, g[1] / hess[1, 1]])
+        hess = np.where(np.outer(free, free), hess, np.eye(2))
+        step = np.linalg.solve(hess, g)
         before, t = loss(w), 1.0
         while loss(w - t * step) > before and t > 1e-10:
             t /= 2
         w -= t * step
         if np.abs(t * step).max() < 1e-10:
             break
-    if not w[0] > 0:
-        raise EdgebusError(f"calibration slope {w[0]:.3g} is not positive: the scores rank cases backwards; "
+    return w
+
+
+def _both_classes(y) -> np.ndarray:
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if len(np.unique(y)) < 2:
+        raise EdgebusError("calibration needs both benign and malignant cases")
+    return y
+
+
+def fit_platt(y, p, l2: float = 1e-3, steps: int = 100, slope: bool = True, intercept: bool = True) -> dict:
+    """{"method": "platt", "a", "b"} fitted by maximum likelihood (a small L2 pull towards the identity
+    a=1, b=0 keeps it finite when the classes separate perfectly). slope=False keeps a at 1 and fits b
+    alone ("recalibration in the large"); intercept=False keeps b at 0 and fits a alone (temperature
+    scaling, a = 1/T)."""
+    y = _both_classes(y)
+    a, b = _logistic(y, logit(p).ravel(), l2, slope, intercept, steps)
+    if not a > 0:
+        raise EdgebusError(f"calibration slope {a:.3g} is not positive: the scores rank cases backwards; "
                            "the model has not learned the task")
-    return {"method": "platt", "a": float(w[0]), "b": float(w[1])}
+    return {"method": "platt", "a": float(a), "b": float(b)}
+
+
+CALIBRATIONS = ("none", "intercept", "temperature", "platt")  # simplest first: a tie goes to the simpler
+_FITS = {"intercept": {"slope": False}, "temperature": {"intercept": False}, "platt": {}}
+
+
+def fit_calibration(y, p, method: str) -> dict | None:
+    """One of CALIBRATIONS fitted on (y, p), as a Platt map the cart applies ({"method": "platt", "a",
+    "b", "fit": method}), or None for "none". Isotonic regression is not offered: it overfits below
+    about a thousand cases (Niculescu-Mizil & Caruana, ICML 2005) and its steps would give one
+    calibrated threshold a range of raw ones."""
+    if method not in CALIBRATIONS:
+        raise EdgebusError(f"calibration '{method}': choose one of {', '.join(CALIBRATIONS)}")
+    if method == "none":
+        return None
+    return {**fit_platt(y, p, **_FITS[method]), "fit": method}
+
+
+def calibration_line(y, p) -> dict | None:
+    """The calibration slope and intercept of probabilities p on outcomes y (Cox 1958; Van Calster et
+    al., J Clin Epidemiol 2016): slope from y ~ a * logit(p) + b (1 is ideal; below 1 too extreme,
+    above 1 too flat), intercept "in the large" with the slope held at 1 (0 is ideal; above 0 the
+    probabilities run low). None without both classes."""
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if len(np.unique(y)) < 2:
+        return None
+    z = logit(p).ravel()
+    return {"slope": float(_logistic(y, z, 1e-6)[0]), "intercept": float(_logistic(y, z, 1e-6, slope=False)[1]),
+            "n": int(len(y)), "malignant": int(y.sum())}
+
+
+def log_loss(y, p) -> float:
+    p = np.clip(np.asarray(p, dtype=np.float64).ravel(), EPS, 1 - EPS)
+    y = np.asarray(y, dtype=np.float64).ravel()
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def crossfit_calibrated(y, p, fold, method: str) -> np.ndarray:
+    """Each held-out fold's probabilities calibrated by `method` fitted on the other folds only."""
+    y, p, fold = np.asarray(y).ravel(), np.asarray(p, dtype=np.float64).ravel(), np.asarray(fold).ravel()
+    out = np.zeros(len(p))
+    for f in np.unique(fold):
+        test, rest = fold == f, fold != f
+        out[test] = apply(fit_calibration(y[rest], p[rest], method), p[test])
+    return out
+
+
+def choose_calibration(y, p, fold, groups: dict | None = None, min_group: int = 20) -> dict:
+    """Choose the calibration by its cross-fitted log loss (fitted on the other folds, scored on each
+    held-out fold: with acquisition folds, on scanner settings it never saw); ties within 0.001 go to
+    the simpler. Per method: log loss, Brier score, ECE, and the calibration slope and intercept of
+    each held-out fold and of each scanner setting in `groups` ({name: case mask}) with at least
+    `min_group` cases, 5 of each class. Returns {"chosen", "calibration" (fitted on all cases),
+    "methods"}."""
+    y = _both_classes(y)
+    p, fold = np.asarray(p, dtype=np.float64).ravel(), np.asarray(fold).ravel()
+    rows = {}
+    for m in CALIBRATIONS:
+        q = crossfit_calibrated(y, p, fold, m)
+        rows[m] = {"log_loss": log_loss(y, q), "brier": float(np.mean((q - y) ** 2)),
+                   "ece": expected_calibration_error(y, q), "line": calibration_line(y, q),
+                   "per_fold": [{"fold": int(f), **(calibration_line(y[fold == f], q[fold == f]) or
+                                                   {"n": int((fold == f).sum())})} for f in np.unique(fold)],
+                   "per_setting": {k: calibration_line(y[v], q[v]) for k, v in (groups or {}).items()
+                                   if v.sum() >= min_group and min(y[v].sum(), (1 - y[v]).sum()) >= 5}}
+    best = min(rows[m]["log_loss"] for m in CALIBRATIONS)
+    chosen = next(m for m in CALIBRATIONS if rows[m]["log_loss"] <= best + 1e-3)
+    return {"chosen": chosen, "calibration": fit_calibration(y, p, chosen), "methods": rows,
+            "rule": "lowest cross-fitted log loss; within 0.001 of it, the simplest of " + ", ".join(CALIBRATIONS)}
 
 
 def valid_calibration(cal) -> bool:
@@ -117,25 +199,27 @@ def _rates(y, pred) -> dict:
             "specificity": float((~pred[~y]).mean()) if (~y).any() else None}
 
 
-def crossfit_operating_point(y, p, fold, target: float, n_boot: int = 2000, seed: int = 0) -> dict:
+def crossfit_operating_point(y, p, fold, target: float, n_boot: int = 2000, seed: int = 0,
+                             method: str = "platt") -> dict:
     """Calibrate and pick the threshold for `target` sensitivity on pooled out-of-fold predictions.
 
     y, p: labels and out-of-fold probabilities; fold: each case's test fold. Returns the shipped
     operating point (calibrator and threshold fitted on all cases; threshold in raw output space),
     the cross-fitted estimate of what it gives on unseen cases (sensitivity, specificity with 95%
-    bootstrap intervals, and per held-out fold), and calibration error before and after."""
+    bootstrap intervals, and per held-out fold), and calibration error before and after. method: the
+    calibration (CALIBRATIONS; choose_calibration picks one out of fold)."""
     y = np.asarray(y).astype(int).ravel()
     p = np.asarray(p, dtype=np.float64).ravel()
     fold = np.asarray(fold).ravel()
     if not (len(y) == len(p) == len(fold)) or len(np.unique(fold)) < 2:
         raise EdgebusError("an out-of-fold operating point needs per-case labels, probabilities and folds (2 or more)")
-    cal = fit_platt(y, p)
+    cal = fit_calibration(y, p, method)
     pc = apply(cal, p)
     shipped = threshold_for_sensitivity(y, pc, target)
     pred_cf, pc_cf = np.zeros(len(y), dtype=bool), np.zeros(len(y))
     for f in np.unique(fold):
         test, rest = fold == f, fold != f
-        c = fit_platt(y[rest], p[rest])
+        c = fit_calibration(y[rest], p[rest], method)
         t = threshold_for_sensitivity(y[rest], apply(c, p[rest]), target)["threshold"]
         pc_cf[test] = apply(c, p[test])
         pred_cf[test] = pc_cf[test] >= t

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgebus.core import fusion
-from edgebus.core.calibration import apply, valid_threshold
+from edgebus.core.calibration import apply, valid_calibration, valid_threshold
 from edgebus.core.echo import echo_features
 from edgebus.core.errors import EdgebusError
 from edgebus.core.io import sha256_file
@@ -55,11 +55,14 @@ class ShapeFusion:
             r = json.loads(self.path.read_text())
             self.model = r["model"]
             op = r["operating_point"]["fused"]
-            # the logistic output is the probability: a Platt step fitted on other scanner settings on top of it
-            # made it worse out of fold (training/results/robustness.md), so none is applied
-            self.threshold, self.calibration = op["threshold"], None
+            # the calibration `edgebus fuse` chose out of fold for the fused probability (none, intercept,
+            # temperature or Platt); a fusion.json made before that choice existed shows the logistic output as is
+            self.threshold = op["threshold"]
+            self.calibration = (r.get("calibration") or {}).get("calibration")
             if not valid_threshold(self.threshold):
                 raise ValueError(f"threshold {self.threshold!r} outside [0, 1]")
+            if not valid_calibration(self.calibration):
+                raise ValueError(f"calibration {self.calibration!r} is not a monotone Platt map")
             if not fusion.valid_model(self.model, fusion.INPUTS):
                 raise KeyError("model")
             self.descriptors = [d for d in r.get("descriptors") or [] if d.get("shipped")]

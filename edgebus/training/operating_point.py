@@ -95,6 +95,7 @@ def cv_operating_point(cv_dir, target: float = 0.9, source: str = "auto", out=No
     from edgebus.core.calibration import crossfit_operating_point
     from edgebus.core.io import atomic_write, check_report, write_json
     from edgebus.core.manifest import MANIFEST
+    from edgebus.training.calibration_choice import choose
     from edgebus.reports.figures import reliability_plot
     from edgebus.training.shape_fusion import folds_sha256
 
@@ -107,10 +108,12 @@ def cv_operating_point(cv_dir, target: float = 0.9, source: str = "auto", out=No
     y, p, fold, source = _oof(cv_dir, source)
     ident = check_report(out / "operating_point.json", {"folds_sha256": folds_sha256(cv_dir),
                                                         "target_sensitivity": target, "source": source}, overwrite)
-    op = crossfit_operating_point(y, p, fold, target)
-    op.update(chosen_on="cv out-of-fold", source=source, cv=str(cv_dir), inputs=ident)
+    choice = choose(y, p, fold, *_ids_and_root(cv_dir))
+    op = crossfit_operating_point(y, p, fold, target, method=choice["chosen"])
+    op.update(chosen_on="cv out-of-fold", source=source, cv=str(cv_dir), inputs=ident, calibration_choice=choice)
     write_json(out / "operating_point.json", op)
-    reliability_plot({"raw": op["reliability"]["raw"], "Platt, cross-fitted": op["reliability"]["calibrated_cross_fitted"]},
+    reliability_plot({"raw": op["reliability"]["raw"],
+                      f"{choice['chosen']}, cross-fitted": op["reliability"]["calibrated_cross_fitted"]},
                      out / "reliability.png", f"{cv_dir.name}: {source} out-of-fold (n={op['n']})")
     atomic_write(out / "operating_point.md", operating_point_md(op))
     if (cv_dir / MANIFEST).is_file() and out == cv_dir:
@@ -124,8 +127,21 @@ def cv_operating_point(cv_dir, target: float = 0.9, source: str = "auto", out=No
     log(f"threshold {op['threshold']:.4f} ({source} output; {op['threshold_calibrated']:.4f} calibrated): cross-fitted "
         f"sensitivity {est['sensitivity']:.3f} [{est['sensitivity_ci'][0]:.3f}, {est['sensitivity_ci'][1]:.3f}], "
         f"specificity {est['specificity']:.3f} [{est['specificity_ci'][0]:.3f}, {est['specificity_ci'][1]:.3f}] "
-        f"(n={op['n']}); ECE {op['ece']['raw']:.3f} raw, {op['ece']['calibrated_cross_fitted']:.3f} calibrated")
+        f"(n={op['n']}); calibration {choice['chosen']} (lowest cross-fitted log loss): ECE {op['ece']['raw']:.3f} raw, "
+        f"{op['ece']['calibrated_cross_fitted']:.3f} calibrated")
     return op
+
+
+def _ids_and_root(cv_dir: Path) -> tuple:
+    """(each out-of-fold case's id in _oof's order, the data folder the CV recorded) or (None, None)."""
+    from edgebus.core.io import read_jsonl
+    from edgebus.core.manifest import MANIFEST
+
+    recs = sorted(read_jsonl(cv_dir / "folds.jsonl", key="fold"), key=lambda r: r["fold"])
+    if not all("test_ids" in r for r in recs) or not (cv_dir / MANIFEST).is_file():
+        return None, None
+    data = Run.load(cv_dir).manifest.data
+    return [i for r in recs for i in r["test_ids"]], data and data.root
 
 
 def _cv_card(cv_dir: Path, log) -> None:
@@ -140,14 +156,18 @@ def _cv_card(cv_dir: Path, log) -> None:
 
 
 def operating_point_md(op: dict) -> str:
+    from edgebus.training.calibration_choice import calibration_md
+
     est, ins = op["cross_fitted"], op["in_sample"]
     cal = op["calibration"]
     f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    method = (op.get("calibration_choice") or {}).get("chosen", "platt")
+    shown = ("no calibration (the raw output is shown)" if not cal else
+             f"calibration ({method}) p' = sigmoid({cal['a']:.4f} * logit(p) {'-' if cal['b'] < 0 else '+'} {abs(cal['b']):.4f})")
     return "\n".join([
         f"# Operating point: {op['target_sensitivity']:.2f} malignant sensitivity, chosen out-of-fold", "",
         f"Pooled out-of-fold {op['source']} predictions of `{op['cv']}` ({op['folds']} folds, n={op['n']}). "
-        f"Platt calibration p' = sigmoid({cal['a']:.4f} * logit(p) {'-' if cal['b'] < 0 else '+'} {abs(cal['b']):.4f}); "
-        f"threshold {op['threshold']:.4f} on the "
+        f"{shown[0].upper()}{shown[1:]}; threshold {op['threshold']:.4f} on the "
         f"model's output ({op['threshold_calibrated']:.4f} on the calibrated probability).", "",
         "| | sensitivity | specificity |", "|---|---|---|",
         f"| cross-fitted: calibrator and threshold fitted on the other folds, applied to each fold [95% CI] | "
@@ -159,13 +179,15 @@ def operating_point_md(op: dict) -> str:
         "part of the data (with `--group-by acquisition`, one scanner setting): the spread is what a new site may "
         "see.", "",
         f"Expected calibration error (10 bins): {f(op['ece']['raw'])} raw, {f(op['ece']['calibrated_cross_fitted'])} after "
-        "cross-fitted Platt scaling.", "", "![reliability](reliability.png)", ""])
+        f"cross-fitted calibration ({method}).", "", "![reliability](reliability.png)", "",
+        *(calibration_md(op["calibration_choice"], "malignancy probability") if op.get("calibration_choice") else [])])
 
 
 def cv_points(cv_dir, target: float) -> dict:
     """{source: the operating point chosen on the CV's pooled out-of-fold scores of that source}, for
     int8 and float where the CV scored them (export.threshold.file_point reads them)."""
     from edgebus.core.calibration import crossfit_operating_point
+    from edgebus.training.calibration_choice import choose
 
     out = {}
     for source in SOURCES:
@@ -173,7 +195,7 @@ def cv_points(cv_dir, target: float) -> dict:
             y, p, fold, _ = _oof(Path(cv_dir), source)
         except EdgebusError:
             continue
-        o = crossfit_operating_point(y, p, fold, target, n_boot=200)
+        o = crossfit_operating_point(y, p, fold, target, n_boot=200, method=choose(y, p, fold)["chosen"])
         out[source] = {"threshold": o["threshold"], "calibration": o["calibration"], "n": o["n"],
                        "sensitivity": o["in_sample"]["sensitivity"], "specificity": o["in_sample"]["specificity"]}
     return out

@@ -188,6 +188,7 @@ def fuse_cv(cls_cv, seg_cv, out=None, target: float = 0.9, log=print, overwrite:
     from edgebus.core import fusion
     from edgebus.core.calibration import crossfit_operating_point
     from edgebus.core.io import atomic_write, check_report, make_dir, write_json
+    from edgebus.training.calibration_choice import choose
     from edgebus.core.stats import bootstrap_classification
     from edgebus.core.metrics import check_target
     from edgebus.export.model_card import subgroups
@@ -202,12 +203,13 @@ def fuse_cv(cls_cv, seg_cv, out=None, target: float = 0.9, log=print, overwrite:
     scores = {k: fusion.cross_fitted(x, y, fold, k) for k in fusion.KINDS}
     boot = {k: bootstrap_classification(y, v)["auc"] for k, v in scores.items()}
     per_fold = {k: [roc_auc(y[fold == f], v[fold == f]) for f in np.unique(fold)] for k, v in scores.items()}
-    ops = {k: {kk: vv for kk, vv in crossfit_operating_point(y, scores[k], fold, target).items() if kk != "reliability"}
-           for k in ("classifier", "fused")}
+    choice = choose(y, scores["fused"], fold, inp["ids"], inp["root"])  # what the cart shows: the fused probability
+    ops = {k: {kk: vv for kk, vv in crossfit_operating_point(y, scores[k], fold, target, method=m).items()
+               if kk != "reliability"} for k, m in (("classifier", "platt"), ("fused", choice["chosen"]))}
     result = {"classifier_cv": str(cls_cv), "segment_cv": str(seg_cv), "n": int(len(y)), "malignant": int(y.sum()),
               "folds": int(len(np.unique(fold))), "group_by": inp["group_by"], "sources": inp["sources"],
               "lesion_found": int(sum(s is not None for s in shapes)),
-              "auc": boot, "auc_per_fold": per_fold, "operating_point": ops,
+              "auc": boot, "auc_per_fold": per_fold, "operating_point": ops, "calibration": choice,
               "model": fusion.fit(x, y, "fused"), "descriptors": score_descriptors(inp),
               "note": "every score is cross-fitted: each fold's model was fitted on the other folds' out-of-fold values",
               "inputs": ident}
@@ -235,6 +237,7 @@ def folds_sha256(cv) -> str:
 
 def fusion_md(r: dict) -> str:
     from edgebus.core.calibration import per_fold_text
+    from edgebus.training.calibration_choice import calibration_md
     from edgebus.core.stats import interval_text
 
     words = {"classifier": "the classifier alone", "shape": "the shape of the segmenter's mask alone",
@@ -262,8 +265,11 @@ def fusion_md(r: dict) -> str:
         lines += ["", f"Fused sensitivity per held-out fold at its cross-fitted threshold (cancers in it): {per}: "
                   "the spread a new site may see."]
     ece = r["operating_point"]["fused"]["ece"]
-    lines += ["", f"Calibration of the fused probability, cross-fitted: ECE {ece['raw']:.3f} as it is (what the cart "
-              f"reports); {ece['calibrated_cross_fitted']:.3f} with a Platt step on top, which the cart does not apply."]
+    chosen = r["calibration"]["chosen"]
+    lines += ["", f"Calibration of the fused probability, cross-fitted: ECE {ece['raw']:.3f} as the fusion gives it, "
+              f"{ece['calibrated_cross_fitted']:.3f} after the calibration chosen out of fold ({chosen}), which the "
+              "cart applies to the probability it shows (the threshold is the same either way)."]
+    lines += [""] + calibration_md(r["calibration"], "fused probability")
     m = r["model"]
     if r.get("descriptors"):
         lines += ["", "BI-RADS descriptors measured on the segmenter's mask (its shape, and the echo pattern beside it: "
