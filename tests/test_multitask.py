@@ -226,6 +226,8 @@ def test_decoder_options_are_checked():
         build_model("efficientnet-lite0-segaux", 64, None, mask_stride=3)
     with pytest.raises(EdgebusError, match="decoder_lr_scale 0"):
         build_model("efficientnet-lite0-segaux", 64, None, decoder_lr_scale=0)
+    with pytest.raises(EdgebusError, match="mask_loss_weight -1"):
+        build_model("efficientnet-lite0-segaux", 64, None, mask_loss_weight=-1)
     model = build_model("efficientnet-lite0-segaux", 64, None, mask_stride=2)
     assert model.get_layer("aux_mask_stride2").output.shape[1:3] == (32, 32)
     assert tuple(model.get_layer("aux_mask").output.shape[1:3]) == (64, 64)
@@ -250,3 +252,19 @@ def test_training_accuracy_reads_soft_targets():
     plain = keras.metrics.BinaryAccuracy()
     plain.update_state(0.6 * y + 0.2, p)
     assert float(plain.result()) < ref  # the fault this mends: Keras' own accuracy on soft targets
+
+
+def test_mask_loss_weight_weighs_the_mask_in_the_training_loss():
+    from edgebus.compat import keras, set_seed
+    from edgebus.engine.fit import compile_model
+    from edgebus.models.registry import build_model
+
+    rng = np.random.default_rng(2)
+    x = rng.random((8, 32, 32, 3), dtype=np.float32) * 255
+    y, m = (rng.random(8) > 0.5).astype("float32"), (rng.random((8, 32, 32, 1)) > 0.7).astype("float32")
+    for w in (1.0, 3.0):
+        keras.backend.clear_session()
+        set_seed(0)
+        model = compile_model(build_model("test-segaux", 32, None, mask_loss_weight=w), "classify", 1e-3)
+        r = model.evaluate(x, (y, m), batch_size=8, verbose=0, return_dict=True)
+        assert r["loss"] == pytest.approx(r["malignant_prob_loss"] + w * r["aux_mask_loss"], rel=1e-4)

@@ -85,7 +85,9 @@ def compile_model(model, task: str, lr: float):
     losses = output_losses(model, task)
     if len(names) > 1:  # a classifier with training heads beside malignancy, in output order
         per_output = {"malignant_prob": [accuracy(keras, tf), keras.metrics.AUC(name="auc")], AUX_MASK: [iou_metric(tf)]}
-        model.compile(optimizer=optimizer(model, lr), loss=losses, metrics=[per_output.get(n, []) for n in names])
+        weights = [float(getattr(model, "mask_loss_weight", 1.0)) if n == AUX_MASK else 1.0 for n in names]
+        model.compile(optimizer=optimizer(model, lr), loss=losses, loss_weights=weights,
+                      metrics=[per_output.get(n, []) for n in names])
     elif get_task(task).name == "classify":
         model.compile(optimizer=optimizer(model, lr), loss=losses[0], metrics=[accuracy(keras, tf), keras.metrics.AUC(name="auc")])
     else:

@@ -178,7 +178,7 @@ def test_cnn(input_shape, weights=None, width: int = 8, dropout: float = 0.0, de
 
 @register("test-segaux", "classify", size=64)
 def test_segaux(input_shape, weights=None, width: int = 8, dropout: float = 0.0, descriptors: int = 0,
-                upsample: str = "nearest", decoder_lr_scale: float = 1.0):
+                upsample: str = "nearest", decoder_lr_scale: float = 1.0, mask_loss_weight: float = 1.0):
     """Tiny multi-task classifier (malignancy and lesion mask), for tests."""
     from edgebus.compat import keras
 
@@ -192,7 +192,7 @@ def test_segaux(input_shape, weights=None, width: int = 8, dropout: float = 0.0,
     heads = output_heads(keras, x, dropout, descriptors)
     mask = aux_decoder(keras, features, ("stride8", "stride4"), (width * 2,), upsample, 4)
     model = keras.Model(inputs, [*heads, mask], name="test_segaux")
-    model.decoder_lr_scale = float(decoder_lr_scale)
+    model.decoder_lr_scale, model.mask_loss_weight = float(decoder_lr_scale), float(mask_loss_weight)
     return model
 
 
@@ -264,29 +264,31 @@ def _lite_encoder(keras, variant: str, input_shape, name: str):
 
 def _lite_classifier_segaux(variant: str, input_shape, weights, dropout: float, bn_momentum: float | None,
                             descriptors: int = 0, upsample: str = "bilinear", mask_stride: int = 4,
-                            decoder_lr_scale: float = 1.0):
+                            decoder_lr_scale: float = 1.0, mask_loss_weight: float = 1.0):
     """The Lite classifier plus a light U-Net decoder on the same encoder (skips at strides 16, 8, 4,
     and 2 with mask_stride=2) predicting the lesion mask at 1/mask_stride of the input, upsampled
     bilinearly to the input size. Outputs: malignant_prob (descriptors where asked) and aux_mask.
     Training on both makes the encoder learn where the lesion is; the mask is kept, trained, exported
     and run in the same int8 file (one invoke per frame gives both answers on the cart).
     decoder_lr_scale: the decoder, trained from scratch, learns at this multiple of the classifier's
-    rate (engine.fit.compile_model); with Adam a loss weight would not change its step size."""
+    rate (engine.losses.optimizer); with Adam a loss weight would not change its step size.
+    mask_loss_weight: the mask loss's weight against malignancy's in the shared encoder's gradient."""
     from edgebus.compat import keras
 
     stages = {4: (("stride32", "stride16", "stride8", "stride4"), (128, 64, 32)),
               2: (("stride32", "stride16", "stride8", "stride4", "stride2"), (128, 64, 32, 16))}
     if mask_stride not in stages:
         raise EdgebusError(f"mask_stride {mask_stride}: choose one of {', '.join(map(str, stages))}")
-    if not decoder_lr_scale > 0:
-        raise EdgebusError(f"decoder_lr_scale {decoder_lr_scale}: give a positive multiple of the learning rate")
+    for name, v in (("decoder_lr_scale", decoder_lr_scale), ("mask_loss_weight", mask_loss_weight)):
+        if not (isinstance(v, (int, float)) and 0 < v < 1e3):
+            raise EdgebusError(f"{name} {v}: give a positive number (1 keeps the default)")
     weights = _lite_weights(weights, variant)
     inputs, features = _lite_encoder(keras, variant, input_shape, f"efficientnet-{variant}-segaux")
     heads = output_heads(keras, features["stride32"], dropout, descriptors)
     skips, filters = stages[mask_stride]
     mask = aux_decoder(keras, features, skips, filters, upsample, mask_stride)
     model = keras.Model(inputs, [*heads, mask], name=f"efficientnet_{variant}_segaux")
-    model.decoder_lr_scale = float(decoder_lr_scale)
+    model.decoder_lr_scale, model.mask_loss_weight = float(decoder_lr_scale), float(mask_loss_weight)
     if weights is not None:
         from edgebus.models.weights import load_backbone_weights
 
@@ -298,11 +300,11 @@ def _lite_classifier_segaux(variant: str, input_shape, weights, dropout: float, 
 @register("efficientnet-lite0-segaux", "classify", size=160)
 def efficientnet_lite0_segaux(input_shape, weights=None, dropout: float = 0.2, bn_momentum: float | None = 0.9,
                               descriptors: int = 0, upsample: str = "bilinear", mask_stride: int = 4,
-                              decoder_lr_scale: float = 1.0):
+                              decoder_lr_scale: float = 1.0, mask_loss_weight: float = 1.0):
     """EfficientNet-Lite0 classifier with a lesion-mask decoder: one multi-task model (malignancy and mask);
     its decoder upsamples bilinearly, which XNNPACK runs in int8 in one piece (benchmarks/decoder_shapes.py)."""
     return _lite_classifier_segaux("lite0", input_shape, weights, dropout, bn_momentum, descriptors, upsample,
-                                   mask_stride, decoder_lr_scale)
+                                   mask_stride, decoder_lr_scale, mask_loss_weight)
 
 
 @register("efficientnet-lite0", "classify", size=160)
