@@ -84,7 +84,23 @@ def test_settings_big_enough_get_their_own_line():
     for row in out["methods"].values():
         assert set(row["per_setting"]) == {"800x600"}  # 15 cases: too few for a slope of its own
         q = cal.crossfit_calibrated(y, p, fold, next(m for m, r in out["methods"].items() if r is row))
-        assert row["per_setting"]["800x600"] == cal.calibration_line(y[big], q[big])
+        want, got = cal.calibration_line(y[big], q[big]), row["per_setting"]["800x600"]
+        assert {k: got[k] for k in want} == want
+    chosen = out["methods"][out["chosen"]]
+    for line in [chosen["per_setting"]["800x600"], *chosen["per_fold"]]:  # the shipped one's lines carry intervals
+        assert line["slope_ci"][0] < line["slope"] < line["slope_ci"][1]
+        assert line["intercept_ci"][0] < line["intercept"] < line["intercept_ci"][1]
+
+
+def test_calibration_line_interval_covers_like_a_bootstrap():
+    y, p = _scores(11, 300, flat=1.5)
+    line = cal.calibration_line(y, p, n_boot=300, seed=3)
+    rng, slopes = np.random.default_rng(3), []
+    for _ in range(300):  # the same resamples, each fitted by sklearn
+        i = rng.integers(0, 300, 300)
+        z = cal.logit(p[i])
+        slopes.append(LogisticRegression(C=np.inf, tol=1e-12, max_iter=10000).fit(z[:, None], y[i]).coef_[0, 0])
+    assert line["slope_ci"] == pytest.approx(list(np.quantile(slopes, [0.025, 0.975])), abs=1e-3)
 
 
 def test_operating_point_is_the_same_whichever_calibration():

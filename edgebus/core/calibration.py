@@ -94,17 +94,27 @@ def fit_calibration(y, p, method: str) -> dict | None:
     return {**fit_platt(y, p, **_FITS[method]), "fit": method}
 
 
-def calibration_line(y, p) -> dict | None:
+def calibration_line(y, p, n_boot: int = 0, seed: int = 0) -> dict | None:
     """The calibration slope and intercept of probabilities p on outcomes y (Cox 1958; Van Calster et
     al., J Clin Epidemiol 2016): slope from y ~ a * logit(p) + b (1 is ideal; below 1 too extreme,
     above 1 too flat), intercept "in the large" with the slope held at 1 (0 is ideal; above 0 the
-    probabilities run low). None without both classes."""
+    probabilities run low). None without both classes. n_boot > 0 adds 95% percentile intervals
+    (cases resampled; resamples with one class only are skipped)."""
     y = np.asarray(y, dtype=np.float64).ravel()
     if len(np.unique(y)) < 2:
         return None
     z = logit(p).ravel()
-    return {"slope": float(_logistic(y, z, 1e-6)[0]), "intercept": float(_logistic(y, z, 1e-6, slope=False)[1]),
-            "n": int(len(y)), "malignant": int(y.sum())}
+    line = lambda yy, zz: (float(_logistic(yy, zz, 1e-6)[0]), float(_logistic(yy, zz, 1e-6, slope=False)[1]))  # noqa: E731
+    out = dict(zip(("slope", "intercept"), line(y, z)), n=int(len(y)), malignant=int(y.sum()))
+    if n_boot:
+        rng, boot = np.random.default_rng(seed), []
+        for _ in range(n_boot):
+            i = rng.integers(0, len(y), len(y))
+            if 0 < y[i].sum() < len(i):
+                boot.append(line(y[i], z[i]))
+        b = np.array(boot)
+        out["slope_ci"], out["intercept_ci"] = ([float(v) for v in np.quantile(b[:, k], [0.025, 0.975])] for k in (0, 1))
+    return out
 
 
 def log_loss(y, p) -> float:
@@ -123,12 +133,12 @@ def crossfit_calibrated(y, p, fold, method: str) -> np.ndarray:
     return out
 
 
-def choose_calibration(y, p, fold, groups: dict | None = None, min_group: int = 20) -> dict:
+def choose_calibration(y, p, fold, groups: dict | None = None, min_group: int = 20, n_boot: int = 500) -> dict:
     """Choose the calibration by its cross-fitted log loss (fitted on the other folds, scored on each
     held-out fold: with acquisition folds, on scanner settings it never saw); ties within 0.001 go to
     the simpler. Per method: log loss, Brier score, ECE, and the calibration slope and intercept of
     each held-out fold and of each scanner setting in `groups` ({name: case mask}) with at least
-    `min_group` cases, 5 of each class. Returns {"chosen", "calibration" (fitted on all cases),
+    `min_group` cases, 5 of each class (the chosen method's with n_boot-resample intervals). Returns {"chosen", "calibration" (fitted on all cases),
     "methods"}."""
     y = _both_classes(y)
     p, fold = np.asarray(p, dtype=np.float64).ravel(), np.asarray(fold).ravel()
@@ -143,6 +153,10 @@ def choose_calibration(y, p, fold, groups: dict | None = None, min_group: int = 
                                    if v.sum() >= min_group and min(y[v].sum(), (1 - y[v]).sum()) >= 5}}
     best = min(rows[m]["log_loss"] for m in CALIBRATIONS)
     chosen = next(m for m in CALIBRATIONS if rows[m]["log_loss"] <= best + 1e-3)
+    q, row = crossfit_calibrated(y, p, fold, chosen), rows[chosen]  # the shipped one's lines get intervals
+    for r in row["per_fold"]:
+        r.update(calibration_line(y[fold == r["fold"]], q[fold == r["fold"]], n_boot) or {})
+    row["per_setting"] = {k: calibration_line(y[groups[k]], q[groups[k]], n_boot) for k in row["per_setting"]}
     return {"chosen": chosen, "calibration": fit_calibration(y, p, chosen), "methods": rows,
             "rule": "lowest cross-fitted log loss; within 0.001 of it, the simplest of " + ", ".join(CALIBRATIONS)}
 

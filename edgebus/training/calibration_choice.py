@@ -48,6 +48,8 @@ def calibration_md(choice: dict, what: str = "probability") -> list[str]:
              "the held-out fold. Calibration slope: 1 is ideal, above 1 the probabilities are too flat, below 1 too "
              "extreme; intercept (slope held at 1): 0 is ideal, above 0 they run low.", "",
              "| method | log loss | Brier | ECE | slope | intercept | slope per held-out fold |", "|---|---|---|---|---|---|---|"]
+    ci = lambda v, k, fmt: (f"{v[k]:{fmt}} [{v[k + '_ci'][0]:{fmt}}, {v[k + '_ci'][1]:{fmt}}]"  # noqa: E731
+                            if k + "_ci" in v else f"{v[k]:{fmt}}")
     for m in CALIBRATIONS:
         r, line = rows[m], rows[m]["line"] or {}
         per = ", ".join(_f(f.get("slope"), ".2f") for f in r["per_fold"])
@@ -56,10 +58,17 @@ def calibration_md(choice: dict, what: str = "probability") -> list[str]:
                      f"| {_f(line.get('intercept'), '+.2f')} | {per} |")
     chosen = rows[choice["chosen"]]
     settings = chosen["per_setting"]
+    folds = [f for f in chosen["per_fold"] if "slope" in f]
+    if folds:
+        lines += ["", f"The chosen calibration ({choice['chosen']}) per held-out fold [95% CI, cases resampled]:", "",
+                  "| held-out fold | n | malignant | slope | intercept |", "|---|---|---|---|---|"]
+        lines += [f"| {f['fold']} | {f['n']} | {f['malignant']} | {ci(f, 'slope', '.2f')} | {ci(f, 'intercept', '+.2f')} |"
+                  for f in folds]
     lines += ["", f"Chosen: **{choice['chosen']}**. {choice['settings_note'].capitalize()}"
               + (f"; the settings with at least {MIN_SETTING} cases, 5 of each class:" if settings else
                  f"; no setting has {MIN_SETTING} cases with 5 of each class.")]
     if settings:
         lines += ["", "| scanner setting | n | malignant | slope | intercept |", "|---|---|---|---|---|"]
-        lines += [f"| {k} | {v['n']} | {v['malignant']} | {v['slope']:.2f} | {v['intercept']:+.2f} |" for k, v in settings.items()]
+        lines += [f"| {k} | {v['n']} | {v['malignant']} | {ci(v, 'slope', '.2f')} | {ci(v, 'intercept', '+.2f')} |"
+                  for k, v in settings.items()]
     return lines + [""]
