@@ -144,6 +144,9 @@ def predict(
         if role == "site":
             say(f"site threshold: {m['threshold']:.4f} (shipped {m['shipped_threshold']:.4f}), chosen on "
                   f"{m['chosen_on']['n']} of this site's cases (edgebus site-threshold)")
+        elif role == "presence":
+            say(f"presence: {m['file']} ('no lesion found' where the lesion map's evidence is below {m['threshold']:.3f}; "
+                f"at most {m['max_miss']:.0%} of lesion frames missed out of fold)")
         elif role == "fusion":
             words = f"; BI-RADS descriptors measured on the mask: {', '.join(m['descriptors'])}" if m.get("descriptors") else ""
             say(f"fusion: {m['file']} (classifier score + the segmenter's lesion shape, threshold "
@@ -168,7 +171,10 @@ def bundle(classifier: Optional[Path] = typer.Option(None, "--classifier", help=
                                                  "CLS_CV SEG_CV'): the classifier's score and the segmenter's lesion "
                                                  "shape in one model, at its out-of-fold operating point"),
            accept_failed_gates: bool = typer.Option(False, "--accept-failed-gates", help="bundle a model file that failed "
-                                                    "its export gates anyway (recorded in bundle.json and the model card)")):
+                                                    "its export gates anyway (recorded in bundle.json and the model card)"),
+           presence: Optional[Path] = typer.Option(None, "--presence", help="a presence.json or its folder ('edgebus "
+                                                   "presence SEG_CV'): the cart says 'no lesion found' before any "
+                                                   "malignancy label where the lesion map shows none")):
     """Copy a classifier and a segmenter into one folder for the cart (classifier.tflite, segmenter.tflite, bundle.json).
 
     A classifier given as a CV folder ('edgebus cv classify --int8') becomes a fold ensemble: every fold's int8 file,
@@ -177,7 +183,7 @@ def bundle(classifier: Optional[Path] = typer.Option(None, "--classifier", help=
 
     from edgebus.runtime.bundle import bundle_acceptances
 
-    path = make_bundle(out, classifier, segmenter, format, overwrite, fusion, accept_failed_gates)
+    path = make_bundle(out, classifier, segmenter, format, overwrite, fusion, accept_failed_gates, presence)
     for line in bundle_acceptances(path):
         typer.echo(f"warning: {line}")
     typer.echo(f"bundle: {path} (edgebus predict --bundle {path} FRAMES)")

@@ -112,6 +112,23 @@ def fuse(classifier_cv: Path = typer.Argument(..., help="a classifier CV folder 
 
 
 @friendly
+def presence(segment_cv: Path = typer.Argument(..., help="a segment CV made with --int8, or a multi-task classifier CV "
+                                                 "(its files give the lesion mask)"),
+             max_miss: float = typer.Option(0.02, "--max-miss", help="the share of lesion frames the cart may call "
+                                            "lesion-free (sets the threshold, out of fold)"),
+             out: Optional[Path] = typer.Option(None, "--out", help="where to write presence.json/.md (default: "
+                                                "SEGMENT_CV/presence)"),
+             overwrite: bool = typer.Option(False, "--overwrite", help="replace a presence rule made from other inputs")):
+    """When the cart says "no lesion found": a rule on the lesion map, learned and scored out of fold.
+
+    Lesion-free examples come from the data set itself: a band of tissue beside each test frame's lesion,
+    and the sheet's normal frames. Bundle the result with 'edgebus bundle --presence'."""
+    from edgebus.training.presence import presence_cv
+
+    presence_cv(segment_cv, out, max_miss, log=typer.echo, overwrite=overwrite)
+
+
+@friendly
 def evaluate(run: Path = typer.Argument(..., help="a run directory"),
              data: Path = typer.Option(..., "--data", help="the data set to score on (not trained on)"),
              format: str = typer.Option("busi", "--format", help="busi, breast, or dicom (a folder of ultrasound DICOM "
@@ -170,5 +187,6 @@ def register(app: typer.Typer) -> None:
     app.command("cv-merge")(cv_merge)
     app.command("operating-point")(operating_point)
     app.command("fuse")(fuse)
+    app.command()(presence)
     app.command()(evaluate)
     app.command()(stress)

@@ -30,6 +30,8 @@ TEACHER = typer.Option(None, "--teacher", help="distil: a classifier CV made wit
 TEACHER_MASKS = typer.Option(None, "--teacher-masks", help="distil: a segment CV made with --int8 whose lesion maps "
                              "are mixed into a multi-task model's mask target (same folds)")
 TEACHER_WEIGHT = typer.Option(None, "--teacher-weight", help="the teachers' share of each training target (default 0.5)")
+LESION_FREE = typer.Option(False, "--lesion-free", help="segmenters: also train on each training frame's lesion-free "
+                           "band (tissue beside the lesion) with an empty mask, so the mask learns 'no lesion here'")
 
 
 def _train_command(task: str):
@@ -46,7 +48,7 @@ def _train_command(task: str):
                 segmenter: Optional[Path] = typer.Option(None, help="segment run (same split) whose predicted lesion boxes "
                                                          "cut the val/test crops; without it they use the true masks (oracle)"),
                 teacher: Optional[Path] = TEACHER, teacher_masks: Optional[Path] = TEACHER_MASKS,
-                teacher_weight: Optional[float] = TEACHER_WEIGHT):
+                teacher_weight: Optional[float] = TEACHER_WEIGHT, lesion_free: bool = LESION_FREE):
         from edgebus.training import TrainConfig, train
 
         if task != "classify" and (crop_margin is not None or segmenter is not None or teacher or teacher_masks):
@@ -58,7 +60,7 @@ def _train_command(task: str):
                           augment=True if augment is None else augment, descriptors=descriptors,
                           schedule=schedule or "constant", teacher=None if teacher is None else str(teacher),
                           teacher_masks=None if teacher_masks is None else str(teacher_masks),
-                          teacher_weight=0.5 if teacher_weight is None else teacher_weight)
+                          teacher_weight=0.5 if teacher_weight is None else teacher_weight, lesion_free=lesion_free)
         cfg.resolve("train")
         cfg.out = str(out or Path("runs") / f"{model}-{cfg.size}")
         run = train(cfg, progress=not quiet, log=typer.echo)
@@ -181,7 +183,7 @@ def _cv_command(task: str):
                                                        "acquisition (every frame size, i.e. scanner + preset, in one "
                                                        "test fold only: scores each case as a new scanner would see it)"),
                 teacher: Optional[Path] = TEACHER, teacher_masks: Optional[Path] = TEACHER_MASKS,
-                teacher_weight: Optional[float] = TEACHER_WEIGHT,
+                teacher_weight: Optional[float] = TEACHER_WEIGHT, lesion_free: bool = LESION_FREE,
                 backend: str = BACKEND, address: Optional[str] = ADDRESS, cpus_per_task: float = CPUS_PER_TASK,
                 gpus_per_task: float = GPUS_PER_TASK):
         from edgebus.core.stats import interval_text
@@ -197,7 +199,8 @@ def _cv_command(task: str):
                                               boxes_from=boxes_from, augment=augment, normalize=normalize,
                                               descriptors=descriptors or None, fold_seed=fold_seed,
                                               schedule=schedule, group_by=group_by, teacher=teacher,
-                                              teacher_masks=teacher_masks, teacher_weight=teacher_weight))
+                                              teacher_masks=teacher_masks, teacher_weight=teacher_weight,
+                                              lesion_free=lesion_free or None))
         s = run_cv(cfg, progress=not quiet, log=typer.echo,
                    backend=backend_of(backend, address, cpus_per_task, gpus_per_task))
         for k in TASKS[task].headline(s["pooled"]):

@@ -349,6 +349,10 @@ def _write_seg(pipeline: LesionPipeline, res: dict, path: Path) -> tuple[str | N
 
 def _describe_result(res: dict) -> str:
     parts = []
+    lesion = res.get("lesion")
+    if lesion and not lesion["present"]:
+        return (f"no lesion found (presence {lesion['score']:.3f} < {lesion['threshold']:.3f}; malignancy output "
+                f"{res['prob_raw']:.3f} kept for audit)" if res.get("prob_raw") is not None else "no lesion found")
     if res["prob_malignant"] is not None:
         if res["prob_raw"] == res["prob_malignant"]:
             parts.append(f"{res['label']} {res['prob_malignant']:.3f} (threshold {res['threshold']:.2f})")

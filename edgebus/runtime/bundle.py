@@ -38,7 +38,7 @@ def read_bundle(folder: str | Path) -> dict:
     if not isinstance(rec, dict) or rec.get("schema") != "edgebus.bundle/1":
         raise EdgebusError(f"{path}: not an edgebus bundle record; re-run 'edgebus bundle'")
     entries = []
-    for role in ("classifier", "segmenter", "fusion", "site"):
+    for role in ("classifier", "segmenter", "fusion", "site", "presence"):
         e = rec.get(role)
         if e is None:
             continue
@@ -110,14 +110,20 @@ def _card_copy(card: Path, accepted: str | None) -> bytes:
 
 def make_bundle(out: str | Path, classifier: str | Path | None = None, segmenter: str | Path | None = None,
                 fmt: str = "int8", overwrite: bool = False, fusion: str | Path | None = None,
-                accept_failed_gates: bool = False) -> Path:
+                accept_failed_gates: bool = False, presence: str | Path | None = None) -> Path:
     """Copy a classifier and/or segmenter (.tflite files or run directories: their `fmt` export) into
     `out` as classifier.tflite / segmenter.tflite, with bundle.json recording sources and sha256.
     fusion: a fusion.json (or its folder) from `edgebus fuse`, applied on top of both. A file that
     failed its export gates is refused unless accept_failed_gates (then recorded in bundle.json and
-    in the bundled model card)."""
+    in the bundled model card). presence: a presence.json (or its folder) from `edgebus presence`,
+    fitted on the maps of the same kind of mask model as the one bundled."""
     if classifier is None and segmenter is None:
         raise EdgebusError("bundle: pass --classifier and/or --segmenter")
+    pres = None
+    if presence is not None:
+        from edgebus.runtime.presence import PRESENCE_JSON, LesionPresence
+
+        pres = LesionPresence(Path(presence) / PRESENCE_JSON if Path(presence).is_dir() else presence)
     fused = None
     if fusion is not None:
         from edgebus.runtime.fusion import FUSION_JSON, ShapeFusion
@@ -147,6 +153,8 @@ def make_bundle(out: str | Path, classifier: str | Path | None = None, segmenter
             continue
         m = ExportedModel(resolve_model_path(src, fmt), task)  # refuses a wrong or unlabelled file before anything is written
         staged.append((task, m, check_gates(m, accept_failed_gates)))  # and one that failed its gates, unless accepted
+    if pres is not None:
+        _check_presence(pres, staged, ensemble)
     with staging(out) as tmp:  # built in a fresh temp folder, renamed into place complete
         out, final = tmp, out
         for task, m, accepted in staged:
@@ -174,8 +182,29 @@ def make_bundle(out: str | Path, classifier: str | Path | None = None, segmenter
             if (fused.path.parent / "fusion.md").is_file():  # its out-of-fold evidence travels with it
                 atomic_write(out / "fusion.md", (fused.path.parent / "fusion.md").read_bytes())
             record["fusion"] = {**fused.describe(), "file": FUSION_FILE, "copied_from": str(fused.path.resolve())}
+        if pres is not None:
+            atomic_write(out / pres.path.name if pres.path.name == "presence.json" else out / "presence.json",
+                         pres.path.read_bytes())
+            if (pres.path.parent / "presence.md").is_file():  # its out-of-fold evidence travels with it
+                atomic_write(out / "presence.md", (pres.path.parent / "presence.md").read_bytes())
+            record["presence"] = {**pres.describe(), "file": "presence.json", "sha256": sha256_file(out / "presence.json"),
+                                  "copied_from": str(pres.path.resolve())}
         write_json(out / BUNDLE_JSON, record)  # last
     return final
+
+
+def _check_presence(pres, staged: list, ensemble) -> None:
+    """The presence rule reads a lesion map: the bundle must give one, from the kind of model it was fitted on."""
+    maps = [m for task, m, _ in staged if task == "segment"] or [m for task, m, _ in staged if m.has_mask]
+    if not maps and ensemble is not None and ensemble[0].has_mask:
+        maps = [ensemble[0].members[0]]
+    if not maps:
+        raise EdgebusError(f"{pres.path}: decides on the lesion map; pass --segmenter, or a multi-task classifier whose "
+                           "file gives the mask")
+    want, got = pres.mask_from.get("model"), maps[0].describe().get("model")
+    if want and got and want != got:
+        raise EdgebusError(f"{pres.path}: fitted on the maps of {want}, but the bundle's mask comes from {got}; run "
+                           f"'edgebus presence' on a CV of {got}")
 
 
 def load_bundle(folder: str | Path, num_threads: int = 1, xnnpack: bool = True, rec: dict | None = None):
@@ -203,6 +232,14 @@ def load_fusion(folder: str | Path, rec: dict | None = None):
 
     entry = (rec or read_bundle(folder)).get("fusion")
     return ShapeFusion(Path(folder) / entry["file"]) if entry else None
+
+
+def load_presence(folder: str | Path, rec: dict | None = None):
+    """The bundle's lesion-presence rule (runtime.presence.LesionPresence), sha256-checked, or None."""
+    from edgebus.runtime.presence import LesionPresence
+
+    entry = (rec or read_bundle(folder)).get("presence")
+    return LesionPresence(Path(folder) / entry["file"]) if entry else None
 
 
 def load_site(folder: str | Path, rec: dict | None = None) -> dict | None:

@@ -56,6 +56,9 @@ def _font(size: int):
 def caption(result: dict) -> list[str]:
     """The text lines drawn on an overlay, e.g. ['malignant 0.83', 'lesion 41.2 mm2']."""
     lines = []
+    lesion = result.get("lesion")
+    if lesion and not lesion["present"]:  # the presence rule decided: no malignancy call to show
+        return [f"no lesion found (presence {lesion['score']:.2f} < {lesion['threshold']:.2f})"]
     if result.get("prob_malignant") is not None:
         lines.append(f"{result['label']} {result['prob_malignant']:.2f}")
     for v in (result.get("descriptors") or {}).values():  # the findings the model sees, in the lexicon's words

@@ -54,13 +54,14 @@ from edgebus.core.calibration import apply as apply_calibration
 from edgebus.core.descriptors import findings
 from edgebus.core.errors import EdgebusError
 from edgebus.data.preprocess import crop_square_px, image_area, lesion_box, prob_in_frame
-from edgebus.runtime.bundle import bundle_acceptances, load_bundle, load_fusion, load_site, read_bundle
+from edgebus.runtime.bundle import bundle_acceptances, load_bundle, load_fusion, load_presence, load_site, read_bundle
 from edgebus.runtime.ensemble import EnsembleModel
 from edgebus.runtime.dicom import is_dicom, iter_frames
 from edgebus.runtime.frames import MAX_FRAME_PIXELS, gray_from_array, load_frame
 from edgebus.runtime.fusion import orientation_words, shape_result
 from edgebus.runtime.model import ExportedModel, check_gates
 from edgebus.runtime.overlay import render_overlay
+from edgebus.runtime.presence import NO_LESION
 
 LATENCY_KEYS = ("load", "invoke", "classify", "segment", "total")  # invoke: the interpreter calls only
 
@@ -72,7 +73,7 @@ def dicom_fields(path, fr, pixel_size_mm=None) -> dict:
             ("given" if pixel_size_mm else None), "note": fr.note}
 
 
-RESULT_FIELDS = ("file", "width", "height", "image_area", "prob_malignant", "prob_raw", "prob_classifier", "label", "threshold", "descriptors", "findings", "shape", "mask_threshold", "mask",
+RESULT_FIELDS = ("file", "width", "height", "image_area", "lesion", "prob_malignant", "prob_raw", "prob_classifier", "label", "threshold", "descriptors", "findings", "shape", "mask_threshold", "mask",
                  "mask_area_px", "pixel_size_mm", "mask_area_mm2", "bbox", "crop", "latency_ms", "gates", "error")
 
 
@@ -100,6 +101,16 @@ def _mask_fields(res: dict, full: np.ndarray, threshold: float, hw, area_box, pi
         res["bbox"] = [int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1]
 
 
+def _lesion_free(res: dict) -> None:
+    """A frame the presence rule calls lesion-free: no malignancy label, no box, no area, no findings;
+    the probabilities stay in the row for audit, and `lesion` says which rule decided."""
+    res["label"] = NO_LESION
+    if res["mask"] is not None:
+        res["mask"] = np.zeros_like(res["mask"])
+    for k in ("bbox", "mask_area_px", "mask_area_mm2", "shape", "descriptors", "findings", "crop"):
+        res[k] = None
+
+
 class LesionPipeline:
     """Classification + segmentation of one frame at a time. Load once, call `predict` per frame.
 
@@ -111,7 +122,7 @@ class LesionPipeline:
 
     def __init__(self, classifier: str | Path | None = None, segmenter: str | Path | None = None,
                  num_threads: int = 1, xnnpack: bool = True, max_pixels: int = MAX_FRAME_PIXELS, fusion=None,
-                 site: dict | None = None, accept_failed_gates: bool = False):
+                 site: dict | None = None, accept_failed_gates: bool = False, presence=None):
         if classifier is None and segmenter is None:
             raise EdgebusError("pass a classifier and/or a segmenter model (or a bundle folder)")
         if classifier is None or isinstance(classifier, EnsembleModel):
@@ -129,6 +140,10 @@ class LesionPipeline:
             raise EdgebusError(f"{fusion.path}: fuses the classifier with the lesion's shape; give a segmenter too "
                                "(or a multi-task classifier, whose file gives the mask)")
         self.site = site  # runtime.site: a threshold chosen on a site's own cases replaces the shipped one
+        self.presence = presence  # runtime.presence.LesionPresence: "no lesion found" before any malignancy label
+        if presence is not None and self.segmenter is None and not (self.classifier is not None and self.classifier.has_mask):
+            raise EdgebusError(f"{presence.path}: decides on the lesion-probability map; give a segmenter too "
+                               "(or a multi-task classifier, whose file gives the mask)")
         models = [m for m in (self.classifier, self.segmenter) if m is not None]
         accepted = [a for a in (check_gates(m, accept_failed_gates) for m in models) if a]
         # what every result row says of the export gates: the acceptance of a failed file, or each file's verdict
@@ -144,12 +159,14 @@ class LesionPipeline:
         c, s = load_bundle(folder, num_threads, xnnpack, rec)
         accept = accept_failed_gates or bool(bundle_acceptances(folder, rec))
         return cls(classifier=c, segmenter=s, num_threads=num_threads, xnnpack=xnnpack, fusion=load_fusion(folder, rec),
-                   site=load_site(folder, rec), accept_failed_gates=accept, **kw)
+                   site=load_site(folder, rec), accept_failed_gates=accept, presence=load_presence(folder, rec), **kw)
 
     def describe(self) -> dict:
         d = {m.task.role: m.describe() for m in (self.classifier, self.segmenter) if m is not None}
         if self.fusion is not None:
             d["fusion"] = self.fusion.describe()
+        if self.presence is not None:
+            d["presence"] = self.presence.describe()
         if self.site is not None:
             d["site"] = {"threshold": self.site["threshold"], "calibration": self.site.get("calibration"),
                          "sha256": self.site["sha256"],
@@ -289,6 +306,10 @@ class LesionPipeline:
         if prob is not None:
             _mask_fields(res, prob_in_frame(prob, image.shape) if self.classifier is None else full, mask_threshold,
                          (h, w), (x0, y0, x1, y1), pixel_size_mm)
+            if self.presence is not None:  # first of all: is there a lesion in this frame?
+                res["lesion"] = self.presence.decide(prob, mask_threshold)
+                if not res["lesion"]["present"]:
+                    _lesion_free(res)
         lat["invoke"] = round(lat["invoke"], 3)
         lat["total"] = _ms(t0, time.perf_counter())
         res["latency_ms"] = lat

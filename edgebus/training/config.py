@@ -27,6 +27,7 @@ class FitConfig:
     augment: bool | str = True  # True / "flip", "ultrasound" (edgebus.engine.augment), False / "none"
     normalize: str | None = None  # "percentile": intensity normalisation in the preprocessing contract
     descriptors: bool = False  # also train BI-RADS descriptor heads (edgebus.core.descriptors), where the sheet has them
+    lesion_free: bool = False  # a segmenter also learns an empty mask on each training frame's lesion-free band
     threshold: float = DEFAULT_THRESHOLD
 
     def resolve(self, command: str) -> str:
@@ -54,6 +55,9 @@ class FitConfig:
             lr_at(0, 1.0, 1, self.schedule)
         if self.descriptors and task != "classify":
             raise EdgebusError("--descriptors adds BI-RADS heads to a classifier; a segmenter has none")
+        if self.lesion_free and task != "segment":
+            raise EdgebusError("--lesion-free teaches a segmenter empty masks on lesion-free tissue; it is for "
+                               "'edgebus train segment' and 'edgebus cv segment'")
         return task
 
     def use_descriptors(self, ds, log=print) -> bool:

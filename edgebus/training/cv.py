@@ -59,7 +59,7 @@ class CVConfig(FitConfig):
 _CV_IDENTITY = ("task", "model", "folds", "size", "epochs", "lr", "batch", "seed", "weights", "model_kwargs",
                 "val_fraction", "augment", "keep", "threshold", "int8", "crop_margin", "int8_source", "qat_epochs",
                 "qat_distill", "normalize", "descriptors", "fold_seed", "schedule", "group_by", "teacher",
-                "teacher_masks", "teacher_weight")
+                "teacher_masks", "teacher_weight", "lesion_free")
 
 
 def _fold_record(task, f, fold, data, probs, metrics, kept_epoch, wall, threshold) -> dict:
@@ -301,6 +301,10 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print, backend: Backend | 
                 log(f"fold {f + 1}/{cfg.folds}: train {len(fold['train'])}, val {len(fold['val'])}, test {len(fold['test'])}")
                 boxes = None if seg_boxes is None else {**seg_boxes[f]["val"], **seg_boxes[f]["test"]}
                 data = load_split_data(by_id, fold, contract, task, boxes, **heads)
+                if cfg.lesion_free:  # the fold's own training frames' lesion-free bands, with empty masks
+                    from edgebus.data.presence import with_bands
+
+                    data["train"] = with_bands(data["train"], [by_id[i] for i in fold["train"]], contract)
                 if teachers is not None:
                     from edgebus.training.teacher import soften
 
@@ -309,6 +313,8 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print, backend: Backend | 
                 return fold_unit(cfg, contract, f, fold, data, progress, crop, _checkpoint(ckpts, f), log)
             shared = None
         else:
+            if cfg.lesion_free:
+                raise EdgebusError("--lesion-free runs with the local backend (each fold adds its own training frames' bands)")
             if seg_boxes is not None or cfg.crop_margin is not None:
                 raise EdgebusError("--backend ray runs whole-frame CVs; a lesion-crop CV cuts each fold's frames with its own "
                                    "boxes: run it with the local backend")

@@ -138,9 +138,15 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> Run:
         data = load_split_data(by_id, split, contract, task, boxes, masks=has_aux_mask(model),
                                descriptors=has_descriptors(model))
         distil = {}
+        if cfg.lesion_free:  # the training frames' lesion-free bands, with empty masks (edgebus.data.presence)
+            from edgebus.data.presence import with_bands
+
+            n = len(data["train"][0])
+            data["train"] = with_bands(data["train"], [by_id[i] for i in split["train"]], contract)
+            distil = {"lesion_free_bands": len(data["train"][0]) - n}
         if teachers is not None:
             data["train"] = soften(data["train"], [by_id[i] for i in split["train"]], teachers, None, cfg.teacher_weight)
-            distil = {"teacher": {**teachers["source"], "weight": cfg.teacher_weight}}
+            distil["teacher"] = {**teachers["source"], "weight": cfg.teacher_weight}
         model, hist, kept, wall = fit_keep(model, task, cfg, data, progress)
         write_model(run, model, history_csv(hist.history))
         write_metrics(run, model, data, cfg.batch)

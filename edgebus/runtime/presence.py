@@ -1,0 +1,54 @@
+"""The cart's lesion-presence rule (presence.json from `edgebus presence`): whether a frame shows a
+lesion at all, decided on the lesion-probability map the cart already has (the segmenter's, or a
+multi-task classifier's), before any malignancy label is given. Core install only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from edgebus.core import fusion
+from edgebus.core.calibration import valid_threshold
+from edgebus.core.errors import EdgebusError
+from edgebus.core.io import sha256_file
+from edgebus.data.presence import EVIDENCE, evidence
+
+PRESENCE_JSON = "presence.json"
+NO_LESION = "no lesion found"  # the label of a frame the rule calls lesion-free
+
+
+class LesionPresence:
+    """A presence.json: a logistic model on the map's evidence and its threshold (chosen out of fold
+    for a stated share of lesion frames missed). A file from elsewhere is checked before use."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            r = json.loads(self.path.read_text())
+            if r.get("schema") != "edgebus.presence/1":
+                raise KeyError("schema")
+            self.model, self.threshold = r["model"], r["threshold"]
+            if not fusion.valid_model(self.model, EVIDENCE):
+                raise KeyError("model")
+            if not valid_threshold(self.threshold):
+                raise ValueError(f"threshold {self.threshold!r} outside [0, 1]")
+            self.max_miss, self.mask_from = float(r["max_miss"]), r.get("mask_from") or {}
+        except FileNotFoundError:
+            raise EdgebusError(f"{self.path}: not found; make it with 'edgebus presence SEG_CV'") from None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise EdgebusError(f"{self.path}: not a presence file of this edgebus ({type(e).__name__}: {e}); "
+                               "re-run 'edgebus presence'") from None
+        self.sha256 = sha256_file(self.path)
+
+    def decide(self, prob: np.ndarray, mask_threshold: float) -> dict:
+        """{"present", "score", "threshold", "rule"} of one lesion-probability map (the model's grid)."""
+        score = float(fusion.predict(self.model, np.asarray([evidence(prob, mask_threshold)]), EVIDENCE)[0])
+        return {"present": bool(score >= self.threshold), "score": round(score, 6), "threshold": self.threshold,
+                "rule": f"presence model {self.path.name} (sha256 {self.sha256[:12]}), at most {self.max_miss:.0%} "
+                        "of lesion frames missed out of fold"}
+
+    def describe(self) -> dict:
+        return {"file": self.path.name, "sha256": self.sha256, "threshold": self.threshold, "max_miss": self.max_miss,
+                "mask_from": self.mask_from}
