@@ -90,6 +90,9 @@ def predict(
         overwrite: bool = typer.Option(False, "--overwrite", help="replace the predictions already in --out instead of resuming"),
         dicom_seg: bool = typer.Option(False, "--dicom-seg", help="also write each single-frame DICOM's lesion mask as a DICOM "
                                        "Segmentation referencing it (seg/NAME.seg.dcm; the dicom extra)"),
+        dicom_sr: bool = typer.Option(False, "--dicom-sr", help="also write each DICOM frame's findings as a DICOM "
+                                      "Structured Report (TID 1500: presence, probability, label, BI-RADS findings, "
+                                      "area, the models' sha256; sr/NAME.sr.dcm; the dicom extra)"),
         accept_failed_gates: bool = typer.Option(False, "--accept-failed-gates", help="run a model file that failed its "
                                                  "export gates anyway (every result row says so)")):
     """Classify and segment ultrasound frames with exported .tflite models, offline and without TensorFlow.
@@ -154,7 +157,7 @@ def predict(
         else:
             say(f"{role}: {m['file']} ({m['format']}, {m['input_size'][0]}x{m['input_size'][1]}, threshold {m['threshold']:.2f})")
     s = predict_files(pipe, files, out, pixel_sizes, pixel_size, overlays, masks, log=typer.echo, overwrite=overwrite,
-                      dicom_seg=dicom_seg)
+                      dicom_seg=dicom_seg, dicom_sr=dicom_sr)
     say(f"{s['frames']} frames: {s['ok']} ok, {s['failed']} failed; {fps_line(s['fps'])}")
     say(f"results: {s['predictions']['jsonl']}, {s['predictions']['csv']}, {s['summary_file']}")
     if s["failed"]:

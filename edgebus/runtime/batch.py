@@ -25,7 +25,7 @@ from edgebus.runtime.pipeline import LATENCY_KEYS, LesionPipeline
 
 CSV_FIELDS = ("file", "frame", "sop_instance_uid", "width", "height", "prob_malignant", "prob_raw", "prob_classifier", "label", "threshold", "findings", "mask_threshold", "mask_area_px",
               "pixel_size_mm", "mask_area_mm2", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1",
-              *(f"latency_{k}_ms" for k in LATENCY_KEYS), "overlay", "mask_file", "dicom_seg", "error")
+              *(f"latency_{k}_ms" for k in LATENCY_KEYS), "overlay", "mask_file", "dicom_seg", "dicom_sr", "error")
 
 
 def _row(res: dict, overlay: str | None, mask_file: str | None) -> dict:
@@ -123,17 +123,19 @@ def model_identity(pipeline: LesionPipeline) -> dict:
                                   for role, d in pipeline.describe().items()}, default=str))
 
 
-def _identity(pipeline: LesionPipeline, pixel_size_mm, overlays: bool, masks: bool, dicom_seg: bool) -> dict:
+def _identity(pipeline: LesionPipeline, pixel_size_mm, overlays: bool, masks: bool, dicom_seg: bool,
+              dicom_sr: bool = False) -> dict:
     """What decides a frame's row: the models (by content) and the output settings."""
     return {"schema": "edgebus.predict-run/1", "models": model_identity(pipeline), "pixel_size_mm": pixel_size_mm,
-            "overlays": overlays, "masks": masks, **({"dicom_seg": True} if dicom_seg else {})}
+            "overlays": overlays, "masks": masks, **({"dicom_seg": True} if dicom_seg else {}),
+            **({"dicom_sr": True} if dicom_sr else {})}
 
 
 def _clear(out: Path) -> None:
     """Remove what an earlier predict wrote into `out` (its own files only)."""
     for name in (RUN_FILE, "predictions.jsonl", "predictions.csv", "summary.json"):
         (out / name).unlink(missing_ok=True)
-    for sub, pattern in (("overlays", "*.png"), ("masks", "*.png"), ("seg", "*.seg.dcm")):
+    for sub, pattern in (("overlays", "*.png"), ("masks", "*.png"), ("seg", "*.seg.dcm"), ("sr", "*.sr.dcm")):
         if (out / sub).is_dir() and not (out / sub).is_symlink():
             for p in (out / sub).glob(pattern):
                 p.unlink()
@@ -151,13 +153,14 @@ def read_rows(jsonl: Path) -> list[dict]:
     return rows
 
 
-def _open_out(out: Path, ident: dict, overlays: bool, masks: bool, overwrite: bool, dicom_seg: bool = False) -> dict:
+def _open_out(out: Path, ident: dict, overlays: bool, masks: bool, overwrite: bool, dicom_seg: bool = False,
+              dicom_sr: bool = False) -> dict:
     """Create `out` or reopen it to resume: {file: row} of the frames already done. Refuses a
     folder whose rows came from other models or settings (they would mix), unless `overwrite`."""
     out = make_dir(out, "--out")
     if overwrite:
         _clear(out)
-    for sub, wanted in (("overlays", overlays), ("masks", masks), ("seg", dicom_seg)):
+    for sub, wanted in (("overlays", overlays), ("masks", masks), ("seg", dicom_seg), ("sr", dicom_sr)):
         if wanted:
             make_dir(out / sub, "--out")
     run_file = out / RUN_FILE
@@ -216,7 +219,7 @@ def _write_files(out: Path, stem: str, res: dict, gray, overlays: bool, masks: b
 
 def predict_files(pipeline: LesionPipeline, files: list[Path], out: str | Path, pixel_sizes: dict | None = None,
                   pixel_size_mm: float | None = None, overlays: bool = True, masks: bool = True, log=print,
-                  overwrite: bool = False, dicom_seg: bool = False) -> dict:
+                  overwrite: bool = False, dicom_seg: bool = False, dicom_sr: bool = False) -> dict:
     """Predict every file, one log line each, into `out`: predictions.jsonl gets one line per frame
     once its overlays/<name>.png and masks/<name>.png (0/255) are written, by a second thread while
     later frames run (a killed run loses at most the WRITE_AHEAD frames in writing; a power cut at most
@@ -225,7 +228,8 @@ def predict_files(pipeline: LesionPipeline, files: list[Path], out: str | Path, 
     the same --out, it skips the frames already done (a frame that failed is tried again). A bad
     frame gets a row with `error` and the run goes on. overwrite: first remove what an earlier
     predict wrote there. dicom_seg: also write each single-frame DICOM's mask as a DICOM
-    Segmentation referencing it, seg/<name>.seg.dcm (edgebus.runtime.dicom_seg). Returns the summary.
+    Segmentation referencing it, seg/<name>.seg.dcm (edgebus.runtime.dicom_seg). dicom_sr: also write
+    each DICOM frame's structured report, sr/<name>.sr.dcm (edgebus.runtime.dicom_sr). Returns the summary.
     A file name that is not valid UTF-8 is kept exactly in the JSON files and shown escaped in the
     log and the CSV (edgebus.runtime.frames.printable)."""
     out = Path(out)
@@ -237,8 +241,8 @@ def predict_files(pipeline: LesionPipeline, files: list[Path], out: str | Path, 
         raise EdgebusError("--dicom-seg writes the segmenter's masks; give a segmenter too (--segmenter, or a bundle with both)")
     make_dir(out, "--out")
     with one_writer(out):  # a second predict here would write every frame twice
-        done = _open_out(out, _identity(pipeline, pixel_size_mm, overlays, masks, dicom_seg), overlays, masks, overwrite,
-                         dicom_seg)
+        done = _open_out(out, _identity(pipeline, pixel_size_mm, overlays, masks, dicom_seg, dicom_sr), overlays, masks,
+                         overwrite, dicom_seg, dicom_sr)
         jsonl = out / "predictions.jsonl"
         pixel_sizes = pixel_sizes or {}
         rows, resumed = [], 0
@@ -268,6 +272,10 @@ def predict_files(pipeline: LesionPipeline, files: list[Path], out: str | Path, 
                     pipe_s += lat["total"] / 1000
                     if dicom_seg and res.get("source_file") and res.get("frame") == 1:
                         res["dicom_seg"], note = _write_seg(pipeline, res, out / "seg" / f"{stem}.seg.dcm")
+                        if note:
+                            log(note)
+                    if dicom_sr and res.get("source_file"):
+                        res["dicom_sr"], note = _write_sr(pipeline, res, out / "sr" / f"{stem}.sr.dcm")
                         if note:
                             log(note)
                     log(f"{Path(f).name}: {_describe_result(res)}")
@@ -321,6 +329,8 @@ def predict_files(pipeline: LesionPipeline, files: list[Path], out: str | Path, 
                 loops.setdefault(r["source_file"], []).append(r)
         if dicom_seg:
             summary["dicom_seg"] = [r["dicom_seg"] for r in rows if r.get("dicom_seg")]
+        if dicom_sr:
+            summary["dicom_sr"] = [r["dicom_sr"] for r in rows if r.get("dicom_sr")]
         if loops:  # cine loops: the frame with the largest lesion and the mean probability, per loop
             summary["loops"] = {src: loop_summary(rs) for src, rs in loops.items()}
         summary["summary_file"] = str(write_json(out / "summary.json", summary))
@@ -345,6 +355,16 @@ def _write_seg(pipeline: LesionPipeline, res: dict, path: Path) -> tuple[str | N
                              {"name": f"{seg.get('model') or 'segmenter'} {Path(seg['file']).name}", "version": seg.get("sha256", "")[:16] or "unknown"})), None
     except EdgebusError as e:
         return None, f"note: no DICOM SEG: {e}"
+
+
+def _write_sr(pipeline: LesionPipeline, res: dict, path: Path) -> tuple[str | None, str | None]:
+    """(the SR file, or None and the one line saying why not) of a DICOM frame's result."""
+    from edgebus.runtime.dicom_sr import write_sr
+
+    try:
+        return str(write_sr(res["source_file"], res, path, pipeline.describe(), res.get("dicom_seg"))), None
+    except EdgebusError as e:
+        return None, f"note: no DICOM SR: {e}"
 
 
 def _describe_result(res: dict) -> str:
