@@ -1,4 +1,8 @@
-"""Rule 14 (training/results/clinic.md): the seed-0 cart's shape fusion with and without the patient's age."""
+"""Rule 14 (training/results/clinic.md): the seed-0 cart's shape fusion with and without the patient's age.
+
+Run with the CVs of training/results/student.md at /work/runs/t31 (cv-s0, unet-cv); writes age.json (committed
+beside this script):  python training/results/levers/age.py
+"""
 import json
 import numpy as np
 from edgebus.core import fusion
