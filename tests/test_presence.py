@@ -105,6 +105,15 @@ def test_presence_from_a_segment_cv_made_with_lesion_free_bands(seg_cv, tmp_path
     assert fusion.valid_model(res["model"], EVIDENCE) and 0 <= res["threshold"] <= 1
     assert "lesion-free bands" in (tmp_path / "p" / "presence.md").read_text()
     one_line_error(cli("presence", seg_cv, "--out", tmp_path / "p", "--max-miss", 0.1), "presence.json", "--overwrite")
+    from edgebus.data.stress import conditions
+
+    r = cli("presence", seg_cv, "--out", tmp_path / "s", "--stress")
+    assert r.exit_code == 0, r.output
+    st = json.loads((tmp_path / "s" / "presence.json").read_text())
+    assert list(st["stress"]) == [f"{n} {v:g}" for n, v in conditions()]
+    assert all(v["lesion_frames"] == 38 and 0 <= v["lesion_missed"] <= 1 for v in st["stress"].values())
+    assert st["out_of_fold"] == res["out_of_fold"] and st["model"] == res["model"]  # stress adds, changes nothing
+    assert "Under the acquisition changes" in (tmp_path / "s" / "presence.md").read_text()
     one_line_error(cli("presence", seg_cv, "--max-miss", 0.7, "--out", tmp_path / "q"), "--max-miss")
     one_line_error(cli("cv", "classify", "--data", seg_cv, "--model", "test-cnn", "--lesion-free"), "--lesion-free")
 

@@ -118,14 +118,16 @@ def presence(segment_cv: Path = typer.Argument(..., help="a segment CV made with
                                             "lesion-free (sets the threshold, out of fold)"),
              out: Optional[Path] = typer.Option(None, "--out", help="where to write presence.json/.md (default: "
                                                 "SEGMENT_CV/presence)"),
-             overwrite: bool = typer.Option(False, "--overwrite", help="replace a presence rule made from other inputs")):
+             overwrite: bool = typer.Option(False, "--overwrite", help="replace a presence rule made from other inputs"),
+             stress: bool = typer.Option(False, "--stress", help="also score the rule under every acquisition change of "
+                                         "'edgebus stress' (each fold's rule, fitted on clean frames)")):
     """When the cart says "no lesion found": a rule on the lesion map, learned and scored out of fold.
 
     Lesion-free examples come from the data set itself: a band of tissue beside each test frame's lesion,
     and the sheet's normal frames. Bundle the result with 'edgebus bundle --presence'."""
     from edgebus.training.presence import presence_cv
 
-    presence_cv(segment_cv, out, max_miss, log=typer.echo, overwrite=overwrite)
+    presence_cv(segment_cv, out, max_miss, log=typer.echo, overwrite=overwrite, stress=stress)
 
 
 @friendly

@@ -20,9 +20,10 @@ PRESENCE_JSON = "presence.json"
 MAX_MISS = 0.02  # lesion frames the cart may call lesion-free (issue #35's target)
 
 
-def presence_inputs(seg_cv) -> dict:
+def presence_inputs(seg_cv, stress: bool = False) -> dict:
     """Evidence rows x, y (1 lesion frame, 0 lesion-free), fold, kind ("lesion", "band", "normal") and
-    case ids, from each fold's int8 mask model on its own test frames."""
+    case ids, from each fold's int8 mask model on its own test frames; with stress, also the rows of
+    every example under each acquisition change of `edgebus stress` ({"change strength": rows})."""
     from edgebus.core.manifest import Run
     from edgebus.data.arrays import run_dataset
     from edgebus.data.preprocess import cut_area, image_area, load_gray, load_mask
@@ -38,11 +39,16 @@ def presence_inputs(seg_cv) -> dict:
     ds = run_dataset(run)
     by_id = {c.case_id: c for c in ds.cases}
     rows, y, fold, kind, ids = [], [], [], [], []
+    from edgebus.data.stress import apply_change, conditions
+
+    changed = {f"{n} {v:g}": [] for n, v in conditions()} if stress else {}
 
     def add(model, image, label, f, what, i):
-        prob = model.run(model.input_for(cut_area(image)[0]))[..., 0]
-        rows.append(evidence(prob, model.threshold))
+        see = lambda img: evidence(model.run(model.input_for(cut_area(img)[0]))[..., 0], model.threshold)  # noqa: E731
+        rows.append(see(image))
         y.append(label), fold.append(f), kind.append(what), ids.append(i)
+        for (n, v), key in zip(conditions() if stress else [], changed):  # the same example as another scanner shows it
+            changed[key].append(see(apply_change(image, None, n, v, 0, i)[0]))
 
     for r in recs:
         m = models[r["fold"]]
@@ -60,7 +66,7 @@ def presence_inputs(seg_cv) -> dict:
     if not (0 in y and 1 in y):
         raise EdgebusError(f"{seg_cv}: no lesion-free example could be made (no band beside a lesion, no normal frame)")
     return {"x": np.asarray(rows), "y": np.asarray(y), "fold": np.asarray(fold), "kind": np.asarray(kind),
-            "ids": ids, "task": task, "run": run}
+            "ids": ids, "task": task, "run": run, "stressed": {k: np.asarray(v) for k, v in changed.items()}}
 
 
 def _rates(y, present) -> dict:
@@ -69,8 +75,9 @@ def _rates(y, present) -> dict:
             "lesion_frames": int(y.sum()), "lesion_free_frames": int((~y).sum())}
 
 
-def cross_fitted(x, y, fold, max_miss: float, columns=None) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, present): each fold scored by the model, and decided by the threshold, fitted on the other folds."""
+def cross_fitted(x, y, fold, max_miss: float, columns=None, others: dict | None = None):
+    """(scores, present[, {name: present}]): each fold scored by the model, and decided by the threshold,
+    fitted on the other folds; `others` ({name: rows like x}) decided by the same fold models."""
     from edgebus.core import fusion
     from edgebus.core.metrics import threshold_for_sensitivity
     from edgebus.data.presence import EVIDENCE
@@ -78,13 +85,16 @@ def cross_fitted(x, y, fold, max_miss: float, columns=None) -> tuple[np.ndarray,
     cols = list(range(len(EVIDENCE))) if columns is None else columns
     names = [EVIDENCE[c] for c in cols]
     scores, present = np.zeros(len(y)), np.zeros(len(y), bool)
+    decided = {k: np.zeros(len(y), bool) for k in (others or {})}
     for f in np.unique(fold):
         test, rest = fold == f, fold != f
         model = fusion.fit_logistic(x[rest][:, cols], y[rest], names, "presence")
         t = threshold_for_sensitivity(y[rest], fusion.predict(model, x[rest][:, cols], names), 1 - max_miss)["threshold"]
         scores[test] = fusion.predict(model, x[test][:, cols], names)
         present[test] = scores[test] >= t
-    return scores, present
+        for k, rows in (others or {}).items():
+            decided[k][test] = fusion.predict(model, rows[test][:, cols], names) >= t
+    return (scores, present) if others is None else (scores, present, decided)
 
 
 def _boot(y, present, n_boot: int = 2000, seed: int = 0) -> dict:
@@ -98,9 +108,11 @@ def _boot(y, present, n_boot: int = 2000, seed: int = 0) -> dict:
     return {k: [float(np.quantile(v, 0.025)), float(np.quantile(v, 0.975))] for k, v in out.items()}
 
 
-def presence_cv(seg_cv, out=None, max_miss: float = MAX_MISS, log=print, overwrite: bool = False) -> dict:
+def presence_cv(seg_cv, out=None, max_miss: float = MAX_MISS, log=print, overwrite: bool = False,
+                stress: bool = False) -> dict:
     """Fit and score the presence rule out of fold; write presence.json / presence.md (default:
-    SEG_CV/presence/) with the model and threshold fitted on every fold."""
+    SEG_CV/presence/) with the model and threshold fitted on every fold. stress: also decide every
+    example under each acquisition change of `edgebus stress`, by the rule fitted on clean folds."""
     from edgebus.core import fusion
     from edgebus.core.io import atomic_write, check_report, make_dir, write_json
     from edgebus.core.metrics import roc_auc, threshold_for_sensitivity
@@ -111,9 +123,9 @@ def presence_cv(seg_cv, out=None, max_miss: float = MAX_MISS, log=print, overwri
         raise EdgebusError(f"--max-miss {max_miss}: give the share of lesion frames that may be called lesion-free, e.g. 0.02")
     seg_cv = Path(seg_cv)
     out = Path(out) if out else seg_cv / "presence"
-    ident = check_report(out / PRESENCE_JSON, {"segment_folds_sha256": folds_sha256(seg_cv), "max_miss": max_miss},
-                         overwrite)
-    inp = presence_inputs(seg_cv)
+    ident = check_report(out / PRESENCE_JSON, {"segment_folds_sha256": folds_sha256(seg_cv), "max_miss": max_miss,
+                                               "stress": stress}, overwrite)
+    inp = presence_inputs(seg_cv, stress)
     x, y, fold, kind = inp["x"], inp["y"], inp["fold"], inp["kind"]
     rows = {}
     for name, cols in (("evidence model", None), ("highest probability alone", [0])):
@@ -121,6 +133,10 @@ def presence_cv(seg_cv, out=None, max_miss: float = MAX_MISS, log=print, overwri
         rows[name] = {**_rates(y, present), "ci": _boot(y, present), "auc": roc_auc(y, s),
                       "by_kind": {k: float((~present[kind == k]).mean()) for k in ("band", "normal") if (kind == k).any()},
                       "per_fold": [{"fold": int(f), **_rates(y[fold == f], present[fold == f])} for f in np.unique(fold)]}
+    stressed = {}
+    if stress:  # the rule of each fold, fitted on clean frames, on the same examples as other scanners show them
+        _, _, decided = cross_fitted(x, y, fold, max_miss, None, inp["stressed"])
+        stressed = {k: _rates(y, v) for k, v in decided.items()}
     model = fusion.fit_logistic(x, y, list(EVIDENCE), "presence")
     threshold = threshold_for_sensitivity(y, fusion.predict(model, x, EVIDENCE), 1 - max_miss)["threshold"]
     mask_model = inp["run"].manifest.model.name if inp["run"].manifest.model else None
@@ -128,7 +144,7 @@ def presence_cv(seg_cv, out=None, max_miss: float = MAX_MISS, log=print, overwri
               "evidence": list(EVIDENCE), "mask_from": {"cv": str(seg_cv), "task": inp["task"], "model": mask_model},
               "examples": {"margin": MARGIN, "min_side": MIN_SIDE, "lesion": int(y.sum()),
                            "band": int((kind == "band").sum()), "normal": int((kind == "normal").sum())},
-              "out_of_fold": rows, "inputs": ident,
+              "out_of_fold": rows, "stress": stressed, "inputs": ident,
               "note": "every reported number is cross-fitted: model and threshold fitted on the other folds"}
     out = make_dir(out, "presence folder")
     write_json(out / PRESENCE_JSON, result)
@@ -156,7 +172,17 @@ def presence_md(r: dict) -> str:
         lines.append(f"| {name} | {f(row['lesion_missed'], row['ci']['lesion_missed'])} | "
                      f"{f(row['lesion_free_found_free'], row['ci']['lesion_free_found_free'])} | {kinds} | {row['auc']:.3f} |")
     per = ", ".join(f"{p['lesion_missed']:.3f} / {p['lesion_free_found_free']:.3f}" for p in r["out_of_fold"]["evidence model"]["per_fold"])
-    lines += ["", f"Per held-out fold (lesion frames missed / lesion-free called lesion-free): {per}.", "",
+    lines += ["", f"Per held-out fold (lesion frames missed / lesion-free called lesion-free): {per}.", ""]
+    if r.get("stress"):
+        worst_miss = max(r["stress"].items(), key=lambda kv: kv[1]["lesion_missed"])
+        worst_free = min(r["stress"].items(), key=lambda kv: kv[1]["lesion_free_found_free"])
+        lines += ["Under the acquisition changes of `edgebus stress` (each fold's rule, fitted on clean frames, on its "
+                  "own examples as another scanner would show them):", "",
+                  "| change | lesion frames called lesion-free | lesion-free examples called lesion-free |", "|---|---|---|"]
+        lines += [f"| {k} | {v['lesion_missed']:.3f} | {v['lesion_free_found_free']:.3f} |" for k, v in r["stress"].items()]
+        lines += ["", f"Worst: {worst_miss[0]} misses {worst_miss[1]['lesion_missed']:.3f} of lesion frames; {worst_free[0]} "
+                  f"calls {worst_free[1]['lesion_free_found_free']:.3f} of lesion-free examples lesion-free.", ""]
+    lines += [
               f"Shipped: the evidence model ({', '.join(r['evidence'])}) fitted on every example, threshold "
               f"{r['threshold']:.4f} on its output. A band is tissue of a frame that also holds a lesion, seen "
               "as a frame of its own: a stand-in for a lesion-free frame, not one.", ""]
