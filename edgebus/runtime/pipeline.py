@@ -161,6 +161,14 @@ class LesionPipeline:
         return cls(classifier=c, segmenter=s, num_threads=num_threads, xnnpack=xnnpack, fusion=load_fusion(folder, rec),
                    site=load_site(folder, rec), accept_failed_gates=accept, presence=load_presence(folder, rec), **kw)
 
+    def _contract_key(self, m) -> tuple:
+        """What decides a model's resized pixels (size, channels, normalisation), worked out once per model."""
+        keys = self.__dict__.setdefault("_keys", {})
+        if id(m) not in keys:
+            keys[id(m)] = (tuple(m.contract["size"]), m.contract["channels"],
+                           json.dumps(m.contract.get("normalize"), sort_keys=True))
+        return keys[id(m)]
+
     def describe(self) -> dict:
         d = {m.task.role: m.describe() for m in (self.classifier, self.segmenter) if m is not None}
         if self.fusion is not None:
@@ -252,7 +260,7 @@ class LesionPipeline:
         pixels = {}
 
         def model_input(m):  # one resize per contract, shared by the models; then each model's table lookup
-            key = (tuple(m.contract["size"]), m.contract["channels"], json.dumps(m.contract.get("normalize"), sort_keys=True))
+            key = self._contract_key(m)
             if key not in pixels:
                 pixels[key] = m.pixels_for(image)
             return m.tensor_for(pixels[key])
