@@ -169,6 +169,12 @@ def test_bundle_carries_the_presence_rule_and_predict_reports_it(cart_models, sy
     assert "presence: presence.json" in r.output
     rows = [json.loads(line) for line in (tmp_path / "pred" / "predictions.jsonl").read_text().splitlines()]
     assert rows and all(x["label"] == "no lesion found" and x["bbox"] is None for x in rows)
+    import csv
+
+    with open(tmp_path / "pred" / "predictions.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [t["lesion_present"] for t in table] == ["False"] * len(rows)
+    assert [float(t["lesion_score"]) for t in table] == [x["lesion"]["score"] for x in rows]
     overlay = next((tmp_path / "pred" / "overlays").glob("*.png"))
     assert Image.open(overlay).size[0] > 0
     # a changed rule file is refused; a rule for another mask model is refused at bundle time

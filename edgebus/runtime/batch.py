@@ -23,7 +23,7 @@ from edgebus.runtime.frames import printable
 from edgebus.runtime.overlay import render_overlay, save_png
 from edgebus.runtime.pipeline import LATENCY_KEYS, LesionPipeline
 
-CSV_FIELDS = ("file", "frame", "sop_instance_uid", "width", "height", "prob_malignant", "prob_raw", "prob_classifier", "label", "threshold", "findings", "mask_threshold", "mask_area_px",
+CSV_FIELDS = ("file", "frame", "sop_instance_uid", "width", "height", "lesion_present", "lesion_score", "prob_malignant", "prob_raw", "prob_classifier", "label", "threshold", "findings", "mask_threshold", "mask_area_px",
               "pixel_size_mm", "mask_area_mm2", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1",
               *(f"latency_{k}_ms" for k in LATENCY_KEYS), "overlay", "mask_file", "dicom_seg", "dicom_sr", "error")
 
@@ -41,6 +41,8 @@ def _csv_row(row: dict) -> dict:
         out[k] = row["bbox"][i] if row.get("bbox") else None
     for k in LATENCY_KEYS:
         out[f"latency_{k}_ms"] = (row.get("latency_ms") or {}).get(k)
+    lesion = row.get("lesion") or {}  # the presence rule's decision, where the cart has one
+    out["lesion_present"], out["lesion_score"] = lesion.get("present"), lesion.get("score")
     return {k: "" if v is None else v for k, v in out.items()}
 
 
