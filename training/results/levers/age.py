@@ -4,6 +4,7 @@ Run with the CVs of training/results/student.md at /work/runs/t31 (cv-s0, unet-c
 beside this script):  python training/results/levers/age.py
 """
 import json
+from pathlib import Path
 import numpy as np
 from edgebus.core import fusion
 from edgebus.core.calibration import crossfit_operating_point
@@ -33,4 +34,4 @@ for label, xx, nm in (("fused", x, names), ("fused + age", np.c_[x, age], names 
     res[label] = {"auc": auc, "sensitivity": op["sensitivity"], "specificity": op["specificity"],
                   "specificity_ci": op["specificity_ci"], "sensitivity_ci": op["sensitivity_ci"]}
     print(label, "AUC %.3f [%.3f, %.3f]" % (auc["value"], auc["lo"], auc["hi"]), "sens %.3f spec %.3f [%.3f, %.3f]" % (op["sensitivity"], op["specificity"], *op["specificity_ci"]))
-json.dump(res, open("/work/runs/t32/age.json", "w"), indent=1)
+Path(__file__).with_name("age.json").write_text(json.dumps(res, indent=1))
