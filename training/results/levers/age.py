@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 from edgebus.core import fusion
 from edgebus.core.calibration import crossfit_operating_point
-from edgebus.core.metrics import roc_auc
 from edgebus.core.stats import bootstrap_classification
 from edgebus.data.breast import case_attributes
 from edgebus.training.shape_fusion import fusion_inputs
