@@ -191,3 +191,19 @@ def test_bundle_carries_the_presence_rule_and_predict_reports_it(cart_models, sy
     one_line_error(cli("bundle", "--classifier", cart_models["cls_file"], "--segmenter", cart_models["seg_file"],
                        "--presence", bad, "--out", tmp_path / "c4"), "not a presence file", "edgebus presence")
     shutil.rmtree(tmp_path / "pred")
+
+
+def test_train_segment_lesion_free_learns_from_every_training_bands(synthetic_breast_dir, tmp_path):
+    from edgebus.data.arrays import read_lesions
+    from edgebus.data.preprocess import image_area, load_gray, load_mask
+
+    out = tmp_path / "seg"
+    r = cli("train", "segment", "--data", synthetic_breast_dir, "--model", "test-unet", "--size", 32, "--epochs", 1,
+            "--lesion-free", "--out", out, "--quiet")
+    assert r.exit_code == 0, r.output
+    stage = manifest(out)["stages"]["train"]
+    ids = set(json.loads((out / "split.json").read_text())["train"])  # the training part only, never val or test
+    _, cases = read_lesions(synthetic_breast_dir)
+    want = sum(lesion_free_band(image_area(load_gray(c.image)), load_mask(c.mask)) is not None
+               for c in cases if c.case_id in ids)
+    assert stage["lesion_free_bands"] == want > 0
