@@ -279,3 +279,22 @@ def test_summary_shows_wall_clock_frames_per_second_first(tmp_path):
     line = fps_line(summary["fps"])
     assert line.startswith(f"frames/s: {summary['fps']['wall']} wall clock") and "inference only" in line
     assert fps_line({"wall": None, "inference": None, "pipeline": None}) == "no frame predicted now"
+
+
+def test_stream_gives_each_frames_own_result_in_order(cart_models, synthetic_breast_dir):
+    """stream() overlaps frames (one in its interpreter call, another in Python): every result equals the
+    frame's own predict(), in the order given, arrays and files alike."""
+    from edgebus.data.preprocess import load_gray
+    from edgebus.runtime import LesionPipeline
+
+    pipe = LesionPipeline(cart_models["cls_file"], cart_models["seg_file"])
+    files = sorted((synthetic_breast_dir / "BrEaST-Lesions_USG-images_and_masks").glob("case*[0-9].png"))[:12]
+    frames = [f if i % 2 else load_gray(f) for i, f in enumerate(files)]
+    want = [pipe.predict(f) for f in frames]
+    got = list(pipe.stream(iter(frames), workers=3))
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert {k: v for k, v in a.items() if k not in ("mask", "latency_ms")} == \
+            {k: v for k, v in b.items() if k not in ("mask", "latency_ms")}
+        assert np.array_equal(a["mask"], b["mask"])
+    assert [r["file"] for r in got] == [str(f) if i % 2 else None for i, f in enumerate(files)]

@@ -43,7 +43,10 @@ is x1 - x0 pixels wide), None when the mask is empty.
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -141,6 +144,7 @@ class LesionPipeline:
                                "(or a multi-task classifier, whose file gives the mask)")
         self.site = site  # runtime.site: a threshold chosen on a site's own cases replaces the shipped one
         self.presence = presence  # runtime.presence.LesionPresence: "no lesion found" before any malignancy label
+        self._invoking = threading.Lock()
         if presence is not None and self.segmenter is None and not (self.classifier is not None and self.classifier.has_mask):
             raise EdgebusError(f"{presence.path}: decides on the lesion-probability map; give a segmenter too "
                                "(or a multi-task classifier, whose file gives the mask)")
@@ -198,6 +202,23 @@ class LesionPipeline:
             return rows[0]
         return self.predict_with_frame(frame, pixel_size_mm, name)[0]
 
+    def stream(self, frames, pixel_size_mm: float | None = None, workers: int = 2):
+        """Results of an iterable of frames (paths, arrays or PIL images; a live capture's buffer), in
+        order, `workers` frames in flight: one frame's decode and post-processing (Python, which holds
+        the GIL) run while another frame's interpreter call (which releases it) does, so a cart's
+        second core is used. Each interpreter still runs one frame at a time. Results are those of
+        predict_with_frame, frame by frame."""
+        if workers < 1:
+            raise EdgebusError(f"workers {workers}: give 1 or more")
+        with ThreadPoolExecutor(workers) as pool:
+            pending = deque()
+            for frame in frames:
+                pending.append(pool.submit(self.predict_with_frame, frame, pixel_size_mm))
+                if len(pending) > workers:
+                    yield pending.popleft().result()[0]
+            while pending:
+                yield pending.popleft().result()[0]
+
     def predict_dicom(self, path, pixel_size_mm: float | None = None) -> list[dict]:
         """Every frame of an ultrasound DICOM file, one result each (with frame number and SOP
         Instance UID); the pixel size from its ultrasound regions wins over `pixel_size_mm`."""
@@ -247,9 +268,10 @@ class LesionPipeline:
         lat = {"load": _ms(t0, t1), "invoke": 0.0, "classify": None, "segment": None}
 
         def run(m, tensor) -> dict:  # one model's invoke(s), timed apart from the rest of the frame
-            ta = time.perf_counter()
-            out = m.outputs_for(tensor)
-            lat["invoke"] += (time.perf_counter() - ta) * 1000
+            with self._invoking:  # an interpreter runs one frame at a time (stream() overlaps the rest)
+                ta = time.perf_counter()
+                out = m.outputs_for(tensor)
+                lat["invoke"] += (time.perf_counter() - ta) * 1000
             return out
 
         h, w = gray.shape
