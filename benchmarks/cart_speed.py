@@ -10,6 +10,8 @@ repeats the list K times, e.g. a 5-fold CV's files x 3 for the 15-member cart's 
 `+seg:FILE` and `+fusion:FILE`. Per cart, interleaved with the others in rounds over the same frames:
 - live: `LesionPipeline.predict` on frames already in memory (a capture card's buffer), fusion and
   descriptors on, no overlay: frames/s, and the share of the frame spent outside `invoke()`;
+- stream: `LesionPipeline.stream` on the same frames, 2 in flight (one in its interpreter call while
+  another is in Python): frames/s with the cart's second core, interpreters still at --threads each;
 - inference: `invoke()` alone (every network of the cart), frames/s;
 - decode: reading the PNG files, ms per frame (what the file path adds to the live path);
 - predict: `edgebus predict` as the command runs it (PNG in, overlays and masks written, results
@@ -153,7 +155,7 @@ def main():
         pipe = build_cart(spec, a.threads)
         nets = networks(pipe)
         carts[name] = {"pipe": pipe, "clock": InvokeClock(nets), "macs": sum(tflite_macs(m) for m in nets),
-                       "networks": len(nets), "wall": [], "invoke": []}
+                       "networks": len(nets), "wall": [], "invoke": [], "stream": []}
         for g in grays[:3]:  # warm-up
             pipe.predict(g, a.pixel_size)
     for r in range(a.rounds):
@@ -165,15 +167,19 @@ def main():
                 c["pipe"].predict(g, a.pixel_size)
             c["wall"].append(time.perf_counter() - t0)
             c["invoke"].append(c["clock"].total)
+            t0 = time.perf_counter()
+            for _ in c["pipe"].stream(grays, a.pixel_size, workers=2):
+                pass
+            c["stream"].append(time.perf_counter() - t0)
     for name, c in carts.items():
         with tempfile.TemporaryDirectory() as tmp:
             s = predict_files(c["pipe"], files, Path(tmp) / "p", pixel_size_mm=a.pixel_size, log=lambda *_: None)
         c["predict_fps"], c["predict_pipeline_fps"] = s["fps"]["wall"], s["fps"]["pipeline"]
     n = len(grays)
-    rows = ["| cart | networks per frame | MMAC per frame | live frames/s (ms per frame) | inference frames/s | "
+    rows = ["| cart | networks per frame | MMAC per frame | live frames/s (ms per frame) | stream, 2 in flight, frames/s | inference frames/s | "
             "outside invoke() | `edgebus predict` wall frames/s (overlays, files) / its pipeline frames/s (decode to mask) | "
             "int8 peak reached in invoke() |",
-            "|---|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|---|"]
     base = None
     result = {}
     for name, c in carts.items():
@@ -181,11 +187,12 @@ def main():
         live, infer = n / wall, n / inv
         base = base or live
         peak = c["macs"] * infer / (a.peak_gmacs * 1e9 * a.threads)
-        result[name] = {"live_fps": live, "inference_fps": infer, "outside_invoke": 1 - inv / wall,
+        stream = n / float(np.median(c["stream"]))
+        result[name] = {"live_fps": live, "stream_fps": stream, "inference_fps": infer, "outside_invoke": 1 - inv / wall,
                         "predict_wall_fps": c["predict_fps"], "predict_pipeline_fps": c["predict_pipeline_fps"],
                         "mmac": c["macs"] / 1e6, "networks": c["networks"],
                         "peak_fraction": peak}
-        rows.append(f"| {name} | {c['networks']} | {c['macs'] / 1e6:.0f} | {live:.1f} ({1000 / live:.1f}) | {infer:.1f} | "
+        rows.append(f"| {name} | {c['networks']} | {c['macs'] / 1e6:.0f} | {live:.1f} ({1000 / live:.1f}) | {stream:.1f} | {infer:.1f} | "
                     f"{100 * (1 - inv / wall):.0f}% | {c['predict_fps']:.1f} / {c['predict_pipeline_fps']:.1f} | {100 * peak:.0f}% |")
     text = "\n".join(rows)
     print(text)
