@@ -207,3 +207,35 @@ def test_train_segment_lesion_free_learns_from_every_training_bands(synthetic_br
     want = sum(lesion_free_band(image_area(load_gray(c.image)), load_mask(c.mask)) is not None
                for c in cases if c.case_id in ids)
     assert stage["lesion_free_bands"] == want > 0
+
+
+def test_a_rule_that_missed_its_rate_out_of_fold_fails_its_gate(cart_models, synthetic_breast_dir, tmp_path):
+    """Gated like the rest: a rule whose out-of-fold misses exceed its stated rate beyond sampling error is
+    refused by bundle, unless accepted (then recorded, and predict warns)."""
+    (tmp_path / "r").mkdir()
+    rule = _rule(tmp_path / "r" / "presence.json", 0.5)
+    r = json.loads(rule.read_text())
+    r["out_of_fold"] = {"evidence model": {"lesion_missed": 0.10, "lesion_free_found_free": 0.9,
+                                           "ci": {"lesion_missed": [0.06, 0.14], "lesion_free_found_free": [0.8, 0.95]}}}
+    rule.write_text(json.dumps(r))
+    models = ("--classifier", cart_models["cls_file"], "--segmenter", cart_models["seg_file"])
+    one_line_error(cli("bundle", *models, "--presence", rule, "--out", tmp_path / "c"), "0.100 of lesion frames",
+                   "above the 2%", "--accept-failed-gates")
+    assert not (tmp_path / "c").exists()
+    out = cli("bundle", *models, "--presence", rule, "--out", tmp_path / "c", "--accept-failed-gates")
+    assert out.exit_code == 0 and "warning:" in out.output and "above the 2%" in out.output, out.output
+    rec = json.loads((tmp_path / "c" / "bundle.json").read_text())["presence"]
+    assert rec["gate"] == "FAILED" and "above the 2%" in rec["accepted_failed_gates"]
+    from edgebus.core.errors import EdgebusError
+    from edgebus.runtime import LesionPipeline
+    from edgebus.runtime.presence import LesionPresence
+
+    with pytest.raises(EdgebusError, match="above the 2%"):  # the library refuses it too
+        LesionPipeline(cart_models["cls_file"], cart_models["seg_file"], presence=LesionPresence(rule))
+    pred = cli("predict", "--bundle", tmp_path / "c", synthetic_breast_dir, "--out", tmp_path / "p", "--no-overlays")
+    assert "presence rule FAILED its gate, accepted" in pred.output, pred.output
+    r["out_of_fold"]["evidence model"]["ci"]["lesion_missed"] = [0.015, 0.06]  # within sampling error of 2%
+    rule.write_text(json.dumps(r))
+    r2 = cli("bundle", *models, "--presence", rule, "--out", tmp_path / "d")
+    assert r2.exit_code == 0, r2.output
+    assert json.loads((tmp_path / "d" / "bundle.json").read_text())["presence"]["gate"] == "passed"

@@ -155,6 +155,9 @@ def make_bundle(out: str | Path, classifier: str | Path | None = None, segmenter
         staged.append((task, m, check_gates(m, accept_failed_gates)))  # and one that failed its gates, unless accepted
     if pres is not None:
         _check_presence(pres, staged, ensemble)
+        failed = pres.gate()
+        if failed and not accept_failed_gates:
+            raise EdgebusError(f"{failed}; fit it again ('edgebus presence --max-miss'), or pass --accept-failed-gates")
     with staging(out) as tmp:  # built in a fresh temp folder, renamed into place complete
         out, final = tmp, out
         for task, m, accepted in staged:
@@ -189,6 +192,8 @@ def make_bundle(out: str | Path, classifier: str | Path | None = None, segmenter
                 atomic_write(out / "presence.md", (pres.path.parent / "presence.md").read_bytes())
             record["presence"] = {**pres.describe(), "file": "presence.json", "sha256": sha256_file(out / "presence.json"),
                                   "copied_from": str(pres.path.resolve())}
+            if pres.gate():
+                record["presence"]["accepted_failed_gates"] = pres.gate()
         write_json(out / BUNDLE_JSON, record)  # last
     return final
 
@@ -222,7 +227,7 @@ def load_bundle(folder: str | Path, num_threads: int = 1, xnnpack: bool = True, 
 def bundle_acceptances(folder: str | Path, rec: dict | None = None) -> list[str]:
     """The failed export gates a bundle's maker accepted (bundle.json; [] for none)."""
     rec = rec or read_bundle(folder)
-    return [e["accepted_failed_gates"] for e in (rec.get(r) for r in ("classifier", "segmenter"))
+    return [e["accepted_failed_gates"] for e in (rec.get(r) for r in ("classifier", "segmenter", "presence"))
             if isinstance(e, dict) and e.get("accepted_failed_gates")]
 
 

@@ -153,6 +153,11 @@ class LesionPipeline:
         # what every result row says of the export gates: the acceptance of a failed file, or each file's verdict
         self.gates = "; ".join(accepted) or ", ".join(
             f"{m.task.role} {m.gate_status() if isinstance(m, ExportedModel) else 'not gated (fold ensemble)'}" for m in models)
+        failed = presence.gate() if presence is not None else None
+        if failed:  # a presence rule that missed its stated rate out of fold: refused like a failed model file
+            if not accept_failed_gates:
+                raise EdgebusError(f"{failed}; fit it again ('edgebus presence'), or pass --accept-failed-gates")
+            self.gates += f"; presence rule FAILED its gate, accepted: {failed}"
 
     @classmethod
     def from_bundle(cls, folder: str | Path, num_threads: int = 1, xnnpack: bool = True, accept_failed_gates: bool = False,

@@ -35,6 +35,7 @@ class LesionPresence:
             if not valid_threshold(self.threshold):
                 raise ValueError(f"threshold {self.threshold!r} outside [0, 1]")
             self.max_miss, self.mask_from = float(r["max_miss"]), r.get("mask_from") or {}
+            self.out_of_fold = (r.get("out_of_fold") or {}).get("evidence model")
         except FileNotFoundError:
             raise EdgebusError(f"{self.path}: not found; make it with 'edgebus presence SEG_CV'") from None
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
@@ -49,6 +50,21 @@ class LesionPresence:
                 "rule": f"presence model {self.path.name} (sha256 {self.sha256[:12]}), at most {self.max_miss:.0%} "
                         "of lesion frames missed out of fold"}
 
+    def gate(self) -> str | None:
+        """None, or why the rule fails its gate: out of fold it missed more lesion frames than it was set
+        for, beyond sampling error (the 95% interval's lower end above max_miss). A hand-made rule without
+        out-of-fold numbers is not gated (its describe() says so)."""
+        r = self.out_of_fold
+        if not r or "ci" not in r:
+            return None
+        lo = r["ci"]["lesion_missed"][0]
+        if lo > self.max_miss:
+            return (f"{self.path}: out of fold it called {r['lesion_missed']:.3f} of lesion frames lesion-free "
+                    f"(95% CI from {lo:.3f}), above the {self.max_miss:.0%} it was set for")
+        return None
+
     def describe(self) -> dict:
+        r = self.out_of_fold or {}
         return {"file": self.path.name, "sha256": self.sha256, "threshold": self.threshold, "max_miss": self.max_miss,
-                "mask_from": self.mask_from}
+                "mask_from": self.mask_from, "gate": "not gated" if not r else ("FAILED" if self.gate() else "passed"),
+                "out_of_fold": {k: r.get(k) for k in ("lesion_missed", "lesion_free_found_free")} if r else None}
