@@ -268,3 +268,22 @@ def test_mask_loss_weight_weighs_the_mask_in_the_training_loss():
         model = compile_model(build_model("test-segaux", 32, None, mask_loss_weight=w), "classify", 1e-3)
         r = model.evaluate(x, (y, m), batch_size=8, verbose=0, return_dict=True)
         assert r["loss"] == pytest.approx(r["malignant_prob_loss"] + w * r["aux_mask_loss"], rel=1e-4)
+
+
+def test_train_takes_a_recipes_model_settings_and_the_command_line_wins(synthetic_breast_dir, tmp_path):
+    """The fast cart's final student is trained from its CV recipe: model kwargs (the decoder's rate, the
+    mask loss weight) and the [cv] learning rate come from the file, what is typed wins."""
+    recipe = tmp_path / "student.toml"
+    recipe.write_text('name = "s"\ntask = "classify"\nmodel = "test-segaux"\nsize = 32\nbatch = 8\n'
+                      'lrs = [0.003]\nepochs = [4]\n[model_kwargs]\ndecoder_lr_scale = 10.0\nmask_loss_weight = 5.0\n'
+                      '[cv]\nfolds = 3\nlr = 0.002\nepochs = 3\n')
+    r = cli("train", "classify", "--data", synthetic_breast_dir, "--recipe", recipe, "--epochs", 1, "--out",
+            tmp_path / "run", "--quiet")
+    assert r.exit_code == 0, r.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model"] == "test-segaux" and config["size"] == 32 and config["batch"] == 8
+    assert config["model_kwargs"] == {"decoder_lr_scale": 10.0, "mask_loss_weight": 5.0}
+    assert config["lr"] == 0.002 and config["epochs"] == 1  # the recipe's [cv] rate; the typed epochs win
+    assert manifest(tmp_path / "run")["model"]["kwargs"]["mask_loss_weight"] == 5.0
+    one_line_error(cli("train", "segment", "--data", synthetic_breast_dir, "--recipe", recipe, "--out", tmp_path / "x"),
+                   "a classify recipe", "edgebus train classify")

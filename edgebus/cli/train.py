@@ -37,10 +37,13 @@ LESION_FREE = typer.Option(False, "--lesion-free", help="segmenters: also train 
 def _train_command(task: str):
     def command(data: Path = typer.Option(..., "--data", help="BrEaST-layout folder (sheet .xlsx + images_and_masks/)"),
                 model: Optional[str] = model_option(task), out: Optional[Path] = OUT, size: Optional[int] = SIZE,
-                epochs: int = typer.Option(20, help="training epochs"), lr: float = typer.Option(1e-3, help="Adam learning rate"),
-                batch: Optional[int] = BATCH, seed: int = typer.Option(0, help="seed for the split and training"),
-                weights: str = typer.Option("none", help="none, imagenet (needs internet) or a local weights file"),
-                keep: str = typer.Option("best", help="best: the epoch with the best validation accuracy (segment: IoU); last"),
+                epochs: Optional[int] = typer.Option(None, help="training epochs (default 20)"),
+                lr: Optional[float] = typer.Option(None, help="Adam learning rate (default 1e-3)"),
+                batch: Optional[int] = BATCH, seed: Optional[int] = typer.Option(None, help="seed for the split and training (default 0)"),
+                weights: Optional[str] = typer.Option(None, help="none (default), imagenet (needs internet) or a local weights file"),
+                keep: Optional[str] = typer.Option(None, help="best (default): the epoch with the best validation accuracy (segment: IoU); last"),
+                recipe: Optional[Path] = typer.Option(None, "--recipe", help="a recipe (training/<name>.toml): its model settings "
+                                                      "and its [cv] learning rate and epochs; options given here win"),
                 overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run at --out"),
                 quiet: bool = QUIET, crop_margin: Optional[float] = CROP_MARGIN,
                 augment: Optional[str] = AUGMENT, normalize: Optional[str] = NORMALIZE, descriptors: bool = DESCRIPTORS,
@@ -49,20 +52,19 @@ def _train_command(task: str):
                                                          "cut the val/test crops; without it they use the true masks (oracle)"),
                 teacher: Optional[Path] = TEACHER, teacher_masks: Optional[Path] = TEACHER_MASKS,
                 teacher_weight: Optional[float] = TEACHER_WEIGHT, lesion_free: bool = LESION_FREE):
-        from edgebus.training import TrainConfig, train
+        from edgebus.training import train
+        from edgebus.training.recipes import train_config
 
         if task != "classify" and (crop_margin is not None or segmenter is not None or teacher or teacher_masks):
             raise EdgebusError("--crop-margin, --segmenter and --teacher are for 'edgebus train classify'")
-        model = model or TASKS[task].default_model
-        cfg = TrainConfig(data=str(data), model=model, task=task, size=size, epochs=epochs, lr=lr, batch=batch,
-                          seed=seed, weights=weights, keep=keep, overwrite=overwrite, crop_margin=crop_margin,
-                          segmenter=None if segmenter is None else str(segmenter), normalize=normalize,
-                          augment=True if augment is None else augment, descriptors=descriptors,
-                          schedule=schedule or "constant", teacher=None if teacher is None else str(teacher),
-                          teacher_masks=None if teacher_masks is None else str(teacher_masks),
-                          teacher_weight=0.5 if teacher_weight is None else teacher_weight, lesion_free=lesion_free)
+        cfg = train_config(task, recipe, **given(data=data, model=model, size=size, epochs=epochs, lr=lr, batch=batch,
+                                                 seed=seed, weights=weights, keep=keep, overwrite=overwrite or None,
+                                                 crop_margin=crop_margin, segmenter=segmenter, normalize=normalize,
+                                                 augment=augment, descriptors=descriptors or None, schedule=schedule,
+                                                 teacher=teacher, teacher_masks=teacher_masks,
+                                                 teacher_weight=teacher_weight, lesion_free=lesion_free or None))
         cfg.resolve("train")
-        cfg.out = str(out or Path("runs") / f"{model}-{cfg.size}")
+        cfg.out = str(out or Path("runs") / f"{cfg.model}-{cfg.size}")
         run = train(cfg, progress=not quiet, log=typer.echo)
         t = run.manifest.keras_metrics("test")
         typer.echo(f"{run.path}: test {run.task.headline_text(t)} (n={t['n']})")

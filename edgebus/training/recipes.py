@@ -98,3 +98,28 @@ def cv_config(task: str, recipe: str | Path | None = None, **given):
         if kw.get(k) is not None:
             kw[k] = str(kw[k])
     return CVConfig(task=task, **kw)
+
+
+def train_config(task: str, recipe: str | Path | None = None, **given):
+    """TrainConfig from an optional recipe (its top-level model settings, model_kwargs among them, and its
+    [cv] table's learning rate, epochs, keep and schedule: the recipe's one training run) and the options
+    given on the command line (None: not given), which win. The cart's final model of a CV recipe."""
+    from edgebus.training.config import TrainConfig
+
+    kw = {}
+    if recipe is not None:
+        r = load_recipe(recipe)
+        if r.get("task") and r["task"] != task:
+            raise EdgebusError(f"{r['_path']}: a {r['task']} recipe; use 'edgebus train {r['task']}'")
+        kw.update({k: r[k] for k in _CV_FROM_RECIPE if k in r})
+        kw.update({k: v for k, v in r.get("cv", {}).items() if k in ("lr", "epochs", "keep", "schedule")})
+    kw.update({k: v for k, v in given.items() if v is not None})
+    if kw.get("data") is None:
+        raise EdgebusError("train: pass --data (a BrEaST-layout folder)")
+    from edgebus.core.tasks import get_task
+
+    kw.setdefault("model", get_task(task).default_model)
+    for k in ("data", "segmenter", "teacher", "teacher_masks"):
+        if kw.get(k) is not None:
+            kw[k] = str(kw[k])
+    return TrainConfig(task=task, **kw)
