@@ -21,7 +21,7 @@ def _frames(data: Path, n: int) -> list[Path]:
     return sorted(p for p in (data / IMAGES).glob("case*.png") if "_" not in p.stem)[:n]
 
 
-DOCUMENTED = {"file", "width", "height", "image_area", "prob_malignant", "prob_raw", "prob_classifier", "label", "descriptors", "findings", "shape",
+DOCUMENTED = {"file", "width", "height", "image_area", "lesion", "prob_malignant", "prob_raw", "prob_classifier", "label", "descriptors", "findings", "shape",
               "threshold", "mask_threshold", "mask",
               "mask_area_px", "pixel_size_mm", "mask_area_mm2", "bbox", "crop", "latency_ms", "gates", "error"}
 
@@ -37,6 +37,7 @@ def test_pipeline_predicts_documented_fields(cart_models, synthetic_breast_dir):
     assert r["error"] is None and r["file"] == str(frame)
     assert r["crop"] is None  # a whole-frame classifier (lesion-crop ones: tests/test_guided.py)
     assert r["shape"] is None and r["prob_classifier"] is None  # no fusion here (tests/test_fusion.py)
+    assert r["lesion"] is None  # no presence rule here (tests/test_presence.py)
     assert (r["width"], r["height"]) == (w, h)
     assert 0.0 <= r["prob_malignant"] <= 1.0
     assert r["prob_raw"] == r["prob_malignant"]  # this model carries no calibration

@@ -17,6 +17,10 @@ and that shape together; `prob_classifier` then keeps the classifier's own outpu
 carries BI-RADS descriptors measured on the mask (shape, margin, posterior features...), `descriptors`
 and `findings` are those (they replace a classifier head's), followed by the orientation.
 
+A bundle with a presence rule (`edgebus presence`, `edgebus bundle --presence`) first decides whether the frame
+shows a lesion at all (`lesion`: present, score, threshold, the rule); where it does not, the label is "no lesion
+found" and the frame has no box, area, shape or findings (the probabilities stay, for audit).
+
 `gates` says what each model's export gates decided ("classifier passed, segmenter passed"; "not gated"
 for a file exported before gates or a CV fold's), or which failed file was accepted (--accept-failed-gates).
 
