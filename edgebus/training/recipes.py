@@ -81,23 +81,31 @@ def cv_config(task: str, recipe: str | Path | None = None, **given):
 
     kw = {}
     if recipe is not None:
-        r = load_recipe(recipe)
-        if r.get("task") and r["task"] != task:
-            raise EdgebusError(f"{r['_path']}: a {r['task']} recipe; use 'edgebus cv {r['task']}'")
+        r = _task_recipe(recipe, task, "cv")
         kw.update({k: r[k] for k in _CV_FROM_RECIPE if k in r})
         kw.update(r.get("cv", {}))
         kw["recipe"] = recipe_info(r)
         kw.setdefault("out", str(Path("runs") / f"cv-{kw['recipe']['name']}"))
-    kw.update({k: v for k, v in given.items() if v is not None})
-    if kw.get("data") is None:
-        raise EdgebusError("cv: pass --data (a BrEaST-layout folder)")
+    return CVConfig(task=task, **_given_wins(kw, given, task, "cv", ("data", "out", "boxes_from", "teacher", "teacher_masks")))
+
+
+def _task_recipe(recipe, task: str, command: str) -> dict:
+    r = load_recipe(recipe)
+    if r.get("task") and r["task"] != task:
+        raise EdgebusError(f"{r['_path']}: a {r['task']} recipe; use 'edgebus {command} {r['task']}'")
+    return r
+
+
+def _given_wins(kw: dict, given: dict, task: str, command: str, paths) -> dict:
+    """The recipe's settings `kw` with the options given on the command line over them, --data required,
+    the task's default model, paths as strings."""
     from edgebus.core.tasks import get_task
 
+    kw = {**kw, **{k: v for k, v in given.items() if v is not None}}
+    if kw.get("data") is None:
+        raise EdgebusError(f"{command}: pass --data (a BrEaST-layout folder)")
     kw.setdefault("model", get_task(task).default_model)
-    for k in ("data", "out", "boxes_from", "teacher", "teacher_masks"):
-        if kw.get(k) is not None:
-            kw[k] = str(kw[k])
-    return CVConfig(task=task, **kw)
+    return {k: str(v) if k in paths and v is not None else v for k, v in kw.items()}
 
 
 def train_config(task: str, recipe: str | Path | None = None, **given):
@@ -108,18 +116,7 @@ def train_config(task: str, recipe: str | Path | None = None, **given):
 
     kw = {}
     if recipe is not None:
-        r = load_recipe(recipe)
-        if r.get("task") and r["task"] != task:
-            raise EdgebusError(f"{r['_path']}: a {r['task']} recipe; use 'edgebus train {r['task']}'")
+        r = _task_recipe(recipe, task, "train")
         kw.update({k: r[k] for k in _CV_FROM_RECIPE if k in r})
         kw.update({k: v for k, v in r.get("cv", {}).items() if k in ("lr", "epochs", "keep", "schedule")})
-    kw.update({k: v for k, v in given.items() if v is not None})
-    if kw.get("data") is None:
-        raise EdgebusError("train: pass --data (a BrEaST-layout folder)")
-    from edgebus.core.tasks import get_task
-
-    kw.setdefault("model", get_task(task).default_model)
-    for k in ("data", "segmenter", "teacher", "teacher_masks"):
-        if kw.get(k) is not None:
-            kw[k] = str(kw[k])
-    return TrainConfig(task=task, **kw)
+    return TrainConfig(task=task, **_given_wins(kw, given, task, "train", ("data", "segmenter", "teacher", "teacher_masks")))
