@@ -149,6 +149,7 @@ class LesionPipeline:
         self.site = site  # runtime.site: a threshold chosen on a site's own cases replaces the shipped one
         self.presence = presence  # runtime.presence.LesionPresence: "no lesion found" before any malignancy label
         self._invoking = threading.Lock()
+        self._keys = {}  # id(model) -> its contract key (_contract_key)
         if presence is not None and self.segmenter is None and not (self.classifier is not None and self.classifier.has_mask):
             raise EdgebusError(f"{presence.path}: decides on the lesion-probability map; give a segmenter too "
                                "(or a multi-task classifier, whose file gives the mask)")
@@ -176,11 +177,10 @@ class LesionPipeline:
 
     def _contract_key(self, m) -> tuple:
         """What decides a model's resized pixels (size, channels, normalisation), worked out once per model."""
-        keys = self.__dict__.setdefault("_keys", {})
-        if id(m) not in keys:
-            keys[id(m)] = (tuple(m.contract["size"]), m.contract["channels"],
-                           json.dumps(m.contract.get("normalize"), sort_keys=True))
-        return keys[id(m)]
+        if id(m) not in self._keys:
+            self._keys[id(m)] = (tuple(m.contract["size"]), m.contract["channels"],
+                                 json.dumps(m.contract.get("normalize"), sort_keys=True))
+        return self._keys[id(m)]
 
     def describe(self) -> dict:
         d = {m.task.role: m.describe() for m in (self.classifier, self.segmenter) if m is not None}
