@@ -104,6 +104,7 @@ def test_presence_from_a_segment_cv_made_with_lesion_free_bands(seg_cv, tmp_path
     assert sum(f["lesion_frames"] for f in row["per_fold"]) == 38
     assert fusion.valid_model(res["model"], EVIDENCE) and 0 <= res["threshold"] <= 1
     assert "lesion-free bands" in (tmp_path / "p" / "presence.md").read_text()
+    assert res["mask_from"]["lesion_free"] is True and "--lesion-free`" in (tmp_path / "p" / "presence.md").read_text()
     one_line_error(cli("presence", seg_cv, "--out", tmp_path / "p", "--max-miss", 0.1), "presence.json", "--overwrite")
     from edgebus.data.stress import conditions
 

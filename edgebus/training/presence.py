@@ -141,7 +141,9 @@ def presence_cv(seg_cv, out=None, max_miss: float = MAX_MISS, log=print, overwri
     threshold = threshold_for_sensitivity(y, fusion.predict(model, x, EVIDENCE), 1 - max_miss)["threshold"]
     mask_model = inp["run"].manifest.model.name if inp["run"].manifest.model else None
     result = {"schema": "edgebus.presence/1", "model": model, "threshold": float(threshold), "max_miss": max_miss,
-              "evidence": list(EVIDENCE), "mask_from": {"cv": str(seg_cv), "task": inp["task"], "model": mask_model},
+              "evidence": list(EVIDENCE),
+              "mask_from": {"cv": str(seg_cv), "task": inp["task"], "model": mask_model,
+                            "lesion_free": bool(inp["run"].manifest.cv["identity"].get("lesion_free"))},
               "examples": {"margin": MARGIN, "min_side": MIN_SIDE, "lesion": int(y.sum()),
                            "band": int((kind == "band").sum()), "normal": int((kind == "normal").sum())},
               "out_of_fold": rows, "stress": stressed, "inputs": ident,
@@ -185,5 +187,9 @@ def presence_md(r: dict) -> str:
     lines += [
               f"Shipped: the evidence model ({', '.join(r['evidence'])}) fitted on every example, threshold "
               f"{r['threshold']:.4f} on its output. A band is tissue of a frame that also holds a lesion, seen "
-              "as a frame of its own: a stand-in for a lesion-free frame, not one.", ""]
+              "as a frame of its own: a stand-in for a lesion-free frame, not one.", "",
+              "Bundle it with a mask model trained as this CV's were (" + (
+                  "`edgebus train segment ... --lesion-free`" if r["mask_from"].get("lesion_free") else
+                  "without `--lesion-free`") + "): the rule is fitted on their maps; `bundle` checks the model's "
+              "name, not how it was trained.", ""]
     return "\n".join(lines)
