@@ -25,12 +25,26 @@ from edgebus.core.errors import EdgebusError
 from edgebus.core.io import atomic_write
 
 
-def _highdicom():
+def _highdicom(what: str = "writing or reading DICOM SEG"):
     try:
         import highdicom
     except ImportError:
-        raise EdgebusError("writing or reading DICOM SEG needs highdicom; pip install 'edgebus[dicom]'") from None
+        raise EdgebusError(f"{what} needs highdicom; pip install 'edgebus[dicom]'") from None
     return highdicom
+
+
+def save_referencing(source: Path, build, what: str, needs: str, out) -> Path:
+    """Build a DICOM object that references `source` (build()) and write it atomically to `out`; a source
+    header without what it needs (study, series, patient) is one line, not a traceback."""
+    try:
+        obj = build()
+    except (AttributeError, ValueError, TypeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise EdgebusError(f"{source}: a {what} cannot reference it ({first}); its header lacks what {needs} "
+                           "needs (study, series, patient)") from None
+    buf = io.BytesIO()
+    obj.save_as(buf)
+    return atomic_write(out, buf.getvalue())
 
 
 def full_frame_mask(mask: np.ndarray, region: list[int] | None, rows: int, cols: int) -> np.ndarray:
@@ -71,15 +85,8 @@ def write_seg(source: str | Path, masks: dict[int, np.ndarray], region: list[int
         algorithm_identification=hd.AlgorithmIdentificationSequence(
             name=str(algorithm["name"])[:64], version=str(algorithm["version"])[:64],
             family=codes.DCM.ArtificialIntelligence))
-    try:
-        seg = _segmentation(hd, ds, pixels if n > 1 else pixels[0], description)
-    except (AttributeError, ValueError, TypeError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise EdgebusError(f"{source}: a DICOM SEG cannot reference it ({first}); its header lacks what a "
-                           "Segmentation needs (study, series, patient)") from None
-    buf = io.BytesIO()
-    seg.save_as(buf)
-    return atomic_write(out, buf.getvalue())
+    return save_referencing(source, lambda: _segmentation(hd, ds, pixels if n > 1 else pixels[0], description),
+                            "DICOM SEG", "a Segmentation", out)
 
 
 def _segmentation(hd, ds, pixels, description):

@@ -16,13 +16,11 @@ neither complete nor verified: a machine's findings, for a person to read.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 
-from edgebus.core.errors import EdgebusError
-from edgebus.core.io import atomic_write
+from edgebus.runtime.dicom_seg import _highdicom, save_referencing  # one writer of DICOM objects that reference a frame
 
 PRIVATE = "99EDGEBUS"
 
@@ -40,14 +38,6 @@ def _codes(hd, codes) -> dict:
     }
 
 
-def _highdicom():
-    try:
-        import highdicom
-    except ImportError:
-        raise EdgebusError("writing a DICOM SR needs highdicom; pip install 'edgebus[dicom]'") from None
-    return highdicom
-
-
 def _box_polyline(bbox, region) -> np.ndarray:
     """The lesion box as a closed polyline in the full frame's pixel coordinates (column, row)."""
     dx, dy = (region[0], region[1]) if region else (0, 0)
@@ -60,7 +50,7 @@ def write_sr(source: str | Path, res: dict, out: str | Path, cart: dict, seg_fil
     """Write the SR of one frame's result `res` (a LesionPipeline row from a DICOM file) referencing
     `source`, atomically, to `out`. cart: LesionPipeline.describe(). seg_file: the DICOM SEG written
     for this frame, referenced instead of the box."""
-    hd = _highdicom()
+    hd = _highdicom("writing a DICOM SR")
     import pydicom
     from pydicom.sr.codedict import codes
 
@@ -94,7 +84,7 @@ def write_sr(source: str | Path, res: dict, out: str | Path, cart: dict, seg_fil
                 codes.DCM.Orientation, codes.DCM.NotParallel if shape["orientation"] > 1 else codes.DCM.Parallel))
     if not absent and res.get("mask_area_mm2") is not None:
         measurements.append(hd.sr.Measurement(codes.SCT.Area, float(res["mask_area_mm2"]), codes.UCUM.SquareMillimeter))
-    where = {}
+    where, seg = {}, None
     if seg_file is not None:
         seg = pydicom.dcmread(seg_file, stop_before_pixels=True)
         where["referenced_segment"] = hd.sr.ReferencedSegmentationFrame(  # edgebus's SEG: one frame, segment 1
@@ -112,16 +102,8 @@ def write_sr(source: str | Path, res: dict, out: str | Path, cart: dict, seg_fil
         uid=hd.UID(), name="edgebus", manufacturer_name="edgebus", model_name="LesionPipeline"))
     report = hd.sr.MeasurementReport(hd.sr.ObservationContext(observer_device_context=observer),
                                      codes.SCT.UltrasonographyOfBreast, [group])
-    try:
-        sr = hd.sr.Comprehensive3DSR(
-            evidence=[ds] + ([pydicom.dcmread(seg_file, stop_before_pixels=True)] if seg_file else []), content=report,
-            series_instance_uid=hd.UID(), series_number=9101, sop_instance_uid=hd.UID(), instance_number=frame,
-            manufacturer="edgebus", is_complete=False, is_final=False, is_verified=False,
-            series_description="edgebus lesion report (automatic, not reviewed)")
-    except (AttributeError, ValueError, TypeError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise EdgebusError(f"{source}: a DICOM SR cannot reference it ({first}); its header lacks what a report "
-                           "needs (study, series, patient)") from None
-    buf = io.BytesIO()
-    sr.save_as(buf)
-    return atomic_write(out, buf.getvalue())
+    return save_referencing(source, lambda: hd.sr.Comprehensive3DSR(
+        evidence=[ds] + ([seg] if seg is not None else []), content=report,
+        series_instance_uid=hd.UID(), series_number=9101, sop_instance_uid=hd.UID(), instance_number=frame,
+        manufacturer="edgebus", is_complete=False, is_final=False, is_verified=False,
+        series_description="edgebus lesion report (automatic, not reviewed)"), "DICOM SR", "a report", out)
