@@ -22,6 +22,7 @@ from edgebus.runtime.dicom import is_dicom, loop_summary
 from edgebus.runtime.frames import printable
 from edgebus.runtime.overlay import render_overlay, save_png
 from edgebus.runtime.pipeline import LATENCY_KEYS, LesionPipeline
+from edgebus.runtime.viewer import write_viewer
 
 CSV_FIELDS = ("file", "frame", "sop_instance_uid", "width", "height", "lesion_present", "lesion_score", "prob_malignant", "prob_raw", "prob_classifier", "label", "threshold", "findings", "mask_threshold", "mask_area_px",
               "pixel_size_mm", "mask_area_mm2", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1",
@@ -335,6 +336,7 @@ def predict_files(pipeline: LesionPipeline, files: list[Path], out: str | Path, 
             summary["dicom_sr"] = [r["dicom_sr"] for r in rows if r.get("dicom_sr")]
         if loops:  # cine loops: the frame with the largest lesion and the mean probability, per loop
             summary["loops"] = {src: loop_summary(rs) for src, rs in loops.items()}
+        summary["viewer"] = str(write_viewer(out, rows, summary))  # index.html: every frame on one page
         summary["summary_file"] = str(write_json(out / "summary.json", summary))
         return summary
 
