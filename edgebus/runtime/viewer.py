@@ -85,7 +85,8 @@ def _card(i: int, row: dict) -> str:
     href = _overlay_href(row)
     img = (f'<a href="{href}" target="_blank"><img loading="lazy" src="{href}" alt="overlay of {_e(name)}"></a>'
            if href else '<div class="noimg">no overlay</div>')
-    facts = [("probability", _fmt(prob)), ("threshold", _fmt(row.get("threshold")))]
+    lesion_free = isinstance(row.get("lesion"), dict) and not row["lesion"].get("present")
+    facts = [("probability (audit only)" if lesion_free else "probability", _fmt(prob)), ("threshold", _fmt(row.get("threshold")))]
     if row.get("prob_raw") is not None and _num(row.get("prob_raw")) != prob:
         facts.append(("model output", _fmt(row.get("prob_raw"))))
     if _presence(row.get("lesion")):
@@ -103,7 +104,10 @@ def _card(i: int, row: dict) -> str:
         warnings = [warnings]
     warn = ("<ul class='warn'>" + "".join(f"<li>{_e(w)}</li>" for w in warnings) + "</ul>") if warnings else ""
     err = f"<p class='err'>{_e(row['error'])}</p>" if row.get("error") is not None else ""
-    bar = f"<div class='bar'><span style='width:{prob * 100:.1f}%'></span></div>" if prob is not None else ""
+    thr = _num(row.get("threshold"))
+    tick = f"<i style='left:{min(max(thr, 0), 1) * 100:.1f}%' title='threshold'></i>" if thr is not None else ""
+    bar = (f"<div class='bar {_css(label)}'><span style='width:{min(max(prob, 0), 1) * 100:.1f}%'></span>{tick}</div>"
+           if prob is not None else "")  # the probability against the threshold (the tick), coloured by the call
     return (f"<article class='card' data-i='{i}' data-name='{_e(name)}' data-prob='{'' if prob is None else prob}' "
             f"data-label='{_e(label)}'>{img}<h3 class='name' title='{_e(file)}'>{_e(name)}</h3>"
             f"<span class='label {_css(label)}'>{_e(label)}</span>{bar}<dl>{dl}</dl>{warn}{err}</article>")
@@ -161,10 +165,11 @@ button.filter[aria-pressed=true]{background:#1d2330;color:#fff}#count{font-size:
 main{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:14px;padding:14px 20px}
 .card{background:#fff;border-radius:8px;padding:10px;box-shadow:0 1px 3px #0002;overflow-wrap:anywhere}
 .card img,.noimg{width:100%;aspect-ratio:4/3;object-fit:contain;background:#000;display:block;border-radius:4px}
-.noimg{color:#aab;display:flex;align-items:center;justify-content:center;font-size:13px}
+.noimg{background:#e3e5ea;color:#556;display:flex;align-items:center;justify-content:center;font-size:13px}
 h3{font-size:14px;margin:8px 0 4px}.label{display:inline-block;border-radius:4px;padding:1px 8px;font-size:13px;color:#fff}
-.mal{background:#c0392b}.ben{background:#2e7d32}.bad{background:#6d214f}.other{background:#607080}
-.bar{height:6px;background:#e3e5ea;border-radius:3px;margin:6px 0}.bar span{display:block;height:100%;background:#c0392b;border-radius:3px}
+.label.mal{background:#c0392b}.label.ben{background:#2e7d32}.label.bad{background:#6d214f}.label.other{background:#607080}
+.bar{position:relative;height:6px;background:#e3e5ea;border-radius:3px;margin:6px 0}.bar span{display:block;height:100%;border-radius:3px}.bar i{position:absolute;top:-3px;width:2px;height:12px;background:#1d2330}
+.bar.mal span{background:#c0392b}.bar.ben span{background:#2e7d32}.bar.other span{background:#8a96a8}
 dl{display:grid;grid-template-columns:auto 1fr;gap:2px 10px;font-size:13px;margin:6px 0}dt{color:#667}dd{margin:0}
 .warn{background:#fff4d6;border-left:3px solid #e0a800;margin:6px 0;padding:4px 8px 4px 24px;font-size:13px}
 .err{background:#fde8e8;border-left:3px solid #c0392b;margin:6px 0;padding:4px 8px;font-size:13px}
