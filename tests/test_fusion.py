@@ -177,6 +177,12 @@ def test_fuse_scores_a_classifier_cv_with_a_segment_cv_on_the_same_folds(tiny_cv
         assert x["label"] == ("malignant" if x["prob_raw"] >= x["threshold"] else "benign")
         # the shown probability: the fused output through the calibration `fuse` chose out of fold (None: as it is)
         assert x["prob_malignant"] == pytest.approx(float(apply(res["calibration"]["calibration"], x["prob_raw"])), abs=1e-6)
+    # the Python API on the fused cart: the same row, JSON-safe (issue 33: every output kind round-trips)
+    import edgebus
+
+    p = edgebus.load(cart)(fused[0]["file"])
+    d = p.to_dict()
+    assert json.loads(json.dumps(d)) == d and d["shape"] == fused[0]["shape"] and p.prob == fused[0]["prob_malignant"]
     (cart / "fusion.json").write_text((cart / "fusion.json").read_text().replace('"intercept": ', '"intercept": 1 + '))
     one_line_error(cli("predict", "--bundle", cart, synthetic_breast_dir, "--out", tmp_path / "p2"), "sha256 differs")
     one_line_error(cli("bundle", "--classifier", tmp_path / "cls", "--fusion", tmp_path / "cls" / "fusion", "--out",

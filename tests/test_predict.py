@@ -23,7 +23,7 @@ def _frames(data: Path, n: int) -> list[Path]:
 
 DOCUMENTED = {"file", "width", "height", "image_area", "lesion", "prob_malignant", "prob_raw", "prob_classifier", "label", "descriptors", "findings", "shape",
               "threshold", "mask_threshold", "mask",
-              "mask_area_px", "pixel_size_mm", "mask_area_mm2", "bbox", "crop", "latency_ms", "gates", "error"}
+              "mask_area_px", "pixel_size_mm", "mask_area_mm2", "bbox", "regions", "crop", "latency_ms", "gates", "warnings", "error"}
 
 
 def test_pipeline_predicts_documented_fields(cart_models, synthetic_breast_dir):

@@ -73,7 +73,8 @@ def report(results: list[Path] = typer.Argument(..., help="report.json files fro
 
 @friendly
 def predict(
-        inputs: Path = typer.Argument(..., help="a PNG/JPEG or ultrasound DICOM (.dcm) frame, a folder of frames, or a BrEaST- or BUSI-layout folder"),
+        inputs: list[Path] = typer.Argument(..., help="PNG/JPEG or ultrasound DICOM (.dcm) frames, folders of frames, BrEaST- or "
+                                            "BUSI-layout folders, or quoted patterns ('scans/*.png'); several may be given"),
         classifier: Optional[Path] = typer.Option(None, "--classifier", help="classifier .tflite, or a run directory (its int8 export)"),
         segmenter: Optional[Path] = typer.Option(None, "--segmenter", help="segmenter .tflite, or a run directory (its int8 export)"),
         bundle: Optional[Path] = typer.Option(None, "--bundle", help="folder holding both models (see 'edgebus bundle')"),
@@ -107,6 +108,7 @@ def predict(
     from edgebus.data.busi import is_busi_layout, read_busi
     from edgebus.runtime import LesionPipeline, predict_files
     from edgebus.runtime.batch import fps_line
+    from edgebus.core.units import pixel_size_problem
     from edgebus.runtime.frames import printable, resolve_inputs
 
     def say(line: str) -> None:  # valid UTF-8 whatever the file names are (runtime.frames.printable)
@@ -118,17 +120,21 @@ def predict(
         raise EdgebusError("pass --classifier and/or --segmenter (a .tflite file or a run directory), or --bundle DIR")
     if threads < 1:
         raise EdgebusError(f"--threads {threads}: give 1 or more")
-    if pixel_size is not None and not pixel_size > 0:
-        raise EdgebusError(f"--pixel-size {pixel_size}: must be a positive number of mm per pixel")
-    if inputs.is_dir() and is_breast_layout(inputs):  # its frames, and its sheet for pixel sizes
-        data = data or inputs
-        inputs = inputs / IMAGES_DIR
-    if is_busi_layout(inputs):  # a labelled site set in the BUSI layout: the frames of its class folders
-        files, skipped = [c.image for c in read_busi(inputs).cases], 0
-    else:
-        files, skipped = resolve_inputs(inputs)
+    if pixel_size is not None and pixel_size_problem(pixel_size, "--pixel-size"):
+        raise EdgebusError(pixel_size_problem(pixel_size, "--pixel-size"))
+    files, skipped = [], 0
+    for item in inputs:
+        if item.is_dir() and is_breast_layout(item):  # its frames, and its sheet for pixel sizes
+            data = data or item
+            item = item / IMAGES_DIR
+        if item.is_dir() and is_busi_layout(item):  # a labelled site set in the BUSI layout: its class folders' frames
+            found, k = [c.image for c in read_busi(item).cases], 0
+        else:
+            found, k = resolve_inputs(item)
+        files, skipped = files + found, skipped + k
+    files = list(dict.fromkeys(files))  # a frame named twice is predicted once
     if skipped:
-        say(f"{inputs}: skipping {skipped} mask files (*_tumor, *_other)")
+        say(f"{', '.join(map(str, inputs))}: skipping {skipped} mask files (*_tumor, *_other)")
     # a case whose Pixel_size is not a size (inf, abc, 0): predicted, its mm^2 left out, one warning each
     pixel_sizes = breast_pixel_sizes(data, warn=lambda line: say(f"warning: {line}")) if data is not None else None
     if pixel_sizes is not None:
@@ -143,6 +149,8 @@ def predict(
                               accept_failed_gates=accept_failed_gates)
     if "FAILED" in pipe.gates:
         say(f"warning: {pipe.gates}")
+    for w in pipe.warnings:  # also in every result row and burned into every overlay
+        say(f"WARNING: {w}")
     for role, m in pipe.describe().items():
         if role == "site":
             say(f"site threshold: {m['threshold']:.4f} (shipped {m['shipped_threshold']:.4f}), chosen on "

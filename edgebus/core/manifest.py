@@ -33,6 +33,7 @@ class DataInfo:
     n_rows: int = 0
     format: str = "breast"
     classes: list = field(default_factory=list)
+    synthetic: bool = False  # made by `edgebus synth`: every model trained on it says so, up to the cart's overlays
 
 
 @dataclass
@@ -121,7 +122,7 @@ class RunManifest:
         return m
 
 
-_TYPES = {"str": str, "int": int, "float": (int, float), "list": list, "dict": dict}
+_TYPES = {"str": str, "int": int, "float": (int, float), "list": list, "dict": dict, "bool": bool}
 
 
 def _check_types(obj) -> None:
@@ -134,7 +135,7 @@ def _check_types(obj) -> None:
             continue
         allowed = tuple(t for k in kinds for t in (_TYPES.get(k),) if t is not None)
         allowed = tuple(x for t in allowed for x in (t if isinstance(t, tuple) else (t,)))
-        if allowed and (not isinstance(v, allowed) or isinstance(v, bool)):
+        if allowed and (not isinstance(v, allowed) or (isinstance(v, bool) and "bool" not in kinds)):
             raise TypeError(f"{f.name} is {type(v).__name__}, not {' or '.join(kinds)}")
 
 

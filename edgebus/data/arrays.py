@@ -15,6 +15,8 @@ from edgebus.core.descriptors import DESCRIPTORS
 from edgebus.core.tasks import get_task
 from edgebus.data.breast import fingerprint, load_arrays, read_breast
 
+SYNTHETIC_MARK = "synthetic"  # in the sheet's name of a set made by `edgebus synth` (edgebus.data.synthetic.SHEET_NAME)
+
 PARTS = ("train", "val", "test")
 
 
@@ -34,7 +36,18 @@ def read_lesions(data):
 def data_info(ds, fp: str, n_lesions: int) -> DataInfo:
     """The manifest's `data` entry of a run, grid or CV on a BrEaST-layout set."""
     return DataInfo(root=str(Path(ds.root).resolve()), format="breast", fingerprint=fp, n_rows=len(ds.cases),
-                    n_lesions=n_lesions, classes=list(CLASS_NAMES))
+                    n_lesions=n_lesions, classes=list(CLASS_NAMES), synthetic=is_synthetic(ds.root))
+
+
+def is_synthetic(root) -> bool:
+    """A set made by `edgebus synth` (its sheet's name says so): not patient data."""
+    return root is not None and Path(root).is_dir() and any(Path(root).glob(f"*{SYNTHETIC_MARK}*.xlsx"))
+
+
+def trained_on_synthetic(data) -> bool:
+    """Whether a run's data entry (DataInfo) is a synthetic set; older manifests lack the flag, so the
+    folder is looked at too when it is still there."""
+    return data is not None and (bool(getattr(data, "synthetic", False)) or is_synthetic(data.root))
 
 
 def descriptor_array(cases) -> np.ndarray:

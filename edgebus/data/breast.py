@@ -21,6 +21,7 @@ from edgebus.data.preprocess import cut_area, load_gray, load_mask, resize_mask,
 from edgebus.core.errors import EdgebusError
 from edgebus.core.metrics import CLASS_NAMES as CLASSES  # label 0, 1
 from edgebus.core.io import sha256_file
+from edgebus.core.units import PIXEL_MM_RANGE, pixel_size_problem
 
 KNOWN_CLASSIFICATIONS = ("benign", "malignant", "normal")
 REQUIRED_COLUMNS = ("CaseID", "Image_filename", "Mask_tumor_filename", "Pixel_size", "Classification")
@@ -290,6 +291,12 @@ def breast_pixel_sizes(root: str | Path, warn=None) -> dict[str, float | None]:
             if warn is not None:
                 warn(f"{ds.sheet}: CaseID {c.case_id} ({c.image.name}): Pixel_size {ds.bad_pixel_sizes[c.case_id]!r} is "
                      "not a positive number of cm per pixel; its lesion area in mm^2 is left out (fix the sheet)")
+        elif sizes.get(c.image.name) is not None and pixel_size_problem(sizes[c.image.name]):  # a wrong unit
+            sizes[c.image.name] = None
+            if warn is not None:
+                warn(f"{ds.sheet}: CaseID {c.case_id} ({c.image.name}): Pixel_size {c.pixel_size!r} cm per pixel is "
+                     f"{c.pixel_size * 10:g} mm, outside {PIXEL_MM_RANGE[0]:g}-{PIXEL_MM_RANGE[1]:g} mm; its lesion "
+                     "area in mm^2 is left out (fix the sheet: the column is in cm)")
     return sizes
 
 

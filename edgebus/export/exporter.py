@@ -52,6 +52,7 @@ def run_metadata(run: Run, fmt: str, source: str, point: dict | None = None, gat
         threshold, calibration = point["threshold"], point.get("calibration")
         summary = {k: v for k, v in point.items() if k not in ("threshold", "calibration")}
     from edgebus.core.descriptors import metadata as descriptor_metadata
+    from edgebus.data.arrays import trained_on_synthetic
 
     heads = descriptor_metadata() if m.model.kwargs.get("descriptors") else None
     meta = model_metadata(run.task, fmt, source, m.preprocess, threshold, model=dataclasses.asdict(m.model),
@@ -59,6 +60,8 @@ def run_metadata(run: Run, fmt: str, source: str, point: dict | None = None, gat
                           calibration=calibration, operating_point=summary, descriptors=heads)
     if gates is not None:
         meta["gates"] = gates
+    # what the cart tells every user of the file: a model of a synthetic set is no clinical model
+    meta["training_data"] = {"synthetic": trained_on_synthetic(m.data)}
     return meta
 
 

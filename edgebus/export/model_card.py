@@ -17,6 +17,7 @@ from edgebus.core.calibration import per_fold_text
 from edgebus.core.io import atomic_write, now, read_json, read_jsonl, sha256_file, write_json
 from edgebus.core.manifest import Run
 from edgebus.core.stats import bootstrap_classification, interval_text
+from edgebus.data.arrays import trained_on_synthetic
 
 CARD_JSON, CARD_MD = "model_card.json", "model_card.md"
 SCHEMA = "edgebus.model-card/1"
@@ -45,7 +46,7 @@ def _dataset(data) -> str:
     root = Path(data.root)
     if data.format == "busi":
         return f"BUSI layout at {root.name} (Al-Dhabyani et al., Data in Brief 28, 2020)"
-    if any(root.glob("*synthetic*.xlsx")):
+    if trained_on_synthetic(data):
         return f"a SYNTHETIC set in the BrEaST layout made by 'edgebus synth' ({root.name}): not patient data"
     return DATASET
 

@@ -25,8 +25,8 @@ from edgebus.runtime.pipeline import LATENCY_KEYS, LesionPipeline
 from edgebus.runtime.viewer import write_viewer
 
 CSV_FIELDS = ("file", "frame", "sop_instance_uid", "width", "height", "lesion_present", "lesion_score", "prob_malignant", "prob_raw", "prob_classifier", "label", "threshold", "findings", "mask_threshold", "mask_area_px",
-              "pixel_size_mm", "mask_area_mm2", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1",
-              *(f"latency_{k}_ms" for k in LATENCY_KEYS), "overlay", "mask_file", "dicom_seg", "dicom_sr", "error")
+              "pixel_size_mm", "mask_area_mm2", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1", "regions",
+              *(f"latency_{k}_ms" for k in LATENCY_KEYS), "overlay", "mask_file", "dicom_seg", "dicom_sr", "warnings", "error")
 
 
 def _row(res: dict, overlay: str | None, mask_file: str | None) -> dict:
@@ -42,6 +42,7 @@ def _csv_row(row: dict) -> dict:
         out[k] = row["bbox"][i] if row.get("bbox") else None
     for k in LATENCY_KEYS:
         out[f"latency_{k}_ms"] = (row.get("latency_ms") or {}).get(k)
+    out["warnings"] = "; ".join(row.get("warnings") or [])
     lesion = row.get("lesion") or {}  # the presence rule's decision, where the cart has one
     out["lesion_present"], out["lesion_score"] = lesion.get("present"), lesion.get("score")
     return {k: "" if v is None else v for k, v in out.items()}
@@ -391,5 +392,7 @@ def _describe_result(res: dict) -> str:
         else:
             area = f"{res['mask_area_mm2']:.1f} mm2" if res["mask_area_mm2"] is not None else f"{res['mask_area_px']} px"
             parts.append(f"lesion {area}, bbox {res['bbox']}")
+            if (res.get("regions") or 0) > 1:
+                parts.append(f"{res['regions']} candidate regions (the largest measured)")
     parts.append(f"{res['latency_ms']['total']:.1f} ms")
     return ", ".join(parts)

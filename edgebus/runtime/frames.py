@@ -3,6 +3,7 @@ shared preprocessing (edgebus.data.preprocess), with a clear one-line error for 
 
 from __future__ import annotations
 
+import glob
 import re
 import warnings
 from pathlib import Path
@@ -110,11 +111,24 @@ def list_frames(folder: str | Path) -> tuple[list[Path], int]:
     return frames, skipped
 
 
-def resolve_inputs(path: str | Path) -> tuple[list[Path], int]:
-    """(frames, mask files skipped) for an image or a folder of frames."""
+def resolve_inputs(path) -> tuple[list[Path], int]:
+    """(frames, mask files skipped) for an image, a folder of frames, a glob ('scans/*.png', quoted so
+    the shell leaves it), or a list of those; each file once, in the order given."""
+    if isinstance(path, (list, tuple)):
+        files, skipped = [], 0
+        for p in path:
+            f, k = resolve_inputs(p)
+            files, skipped = files + f, skipped + k
+        return list(dict.fromkeys(files)), skipped
     path = Path(path)
+    if not path.exists() and any(c in str(path) for c in "*?["):
+        hits = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
+        files = [p for p in hits if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES and not _MASK_NAME.search(p.stem)]
+        if not files:
+            raise EdgebusError(f"{path}: no PNG/JPEG/DICOM frames match this pattern")
+        return files, sum(bool(_MASK_NAME.search(p.stem)) for p in hits if p.suffix.lower() in FRAME_SUFFIXES)
     if not path.exists():
-        raise EdgebusError(f"{path}: not found; pass an image or a folder of frames")
+        raise EdgebusError(f"{path}: not found; pass an image, a folder of frames or a pattern such as 'scans/*.png'")
     if not path.is_dir():
         return [path], 0
     files, skipped = list_frames(path)

@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from edgebus.core.errors import EdgebusError
 from edgebus.core.io import atomic_write
+from edgebus.runtime.cautions import overlay_line
 
 CONTOUR_RGB = (255, 0, 0)
 BOX_RGB = (255, 255, 0)
@@ -54,7 +55,12 @@ def _font(size: int):
 
 
 def caption(result: dict) -> list[str]:
-    """The text lines drawn on an overlay, e.g. ['malignant 0.83', 'lesion 41.2 mm2']."""
+    """The text lines drawn on an overlay, e.g. ['malignant 0.83', 'lesion 41.2 mm2'], then the short
+    form of each warning (a synthetic-data model, several candidate regions)."""
+    return _finding_lines(result) + [overlay_line(w) for w in result.get("warnings") or []]
+
+
+def _finding_lines(result: dict) -> list[str]:
     lines = []
     lesion = result.get("lesion")
     if lesion and not lesion["present"]:  # the presence rule decided: no malignancy call to show

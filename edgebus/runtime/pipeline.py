@@ -60,7 +60,9 @@ from PIL import Image
 from edgebus.core.calibration import apply as apply_calibration
 from edgebus.core.descriptors import findings
 from edgebus.core.errors import EdgebusError
-from edgebus.data.preprocess import crop_square_px, image_area, lesion_box, prob_in_frame
+from edgebus.core.units import pixel_size_problem
+from edgebus.data.preprocess import crop_square_px, image_area, lesion_box, lesion_in_frame, prob_in_frame, region_areas
+from edgebus.runtime.cautions import CANDIDATE_SHARE, SYNTHETIC, several_regions, trained_on_synthetic
 from edgebus.runtime.bundle import bundle_acceptances, load_bundle, load_fusion, load_presence, load_site, read_bundle
 from edgebus.runtime.ensemble import EnsembleModel
 from edgebus.runtime.dicom import is_dicom, iter_frames
@@ -81,7 +83,7 @@ def dicom_fields(path, fr, pixel_size_mm=None) -> dict:
 
 
 RESULT_FIELDS = ("file", "width", "height", "image_area", "lesion", "prob_malignant", "prob_raw", "prob_classifier", "label", "threshold", "descriptors", "findings", "shape", "mask_threshold", "mask",
-                 "mask_area_px", "pixel_size_mm", "mask_area_mm2", "bbox", "crop", "latency_ms", "gates", "error")
+                 "mask_area_px", "pixel_size_mm", "mask_area_mm2", "bbox", "regions", "crop", "latency_ms", "gates", "warnings", "error")
 
 
 def _recalibrated(site_calibration: dict, calibrated, p: float) -> float:
@@ -93,14 +95,22 @@ def _ms(t0: float, t1: float) -> float:
     return round((t1 - t0) * 1000, 3)
 
 
-def _mask_fields(res: dict, full: np.ndarray, threshold: float, hw, area_box, pixel_size_mm) -> None:
-    """The lesion map (`full`: at the image area's size) in the frame (zero in its margins), its
-    area and box, into `res`."""
+def _mask_fields(res: dict, prob: np.ndarray, full: np.ndarray, threshold: float, hw, area_box, pixel_size_mm) -> None:
+    """The lesion in the frame (zero in its margins), its area and box, into `res`: the largest
+    8-connected region of the lesion map (`prob` on the model's grid, `full` at the image area's size),
+    so specks do not stretch the box or add to the area; `regions` counts the candidate lesions
+    (cautions.CANDIDATE_SHARE), and more than one adds a warning."""
     (h, w), (x0, y0, x1, y1) = hw, area_box
     mask = np.zeros((h, w), dtype=np.uint8)
-    mask[y0:y1, x0:x1] = full >= threshold
+    lesion = lesion_in_frame(prob, (y1 - y0, x1 - x0), threshold, full)
+    if lesion is not None:
+        mask[y0:y1, x0:x1] = lesion
     area = int(mask.sum())
     res["mask"], res["mask_threshold"], res["mask_area_px"] = mask, threshold, area
+    areas = region_areas(np.asarray(prob).reshape(np.asarray(prob).shape[:2]) >= threshold) if area else []
+    res["regions"] = int(sum(a >= CANDIDATE_SHARE * areas[0] for a in areas)) if area else 0
+    if res["regions"] > 1:
+        res["warnings"] = res["warnings"] + [several_regions(res["regions"])]
     if pixel_size_mm is not None:
         res["mask_area_mm2"] = round(area * float(pixel_size_mm) ** 2, 4)
     if area:
@@ -114,8 +124,9 @@ def _lesion_free(res: dict) -> None:
     res["label"] = NO_LESION
     if res["mask"] is not None:
         res["mask"] = np.zeros_like(res["mask"])
-    for k in ("bbox", "mask_area_px", "mask_area_mm2", "shape", "descriptors", "findings", "crop"):
+    for k in ("bbox", "mask_area_px", "mask_area_mm2", "shape", "descriptors", "findings", "crop", "regions"):
         res[k] = None
+    res["warnings"] = [x for x in res["warnings"] if "candidate lesion regions" not in x]
 
 
 class LesionPipeline:
@@ -158,6 +169,8 @@ class LesionPipeline:
         # what every result row says of the export gates: the acceptance of a failed file, or each file's verdict
         self.gates = "; ".join(accepted) or ", ".join(
             f"{m.task.role} {m.gate_status() if isinstance(m, ExportedModel) else 'not gated (fold ensemble)'}" for m in models)
+        # said in every result row and on every overlay: a model of a synthetic set is no clinical model
+        self.warnings = [SYNTHETIC] if any(trained_on_synthetic(m.meta) for m in models) else []
         failed = presence.gate() if presence is not None else None
         if failed:  # a presence rule that missed its stated rate out of fold: refused like a failed model file
             if not accept_failed_gates:
@@ -250,7 +263,7 @@ class LesionPipeline:
             error = str(e) if isinstance(e, EdgebusError) else \
                 f"{path}: could not be read ({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}); replace or remove it"
             res = {k: None for k in RESULT_FIELDS}
-            res.update(file=str(path), error=error, source_file=str(path), gates=self.gates)
+            res.update(file=str(path), error=error, source_file=str(path), gates=self.gates, warnings=list(self.warnings))
             yield res, None
 
     def predict_with_frame(self, frame, pixel_size_mm: float | None = None, name: str | None = None):
@@ -260,8 +273,9 @@ class LesionPipeline:
         res = {k: None for k in RESULT_FIELDS}
         res["file"] = name
         res["gates"] = self.gates
-        if pixel_size_mm is not None and not (np.isfinite(pixel_size_mm) and pixel_size_mm > 0):
-            raise EdgebusError(f"pixel size {pixel_size_mm} mm: must be a positive number")
+        res["warnings"] = list(self.warnings)
+        if pixel_size_mm is not None and pixel_size_problem(pixel_size_mm):  # a wrong unit, not a frame
+            raise EdgebusError(pixel_size_problem(pixel_size_mm))
         res["pixel_size_mm"] = None if pixel_size_mm is None else float(pixel_size_mm)
         t0 = time.perf_counter()
         try:
@@ -343,7 +357,7 @@ class LesionPipeline:
             res["label"] = c.labels[1] if res["prob_raw"] >= threshold else c.labels[0]
             lat["classify"] = _ms(ta, time.perf_counter())
         if prob is not None:
-            _mask_fields(res, prob_in_frame(prob, image.shape) if self.classifier is None else full, mask_threshold,
+            _mask_fields(res, prob, prob_in_frame(prob, image.shape) if self.classifier is None else full, mask_threshold,
                          (h, w), (x0, y0, x1, y1), pixel_size_mm)
             if self.presence is not None:  # first of all: is there a lesion in this frame?
                 res["lesion"] = self.presence.decide(prob, mask_threshold)
