@@ -2,6 +2,7 @@
 and no run folder left behind to block the re-run."""
 
 import shutil
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -31,6 +32,16 @@ def test_out_pointing_at_a_file_is_one_line_for_every_command(synthetic_breast_d
     one_line_error(cli("synth", f), str(f))
     one_line_error(cli("bench", tflite, "--out", f), str(f))
     assert f.read_text() == "not a folder"
+
+
+def test_bench_checks_its_input_before_writing_anything(synthetic_breast_dir, tmp_path):
+    """Issue 33: bench pointed at a frame wrote report files beside it before failing."""
+    frame = tmp_path / "frames" / "case001.png"
+    frame.parent.mkdir()
+    frame.write_bytes(next(Path(synthetic_breast_dir).rglob("case001.png")).read_bytes())
+    one_line_error(cli("bench", frame), "case001.png", "not a .tflite model")
+    one_line_error(cli("bench", tmp_path / "frames"), "without manifest.json")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["case001.png", "frames"]  # nothing written
 
 
 def test_bench_where_every_row_failed_exits_non_zero_and_keeps_the_report(tmp_path):

@@ -222,6 +222,26 @@ def _tensorflow_available() -> bool:
         return False
 
 
+def check_targets(targets) -> None:
+    """Before anything is written: each target is a run directory or device pack (a manifest.json), or a
+    .tflite file (the TFL3 identifier), so a frame or a typo never gets a report folder made beside it."""
+    if not targets:
+        raise EdgebusError("pass a run directory, a device pack or .tflite files")
+    for t in map(Path, targets):
+        if not t.exists():
+            raise EdgebusError(f"{t}: not found; pass a run directory, a device pack or .tflite files")
+        if t.is_dir():
+            if not (t / "manifest.json").is_file():
+                raise EdgebusError(f"{t}: a folder without manifest.json, so neither a run nor a device pack; "
+                                   "pass a run directory ('edgebus train'), a pack ('edgebus bench RUN --pack DIR') or .tflite files")
+            continue
+        with open(t, "rb") as f:
+            head = f.read(8)
+        if t.suffix.lower() != ".tflite" and head[4:8] != b"TFL3":  # a damaged .tflite gets its failed row instead
+            raise EdgebusError(f"{t}: not a .tflite model (no TFL3 identifier); bench times exported models: "
+                               "pass a run directory or the .tflite files 'edgebus export' wrote")
+
+
 def bench_run(run_dir: str | Path, threads=(1,), warmup: int = 10, runs: int = 50, xnnpack: bool = True,
               keras: bool = True, edgetpu: bool = False, log=print) -> dict:
     """Time and score every exported file of a run (or a device pack), each sha256-checked against

@@ -23,12 +23,10 @@ def bench(targets: list[Path] = typer.Argument(..., help="a run directory (or a 
           pack: Optional[Path] = typer.Option(None, help="instead of timing, write a device pack of the run to this folder"),
           out: Optional[Path] = typer.Option(None, help="where to write report.md/.json/.html (default: the run)")):
     """Time exported models and score them; writes report.md, report.json and report.html."""
-    from edgebus.benchmarks.bench import bench_files, bench_run, make_pack
+    from edgebus.benchmarks.bench import bench_files, bench_run, check_targets, make_pack
     from edgebus.benchmarks.report import check_out, markdown, report_folder, write_report
 
-    for t in targets:
-        if not t.exists():
-            raise EdgebusError(f"{t}: not found; pass a run directory, a pack, or .tflite files")
+    check_targets(targets)  # before any folder or file is made
     if pack is not None:
         if len(targets) != 1 or not targets[0].is_dir():
             raise EdgebusError("--pack takes exactly one run directory")
