@@ -166,6 +166,8 @@ def predict(
                       dicom_seg=dicom_seg, dicom_sr=dicom_sr)
     say(f"{s['frames']} frames: {s['ok']} ok, {s['failed']} failed; {fps_line(s['fps'])}")
     say(f"results: {s['predictions']['jsonl']}, {s['predictions']['csv']}, {s['summary_file']}")
+    if s.get("viewer"):
+        say(f"viewer: {s['viewer']} (open it in a browser: every frame, its overlay, label and warnings; works offline)")
     if s["failed"]:
         raise typer.Exit(1)
 
