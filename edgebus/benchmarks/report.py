@@ -8,6 +8,7 @@ import base64
 import html
 import json
 import io
+import re
 from pathlib import Path
 
 from edgebus.core.errors import EdgebusError
@@ -103,6 +104,7 @@ def markdown(result_or_results) -> str:
 
 
 def _plots(results: list[dict]) -> list[tuple[str, bytes]]:
+    """(title, PNG) of each chart of _figures; none without matplotlib."""
     try:
         import matplotlib
 
@@ -110,25 +112,60 @@ def _plots(results: list[dict]) -> list[tuple[str, bytes]]:
         import matplotlib.pyplot as plt
     except ImportError:
         return []
+    out = []
+    for name, fig in _figures(results):
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", pad_inches=0.15)
+        plt.close(fig)
+        out.append((name, buf.getvalue()))
+    return out
+
+
+def _figures(results: list[dict]) -> list:
+    """(title, matplotlib figure) of the latency, accuracy-vs-latency and size charts. Bars are
+    horizontal, one per row, their labels on the left inside the figure: long names are never cut or
+    rotated out of view."""
+    import matplotlib.pyplot as plt
+    from matplotlib import ticker
+
     rows = [r for r in _flat_rows(results) if r["status"] == "ok" and r.get("latency_ms")]
     if not rows:
         return []
     figs = []
 
-    def png(fig):
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        return buf.getvalue()
+    def laid_out(fig):  # rendered to PNG by _plots
+        fig.tight_layout()
+        return fig
 
-    labels = [f"{r['model']}\n{r['format']} t{r['threads'] or '-'}\n{r['machine'][:18]}" for r in rows]
-    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(rows)), 4))
-    ax.bar(range(len(rows)), [r["latency_ms"]["median"] for r in rows], color="tab:blue")
-    ax.set_xticks(range(len(rows)), labels, fontsize=6, rotation=90)
-    ax.set_ylabel("median latency (ms, log)")
-    ax.set_yscale("log")
-    ax.set_title("Latency per model, format and device")
-    figs.append(("latency", png(fig)))
+    def barh(ax, labels, values, colors, fmt):
+        """Bars top-down in row order, each with its value at its end."""
+        ys = list(range(len(values)))[::-1]
+        ax.barh(ys, values, color=colors, height=0.7)
+        ax.set_yticks(ys, labels, fontsize=8)
+        for y, v in zip(ys, values):
+            ax.annotate(fmt(v), (v, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
+        ax.margins(x=0.15, y=0.01)
+        ax.grid(axis="x", alpha=0.3)
+
+    def logx(ax):
+        """A log latency axis labelled 1, 2, 5, 10... in plain numbers (no overlapping 4x10^0 minor labels)."""
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+
+    many = len({r["machine"] for r in rows}) > 1
+    formats = sorted({r["format"] for r in rows})
+    fcolor = {f: f"C{i % 10}" for i, f in enumerate(formats)}
+    labels = [f"{r['model']} · {r['format']}" + (f" · {r['threads']} thr" if r.get("threads") else "")
+              + (f" · {r['machine'][:24]}" if many else "")
+              for r in rows]
+    fig, ax = plt.subplots(figsize=(8, 0.26 * len(rows) + 1.3))
+    barh(ax, labels, [r["latency_ms"]["median"] for r in rows], [fcolor[r["format"]] for r in rows], lambda v: f"{v:.2f}")
+    logx(ax)
+    ax.set_xlabel("median latency per frame (ms, log scale)")
+    ax.set_title("Latency per model, format and thread count" + (" and machine" if many else ""), fontsize=10)
+    figs.append(("Latency", laid_out(fig)))
 
     markers = {"keras": "s", "float32": "o", "float16": "v", "dynamic": "D", "int8_ptq": "^", "int8": "*"}
     for task, key in (("classify", "accuracy"), ("segment", "iou")):
@@ -142,37 +179,97 @@ def _plots(results: list[dict]) -> list[tuple[str, bytes]]:
         for r in pts:
             ax.scatter(r["latency_ms"]["median"], r["metrics"][key], color=colors[r["model"]],
                        marker=markers.get(r["format"].split("+")[0], "x"), s=60,
-                       label=f"{r['model']} {r['format']} ({r['machine'][:14]})")
-        ax.set_xscale("log")
-        ax.set_xlabel("median latency, 1 thread (ms, log)")
+                       label=f"{r['model']} {r['format']}" + (f" ({r['machine'][:14]})" if many else ""))
+        logx(ax)
+        ax.set_xlabel("median latency, 1 thread (ms, log scale)")
         ax.set_ylabel(f"test {key}")
-        ax.set_title(f"{key} vs latency (marker = format, colour = model)")
-        ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
-        figs.append((f"{key}_vs_latency", png(fig)))
+        ax.set_title(f"{key} vs latency (marker = format, colour = model)", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+        figs.append((f"{key.capitalize()} against latency", laid_out(fig)))
 
     seen, sizes = set(), []
     for r in rows:
         k = (r["model"], r["format"])
         if k not in seen and r.get("size_bytes"):
             seen.add(k)
-            sizes.append((f"{r['model']} {r['format']}", r["size_bytes"] / 1e6))
-    fig, ax = plt.subplots(figsize=(6, 0.3 * len(sizes) + 1.5))
-    ax.barh([s[0] for s in sizes], [s[1] for s in sizes], color="tab:green")
-    ax.set_xlabel("file size (MB)")
-    figs.append(("size", png(fig)))
+            sizes.append((f"{r['model']} · {r['format']}", r["size_bytes"] / 1e6, fcolor[r["format"]]))
+    if sizes:
+        fig, ax = plt.subplots(figsize=(8, 0.26 * len(sizes) + 1.3))
+        barh(ax, [s[0] for s in sizes], [s[1] for s in sizes], [s[2] for s in sizes], lambda v: f"{v:.2f} MB")
+        ax.set_xlabel("file size (MB)")
+        ax.set_title("Model file size per format", fontsize=10)
+        figs.append(("File size", laid_out(fig)))
     return figs
 
 
+_NUMBER = re.compile(r"^[-+]?(\d[\d.,]*|-)( ± [-+]?[\d.]+)?$")
+
+
+def _inline(text: str) -> str:
+    """A markdown line's text, escaped, its `code` spans as <code>."""
+    return "".join(f"<code>{html.escape(p)}</code>" if i % 2 else html.escape(p) for i, p in enumerate(text.split("`")))
+
+
+def _table(block: list[str]) -> str:
+    """A markdown table (header, separator, rows) as an HTML table: numbers right-aligned, a row whose
+    status is not ok marked."""
+    split = [[c.strip() for c in line.strip().strip("|").split("|")] for line in block]
+    head, body = split[0], [r for r in split[1:] if not all(set(c) <= set("-: ") for c in r)]
+    status = head.index("status") if "status" in head else None
+    out = ["<div class='scroll'><table><thead><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr></thead><tbody>"]
+    for r in body:
+        bad = status is not None and status < len(r) and r[status] != "ok"
+        out.append(f"<tr{' class=bad' if bad else ''}>" + "".join(
+            f"<td{' class=num' if _NUMBER.match(c) else ''}>{_inline(c)}</td>" for c in r) + "</tr>")
+    return "".join(out) + "</tbody></table></div>"
+
+
+def md_html(md: str) -> str:
+    """The report's markdown (headings, bullet lists, tables, paragraphs: what markdown() writes) as HTML."""
+    out, lines, i = [], md.splitlines(), 0
+    while i < len(lines):
+        line = lines[i]
+        for lead, render in (("|", _table), ("- ", lambda b: "<ul>" + "".join(f"<li>{_inline(x[2:])}</li>" for x in b) + "</ul>")):
+            if line.startswith(lead):
+                j = i
+                while j < len(lines) and lines[j].startswith(lead):
+                    j += 1
+                out.append(render(lines[i:j]))
+                i = j
+                break
+        else:
+            level = len(line) - len(line.lstrip("#"))
+            if level and line[level:].startswith(" "):
+                h = 2 if level <= 2 else level  # a model's section and the ratios alike, under the page's <h1>
+                out.append(f"<h{h}>{_inline(line[level + 1:])}</h{h}>")
+            elif line.strip():
+                out.append(f"<p>{_inline(line)}</p>")
+            i += 1
+    return "\n".join(out)
+
+
+_STYLE = ("body{font-family:system-ui,sans-serif;max-width:1400px;margin:auto;padding:0 16px;color:#1d2330}"
+          "h2{margin-top:1.6em;border-bottom:1px solid #ccd;padding-bottom:4px}code{font-size:90%;background:#f0f1f4;padding:0 3px}"
+          ".scroll{overflow-x:auto;margin:8px 0 16px}table{border-collapse:collapse;font-size:13px}"
+          "th,td{border:1px solid #d5d8de;padding:3px 7px}th{background:#eef0f4;white-space:nowrap;position:sticky;top:0}"
+          "td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}tbody tr:nth-child(even){background:#f8f9fb}"
+          "tr.bad td{background:#fdecea}figure{margin:12px 0}figure img{max-width:100%;height:auto}"
+          "figcaption{font-weight:600;margin-bottom:4px}")
+
+
 def html_page(results: list[dict], md: str) -> str:
+    """report.html: the tables of report.md as HTML tables, then the charts (inline PNGs: one file, offline)."""
     body = [f"<h1>edgebus benchmark report</h1><p>{len(results)} result file(s), "
-            f"{len({_machine(r['machine']) for r in results})} machine(s).</p>"]
-    for name, data in _plots(results):
-        body.append(f'<h2>{html.escape(name)}</h2><img alt="{html.escape(name)}" src="data:image/png;base64,'
-                    f'{base64.b64encode(data).decode()}">')
-    body.append("<h2>Tables</h2><pre>" + html.escape(md) + "</pre>")
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>edgebus benchmark</title>"
-            "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}pre{font-size:12px;overflow-x:auto}</style>"
-            "</head><body>" + "\n".join(body) + "</body></html>\n")
+            f"{len({_machine(r['machine']) for r in results})} machine(s).</p>", md_html(md)]
+    plots = _plots(results)
+    if plots:
+        body.append("<h2>Charts</h2>")
+    for name, data in plots:
+        body.append(f'<figure><figcaption>{html.escape(name)}</figcaption><img alt="{html.escape(name)}" '
+                    f'src="data:image/png;base64,{base64.b64encode(data).decode()}"></figure>')
+    return ("<!doctype html><html lang='en'><head><meta charset='utf-8'><title>edgebus benchmark</title>"
+            f"<style>{_STYLE}</style></head><body>" + "\n".join(body) + "</body></html>\n")
 
 
 _SAME_BENCH = ("run", "task", "model", "input_size", "data_fingerprint", "eval_split", "machine")

@@ -46,20 +46,38 @@ def stress_markdown(res: dict) -> str:
 
 
 def stress_plot(res: dict, path: str | Path) -> Path:
+    """The drop of the key metric (clean minus changed) per acquisition change, one bar per model kind, on
+    an axis scaled to the drops: they are a few hundredths of AUC or IoU, invisible on a 0-1 axis of the
+    metric itself. A bar right of zero is a loss, left of it a gain; the clean values are in the title."""
     plt = _plt()
-    rows = res["rows"]
+    rows = [r for r in res["rows"] if r["strength"] is not None]  # the clean row's drop is 0 by definition
     kinds = res["kinds"]
     metric = res["summary"][kinds[0]]["metric"]
-    fig, ax = plt.subplots(figsize=(6.4, 0.28 * len(rows) + 1.2))
+    fig, ax = plt.subplots(figsize=(7.2, 0.3 * len(rows) * max(1, len(kinds) / 2) + 1.6))
     ys = list(range(len(rows)))[::-1]
     width = 0.8 / len(kinds)
+    drops = []
     for i, k in enumerate(kinds):
-        ax.barh([y + (i - (len(kinds) - 1) / 2) * width for y in ys], [r[k][metric] or 0 for r in rows], height=width, label=k)
-    ax.axvline(rows[0][kinds[0]][metric], color="0.3", lw=1, ls="--")
+        pts = [(y + ((len(kinds) - 1) / 2 - i) * width, r[k]["drop"]) for y, r in zip(ys, rows) if r[k].get("drop") is not None]
+        if not pts:
+            continue
+        yk, dk = zip(*pts)
+        drops += dk
+        ax.barh(yk, dk, height=width, label=k, color=f"C{i}")
+        for y, d in pts:
+            ax.annotate(f"{round(d, 3) + 0.0:+.3f}", (d, y), xytext=(3 if d >= 0 else -3, 0), textcoords="offset points",
+                        ha="left" if d >= 0 else "right", va="center", fontsize=6)
+    ax.axvline(0, color="0.2", lw=0.8)
+    lo, hi = min(drops + [0.0]), max(drops + [0.0])
+    pad = max(hi - lo, 0.01) * 0.18  # room for the value labels
+    ax.set_xlim(lo - pad, hi + pad)
     ax.set_yticks(ys)
     ax.set_yticklabels([_label(r) for r in rows], fontsize=8)
-    ax.set_xlabel(metric)
-    ax.set_xlim(0, 1)
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_title(f"stress: {metric} per acquisition change (n={res['n']})", fontsize=10)
+    ax.set_ylim(-0.6, len(rows) - 0.4)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_xlabel(f"drop in {metric} (clean minus changed; > 0 is worse)")
+    clean = ", ".join(f"{k} {res['rows'][0][k][metric]:.3f}" for k in kinds if res["rows"][0][k].get(metric) is not None)
+    ax.set_title(f"stress: {metric} drop per acquisition change (n={res['n']}; clean {clean})", fontsize=9)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
     return _save(fig, path)
