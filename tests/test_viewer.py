@@ -89,6 +89,8 @@ def test_one_row_per_frame_and_names_escaped(synthetic_breast_dir, tmp_path):
     rows, summary = _rows(synthetic_breast_dir, tmp_path)
     rows.append({"file": "caf\udce9 #1?.png", "error": None, "label": "benign", "prob_malignant": 0.1,
                  "overlay": str(tmp_path / "overlays" / "caf\udce9 #1?.png")})  # a name that is not UTF-8 on disk
+    rows.append({"file": "calibrated.png", "error": None, "label": "malignant", "prob_malignant": 0.12, "prob_raw": 0.3,
+                 "threshold": 0.2, "overlay": None})  # the threshold applies to the model output, not the calibrated number
     page = write_viewer(tmp_path, rows, summary)
     assert page == tmp_path / "index.html"
     text = page.read_text(encoding="utf-8")  # valid UTF-8 whatever the names
@@ -98,6 +100,9 @@ def test_one_row_per_frame_and_names_escaped(synthetic_breast_dir, tmp_path):
     assert "overlays/case%20%232%20%28left%29.png" in text  # '#' would cut the link
     assert "caf\\xe9 #1?.png" in text and "overlays/caf%E9%20%231%3F.png" in text
     assert "corrupt.png: not a readable image" in text and "pixel size not given" in text
+    calibrated = text[text.index("data-name='calibrated.png'"):].split("</article>")[0]
+    assert "width:30.0%" in calibrated and "left:20.0%" in calibrated and "<dd>0.300</dd>" in calibrated
+    assert "probability (calibrated)" in calibrated and "threshold (on model output)" in calibrated
     assert "http://" not in text and "https://" not in text  # nothing to fetch: works offline
     assert not list(tmp_path.glob(".index.html.*"))  # written atomically, no temp file left
 

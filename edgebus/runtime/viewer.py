@@ -86,14 +86,18 @@ def _card(i: int, row: dict) -> str:
     img = (f'<a href="{href}" target="_blank"><img loading="lazy" src="{href}" alt="overlay of {_e(name)}"></a>'
            if href else '<div class="noimg">no overlay</div>')
     lesion_free = isinstance(row.get("lesion"), dict) and not row["lesion"].get("present")
-    facts = [("probability (audit only)" if lesion_free else "probability", _fmt(prob)), ("threshold", _fmt(row.get("threshold")))]
-    if row.get("prob_raw") is not None and _num(row.get("prob_raw")) != prob:
-        facts.append(("model output", _fmt(row.get("prob_raw"))))
+    raw = _num(row.get("prob_raw"))
+    calibrated = raw is not None and raw != prob  # the threshold applies to the model output, not the calibrated number
+    facts = [("probability" + (" (audit only)" if lesion_free else " (calibrated)" if calibrated else ""), _fmt(prob))]
+    if calibrated:
+        facts.append(("model output", _fmt(raw)))
+    facts.append(("threshold" + (" (on model output)" if calibrated else ""), _fmt(row.get("threshold"))))
     if _presence(row.get("lesion")):
         facts.append(("presence", _presence(row.get("lesion"))))
     if row.get("mask_area_px") is not None:
         mm2 = _num(row.get("mask_area_mm2"))
-        facts.append(("lesion area", f"{mm2:.1f} mm²" if mm2 is not None else f"{row['mask_area_px']} px"))
+        facts.append(("lesion area", "none segmented" if not row["mask_area_px"] else
+                      f"{mm2:.1f} mm²" if mm2 is not None else f"{row['mask_area_px']} px"))
     if row.get("findings"):
         facts.append(("findings", row["findings"]))
     if row.get("gates"):
@@ -104,10 +108,10 @@ def _card(i: int, row: dict) -> str:
         warnings = [warnings]
     warn = ("<ul class='warn'>" + "".join(f"<li>{_e(w)}</li>" for w in warnings) + "</ul>") if warnings else ""
     err = f"<p class='err'>{_e(row['error'])}</p>" if row.get("error") is not None else ""
-    thr = _num(row.get("threshold"))
+    thr, shown = _num(row.get("threshold")), raw if calibrated else prob
     tick = f"<i style='left:{min(max(thr, 0), 1) * 100:.1f}%' title='threshold'></i>" if thr is not None else ""
-    bar = (f"<div class='bar {_css(label)}'><span style='width:{min(max(prob, 0), 1) * 100:.1f}%'></span>{tick}</div>"
-           if prob is not None else "")  # the probability against the threshold (the tick), coloured by the call
+    bar = (f"<div class='bar {_css(label)}'><span style='width:{min(max(shown, 0), 1) * 100:.1f}%'></span>{tick}</div>"
+           if shown is not None else "")  # what the threshold (the tick) applies to, coloured by the call
     return (f"<article class='card' data-i='{i}' data-name='{_e(name)}' data-prob='{'' if prob is None else prob}' "
             f"data-label='{_e(label)}'>{img}<h3 class='name' title='{_e(file)}'>{_e(name)}</h3>"
             f"<span class='label {_css(label)}'>{_e(label)}</span>{bar}<dl>{dl}</dl>{warn}{err}</article>")
