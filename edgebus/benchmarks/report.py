@@ -215,7 +215,8 @@ def _table(block: list[str]) -> str:
     """A markdown table (header, separator, rows) as an HTML table: numbers right-aligned, a row whose
     status is not ok marked."""
     split = [[c.strip() for c in line.strip().strip("|").split("|")] for line in block]
-    head, body = split[0], [r for r in split[1:] if not all(set(c) <= set("-: ") for c in r)]
+    sep = len(split) > 1 and all(c and set(c) <= set("-:") for c in split[1])  # the |---|---| line
+    head, body = split[0], split[2:] if sep else split[1:]
     status = head.index("status") if "status" in head else None
     out = ["<div class='scroll'><table><thead><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr></thead><tbody>"]
     for r in body:
