@@ -20,6 +20,7 @@ CONTOUR_RGB = (255, 0, 0)
 BOX_RGB = (255, 255, 0)
 CROP_RGB = (0, 200, 255)  # the square a lesion-crop classifier saw
 TEXT_RGB = {"malignant": (255, 80, 80), "benign": (80, 255, 80)}
+WARNING_RGB = (255, 165, 0)  # a warning (a synthetic-data model, several candidate regions): orange, bottom-left
 
 
 def _shifts(p: np.ndarray):
@@ -120,15 +121,22 @@ def render_overlay(gray: np.ndarray, result: dict, mask: np.ndarray | None = Non
     if box and crop:
         x0, y0, x1, y1 = crop
         draw.rectangle([max(x0, 0), max(y0, 0), min(x1, w) - 1, min(y1, h) - 1], outline=CROP_RGB, width=1)
-    lines = caption(result)
-    if lines:
-        font = _font(max(10, round(scale / 30)))
-        text = "\n".join(lines)
-        pad = 2
-        left, top, right, bottom = draw.multiline_textbbox((pad, pad), text, font=font)
-        draw.rectangle([0, 0, min(w - 1, right + pad), min(h - 1, bottom + pad)], fill=(0, 0, 0))
-        draw.multiline_text((pad, pad), text, font=font, fill=TEXT_RGB.get(result.get("label"), (255, 255, 255)))
+    font = _font(max(10, round(scale / 30)))
+    _text(draw, _finding_lines(result), font, (w, h), TEXT_RGB.get(result.get("label"), (255, 255, 255)), top=True)
+    # the warnings along the bottom edge, apart from the findings, so neither hides the lesion's top
+    _text(draw, [overlay_line(x) for x in result.get("warnings") or []], font, (w, h), WARNING_RGB, top=False)
     return img
+
+
+def _text(draw, lines: list[str], font, size, fill, top: bool) -> None:
+    """Lines on a black box in the frame's top-left (top) or bottom-left corner."""
+    if not lines:
+        return
+    (w, h), pad, text = size, 2, "\n".join(lines)
+    left, t, right, bottom = draw.multiline_textbbox((pad, pad), text, font=font)
+    dy = 0 if top else max(0, h - 1 - (bottom + pad))  # the same box, moved down to the bottom edge
+    draw.rectangle([0, dy, min(w - 1, right + pad), min(h - 1, dy + bottom + pad)], fill=(0, 0, 0))
+    draw.multiline_text((pad, pad + dy), text, font=font, fill=fill)
 
 
 PNG_COMPRESS_LEVEL = 1
