@@ -137,7 +137,7 @@ def _identity(pipeline: LesionPipeline, pixel_size_mm, overlays: bool, masks: bo
 
 def _clear(out: Path) -> None:
     """Remove what an earlier predict wrote into `out` (its own files only)."""
-    for name in (RUN_FILE, "predictions.jsonl", "predictions.csv", "summary.json"):
+    for name in (RUN_FILE, "predictions.jsonl", "predictions.csv", "summary.json", "index.html"):
         (out / name).unlink(missing_ok=True)
     for sub, pattern in (("overlays", "*.png"), ("masks", "*.png"), ("seg", "*.seg.dcm"), ("sr", "*.sr.dcm")):
         if (out / sub).is_dir() and not (out / sub).is_symlink():
