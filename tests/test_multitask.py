@@ -54,7 +54,7 @@ def test_mask_gate_fails_a_multitask_file(mt_run, tmp_path):
 
 
 def test_cart_gets_mask_and_malignancy_from_one_invoke(mt_run, synthetic_breast_dir):
-    from edgebus.data.preprocess import image_area, load_gray, to_model_input
+    from edgebus.data.preprocess import image_area, lesion_in_frame, load_gray, to_model_input
     from edgebus.runtime import LesionPipeline
 
     pipe = LesionPipeline(classifier=mt_run)
@@ -68,9 +68,13 @@ def test_cart_gets_mask_and_malignancy_from_one_invoke(mt_run, synthetic_breast_
     x0, y0, x1, y1 = image_area(gray)
     ref = pipe.classifier.predict_all(to_model_input(gray[y0:y1, x0:x1], pipe.classifier.contract)[None])
     assert res["prob_raw"] == pytest.approx(float(ref["prob"].ravel()[0]), abs=1e-6)
-    full = np.asarray(Image.fromarray(ref["mask"][0, ..., 0]).resize((x1 - x0, y1 - y0), Image.BILINEAR)) >= 0.5
-    assert res["mask"].shape == gray.shape and np.array_equal(res["mask"][y0:y1, x0:x1], full.astype(np.uint8))
-    assert res["mask_threshold"] == 0.5 and res["mask_area_px"] == int(full.sum())
+    prob = np.asarray(Image.fromarray(ref["mask"][0, ..., 0]).resize((x1 - x0, y1 - y0), Image.BILINEAR))
+    # the lesion: the largest region of the map thresholded in the frame (edgebus.data.preprocess.lesion_in_frame)
+    lesion = lesion_in_frame(ref["mask"][0, ..., 0], (y1 - y0, x1 - x0), 0.5, prob)
+    lesion = np.zeros((y1 - y0, x1 - x0), np.uint8) if lesion is None else lesion
+    assert res["mask"].shape == gray.shape and np.array_equal(res["mask"][y0:y1, x0:x1], lesion)
+    assert not (res["mask"][y0:y1, x0:x1].astype(bool) & (prob < 0.5)).any()  # never beyond the thresholded map
+    assert res["mask_threshold"] == 0.5 and res["mask_area_px"] == int(lesion.sum())
 
 
 def test_pixel_table_is_the_float_quantization(cart_models):
