@@ -33,3 +33,21 @@ def test_the_recorded_output_decides_the_label():
     d = cart_decision(CLS, None, {"threshold": 0.123457})
     assert d.decide(0.1234567)["label"] == "malignant"  # rounded to 6 digits, as the row records it
     assert d.decide(0.1234564)["label"] == "benign"
+
+
+@pytest.mark.parametrize("kind", ["fusion", "presence"])
+def test_a_bundles_json_models_share_one_checked_reader(kind, tmp_path):
+    """fusion.json and presence.json from elsewhere: missing, not JSON, or missing a field -> one line naming
+    the file and the command that makes it (edgebus.core.io.checked_file)."""
+    from edgebus.core.errors import EdgebusError
+    from edgebus.runtime.fusion import ShapeFusion
+    from edgebus.runtime.presence import LesionPresence
+
+    load, command = {"fusion": (ShapeFusion, "edgebus fuse"), "presence": (LesionPresence, "edgebus presence")}[kind]
+    with pytest.raises(EdgebusError, match=f"not found; make it with '{command} ") as e:
+        load(tmp_path / "nope.json")
+    for body in ("{not json", '{"schema": "edgebus.presence/1"}'):
+        (tmp_path / "x.json").write_text(body)
+        with pytest.raises(EdgebusError, match=f"not a {kind} file of this edgebus .*re-run '{command}'") as e:
+            load(tmp_path / "x.json")
+        assert "\n" not in str(e.value)
