@@ -22,7 +22,7 @@ def run_demo(out: Path, data: Path | None = None, size: int = 96, epochs: int = 
     from edgebus.export.config import ExportConfig
     from edgebus.export.exporter import export_run
     from edgebus.runtime import LesionPipeline, make_bundle, predict_files
-    from edgebus.runtime.frames import list_frames
+    from edgebus.data.inputs import list_frames
     from edgebus.training import TrainConfig, train
 
     out = Path(out)

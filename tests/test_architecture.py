@@ -17,7 +17,7 @@ ALLOWED = {
     "data": {"core"},
     "models": {"core", "compat"},
     "reports": {"core"},
-    "runtime": {"core", "data.preprocess", "data.presence"},
+    "runtime": {"core", "data.preprocess", "data.presence", "data.inputs"},
     "engine": {"core", "data", "models", "compat"},
     "export": {"core", "data", "models", "engine", "runtime", "compat"},
     "training": {"core", "data", "models", "engine", "export", "runtime", "reports", "compat"},

@@ -102,12 +102,12 @@ def predict(
 
     Exit code: 0 when every frame succeeded; 1 when some frames failed (each is reported, its row has 'error' set, the other frames are still processed); 2 for bad arguments or models.
     """
-    from edgebus.data.breast import IMAGES_DIR, breast_pixel_sizes, is_breast_layout
-    from edgebus.data.busi import is_busi_layout, read_busi
+    from edgebus.data.breast import breast_pixel_sizes
+    from edgebus.data.layouts import frames_of
     from edgebus.runtime import LesionPipeline, predict_files
     from edgebus.runtime.batch import fps_line
     from edgebus.core.units import pixel_size_problem
-    from edgebus.runtime.frames import printable, resolve_inputs
+    from edgebus.runtime.frames import printable
 
     def say(line: str) -> None:  # valid UTF-8 whatever the file names are (runtime.frames.printable)
         typer.echo(printable(line))
@@ -120,17 +120,8 @@ def predict(
         raise EdgebusError(f"--threads {threads}: give 1 or more")
     if pixel_size is not None and pixel_size_problem(pixel_size, "--pixel-size"):
         raise EdgebusError(pixel_size_problem(pixel_size, "--pixel-size"))
-    files, skipped = [], 0
-    for item in inputs:
-        if item.is_dir() and is_breast_layout(item):  # its frames, and its sheet for pixel sizes
-            data = data or item
-            item = item / IMAGES_DIR
-        if item.is_dir() and is_busi_layout(item):  # a labelled site set in the BUSI layout: its class folders' frames
-            found, k = [c.image for c in read_busi(item).cases], 0
-        else:
-            found, k = resolve_inputs(item)
-        files, skipped = files + found, skipped + k
-    files = list(dict.fromkeys(files))  # a frame named twice is predicted once
+    files, skipped, breast = frames_of(inputs)  # a BrEaST-layout folder's sheet gives its frames' pixel sizes
+    data = data or breast
     if skipped:
         say(f"{', '.join(map(str, inputs))}: skipping {skipped} mask files (*_tumor, *_other)")
     # a case whose Pixel_size is not a size (inf, abc, 0): predicted, its mm^2 left out, one warning each

@@ -340,3 +340,17 @@ def one_writer(folder: str | Path):
         del _WRITERS[key]
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+@contextlib.contextmanager
+def checked_file(path: Path, kind: str, command: str, args: str = ""):
+    """Reading and checking a model file from elsewhere (a bundle's fusion.json, presence.json) inside this
+    block: a missing file, or any field missing or malformed, becomes one EdgebusError line naming the file
+    and the command that makes it again."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise EdgebusError(f"{path}: not found; make it with '{command}{' ' + args if args else ''}'") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise EdgebusError(f"{path}: not a {kind} file of this edgebus ({type(e).__name__}: {e}); "
+                           f"re-run '{command}'") from None

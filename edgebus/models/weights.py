@@ -23,7 +23,6 @@ torch is needed for reading the .pth at all (pip install 'edgebus[weights]').
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import importlib
 import json
 import os
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from edgebus.core.errors import EdgebusError
+from edgebus.core.io import sha256_file
 from edgebus.models.efficientnet_lite import (
     BN_EPSILON,
     VARIANTS,
@@ -58,14 +58,6 @@ def default_weights_path(variant: str) -> Path:
 
 def sidecar_path(path: str | Path) -> Path:
     return Path(path).with_suffix(".json")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _torch():
@@ -345,10 +337,10 @@ def import_lite_weights(variant: str, out: str | Path | None = None, pth: str | 
         "coefficients": dict(zip(("width", "depth", "resolution", "dropout"), VARIANTS[v])),
         "weights": "imagenet",
         "file": out.name,
-        "sha256": _sha256(out),
+        "sha256": sha256_file(out),
         "keras_layers": "by name: stem_*, block{N}_*, top_*, fc (1000 ImageNet classes); see edgebus.models.efficientnet_lite",
         "input": "[0, 1] NHWC; the model normalises as (255*x - 127) / 128 in its graph",
-        "source": {"package": pkg, "version": pkg_version, "file": pth.name, "sha256": _sha256(pth),
+        "source": {"package": pkg, "version": pkg_version, "file": pth.name, "sha256": sha256_file(pth),
                    "license": "Apache-2.0"},
         "ported": ported,
         "verification": check,

@@ -22,7 +22,7 @@ import numpy as np
 from edgebus.core.errors import EdgebusError
 from edgebus.core.io import atomic_write, json_default, write_json
 from edgebus.runtime.dicom import is_dicom
-from edgebus.runtime.frames import resolve_inputs
+from edgebus.data.inputs import resolve_inputs
 from edgebus.runtime.metadata import read_metadata
 from edgebus.runtime.model import resolve_model_path
 from edgebus.runtime.overlay import png_bytes, render_overlay
@@ -124,7 +124,7 @@ class Cart:
         """Predictions of a folder, a glob ('scans/*.png'), a list of paths or arrays, or one path, one at a
         time (a generator: nothing is held beyond the current frame). A bad frame raises EdgebusError,
         or with skip_errors yields a Prediction whose `.error` says why."""
-        if isinstance(frames, (str, Path)):
+        if isinstance(frames, (str, Path)):  # a frame, a folder or a pattern
             frames = resolve_inputs(frames)[0]
         for frame in frames:
             if isinstance(frame, (str, Path)) and is_dicom(frame):  # every frame of a cine loop

@@ -3,8 +3,6 @@ shared preprocessing (edgebus.data.preprocess), with a clear one-line error for 
 
 from __future__ import annotations
 
-import glob
-import re
 import warnings
 from pathlib import Path
 
@@ -15,12 +13,10 @@ from edgebus.core.errors import EdgebusError
 from edgebus.data.preprocess import _to_gray
 
 MAX_FRAME_PIXELS = 50_000_000  # refuse bigger frames before decoding them (about 7000 x 7000)
-FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")  # DICOM: edgebus.runtime.dicom
 # Pillow modes a frame may have; 16-bit gray is rescaled to 8 bits by the shared preprocessing.
 _FRAME_MODES = {"L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr",
                 "I;16", "I;16B", "I;16L", "I;16N"}
 _MODE_WORDS = {"1": "1-bit black-and-white", "F": "32-bit float", "I": "32-bit integer"}
-_MASK_NAME = re.compile(r"_(tumor|other\d*)$", re.IGNORECASE)
 
 
 def _check_frame(where, w: int, h: int, mode: str, fmt: str | None, max_pixels: int) -> None:
@@ -95,43 +91,3 @@ def printable(text: str) -> str:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:  # a surrogate no file name holds
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def list_frames(folder: str | Path) -> tuple[list[Path], int]:
-    """(sorted PNG/JPEG frames in folder, number of BrEaST mask files skipped: *_tumor, *_otherN)."""
-    folder = Path(folder)
-    frames, skipped = [], 0
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or not p.is_file() or p.suffix.lower() not in FRAME_SUFFIXES:
-            continue
-        if _MASK_NAME.search(p.stem):
-            skipped += 1
-            continue
-        frames.append(p)
-    return frames, skipped
-
-
-def resolve_inputs(path) -> tuple[list[Path], int]:
-    """(frames, mask files skipped) for an image, a folder of frames, a glob ('scans/*.png', quoted so
-    the shell leaves it), or a list of those; each file once, in the order given."""
-    if isinstance(path, (list, tuple)):
-        files, skipped = [], 0
-        for p in path:
-            f, k = resolve_inputs(p)
-            files, skipped = files + f, skipped + k
-        return list(dict.fromkeys(files)), skipped
-    path = Path(path)
-    if not path.exists() and any(c in str(path) for c in "*?["):
-        hits = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
-        files = [p for p in hits if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES and not _MASK_NAME.search(p.stem)]
-        if not files:
-            raise EdgebusError(f"{path}: no PNG/JPEG/DICOM frames match this pattern")
-        return files, sum(bool(_MASK_NAME.search(p.stem)) for p in hits if p.suffix.lower() in FRAME_SUFFIXES)
-    if not path.exists():
-        raise EdgebusError(f"{path}: not found; pass an image, a folder of frames or a pattern such as 'scans/*.png'")
-    if not path.is_dir():
-        return [path], 0
-    files, skipped = list_frames(path)
-    if not files:
-        raise EdgebusError(f"{path}: no PNG/JPEG/DICOM frames in the folder")
-    return files, skipped

@@ -19,8 +19,7 @@ import numpy as np
 from edgebus.core import fusion
 from edgebus.core.calibration import apply, valid_calibration, valid_threshold
 from edgebus.core.echo import echo_features
-from edgebus.core.errors import EdgebusError
-from edgebus.core.io import sha256_file
+from edgebus.core.io import checked_file, sha256_file
 from edgebus.core.shape import FEATURES, shape_features
 from edgebus.data.preprocess import lesion_in_frame
 
@@ -51,7 +50,7 @@ class ShapeFusion:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        try:
+        with checked_file(self.path, "fusion", "edgebus fuse", "CLS_CV SEG_CV"):
             r = json.loads(self.path.read_text())
             self.model = r["model"]
             op = r["operating_point"]["fused"]
@@ -70,11 +69,6 @@ class ShapeFusion:
                 if not (fusion.valid_model(d.get("model"), fusion.MEASURES) and isinstance(d.get("labels"), list)
                         and len(d["labels"]) == 2 and isinstance(d.get("name"), str)):
                     raise KeyError(f"descriptor {d.get('name')}")
-        except FileNotFoundError:
-            raise EdgebusError(f"{self.path}: not found; make it with 'edgebus fuse CLS_CV SEG_CV'") from None
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise EdgebusError(f"{self.path}: not a fusion file of this edgebus ({type(e).__name__}: {e}); "
-                               "re-run 'edgebus fuse'") from None
         self.sha256 = sha256_file(self.path)
         self.source = {k: r.get(k) for k in ("classifier_cv", "segment_cv", "group_by")}
 

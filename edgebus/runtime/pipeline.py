@@ -51,13 +51,11 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from edgebus.core.calibration import apply as apply_calibration
 from edgebus.core.descriptors import findings
 from edgebus.core.errors import EdgebusError
 from edgebus.core.units import pixel_size_problem
@@ -65,6 +63,7 @@ from edgebus.data.preprocess import crop_square_px, image_area, lesion_box, lesi
 from edgebus.runtime.cautions import CANDIDATE_SHARE, SYNTHETIC, several_regions, trained_on_synthetic
 from edgebus.runtime.bundle import bundle_acceptances, load_bundle, load_fusion, load_presence, load_site, read_bundle
 from edgebus.runtime.ensemble import EnsembleModel
+from edgebus.runtime.decision import cart_decision
 from edgebus.runtime.dicom import is_dicom, iter_frames
 from edgebus.runtime.frames import MAX_FRAME_PIXELS, gray_from_array, load_frame
 from edgebus.runtime.fusion import orientation_words, shape_result
@@ -84,11 +83,6 @@ def dicom_fields(path, fr, pixel_size_mm=None) -> dict:
 
 RESULT_FIELDS = ("file", "width", "height", "image_area", "lesion", "prob_malignant", "prob_raw", "prob_classifier", "label", "threshold", "descriptors", "findings", "shape", "mask_threshold", "mask",
                  "mask_area_px", "pixel_size_mm", "mask_area_mm2", "bbox", "regions", "crop", "latency_ms", "gates", "warnings", "error")
-
-
-def _recalibrated(site_calibration: dict, calibrated, p: float) -> float:
-    """The shown probability with a site's recalibration (edgebus site-threshold) applied on top."""
-    return float(apply_calibration(site_calibration, calibrated(p)))
 
 
 def _ms(t0: float, t1: float) -> float:
@@ -159,6 +153,7 @@ class LesionPipeline:
                                "(or a multi-task classifier, whose file gives the mask)")
         self.site = site  # runtime.site: a threshold chosen on a site's own cases replaces the shipped one
         self.presence = presence  # runtime.presence.LesionPresence: "no lesion found" before any malignancy label
+        self.decision = cart_decision(self.classifier, fusion, site)  # which threshold and calibration, decided once
         self._invoking = threading.Lock()
         self._keys = {}  # id(model) -> its contract key (_contract_key)
         if presence is not None and self.segmenter is None and not (self.classifier is not None and self.classifier.has_mask):
@@ -335,26 +330,15 @@ class LesionPipeline:
             p = float(np.clip(out["prob"], 0.0, 1.0))
             if out["descriptors"] is not None:  # the radiologist's words: "irregular shape, not circumscribed margin, ..."
                 res["descriptors"], res["findings"] = findings(out["descriptors"][None], c.descriptors)
-            threshold, calibrated = c.threshold, c.calibrated
             if self.fusion is not None:  # the classifier's score and the lesion's measured shape, one model
                 res["prob_classifier"] = round(p, 6)
                 p, shape, desc = self.fusion.score(p, prob, image, mask_threshold, full)
-                threshold, calibrated = self.fusion.threshold, self.fusion.calibrated
                 res["shape"] = shape_result(shape)
                 if desc is not None:  # measured on the mask: these replace a classifier head's words
                     res["descriptors"], res["findings"] = findings(desc, self.fusion.descriptors)
                 if shape is not None:
                     res["findings"] = ", ".join(x for x in (res["findings"], orientation_words(shape[0])) if x)
-            if self.site is not None:  # the threshold and calibration this site's own labelled cases chose
-                threshold = self.site["threshold"]
-                if self.site.get("calibration"):  # moves the shown probability's logit (after the cart's own)
-                    calibrated = partial(_recalibrated, self.site["calibration"], calibrated)
-            res["prob_raw"] = round(p, 6)  # the model's output: what the threshold applies to
-            res["prob_malignant"] = round(float(calibrated(p)), 6)  # calibrated where the model carries one
-            res["threshold"] = threshold
-            # the recorded output decides, so a row is its own proof (a threshold chosen on recorded outputs, as a
-            # site's is, may equal one of them to the last digit)
-            res["label"] = c.labels[1] if res["prob_raw"] >= threshold else c.labels[0]
+            res.update(self.decision.decide(p))  # threshold and calibration: the file's, the fusion's or the site's
             lat["classify"] = _ms(ta, time.perf_counter())
         if prob is not None:
             _mask_fields(res, prob, prob_in_frame(prob, image.shape) if self.classifier is None else full, mask_threshold,

@@ -11,8 +11,7 @@ import numpy as np
 
 from edgebus.core import fusion
 from edgebus.core.calibration import valid_threshold
-from edgebus.core.errors import EdgebusError
-from edgebus.core.io import sha256_file
+from edgebus.core.io import checked_file, sha256_file
 from edgebus.data.presence import EVIDENCE, evidence
 
 PRESENCE_JSON = "presence.json"
@@ -25,7 +24,7 @@ class LesionPresence:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        try:
+        with checked_file(self.path, "presence", "edgebus presence", "SEG_CV"):
             r = json.loads(self.path.read_text())
             if r.get("schema") != "edgebus.presence/1":
                 raise KeyError("schema")
@@ -36,11 +35,6 @@ class LesionPresence:
                 raise ValueError(f"threshold {self.threshold!r} outside [0, 1]")
             self.max_miss, self.mask_from = float(r["max_miss"]), r.get("mask_from") or {}
             self.out_of_fold = (r.get("out_of_fold") or {}).get("evidence model")
-        except FileNotFoundError:
-            raise EdgebusError(f"{self.path}: not found; make it with 'edgebus presence SEG_CV'") from None
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise EdgebusError(f"{self.path}: not a presence file of this edgebus ({type(e).__name__}: {e}); "
-                               "re-run 'edgebus presence'") from None
         self.sha256 = sha256_file(self.path)
 
     def decide(self, prob: np.ndarray, mask_threshold: float) -> dict:
