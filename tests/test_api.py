@@ -173,3 +173,16 @@ def test_predict_takes_several_paths_and_patterns(cart, synthetic_breast_dir, tm
     one_line_error(cli("predict", "--bundle", cart, str(tmp_path / "none*.png"), "--out", tmp_path / "q"),
                    "no PNG/JPEG/DICOM frames match")
     assert b
+
+
+def test_a_lone_model_given_a_frame_says_how_to_predict_one(cart_models):
+    """Issue 33: ExportedModel(...).predict('x.png') was a numpy traceback."""
+    from edgebus.runtime.model import ExportedModel
+
+    m = ExportedModel(cart_models["cls_file"])
+    for bad in ("x.png", np.zeros((300, 400), np.float32)):
+        with pytest.raises(edgebus.EdgebusError, match=r"edgebus.load\(model\)\(frame\)") as e:
+            m.predict(bad)
+        assert "\n" not in str(e.value)
+    h, w = m.size
+    assert m.predict(np.zeros((2, h, w, m.contract["channels"]), np.float32)).shape[0] == 2

@@ -112,7 +112,8 @@ class ExportedModel:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """NHWC float [0, 1] at the contract's size -> the task's output (malignant probability or
-        mask), one invoke per image."""
+        mask), one invoke per image. A frame (a file, a photo-sized array) goes through edgebus.load."""
+        _check_batch(x, self)
         return self.model.predict(x, (self.out_index,))
 
     @property
@@ -179,6 +180,17 @@ class ExportedModel:
                 "interpreter": f"{self.model.backend} {self.model.backend_version}",
                 "xnnpack": self.model.xnnpack, "threads": self.model.num_threads, "gates": self.gate_status(),
                 "gate_failures": (self.gates or {}).get("failures") or []}
+
+
+def _check_batch(x, model) -> None:
+    """A model's own input, or one line saying how a frame is predicted instead (not a numpy traceback)."""
+    h, w = model.size
+    c = model.contract["channels"]
+    if not isinstance(x, np.ndarray) or x.ndim != 4 or tuple(x.shape[1:]) != (h, w, c):
+        got = f"an array of shape {x.shape}" if isinstance(x, np.ndarray) else f"{type(x).__name__} {str(x)[:60]!r}"
+        raise EdgebusError(f"{model.path}: predict takes a batch of preprocessed images, shape (N, {h}, {w}, {c}), "
+                           f"float in [0, 1]; got {got}. For a frame (a file, an array or a PIL image) use "
+                           "edgebus.load(model)(frame)")
 
 
 ACCEPT_HINT = ("re-export it (see its export_report.md), or pass --accept-failed-gates to use it anyway "
