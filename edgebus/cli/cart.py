@@ -102,10 +102,10 @@ def predict(
 
     Exit code: 0 when every frame succeeded; 1 when some frames failed (each is reported, its row has 'error' set, the other frames are still processed); 2 for bad arguments or models.
     """
-    from edgebus.data.breast import breast_pixel_sizes
-    from edgebus.data.layouts import frames_of
+    from edgebus.data.layouts import frames_of, sheet_pixel_sizes
     from edgebus.runtime import LesionPipeline, predict_files
     from edgebus.runtime.batch import fps_line
+    from edgebus.runtime.console import cart_lines
     from edgebus.core.units import pixel_size_problem
     from edgebus.runtime.frames import printable
 
@@ -124,35 +124,14 @@ def predict(
     data = data or breast
     if skipped:
         say(f"{', '.join(map(str, inputs))}: skipping {skipped} mask files (*_tumor, *_other)")
-    # a case whose Pixel_size is not a size (inf, abc, 0): predicted, its mm^2 left out, one warning each
-    pixel_sizes = breast_pixel_sizes(data, warn=lambda line: say(f"warning: {line}")) if data is not None else None
-    if pixel_sizes is not None:
-        missing = sum(f.name not in pixel_sizes for f in files)
-        if missing:
-            fallback = f"using --pixel-size {pixel_size} mm" if pixel_size else "no mm^2 for them"
-            say(f"{data}: {missing} of {len(files)} frames have no Pixel_size in the sheet; {fallback}")
+    pixel_sizes = sheet_pixel_sizes(data, files, pixel_size, say) if data is not None else None
     if bundle is not None:  # its models, fusion and site threshold, sha256-checked
         pipe = LesionPipeline.from_bundle(bundle, threads, xnnpack, accept_failed_gates)
     else:
         pipe = LesionPipeline(classifier, segmenter, num_threads=threads, xnnpack=xnnpack,
                               accept_failed_gates=accept_failed_gates)
-    if "FAILED" in pipe.gates:
-        say(f"warning: {pipe.gates}")
-    for w in pipe.warnings:  # also in every result row and burned into every overlay
-        say(f"WARNING: {w}")
-    for role, m in pipe.describe().items():
-        if role == "site":
-            say(f"site threshold: {m['threshold']:.4f} (shipped {m['shipped_threshold']:.4f}), chosen on "
-                  f"{m['chosen_on']['n']} of this site's cases (edgebus site-threshold)")
-        elif role == "presence":
-            say(f"presence: {m['file']} ('no lesion found' where the lesion map's evidence is below {m['threshold']:.3f}; "
-                f"at most {m['max_miss']:.0%} of lesion frames missed out of fold)")
-        elif role == "fusion":
-            words = f"; BI-RADS descriptors measured on the mask: {', '.join(m['descriptors'])}" if m.get("descriptors") else ""
-            say(f"fusion: {m['file']} (classifier score + the segmenter's lesion shape, threshold "
-                  f"{m['threshold']:.2f}{words})")
-        else:
-            say(f"{role}: {m['file']} ({m['format']}, {m['input_size'][0]}x{m['input_size'][1]}, threshold {m['threshold']:.2f})")
+    for line in cart_lines(pipe):
+        say(line)
     s = predict_files(pipe, files, out, pixel_sizes, pixel_size, overlays, masks, log=typer.echo, overwrite=overwrite,
                       dicom_seg=dicom_seg, dicom_sr=dicom_sr)
     say(f"{s['frames']} frames: {s['ok']} ok, {s['failed']} failed; {fps_line(s['fps'])}")
