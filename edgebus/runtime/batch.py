@@ -298,14 +298,7 @@ def predict_files(pipeline: LesionPipeline, files: list[Path], out: str | Path, 
         # the rows in frame order, once each (a frame that failed before and now succeeded has two lines)
         final = {r["file"]: r for r in read_rows(jsonl)}
         rows = [final.get(r["file"], r) for r in rows]
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
-        w.writeheader()
-        w.writerows(_csv_row(r) for r in rows)
-        try:
-            csv_path = atomic_write(out / "predictions.csv", printable(buf.getvalue()))
-        except OSError as e:
-            raise EdgebusError(f"{out}: cannot write results ({e.strerror or e}); check the output folder") from None
+        csv_path = _write_csv(out, rows)
         summary = {
             "schema": "edgebus.predict/2",
             "frames": len(rows), "ok": ok, "failed": len(rows) - ok, "resumed": resumed,
@@ -327,19 +320,38 @@ def predict_files(pipeline: LesionPipeline, files: list[Path], out: str | Path, 
             "predictions": {"jsonl": str(jsonl), "csv": str(csv_path)},
             "overlays": str(out / "overlays") if overlays and ok else None,
         }
-        loops = {}
-        for r in rows:
-            if (r.get("frames") or 1) > 1:
-                loops.setdefault(r["source_file"], []).append(r)
-        if dicom_seg:
-            summary["dicom_seg"] = [r["dicom_seg"] for r in rows if r.get("dicom_seg")]
-        if dicom_sr:
-            summary["dicom_sr"] = [r["dicom_sr"] for r in rows if r.get("dicom_sr")]
-        if loops:  # cine loops: the frame with the largest lesion and the mean probability, per loop
-            summary["loops"] = {src: loop_summary(rs) for src, rs in loops.items()}
+        summary.update(_dicom_summary(rows, dicom_seg, dicom_sr))
         summary["viewer"] = str(write_viewer(out, rows, summary))  # index.html: every frame on one page
         summary["summary_file"] = str(write_json(out / "summary.json", summary))
         return summary
+
+
+def _write_csv(out: Path, rows: list[dict]) -> Path:
+    """predictions.csv of the rows, written whole (valid UTF-8 whatever the file names are)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(_csv_row(r) for r in rows)
+    try:
+        return atomic_write(out / "predictions.csv", printable(buf.getvalue()))
+    except OSError as e:
+        raise EdgebusError(f"{out}: cannot write results ({e.strerror or e}); check the output folder") from None
+
+
+def _dicom_summary(rows: list[dict], dicom_seg: bool, dicom_sr: bool) -> dict:
+    """The summary's DICOM parts: the SEG and SR files written, and per cine loop the frame with the largest
+    lesion and the mean probability."""
+    part, loops = {}, {}
+    for r in rows:
+        if (r.get("frames") or 1) > 1:
+            loops.setdefault(r["source_file"], []).append(r)
+    if dicom_seg:
+        part["dicom_seg"] = [r["dicom_seg"] for r in rows if r.get("dicom_seg")]
+    if dicom_sr:
+        part["dicom_sr"] = [r["dicom_sr"] for r in rows if r.get("dicom_sr")]
+    if loops:
+        part["loops"] = {src: loop_summary(rs) for src, rs in loops.items()}
+    return part
 
 
 def fps_line(fps: dict) -> str:
