@@ -21,8 +21,8 @@ from edgebus.core.manifest import Run
 from edgebus.core.metrics import roc_auc
 from edgebus.core.stats import bootstrap_classification, interval_text
 from edgebus.data.preprocess import cut_area, load_gray, to_model_input
-from edgebus.training.shape_fusion import fusion_inputs
-from edgebus.training.stress import _cv_groups
+from edgebus.evaluation.shape_fusion import fusion_inputs
+from edgebus.evaluation.stress import _cv_groups
 
 
 def main(cls: Path, seg: Path) -> None:

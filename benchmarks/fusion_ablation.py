@@ -20,7 +20,7 @@ from edgebus.core import fusion
 from edgebus.core.calibration import crossfit_operating_point, logit
 from edgebus.core.io import read_json, read_jsonl
 from edgebus.core.stats import bootstrap_classification, interval_text
-from edgebus.training.shape_fusion import fusion_inputs
+from edgebus.evaluation.shape_fusion import fusion_inputs
 
 
 def cross_fitted(x, y, fold):

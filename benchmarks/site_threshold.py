@@ -34,7 +34,7 @@ import numpy as np
 from edgebus.core import fusion
 from edgebus.core.calibration import apply, fit_platt, logit, sigmoid
 from edgebus.core.metrics import expected_calibration_error, threshold_for_sensitivity
-from edgebus.training.shape_fusion import fusion_inputs
+from edgebus.evaluation.shape_fusion import fusion_inputs
 
 TARGET = 0.9
 

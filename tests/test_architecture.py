@@ -21,12 +21,13 @@ ALLOWED = {
     "engine": {"core", "data", "models", "compat"},
     "export": {"core", "data", "models", "engine", "runtime", "compat"},
     "training": {"core", "data", "models", "engine", "export", "runtime", "reports", "compat"},
+    "evaluation": {"core", "data", "models", "engine", "export", "runtime", "reports", "compat", "training"},
     "benchmarks": {"core", "runtime", "engine", "compat"},
     "demo": {"core", "data", "training", "export", "runtime", "benchmarks"},
-    "cli": {"core", "data", "models", "training", "export", "runtime", "benchmarks", "reports", "demo"},
+    "cli": {"core", "data", "models", "training", "evaluation", "export", "runtime", "benchmarks", "reports", "demo"},
     "__main__": {"cli"},
 }
-TF_SIDE = {"compat", "engine", "export", "training", "models", "benchmarks", "demo", "cli"}
+TF_SIDE = {"compat", "engine", "export", "training", "evaluation", "models", "benchmarks", "demo", "cli"}
 THIRD_PARTY_TF = {"tensorflow", "tf_keras", "keras", "tensorflow_model_optimization", "segmentation_models", "pandas"}
 MAX_LINES = 420
 

@@ -75,7 +75,7 @@ def test_echo_features_compare_the_lesion_with_tissue_at_its_depth():
 
 
 def test_a_descriptor_is_shipped_only_with_agreement_beyond_chance():
-    from edgebus.training.shape_fusion import score_descriptors
+    from edgebus.evaluation.shape_fusion import score_descriptors
 
     rng = np.random.default_rng(1)
     n = 240

@@ -60,7 +60,7 @@ def test_bands_join_a_segmenters_training_part_with_empty_masks(synthetic_breast
 def test_presence_model_ships_the_rule_its_cross_fitted_numbers_describe():
     """Planted: lesion maps peak high, lesion-free ones low, with overlap. Each fold is decided by a
     model and threshold fitted on the other folds only; the reported rates are those decisions."""
-    from edgebus.training.presence import cross_fitted
+    from edgebus.evaluation.presence import cross_fitted
 
     rng = np.random.default_rng(0)
     n = 400

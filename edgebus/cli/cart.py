@@ -180,7 +180,7 @@ def site_check(predictions: Path = typer.Argument(..., help="a folder 'edgebus p
     """Does the cart's operating point hold at this site? Scores its predictions of locally labelled cases: AUC,
     sensitivity and specificity at the shipped threshold with bootstrap intervals, calibration, and the threshold
     these cases would choose. Reads predictions and labels only (no TensorFlow), so it runs on the cart."""
-    from edgebus.training.site_check import site_check as run
+    from edgebus.evaluation.site_check import site_check as run
 
     if not 0 < target_sensitivity < 1:
         raise EdgebusError(f"--target-sensitivity {target_sensitivity}: give a number between 0 and 1")

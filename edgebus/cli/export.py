@@ -83,7 +83,7 @@ def operating_point(target: Path = typer.Argument(..., help="a classifier CV fol
     estimate (95% CI) of the sensitivity and specificity it gives on unseen cases. On a run with
     --from-cv: take that CV's threshold and calibration (export embeds them). On a run alone: on its
     validation part (small; prefer a CV)."""
-    from edgebus.training.operating_point import apply_cv_operating_point, cv_operating_point, set_operating_point
+    from edgebus.evaluation.operating_point import apply_cv_operating_point, cv_operating_point, set_operating_point
 
     if (target / "folds.jsonl").is_file():
         if from_cv is not None:
@@ -106,7 +106,7 @@ def fuse(classifier_cv: Path = typer.Argument(..., help="a classifier CV folder 
 
     The shape (orientation, solidity, compactness, extent of the segmenter's mask in the frame) is
     scale-free, so it does not depend on the scanner's zoom, depth or frame size."""
-    from edgebus.training.shape_fusion import fuse_cv
+    from edgebus.evaluation.shape_fusion import fuse_cv
 
     fuse_cv(classifier_cv, segment_cv, out, target_sensitivity, log=typer.echo, overwrite=overwrite)
 
@@ -125,7 +125,7 @@ def presence(segment_cv: Path = typer.Argument(..., help="a segment CV made with
 
     Lesion-free examples come from the data set itself: a band of tissue beside each test frame's lesion,
     and the sheet's normal frames. Bundle the result with 'edgebus bundle --presence'."""
-    from edgebus.training.presence import presence_cv
+    from edgebus.evaluation.presence import presence_cv
 
     presence_cv(segment_cv, out, max_miss, log=typer.echo, overwrite=overwrite, stress=stress)
 
@@ -140,7 +140,7 @@ def evaluate(run: Path = typer.Argument(..., help="a run directory"),
                                                       "that finds the lesions")):
     """External validation: score a trained or exported model on another data set."""
     from edgebus.core.manifest import Run
-    from edgebus.training.evaluate import evaluate_external
+    from edgebus.evaluation.evaluate import evaluate_external
 
     res = evaluate_external(run, data, format, model_file, None if segmenter is None else str(segmenter), log=typer.echo)
     typer.echo(f"{Run.load(run).task.headline_text(res['metrics'])} (n={res['metrics']['n']})")
@@ -157,7 +157,7 @@ def stress(target: Path = typer.Argument(..., help="a run directory, a CV folder
            overwrite: bool = typer.Option(False, "--overwrite", help="replace a stress report made from other models or settings")):
     """Scanner-shift stress benchmark: gain, dynamic range, speckle and noise, blur and resolution, depth,
     flip, JPEG, frame aspect, burned-in marks, each at graded strengths; float and int8 side by side."""
-    from edgebus.training.stress import run_stress
+    from edgebus.evaluation.stress import run_stress
 
     res = run_stress(target, data, format, out, seed, log=typer.echo, fuse=fuse, overwrite=overwrite)
     for k, s in res["summary"].items():

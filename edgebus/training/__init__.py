@@ -1,5 +1,5 @@
-"""Training stages: train, grid, CV, operating point, external evaluation (TensorFlow loads when
-called, not on import)."""
+"""Fitting models: train, grid, CV, seed ensembles, distillation (TensorFlow loads when called, not on
+import). Judging them: edgebus.evaluation."""
 
 from edgebus.training.config import TrainConfig
 from edgebus.training.train import train

@@ -89,3 +89,19 @@ def summarize_cv(out: str | Path, n_boot: int = 2000) -> dict:
     write_json(out / "summary.json", summary)
     atomic_write(out / "report.md", cv_markdown(summary, recs, run.manifest))
     return summary
+
+
+def finished_cv(cv_dir: Path, task: str):
+    """(Run, folds.json, fold records in order) of a finished CV of `task`; one line for anything else."""
+    from edgebus.core.io import read_json, read_jsonl
+    from edgebus.core.manifest import Run
+
+    if not (cv_dir / "manifest.json").is_file() or not (cv_dir / "folds.json").is_file():
+        raise EdgebusError(f"{cv_dir}: not a cross-validation folder; pass the folder 'edgebus cv {task}' wrote")
+    run = Run.load(cv_dir)
+    if run.manifest.cv is None or run.task.name != task:
+        raise EdgebusError(f"{cv_dir}: not a {task} cross-validation; pass the folder 'edgebus cv {task}' wrote")
+    recs = sorted(read_jsonl(cv_dir / "folds.jsonl", key="fold"), key=lambda r: r["fold"])
+    if len(recs) != run.manifest.cv["identity"]["folds"]:
+        raise EdgebusError(f"{cv_dir}: not every fold is done; finish 'edgebus cv {task}' first")
+    return run, read_json(cv_dir / "folds.json"), recs

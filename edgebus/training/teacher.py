@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from edgebus.core.errors import EdgebusError
-from edgebus.training.shape_fusion import finished_cv
+from edgebus.training.cv_summary import finished_cv
 
 TEACHER_WEIGHT = 0.5  # w: the teacher's share of each target (0: the truth alone; 1: the teacher alone)
 

@@ -1,4 +1,4 @@
-"""The calibration edgebus would choose (edgebus.training.calibration_choice) for a committed CV's out-of-fold
+"""The calibration edgebus would choose (edgebus.evaluation.calibration_choice) for a committed CV's out-of-fold
 int8 scores, with slopes per held-out fold and scanner setting. Made the table beside it:
 
     python training/results/calibration/choose_from_folds.py training/results/robust2-ens3/folds.jsonl \
@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from edgebus.training.calibration_choice import calibration_md, choose
+from edgebus.evaluation.calibration_choice import calibration_md, choose
 
 recs = sorted((json.loads(line) for line in open(sys.argv[1])), key=lambda r: r["fold"])
 key = "test_prob_int8" if "test_prob_int8" in recs[0] else "test_prob"

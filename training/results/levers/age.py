@@ -10,7 +10,7 @@ from edgebus.core import fusion
 from edgebus.core.calibration import crossfit_operating_point
 from edgebus.core.stats import bootstrap_classification
 from edgebus.data.breast import case_attributes
-from edgebus.training.shape_fusion import fusion_inputs
+from edgebus.evaluation.shape_fusion import fusion_inputs
 
 inp = fusion_inputs("/work/runs/t31/cv-s0", "/work/runs/t31/unet-cv")
 x, y, fold, ids = inp["x"], inp["y"], inp["fold"], inp["ids"]

@@ -83,7 +83,7 @@ def _add_fusion(groups: list[Group], target: Path, seg_cv: Path, sensitivity: fl
     threshold, chosen on the clean out-of-fold fused scores as `edgebus fuse` ships it."""
     from edgebus.core.calibration import crossfit_operating_point
     from edgebus.core.fusion import cross_fitted
-    from edgebus.training.shape_fusion import fold_models, fusion_inputs
+    from edgebus.evaluation.shape_fusion import fold_models, fusion_inputs
 
     inp = fusion_inputs(target, seg_cv)
     models = fold_models(inp)
@@ -125,7 +125,7 @@ def _target(target: Path, data, fmt: str):
     """(groups, task, contract, threshold, description) of a stress target."""
     if target.is_file():
         from edgebus.runtime.model import ExportedModel
-        from edgebus.training.evaluate import read_dataset
+        from edgebus.evaluation.evaluate import read_dataset
 
         if data is None:
             raise EdgebusError(f"{target}: a lone model file is stressed on a data set; pass --data (and --format)")
@@ -161,7 +161,7 @@ def _inputs(target: Path, thr, data, fmt: str, seed: int, fuse) -> dict:
     """What a stress report was made from: the stressed models' files (a CV's folds.jsonl holds its
     fold models' hashes), the threshold, the data, the seed and the segment CV of --fuse."""
     from edgebus.core.io import sha256_file
-    from edgebus.training.shape_fusion import folds_sha256
+    from edgebus.evaluation.shape_fusion import folds_sha256
 
     if target.is_file():
         files = [target]

@@ -28,7 +28,8 @@ def presence_inputs(seg_cv, stress: bool = False) -> dict:
     from edgebus.data.arrays import run_dataset
     from edgebus.data.preprocess import cut_area, image_area, load_gray, load_mask
     from edgebus.data.presence import evidence, lesion_free_band
-    from edgebus.training.shape_fusion import _segmenters, finished_cv
+    from edgebus.training.cv_summary import finished_cv
+    from edgebus.evaluation.shape_fusion import _segmenters
 
     seg_cv = Path(seg_cv)
     if not (seg_cv / "manifest.json").is_file():
@@ -117,7 +118,7 @@ def presence_cv(seg_cv, out=None, max_miss: float = MAX_MISS, log=print, overwri
     from edgebus.core.io import atomic_write, check_report, make_dir, write_json
     from edgebus.core.metrics import roc_auc, threshold_for_sensitivity
     from edgebus.data.presence import EVIDENCE, MARGIN, MIN_SIDE
-    from edgebus.training.shape_fusion import folds_sha256
+    from edgebus.evaluation.shape_fusion import folds_sha256
 
     if not 0 < max_miss < 0.5:
         raise EdgebusError(f"--max-miss {max_miss}: give the share of lesion frames that may be called lesion-free, e.g. 0.02")

@@ -31,11 +31,11 @@ MIN_MALIGNANT = 20  # fewer and a sensitivity interval is wider than +-0.15: the
 
 def _labels(data, fmt: str) -> dict:
     """{(the image's path parts under the data folder, frame): case} of a labelled set's lesion cases."""
-    from edgebus.training.evaluate import read_dataset
+    from edgebus.evaluation.evaluate import read_dataset
 
     frames = {}
     if fmt == "dicom":
-        from edgebus.training.dicom_set import read_dicom_set
+        from edgebus.evaluation.dicom_set import read_dicom_set
 
         ds, frames = read_dicom_set(data)
     else:

@@ -95,9 +95,9 @@ def cv_operating_point(cv_dir, target: float = 0.9, source: str = "auto", out=No
     from edgebus.core.calibration import crossfit_operating_point
     from edgebus.core.io import atomic_write, check_report, write_json
     from edgebus.core.manifest import MANIFEST
-    from edgebus.training.calibration_choice import choose
+    from edgebus.evaluation.calibration_choice import choose
     from edgebus.reports.figures import reliability_plot
-    from edgebus.training.shape_fusion import folds_sha256
+    from edgebus.evaluation.shape_fusion import folds_sha256
 
     cv_dir = Path(cv_dir)
     if not 0 < target <= 1:
@@ -156,7 +156,7 @@ def _cv_card(cv_dir: Path, log) -> None:
 
 
 def operating_point_md(op: dict) -> str:
-    from edgebus.training.calibration_choice import calibration_md
+    from edgebus.evaluation.calibration_choice import calibration_md
 
     est, ins = op["cross_fitted"], op["in_sample"]
     cal = op["calibration"]
@@ -187,7 +187,7 @@ def cv_points(cv_dir, target: float) -> dict:
     """{source: the operating point chosen on the CV's pooled out-of-fold scores of that source}, for
     int8 and float where the CV scored them (export.threshold.file_point reads them)."""
     from edgebus.core.calibration import crossfit_operating_point
-    from edgebus.training.calibration_choice import choose
+    from edgebus.evaluation.calibration_choice import choose
 
     out = {}
     for source in SOURCES:

@@ -19,22 +19,7 @@ import numpy as np
 
 from edgebus.core.errors import EdgebusError
 from edgebus.core.metrics import roc_auc
-
-
-def finished_cv(cv_dir: Path, task: str):
-    """(Run, folds.json, fold records in order) of a finished CV of `task`; one line for anything else."""
-    from edgebus.core.io import read_json, read_jsonl
-    from edgebus.core.manifest import Run
-
-    if not (cv_dir / "manifest.json").is_file() or not (cv_dir / "folds.json").is_file():
-        raise EdgebusError(f"{cv_dir}: not a cross-validation folder; pass the folder 'edgebus cv {task}' wrote")
-    run = Run.load(cv_dir)
-    if run.manifest.cv is None or run.task.name != task:
-        raise EdgebusError(f"{cv_dir}: not a {task} cross-validation; pass the folder 'edgebus cv {task}' wrote")
-    recs = sorted(read_jsonl(cv_dir / "folds.jsonl", key="fold"), key=lambda r: r["fold"])
-    if len(recs) != run.manifest.cv["identity"]["folds"]:
-        raise EdgebusError(f"{cv_dir}: not every fold is done; finish 'edgebus cv {task}' first")
-    return run, read_json(cv_dir / "folds.json"), recs
+from edgebus.training.cv_summary import finished_cv
 
 
 class MaskOf:
@@ -188,7 +173,7 @@ def fuse_cv(cls_cv, seg_cv, out=None, target: float = 0.9, log=print, overwrite:
     from edgebus.core import fusion
     from edgebus.core.calibration import crossfit_operating_point
     from edgebus.core.io import atomic_write, check_report, make_dir, write_json
-    from edgebus.training.calibration_choice import choose
+    from edgebus.evaluation.calibration_choice import choose
     from edgebus.core.stats import bootstrap_classification
     from edgebus.core.metrics import check_target
     from edgebus.export.model_card import subgroups
@@ -237,7 +222,7 @@ def folds_sha256(cv) -> str:
 
 def fusion_md(r: dict) -> str:
     from edgebus.core.calibration import per_fold_text
-    from edgebus.training.calibration_choice import calibration_md
+    from edgebus.evaluation.calibration_choice import calibration_md
     from edgebus.core.stats import interval_text
 
     words = {"classifier": "the classifier alone", "shape": "the shape of the segmenter's mask alone",

@@ -15,7 +15,7 @@ READERS = ("busi", "breast", "dicom")
 
 def read_dataset(data: str | Path, fmt: str):
     if fmt == "dicom":
-        from edgebus.training.dicom_set import read_dicom_set
+        from edgebus.evaluation.dicom_set import read_dicom_set
 
         return read_dicom_set(data)[0]
     if fmt == "busi":
@@ -34,7 +34,7 @@ def arrays_reader(data, fmt: str):
     through the cart's DICOM reader (regions cut), image files through data.breast."""
     if fmt != "dicom":
         return load_arrays
-    from edgebus.training.dicom_set import dicom_arrays, read_dicom_set
+    from edgebus.evaluation.dicom_set import dicom_arrays, read_dicom_set
 
     frames = read_dicom_set(data)[1]
     return lambda cases, contract, with_masks=False, boxes=None: dicom_arrays(cases, frames, contract, with_masks, boxes)
