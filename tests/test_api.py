@@ -13,7 +13,7 @@ from PIL import Image
 import edgebus
 from tests.conftest import cli, one_line_error
 from edgebus.core.units import pixel_size_problem
-from edgebus.data.preprocess import region_areas
+from edgebus.data.preprocess import lesion_and_regions, region_areas
 from edgebus.runtime.bundle import make_bundle
 from edgebus.runtime.cautions import SYNTHETIC
 from edgebus.runtime.overlay import caption
@@ -137,7 +137,8 @@ def test_the_mask_box_and_area_describe_the_largest_region_and_name_other_candid
     prob[20:26, 20:26] = 0.9  # a second candidate: 36 cells, 36% of it
     prob[30, 2] = 0.9  # a speck: dropped without a word
     res = {"warnings": []}
-    _mask_fields(res, prob, np.kron(prob, np.ones((4, 4), np.float32)), 0.5, (128, 128), (0, 0, 128, 128), 0.1)
+    found = lesion_and_regions(prob, (128, 128), 0.5, np.kron(prob, np.ones((4, 4), np.float32)))
+    _mask_fields(res, found, 0.5, (128, 128), (0, 0, 128, 128), 0.1)
     assert res["regions"] == 2 and "2 candidate lesion regions" in res["warnings"][0]
     assert res["bbox"] == [16, 16, 56, 56] and res["mask_area_px"] == 1600  # the largest only: no speck, no 2nd box
     assert res["mask_area_mm2"] == pytest.approx(16.0)
@@ -145,7 +146,8 @@ def test_the_mask_box_and_area_describe_the_largest_region_and_name_other_candid
     prob[20:26, 20:26] = 0.0
     prob[20:23, 20:23] = 0.9  # 9 cells: under 20% of the lesion, a speck
     res = {"warnings": []}
-    _mask_fields(res, prob, np.kron(prob, np.ones((4, 4), np.float32)), 0.5, (128, 128), (0, 0, 128, 128), None)
+    found = lesion_and_regions(prob, (128, 128), 0.5, np.kron(prob, np.ones((4, 4), np.float32)))
+    _mask_fields(res, found, 0.5, (128, 128), (0, 0, 128, 128), None)
     assert res["regions"] == 1 and res["warnings"] == [] and res["mask_area_px"] == 1600
 
 

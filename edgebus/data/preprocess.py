@@ -242,29 +242,29 @@ def _run_regions(m: np.ndarray) -> tuple:
     return rows, starts, ends, np.asarray([root(i) for i in range(len(rows))], dtype=np.int64)
 
 
-def region_areas(mask: np.ndarray) -> np.ndarray:
-    """Pixel counts of the 8-connected True regions of a 2-D array, largest first (empty: none)."""
+def _regions(mask: np.ndarray) -> tuple:
+    """((rows, cols) of the largest 8-connected True region of a 2-D array or None, the regions' pixel counts
+    largest first), from one labelling. Of regions of equal size, the first in raster order is the largest."""
     m = np.asarray(mask, dtype=bool)
     if not m.any():
-        return np.zeros(0, dtype=np.int64)
-    rows, starts, ends, labels = _run_regions(m)
-    sizes = np.bincount(labels, weights=ends - starts)
-    return np.sort(sizes[sizes > 0].astype(np.int64))[::-1]
-
-
-def _largest_region(mask: np.ndarray) -> np.ndarray | None:
-    """(rows, cols) of the largest 8-connected True region of a 2-D bool array, or None. Of regions
-    of equal size, the first in raster order."""
-    m = np.asarray(mask, dtype=bool)
-    if not m.any():
-        return None
+        return None, np.zeros(0, dtype=np.int64)
     rows, starts, ends, labels = _run_regions(m)
     sizes = np.bincount(labels, weights=ends - starts)
     best = labels == int(np.argmax(sizes))  # roots are each region's first run: the first largest wins
     lengths = (ends - starts)[best]
     rr = np.repeat(rows[best], lengths)
     cc = np.concatenate([np.arange(a, b) for a, b in zip(starts[best], ends[best])])
-    return np.stack([rr, cc])
+    return np.stack([rr, cc]), np.sort(sizes[sizes > 0].astype(np.int64))[::-1]
+
+
+def region_areas(mask: np.ndarray) -> np.ndarray:
+    """Pixel counts of the 8-connected True regions of a 2-D array, largest first (empty: none)."""
+    return _regions(mask)[1]
+
+
+def _largest_region(mask: np.ndarray) -> np.ndarray | None:
+    """(rows, cols) of the largest 8-connected True region of a 2-D bool array, or None."""
+    return _regions(mask)[0]
 
 
 def lesion_box(mask: np.ndarray) -> list[float] | None:
@@ -305,16 +305,22 @@ def prob_in_frame(prob: np.ndarray, frame_hw: tuple[int, int]) -> np.ndarray:
 
 def lesion_in_frame(prob: np.ndarray, frame_hw: tuple[int, int], threshold: float,
                     full: np.ndarray | None = None) -> np.ndarray | None:
+    """The lesion of lesion_and_regions, alone."""
+    return lesion_and_regions(prob, frame_hw, threshold, full)[0]
+
+
+def lesion_and_regions(prob: np.ndarray, frame_hw: tuple[int, int], threshold: float,
+                       full: np.ndarray | None = None) -> tuple:
     """A segmenter's (H, W) lesion-probability map as the frame's lesion: resized to the frame
     (bilinear, as the cart's mask; `full`: that map already, prob_in_frame), thresholded, and kept to
     the largest 8-connected region found on the model's grid (one cell of slack), so a stray speck
-    does not bend the lesion's measured shape. uint8 (h, w) in {0, 1}, or None when nothing reaches
-    the threshold."""
+    does not bend the lesion's measured shape: (uint8 (h, w) in {0, 1} or None when nothing reaches
+    the threshold, the pixel counts of the map's regions on the model's grid, largest first)."""
     prob = np.asarray(prob, dtype=np.float32).reshape(np.asarray(prob).shape[:2])
     grid = prob >= threshold
-    region = _largest_region(grid)
+    region, areas = _regions(grid)
     if region is None:
-        return None
+        return None, areas
     keep = np.zeros_like(grid)
     keep[region[0], region[1]] = True
     keep = np.pad(keep, 1)
@@ -330,7 +336,7 @@ def lesion_in_frame(prob: np.ndarray, frame_hw: tuple[int, int], threshold: floa
     xa, xb = np.searchsorted(cols, kc[0]), np.searchsorted(cols, kc[-1], side="right")
     mask = np.zeros((h, w), dtype=np.uint8)
     mask[ya:yb, xa:xb] = (full[ya:yb, xa:xb] >= threshold) & keep[rows[ya:yb]][:, cols[xa:xb]]
-    return mask if mask[ya:yb, xa:xb].any() else None
+    return (mask if mask[ya:yb, xa:xb].any() else None), areas
 
 
 def crop_square_px(shape: tuple[int, int], box: list[float] | None, margin: float) -> list[int]:

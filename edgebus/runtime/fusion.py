@@ -26,14 +26,16 @@ from edgebus.data.preprocess import lesion_in_frame
 FUSION_JSON = "fusion.json"
 
 
-def measure_lesion(seg_prob: np.ndarray, gray: np.ndarray, seg_threshold: float, full: np.ndarray | None = None) -> tuple:
+def measure_lesion(seg_prob: np.ndarray, gray: np.ndarray, seg_threshold: float, full: np.ndarray | None = None,
+                   lesion: np.ndarray | None = None) -> tuple:
     """(shape, echo) of the lesion a segmenter's (H, W) map shows in the gray frame: the largest region
     at frame size (edgebus.data.preprocess.lesion_in_frame; `full`: the map already at frame size),
     measured by edgebus.core.shape (on the lesion's box: the measures do not depend on where it lies)
     and edgebus.core.echo; (None, None) when nothing reaches the threshold. The one way a lesion is
-    measured, on the cart and in `edgebus fuse` / `edgebus stress --fuse` alike."""
+    measured, on the cart and in `edgebus fuse` / `edgebus stress --fuse` alike. `lesion`: that mask
+    already (the cart finds it once per frame for its mask, box and area too)."""
     prob = np.asarray(seg_prob, dtype=np.float32)
-    mask = lesion_in_frame(prob.reshape(prob.shape[:2]), gray.shape[:2], seg_threshold, full)
+    mask = lesion if lesion is not None else lesion_in_frame(prob.reshape(prob.shape[:2]), gray.shape[:2], seg_threshold, full)
     if mask is None:
         return None, None
     rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
@@ -73,10 +75,11 @@ class ShapeFusion:
         self.source = {k: r.get(k) for k in ("classifier_cv", "segment_cv", "group_by")}
 
     def score(self, p_classifier: float, seg_prob: np.ndarray, gray: np.ndarray, seg_threshold: float,
-              full: np.ndarray | None = None):
+              full: np.ndarray | None = None, lesion: np.ndarray | None = None):
         """(fused probability, shape features or None, descriptor probabilities (one per shipped
-        descriptor) or None) of one frame; `full`: the map already resized to the frame."""
-        shape, echo = measure_lesion(seg_prob, gray, seg_threshold, full)
+        descriptor) or None) of one frame; `full`: the map already resized to the frame, `lesion`: the
+        lesion already found in it (measure_lesion)."""
+        shape, echo = measure_lesion(seg_prob, gray, seg_threshold, full, lesion)
         p = float(fusion.predict(self.model, fusion.feature_rows([p_classifier], [shape]))[0])
         desc = None
         if shape is not None and self.descriptors:

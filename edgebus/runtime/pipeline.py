@@ -59,7 +59,7 @@ from PIL import Image
 from edgebus.core.descriptors import findings
 from edgebus.core.errors import EdgebusError
 from edgebus.core.units import pixel_size_problem
-from edgebus.data.preprocess import crop_square_px, image_area, lesion_box, lesion_in_frame, prob_in_frame, region_areas
+from edgebus.data.preprocess import crop_square_px, image_area, lesion_and_regions, lesion_box, prob_in_frame
 from edgebus.runtime.cautions import CANDIDATE_SHARE, SYNTHETIC, several_regions, trained_on_synthetic
 from edgebus.runtime.bundle import bundle_acceptances, load_bundle, load_fusion, load_presence, load_site, read_bundle
 from edgebus.runtime.ensemble import EnsembleModel
@@ -89,19 +89,17 @@ def _ms(t0: float, t1: float) -> float:
     return round((t1 - t0) * 1000, 3)
 
 
-def _mask_fields(res: dict, prob: np.ndarray, full: np.ndarray, threshold: float, hw, area_box, pixel_size_mm) -> None:
-    """The lesion in the frame (zero in its margins), its area and box, into `res`: the largest
-    8-connected region of the lesion map (`prob` on the model's grid, `full` at the image area's size),
-    so specks do not stretch the box or add to the area; `regions` counts the candidate lesions
-    (cautions.CANDIDATE_SHARE), and more than one adds a warning."""
-    (h, w), (x0, y0, x1, y1) = hw, area_box
+def _mask_fields(res: dict, found: tuple, threshold: float, hw, area_box, pixel_size_mm) -> None:
+    """The lesion in the frame (zero in its margins), its area and box, into `res`. `found`: the
+    lesion_and_regions of the lesion map (its largest 8-connected region at the image area's size, so
+    specks do not stretch the box or add to the area, and the regions' areas); `regions` counts the
+    candidate lesions (cautions.CANDIDATE_SHARE), and more than one adds a warning."""
+    (h, w), (x0, y0, x1, y1), (lesion, areas) = hw, area_box, found
     mask = np.zeros((h, w), dtype=np.uint8)
-    lesion = lesion_in_frame(prob, (y1 - y0, x1 - x0), threshold, full)
     if lesion is not None:
         mask[y0:y1, x0:x1] = lesion
     area = int(mask.sum())
     res["mask"], res["mask_threshold"], res["mask_area_px"] = mask, threshold, area
-    areas = region_areas(np.asarray(prob).reshape(np.asarray(prob).shape[:2]) >= threshold) if area else []
     res["regions"] = int(sum(a >= CANDIDATE_SHARE * areas[0] for a in areas)) if area else 0
     if res["regions"] > 1:
         res["warnings"] = res["warnings"] + [several_regions(res["regions"])]
@@ -327,12 +325,14 @@ class LesionPipeline:
             if prob is None and out["mask"] is not None:  # a multi-task file: the same invoke gave the mask
                 prob, mask_threshold = out["mask"], c.mask_threshold
             full = None if prob is None else prob_in_frame(prob, image.shape)  # one resize: mask, area and shape
+            if prob is not None:  # the lesion, found once: the mask, box and area, and the fusion's shape
+                found = lesion_and_regions(prob, image.shape, mask_threshold, full)
             p = float(np.clip(out["prob"], 0.0, 1.0))
             if out["descriptors"] is not None:  # the radiologist's words: "irregular shape, not circumscribed margin, ..."
                 res["descriptors"], res["findings"] = findings(out["descriptors"][None], c.descriptors)
             if self.fusion is not None:  # the classifier's score and the lesion's measured shape, one model
                 res["prob_classifier"] = round(p, 6)
-                p, shape, desc = self.fusion.score(p, prob, image, mask_threshold, full)
+                p, shape, desc = self.fusion.score(p, prob, image, mask_threshold, full, found[0])
                 res["shape"] = shape_result(shape)
                 if desc is not None:  # measured on the mask: these replace a classifier head's words
                     res["descriptors"], res["findings"] = findings(desc, self.fusion.descriptors)
@@ -341,8 +341,9 @@ class LesionPipeline:
             res.update(self.decision.decide(p))  # threshold and calibration: the file's, the fusion's or the site's
             lat["classify"] = _ms(ta, time.perf_counter())
         if prob is not None:
-            _mask_fields(res, prob, prob_in_frame(prob, image.shape) if self.classifier is None else full, mask_threshold,
-                         (h, w), (x0, y0, x1, y1), pixel_size_mm)
+            if self.classifier is None:  # a segmenter alone: its lesion is found here
+                found = lesion_and_regions(prob, image.shape, mask_threshold, prob_in_frame(prob, image.shape))
+            _mask_fields(res, found, mask_threshold, (h, w), (x0, y0, x1, y1), pixel_size_mm)
             if self.presence is not None:  # first of all: is there a lesion in this frame?
                 res["lesion"] = self.presence.decide(prob, mask_threshold)
                 if not res["lesion"]["present"]:
