@@ -18,14 +18,15 @@ import json
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from edgebus.core.errors import EdgebusError
-from edgebus.core.io import atomic_write, json_default, write_json
+from edgebus.core.io import json_default, make_dir, write_json
 from edgebus.runtime.dicom import is_dicom
 from edgebus.data.inputs import resolve_inputs
 from edgebus.runtime.metadata import read_metadata
 from edgebus.runtime.model import resolve_model_path
-from edgebus.runtime.overlay import png_bytes, render_overlay
+from edgebus.runtime.overlay import render_overlay, save_png
 from edgebus.runtime.pipeline import LesionPipeline
 
 WHAT = "give a cart bundle folder ('edgebus bundle'), an exported .tflite ('edgebus export') or a run folder"
@@ -72,16 +73,13 @@ class Prediction:
     def save(self, folder: str | Path) -> dict:
         """NAME.json, and NAME_overlay.png and NAME_mask.png (0/255) where there is a frame and a mask, into
         `folder`; each written whole (temp file + rename). Returns {kind: path}."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = make_dir(folder, "folder to save in")
         stem = Path(str(self.file)).stem if self.file else "frame"
         out = {}
         if self.gray is not None:
-            out["overlay"] = atomic_write(folder / f"{stem}_overlay.png", png_bytes(self.plot()))
+            out["overlay"] = save_png(folder / f"{stem}_overlay.png", self.plot())
         if self.mask is not None:
-            from PIL import Image
-
-            out["mask"] = atomic_write(folder / f"{stem}_mask.png", png_bytes(Image.fromarray(self.mask * np.uint8(255))))
+            out["mask"] = save_png(folder / f"{stem}_mask.png", Image.fromarray(self.mask * np.uint8(255)))
         out["json"] = write_json(folder / f"{stem}.json", self.to_dict())
         return {k: str(v) for k, v in out.items()}
 

@@ -27,6 +27,7 @@ def overlay_line(warning: str) -> str:
     """The short form of a warning drawn on an overlay."""
     if warning == SYNTHETIC:
         return "SYNTHETIC-DATA MODEL: NOT CLINICAL"
-    if "candidate lesion regions" in warning:
-        return f"{warning.split()[0]} candidate regions: largest shown"
+    n = warning.split()[0]
+    if n.isdigit() and warning == several_regions(int(n)):
+        return f"{n} candidate regions: largest shown"
     return warning[:40]

@@ -116,9 +116,10 @@ def _lesion_free(res: dict) -> None:
     res["label"] = NO_LESION
     if res["mask"] is not None:
         res["mask"] = np.zeros_like(res["mask"])
+    if (res["regions"] or 0) > 1:  # no lesion, so no candidates to look at
+        res["warnings"] = [x for x in res["warnings"] if x != several_regions(res["regions"])]
     for k in ("bbox", "mask_area_px", "mask_area_mm2", "shape", "descriptors", "findings", "crop", "regions"):
         res[k] = None
-    res["warnings"] = [x for x in res["warnings"] if "candidate lesion regions" not in x]
 
 
 class LesionPipeline:

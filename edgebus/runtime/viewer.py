@@ -14,20 +14,15 @@ from urllib.parse import quote
 
 from edgebus.core.errors import EdgebusError
 from edgebus.core.io import atomic_write
+from edgebus.runtime.frames import printable
 
 VIEWER_FILE = "index.html"
 ERROR_LABEL = "error"
 
 
 def _text(value) -> str:
-    """`value` as valid UTF-8 text: a file name that is not UTF-8 on disk (surrogate-escaped, as in
-    predictions.jsonl) shows its odd bytes as backslash escapes, as runtime.frames.printable does for
-    the log and the CSV (a lone surrogate cannot be written as UTF-8 at all)."""
-    s = str(value)
-    try:
-        return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:
-        return s.encode("utf-8", "backslashreplace").decode("utf-8")
+    """`value` as valid UTF-8 text, odd bytes of a file name as backslash escapes (as in the log and the CSV)."""
+    return printable(str(value))
 
 
 def _e(value) -> str:
