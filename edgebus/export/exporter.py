@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgebus.core.errors import EdgebusError
+from edgebus.core.errors import EdgebusError, flag
 from edgebus.core.io import atomic_write, check_writable
 from edgebus.core.manifest import Run
-from edgebus.export.config import ExportConfig
+from edgebus.config.stages import ExportConfig
 from edgebus.export.convert import convert, float_tensors, model_metadata, write_tflite
 from edgebus.export.qat import QAT_MODEL
 from edgebus.export.threshold import file_point, parent_point, rule_of
@@ -229,7 +229,7 @@ def _edgetpu(run: Run, new: dict, compile_files: bool, log) -> list:
             c = etpu.compile_model(run.file(new[k]["file"]))
             compiled[new[k]["file"]] = c
             if "install" in c:
-                log(f"--edgetpu: {c['reason']}; skipping compilation.\n{etpu.INSTALL_HINT}")
+                log(f"{flag('edgetpu')}: {c['reason']}; skipping compilation.\n{etpu.INSTALL_HINT}")
                 compiled.update({new[j]["file"]: c for j in keys})
                 break
             log(f"  {c['file'] if c['compiled'] else new[k]['file'] + ': compilation failed: ' + str(c.get('error'))}")
@@ -275,7 +275,8 @@ def export_run(run_dir: str | Path, cfg: ExportConfig | None = None, log=print) 
     done = run.manifest.exports
     again = [k for k, _, _ in plan if k in done]
     if again and not cfg.overwrite:
-        raise EdgebusError(f"{run.path}: already exported ({', '.join(again)}); pass --overwrite to replace them")
+        raise EdgebusError(f"{run.path}: already exported ({', '.join(again)}); pass {flag('overwrite')} to replace "
+                           "them")
     check_writable(run.path, "export writes its files into the run folder: copy the run somewhere writable")
 
     from edgebus.core.metrics import DEFAULT_THRESHOLD
@@ -363,5 +364,5 @@ def export_run(run_dir: str | Path, cfg: ExportConfig | None = None, log=print) 
     if failed:
         more = f" (and {len(failed) - 1} more; see export_report.md)" if len(failed) > 1 else ""
         raise EdgebusError(f"{failed[0]['error']}{more}; files kept in {run.path}, marked FAILED: 'edgebus bundle' and "
-                           "'edgebus predict' refuse them without --accept-failed-gates")
+                           f"'edgebus predict' refuse them without {flag('accept_failed_gates')}")
     return run.manifest.exports

@@ -3,9 +3,10 @@ threshold, the interpreters that load it, and where int8 loses."""
 
 from __future__ import annotations
 
+from edgebus.core.errors import flag
 from edgebus.core.io import atomic_write
 from edgebus.core.manifest import Run
-from edgebus.export.config import ExportConfig
+from edgebus.config.stages import ExportConfig
 from edgebus.export.threshold import differs
 from edgebus.export.validate import status_text, validation_table
 
@@ -26,15 +27,16 @@ def write_report(run: Run, refs, results: dict, cfg: ExportConfig, n: int, edget
                                                for k, v in e.get("runtimes", {}).items()) for e in results.values()]
     off = lambda v: "off" if v is None else f"{v:g}"  # noqa: E731
     if run.task.truth_is_mask:
-        gates = f"--min-mask-iou {cfg.min_mask_iou:g} (mean per-image mask IoU against the float model)"
+        gates = f"{flag('min_mask_iou')} {cfg.min_mask_iou:g} (mean per-image mask IoU against the float model)"
     else:
         flips = off(cfg.max_flips) if cfg.max_flips is not None else "a tenth of the test cases, at least 1"
-        gates = (f"--max-missed {cfg.max_missed} (test cancers the float model caught that the file calls benign), "
-                 f"--max-flips {flips}")
+        gates = (f"{flag('max_missed')} {cfg.max_missed} (test cancers the float model caught that the file calls "
+                 f"benign), {flag('max_flips')} {flips}")
     md = [f"# Export validation: {run.manifest.model.name} ({run.task.name})", "",
           f"Test split, n={n}; Δ and flips against the float Keras model (threshold {parent['threshold']:.4f}), "
           "each classifier file decided at its own threshold. "
-          f"Gates: {gates}; --max-drop {off(cfg.max_drop)}, --max-recall-drop {off(cfg.max_recall_drop)}.", "",
+          f"Gates: {gates}; {flag('max_drop')} {off(cfg.max_drop)}, {flag('max_recall_drop')} "
+          f"{off(cfg.max_recall_drop)}.", "",
           table, "", "## Gates and thresholds", "", stability_line(run.task, stability), ""]
     for e in results.values():
         if "gate" not in e:
@@ -63,7 +65,7 @@ def write_report(run: Run, refs, results: dict, cfg: ExportConfig, n: int, edget
     if lit:
         kept = ", ".join(f"`{t}`" for t in lit["int16_tensors"]) or "none"
         md += ["", f"## Where int8 loses (AI Edge quantizer {lit.get('version')}, {lit['layers']} tensors)", "",
-               f"Tensors kept at 16-bit activations (--sensitive-int16): {kept}.", "",
+               f"Tensors kept at 16-bit activations ({flag('sensitive_int16')}): {kept}.", "",
                "| tensor | MSE vs float, all int8 | MSE, as exported |", "|---|---|---|"]
         after = {r["tensor"]: r["mse"] for r in lit["layer_errors"]}
         md += [f"| `{r['tensor'][:90]}` | {r['mse']:.3g} | {after[r['tensor']]:.3g} |" if r["tensor"] in after else

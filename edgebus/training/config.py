@@ -1,101 +1,57 @@
-"""The settings of the training stages. `FitConfig` holds what train, grid and CV share; each
-stage's config adds its own. `resolve()` fills what was not given from the model's registry
-defaults (task, size, batch) and refuses bad values in one line, before any folder is made."""
+"""Training's side of the stage settings (declared in edgebus.config.stages): `resolve` fills what was
+not given from the model's registry defaults (task, model, size, batch) and refuses bad values in one
+line, before any folder is made."""
 
 from __future__ import annotations
 
-import dataclasses
-import math
-
-from edgebus.core.errors import EdgebusError
-from edgebus.core.metrics import DEFAULT_THRESHOLD
+from edgebus.config.options import check_settings
+from edgebus.config.stages import FitConfig
+from edgebus.core.errors import EdgebusError, flag
 
 
-@dataclasses.dataclass(kw_only=True)
-class FitConfig:
-    """What every training stage (train, grid, cv) shares: the data, the model and how it is fed."""
+def resolve(cfg: FitConfig, command: str) -> str:
+    """Fill the registry's defaults, check every value; returns the task."""
+    from edgebus.core.tasks import get_task
+    from edgebus.models.registry import check_task, model_defaults
 
-    data: str
-    model: str
-    out: str | None = None
-    task: str | None = None  # checked against the model's task
-    size: int | None = None  # default: the model's (registry)
-    batch: int | None = None  # default: the model's (registry)
-    seed: int = 0
-    weights: str = "none"  # none, imagenet (downloads) or a local weights file
-    model_kwargs: dict = dataclasses.field(default_factory=dict)
-    augment: bool | str = True  # True / "flip", "ultrasound" (edgebus.engine.augment), False / "none"
-    normalize: str | None = None  # "percentile": intensity normalisation in the preprocessing contract
-    descriptors: bool = False  # also train BI-RADS descriptor heads (edgebus.core.descriptors), where the sheet has them
-    lesion_free: bool = False  # a segmenter also learns an empty mask on each training frame's lesion-free band
-    threshold: float = DEFAULT_THRESHOLD
-
-    def resolve(self, command: str) -> str:
-        """Fill registry defaults, check every value; returns the task."""
-        from edgebus.models.registry import check_task, model_defaults
-
-        task = check_task(self.model, self.task, command)
-        d = model_defaults(self.model)
-        self.task = task
-        self.size = d["size"] if self.size is None else self.size
-        self.batch = d["batch"] if self.batch is None else self.batch
-        _whole("--size", self.size, 1)
-        _whole("--batch", self.batch, 1)
-        from edgebus.engine.augment import augment_name
-
-        augment_name(self.augment)
-        if not 0 < self.threshold < 1:
-            raise EdgebusError(f"threshold {self.threshold}: give a probability between 0 and 1")
-        for name in ("epochs", "lr"):
-            if hasattr(self, name) and isinstance(getattr(self, name), (int, float)):
-                (_positive if name == "lr" else _whole)(f"--{name}", getattr(self, name), 1)
-        if hasattr(self, "schedule"):
-            from edgebus.engine.fit import lr_at
-
-            lr_at(0, 1.0, 1, self.schedule)
-        if self.descriptors and task != "classify":
-            raise EdgebusError("--descriptors adds BI-RADS heads to a classifier; a segmenter has none")
-        if self.lesion_free and task != "segment":
-            raise EdgebusError("--lesion-free teaches a segmenter empty masks on lesion-free tissue; it is for "
-                               "'edgebus train segment' and 'edgebus cv segment'")
-        return task
-
-    def use_descriptors(self, ds, log=print) -> bool:
-        """Give the model its descriptor heads when asked and the sheet has the columns; else say so."""
-        if not self.descriptors:
-            return False
-        from edgebus.core.descriptors import COLUMNS, DESCRIPTORS
-
-        if not ds.has_descriptors:
-            log(f"{ds.sheet}: no BI-RADS descriptor columns ({', '.join(COLUMNS)}); training malignancy only")
-            return False
-        self.model_kwargs = {**self.model_kwargs, "descriptors": len(DESCRIPTORS)}
-        return True
+    if cfg.model is None:
+        if cfg.task is None:
+            raise EdgebusError(f"{command}: pass {flag('model')} (see 'edgebus models')")
+        cfg.model = get_task(cfg.task).default_model
+    task = check_task(cfg.model, cfg.task, command)
+    d = model_defaults(cfg.model)
+    cfg.task = task
+    cfg.size = d["size"] if cfg.size is None else cfg.size
+    cfg.batch = d["batch"] if cfg.batch is None else cfg.batch
+    if command != "grid" and isinstance(cfg.epochs, (list, tuple)):  # a grid takes several, the others one
+        if len(cfg.epochs) != 1:
+            raise EdgebusError(f"{flag('epochs')} {','.join(map(str, cfg.epochs))}: {command} trains for one number "
+                               "of epochs (a grid takes several)")
+        cfg.epochs = cfg.epochs[0]
+    check_settings(cfg)
+    crop = [k for k in ("crop_margin", "segmenter", "boxes_from", "teacher", "teacher_masks")
+            if getattr(cfg, k, None) is not None]
+    if task != "classify" and crop:
+        raise EdgebusError(f"{', '.join(flag(k) for k in crop)}: for 'edgebus {command} classify'")
+    if cfg.descriptors and task != "classify":
+        raise EdgebusError(f"{flag('descriptors')} adds BI-RADS heads to a classifier; a segmenter has none")
+    if cfg.lesion_free and task != "segment":
+        raise EdgebusError(f"{flag('lesion_free')} teaches a segmenter empty masks on lesion-free tissue; it is for "
+                           "'edgebus train segment' and 'edgebus cv segment'")
+    return task
 
 
-def _whole(opt: str, v, lo: int) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise EdgebusError(f"{opt} {v}: give a whole number >= {lo}")
+def use_descriptors(cfg: FitConfig, ds, log=print) -> bool:
+    """Give the model its descriptor heads when asked and the sheet has the columns; else say so."""
+    if not cfg.descriptors:
+        return False
+    from edgebus.core.descriptors import COLUMNS, DESCRIPTORS
 
-
-def _positive(opt: str, v, _=None) -> None:
-    if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-        raise EdgebusError(f"{opt} {v}: give a positive number")
-
-
-@dataclasses.dataclass(kw_only=True)
-class TrainConfig(FitConfig):
-    epochs: int = 20
-    lr: float = 1e-3
-    split_fractions: tuple = (0.8, 0.1, 0.1)
-    keep: str = "best"  # "best": the epoch with the best validation accuracy (IoU); "last": final epoch
-    schedule: str = "constant"  # or "cosine": warm-up then cosine decay of the learning rate (engine.fit.lr_at)
-    overwrite: bool = False
-    crop_margin: float | None = None  # lesion-crop classifier: cut a square around the lesion first
-    segmenter: str | None = None  # segment run (same split) whose predicted boxes cut the val/test crops
-    teacher: str | None = None  # distil from a classifier CV's int8 files (every fold's, averaged; training.teacher)
-    teacher_masks: str | None = None  # and a segment CV's lesion maps, for a multi-task model's mask target
-    teacher_weight: float = 0.5  # the teachers' share of each training target
+    if not ds.has_descriptors:
+        log(f"{ds.sheet}: no BI-RADS descriptor columns ({', '.join(COLUMNS)}); training malignancy only")
+        return False
+    cfg.model_kwargs = {**cfg.model_kwargs, "descriptors": len(DESCRIPTORS)}
+    return True
 
 
 EXIT_ENV = "EDGEBUS_EXIT_AFTER_UNITS"  # tests: os._exit after this many grid cells / CV folds are written

@@ -27,33 +27,10 @@ from edgebus.data.breast import fingerprint
 from edgebus.data.content import content_hashes
 from edgebus.data.preprocess import preprocess_contract
 from edgebus.engine.resume import discard
-from edgebus.export.distill import DEFAULT_WEIGHT
 from edgebus.training.backends import Backend, run_units, take, task_checkpoints
-from edgebus.training.config import FitConfig, maybe_exit
-
-
-@dataclasses.dataclass(kw_only=True)
-class CVConfig(FitConfig):
-    folds: int = 5
-    epochs: int = 40
-    lr: float = 1e-3
-    val_fraction: float = 0.1
-    keep: str = "best"  # as train(): the epoch with the best val accuracy (IoU) on the fold's own val part
-    schedule: str = "constant"  # as train(): or "cosine"
-    n_boot: int = 2000
-    recipe: dict | None = None
-    int8: bool = False  # also convert each fold's model to full-int8 TFLite and score it on the fold's test part
-    int8_source: str = "ptq"  # or "qat": quantization-aware fine-tuning per fold, as `edgebus export --int8`
-    qat_epochs: int = 3
-    qat_distill: float = DEFAULT_WEIGHT  # QAT's target, as `edgebus export --qat-distill`: 1.0 the fold's float model
-    crop_margin: float | None = None  # lesion-crop classifier (segmentation-guided): train on mask crops
-    boxes_from: str | None = None  # a segment CV directory (same folds) whose predicted boxes cut val/test
-    fold_seed: int | None = None  # seed of the folds when it differs from the training seed: a second CV on the
-    #                               same folds with another initialisation and order (seed ensembles)
-    group_by: str = "case"  # or "acquisition": no frame size (scanner + preset) in two folds, a new scanner's stand-in
-    teacher: str | None = None  # a classifier CV (same folds, --int8): each fold's student learns from its fold's files
-    teacher_masks: str | None = None  # a segment CV (same folds, --int8): the masks the student's decoder learns from
-    teacher_weight: float = 0.5  # the teacher's share of each training target (edgebus.training.teacher)
+from edgebus.config.files import write_run_config
+from edgebus.config.stages import CVConfig
+from edgebus.training.config import maybe_exit, resolve, use_descriptors
 
 
 _CV_IDENTITY = ("task", "model", "folds", "size", "epochs", "lr", "batch", "seed", "weights", "model_kwargs",
@@ -214,7 +191,7 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print, backend: Backend | 
     A lesion-crop classifier (crop_margin) trains on crops around the true masks; its val and test
     crops are cut with the boxes a segmenter predicted in the same fold (boxes_from, honest: what
     the cart does) or, without boxes_from, around the true masks (an oracle, reported as such)."""
-    task = get_task(cfg.resolve("cv"))
+    task = get_task(resolve(cfg, "cv"))
     if cfg.keep not in ("best", "last"):
         raise EdgebusError(f"keep='{cfg.keep}': choose best or last")
     if cfg.int8_source not in ("ptq", "qat"):
@@ -229,7 +206,7 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print, backend: Backend | 
         raise EdgebusError(f"--group-by '{cfg.group_by}': choose {' or '.join(GROUP_BY)}")
     contract = preprocess_contract(cfg.size, 3, cfg.crop_margin, cfg.normalize)
     ds, cases = read_lesions(cfg.data)
-    cfg.use_descriptors(ds, log)
+    use_descriptors(cfg, ds, log)
     by_id = {c.case_id: c for c in cases}
     hashes = content_hashes(cases)
     groups = content_groups(hashes)
@@ -277,6 +254,8 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print, backend: Backend | 
             write_json(run.file("folds.json"), {"seed": fold_seed, "k": cfg.folds, "val_fraction": cfg.val_fraction,
                                                 "group_by": cfg.group_by, "folds": folds})
             run.add_artifact("folds.json", "folds")
+            write_run_config(out, cfg, "cv")
+            run.add_artifact("config.toml", "settings")
             m = run.manifest
             m.data, m.model, m.preprocess, m.threshold = data_info(ds, fp, len(cases)), model_info(cfg), contract, cfg.threshold
             m.cv = {"identity": identity, "results": "folds.jsonl", "recipe": cfg.recipe, "boxes_from": cfg.boxes_from,

@@ -31,7 +31,6 @@ worker, as a lost node would).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from pathlib import Path
@@ -50,31 +49,9 @@ from edgebus.data.preprocess import preprocess_contract
 from edgebus.engine.resume import discard
 from edgebus.training.cells import _lr_tag, _shard_tag, cell_key, rank_key, read_cells, select, shard_lrs
 from edgebus.training.backends import Backend, run_units, task_checkpoints
-from edgebus.training.config import FitConfig, maybe_exit
-
-
-@dataclasses.dataclass(kw_only=True)
-class GridConfig(FitConfig):
-    lrs: list
-    epochs: list
-    split_fractions: tuple = (0.8, 0.1, 0.1)
-    select: str | None = None  # default: accuracy (classify), iou (segment)
-    recipe: dict | None = None  # {"name", "path", "sha256", "reduced", "description"} when run from a recipe
-
-    @classmethod
-    def from_options(cls, task: str, **opts) -> "GridConfig":
-        """A grid of the study's 7 learning rates x 5 epoch counts unless told otherwise; model, size
-        and batch default to the task's and the model's registry defaults."""
-        from edgebus.core.tasks import get_task
-        from edgebus.reports.study import STUDY_EPOCHS, STUDY_LRS
-
-        kw = {"model": get_task(task).default_model, "lrs": STUDY_LRS, "epochs": STUDY_EPOCHS,
-              **{k: v for k, v in opts.items() if v is not None}}
-        kw["data"] = str(kw["data"])
-        cfg = cls(task=task, **kw)
-        cfg.resolve("grid")
-        cfg.out = str(cfg.out or Path("runs") / f"grid-{cfg.model}-{cfg.size}")
-        return cfg
+from edgebus.config.files import write_run_config
+from edgebus.config.stages import GridConfig
+from edgebus.training.config import maybe_exit, resolve
 
 
 _IDENTITY = ("task", "model", "lrs", "epochs", "size", "batch", "seed", "weights", "model_kwargs", "split_fractions",
@@ -178,7 +155,7 @@ def run_grid(cfg: GridConfig, shard: tuple[int, int] = (1, 1), progress: bool = 
              finish: bool = True, backend: Backend | None = None) -> dict:
     """Run this shard's part of the grid (resuming), then, when every cell is done, `finalize`."""
     backend = backend or Backend()
-    task = cfg.resolve("grid")
+    task = resolve(cfg, "grid")
     _validate(cfg, task)
     ds, cases = read_lesions(cfg.data)
     by_id = {c.case_id: c for c in cases}
@@ -205,6 +182,8 @@ def run_grid(cfg: GridConfig, shard: tuple[int, int] = (1, 1), progress: bool = 
         if fresh:
             write_json(run.file("split.json"), {"seed": cfg.seed, "fractions": list(cfg.split_fractions), **split})
             run.add_artifact("split.json", "split")
+            write_run_config(out, cfg, "grid")
+            run.add_artifact("config.toml", "settings")
             m = run.manifest
             m.data, m.model, m.preprocess, m.threshold = data_info(ds, fp, len(cases)), model_info(cfg), contract, cfg.threshold
             m.split = SplitInfo(file="split.json", seed=cfg.seed, counts={k: len(v) for k, v in split.items()})

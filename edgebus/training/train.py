@@ -5,14 +5,16 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from edgebus.core.errors import EdgebusError
+from edgebus.core.errors import EdgebusError, flag
 from edgebus.core.io import atomic_write, make_dir, one_writer, write_json
 from edgebus.core.manifest import MANIFEST, ModelInfo, Run, SplitInfo
 from edgebus.core.splits import stratified_split
 from edgebus.data.arrays import data_info, load_split_data, read_lesions
 from edgebus.data.breast import fingerprint
 from edgebus.data.preprocess import preprocess_contract
-from edgebus.training.config import FitConfig, TrainConfig
+from edgebus.config.files import write_run_config
+from edgebus.config.stages import FitConfig, TrainConfig
+from edgebus.training.config import resolve, use_descriptors
 
 __all__ = ["TrainConfig", "train"]
 
@@ -27,8 +29,10 @@ def write_run_header(run: Run, cfg: TrainConfig, ds, n_lesions: int, split: dict
     """config.json, split.json and the manifest's data/split/model/preprocess entries of a run."""
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
     write_json(run.file("config.json"), config)
+    write_run_config(run.path, cfg, "train")
     write_json(run.file("split.json"), {"seed": cfg.seed, "fractions": list(cfg.split_fractions), **split})
     run.add_artifact("config.json", "config")
+    run.add_artifact("config.toml", "settings")
     run.add_artifact("split.json", "split")
     m = run.manifest
     m.data = data_info(ds, fp, n_lesions)
@@ -83,18 +87,18 @@ def _unfinished(out) -> bool:
 
 def train(cfg: TrainConfig, progress: bool = True, log=print) -> Run:
     """Read the data, split it, train, evaluate on val and test, and write the run directory."""
-    task = cfg.resolve("train")
+    task = resolve(cfg, "train")
     if not cfg.out:
-        raise EdgebusError("train: no run directory given; pass --out (TrainConfig.out)")
+        raise EdgebusError(f"train: no run directory given; pass {flag('out')} (TrainConfig.out)")
     if cfg.crop_margin is not None and task != "classify":
-        raise EdgebusError("--crop-margin is for classifiers")
+        raise EdgebusError(f"{flag('crop_margin')} is for classifiers")
     if cfg.segmenter is not None and cfg.crop_margin is None:
-        raise EdgebusError("--segmenter cuts lesion crops: give --crop-margin too (e.g. 0.5)")
+        raise EdgebusError(f"{flag('segmenter')} cuts lesion crops: give {flag('crop_margin')} too (e.g. 0.5)")
     if cfg.keep not in ("best", "last"):
-        raise EdgebusError(f"--keep '{cfg.keep}': choose best or last")
+        raise EdgebusError(f"{flag('keep')} '{cfg.keep}': choose best or last")
     contract = preprocess_contract(cfg.size, 3, cfg.crop_margin, cfg.normalize)
     ds, cases = read_lesions(cfg.data)
-    cfg.use_descriptors(ds, log)
+    use_descriptors(cfg, ds, log)
     by_id = {c.case_id: c for c in cases}
     split = stratified_split([c.case_id for c in cases], [c.label for c in cases], cfg.split_fractions, cfg.seed)
     fp = fingerprint(ds)
@@ -122,8 +126,9 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> Run:
     model = build_compiled(cfg.model, cfg.size, cfg.weights, cfg.model_kwargs, task)
     again = _unfinished(cfg.out)
     if (Path(cfg.out) / MANIFEST).is_file() and not (cfg.overwrite or again):  # refused before anything is written there
-        raise EdgebusError(f"{cfg.out}: a run already exists there; pick another --out or pass --overwrite to replace it")
-    make_dir(cfg.out, "--out")
+        raise EdgebusError(f"{cfg.out}: a run already exists there; pick another {flag('out')} or pass "
+                           f"{flag('overwrite')} to replace it")
+    make_dir(cfg.out, flag("out"))
     with one_writer(cfg.out):  # two trains into one folder would mix their files
         if again:
             log(f"{cfg.out}: an earlier train there did not finish; starting it again")
