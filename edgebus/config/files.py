@@ -72,7 +72,7 @@ def read_config(path: str | Path, command: str) -> tuple[dict, dict]:
     its name, description, reduced, task when it says them)."""
     p = find_config(path)
     d = _parse(p)
-    tables = {k: v for k, v in d.items() if isinstance(v, dict) and k not in OPTIONS}
+    tables = {k: v for k, v in d.items() if isinstance(v, dict) and (k not in OPTIONS or OPTIONS[k].kind != "json")}
     values = _checked(p, "", {k: v for k, v in d.items() if k not in tables})
     for name, table in tables.items():
         _checked(p, f" in [{name}]", table)
@@ -85,6 +85,11 @@ def read_config(path: str | Path, command: str) -> tuple[dict, dict]:
     return {k: v for k, v in values.items() if k not in META}, about
 
 
+def _toml_key(k) -> str:
+    k = str(k)
+    return k if k and all(c.isascii() and (c.isalnum() or c in "_-") for c in k) else _toml_value(k)
+
+
 def _toml_value(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -94,19 +99,19 @@ def _toml_value(v) -> str:
         if not math.isfinite(v):
             raise ValueError(f"{v}: TOML settings hold finite numbers")
         return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)  # a JSON string is a TOML basic string
+    if isinstance(v, str):  # a JSON string is a TOML basic string, with DEL escaped and no surrogate pairs
+        return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, dict):
-        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(x)}" for k, x in v.items()) + "}"
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
     raise ValueError(f"{v!r}: not a setting TOML can hold")
 
 
 def write_config(path: str | Path, values: dict, comment: str = "") -> Path:
     """A flat TOML file of settings (None left out: not set), written atomically."""
     lines = [f"# {c}" for c in comment.splitlines()]
-    lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
+    lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in values.items() if v is not None]
     atomic_write(Path(path), "\n".join(lines) + "\n")
     return Path(path)
 

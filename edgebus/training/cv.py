@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgebus.core.errors import EdgebusError
+from edgebus.core.errors import EdgebusError, flag
 from edgebus.core.io import append_jsonl, atomic_write, make_dir, now, one_writer, read_jsonl, repair_jsonl, sha256_file, write_json
 from edgebus.core.manifest import Run, open_results_dir
 from edgebus.core.splits import check_split, content_groups, content_summary, group_kfold, grouped_kfold, merge_groups
 from edgebus.core.tasks import get_task
-from edgebus.data.acquisition import GROUP_BY, acquisition_groups, shortcut_audit
+from edgebus.data.acquisition import acquisition_groups, shortcut_audit
 from edgebus.data.arrays import data_info, load_split_data, read_lesions
 from edgebus.data.breast import fingerprint
 from edgebus.data.content import content_hashes
@@ -192,18 +192,11 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print, backend: Backend | 
     crops are cut with the boxes a segmenter predicted in the same fold (boxes_from, honest: what
     the cart does) or, without boxes_from, around the true masks (an oracle, reported as such)."""
     task = get_task(resolve(cfg, "cv"))
-    if cfg.keep not in ("best", "last"):
-        raise EdgebusError(f"keep='{cfg.keep}': choose best or last")
-    if cfg.int8_source not in ("ptq", "qat"):
-        raise EdgebusError(f"--int8-source '{cfg.int8_source}': choose ptq or qat")
-    if not 0 <= cfg.qat_distill <= 1:
-        raise EdgebusError(f"--qat-distill {cfg.qat_distill}: give a weight from 0 (labels only) to 1 (the float model only)")
+    # each value is checked by its declaration in resolve(); what is left is how they combine
     if cfg.crop_margin is not None and task.truth_is_mask:
-        raise EdgebusError("--crop-margin is for classifiers")
+        raise EdgebusError(f"{flag('crop_margin')} is for classifiers")
     if cfg.boxes_from is not None and cfg.crop_margin is None:
-        raise EdgebusError("--boxes-from serves a lesion-crop classifier: give --crop-margin too")
-    if cfg.group_by not in GROUP_BY:
-        raise EdgebusError(f"--group-by '{cfg.group_by}': choose {' or '.join(GROUP_BY)}")
+        raise EdgebusError(f"{flag('boxes_from')} serves a lesion-crop classifier: give {flag('crop_margin')} too")
     contract = preprocess_contract(cfg.size, 3, cfg.crop_margin, cfg.normalize)
     ds, cases = read_lesions(cfg.data)
     use_descriptors(cfg, ds, log)
@@ -224,7 +217,8 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print, backend: Backend | 
         from edgebus.training.teacher import load_teachers
 
         if (backend or Backend()).name != "local":
-            raise EdgebusError("--teacher runs with the local backend (each fold's targets come from its own teachers)")
+            raise EdgebusError(f"{flag('teacher')} runs with the local backend (each fold's targets come from its own "
+                               "teachers)")
         teachers = load_teachers(cfg.teacher, cfg.teacher_masks, fp, folds)
     identity = {k: getattr(cfg, k) for k in _CV_IDENTITY}
     identity.update(task=task.name, data_fingerprint=fp)
@@ -247,7 +241,7 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print, backend: Backend | 
     # a bad model name or weights file fails before the folder exists; this model serves the first fold
     model = build_compiled(cfg.model, cfg.size, cfg.weights, cfg.model_kwargs, task.name)
     defaults = {f.name: f.default for f in dataclasses.fields(CVConfig) if f.default is not dataclasses.MISSING}
-    make_dir(out, "--out")
+    make_dir(out, flag("out"))
     with one_writer(out):  # a second CV on this folder would write every fold twice
         run, fresh = open_results_dir(out, task.name, "cv", identity, "cross-validation", defaults)
         if fresh:
@@ -293,10 +287,11 @@ def run_cv(cfg: CVConfig, progress: bool = False, log=print, backend: Backend | 
             shared = None
         else:
             if cfg.lesion_free:
-                raise EdgebusError("--lesion-free runs with the local backend (each fold adds its own training frames' bands)")
+                raise EdgebusError(f"{flag('lesion_free')} runs with the local backend (each fold adds its own training "
+                                   "frames' bands)")
             if seg_boxes is not None or cfg.crop_margin is not None:
-                raise EdgebusError("--backend ray runs whole-frame CVs; a lesion-crop CV cuts each fold's frames with its own "
-                                   "boxes: run it with the local backend")
+                raise EdgebusError(f"{flag('backend')} ray runs whole-frame CVs; a lesion-crop CV cuts each fold's frames "
+                                   "with its own boxes: run it with the local backend")
             unit = ray_fold
             ids = [c.case_id for c in cases]
             shared = {"cfg": cfg, "contract": contract, "ids": ids, "progress": False,

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgebus.core.errors import EdgebusError
+from edgebus.core.errors import EdgebusError, flag
 from edgebus.core.io import append_jsonl, atomic_write, make_dir, now, one_writer, repair_jsonl, sha256_file, write_json
 from edgebus.core.manifest import Run, SplitInfo, open_results_dir
 from edgebus.core.splits import check_split, content_groups, content_summary, grouped_split
@@ -68,14 +68,16 @@ def _validate(cfg: GridConfig, task: str) -> None:
     except (TypeError, ValueError):
         raise EdgebusError(f"grid: learning rates {cfg.lrs} and epochs {cfg.epochs} must be numbers") from None
     if not cfg.lrs or any(not (v > 0 and math.isfinite(v)) for v in cfg.lrs) or len(set(cfg.lrs)) != len(cfg.lrs):
-        raise EdgebusError(f"grid: learning rates {cfg.lrs}: give distinct positive numbers, e.g. --lrs 1e-4,1e-3")
+        raise EdgebusError(f"grid: learning rates {cfg.lrs}: give distinct positive numbers, e.g. "
+                           f"{flag('lrs')} 1e-4,1e-3")
     if not cfg.epochs or any(e < 1 for e in cfg.epochs) or len(set(cfg.epochs)) != len(cfg.epochs):
-        raise EdgebusError(f"grid: epochs {cfg.epochs}: give distinct positive whole numbers, e.g. --epochs 10,20")
+        raise EdgebusError(f"grid: epochs {cfg.epochs}: give distinct positive whole numbers, e.g. "
+                           f"{flag('epochs')} 10,20")
     cfg.lrs, cfg.epochs = sorted(cfg.lrs), sorted(cfg.epochs)
     sel = get_task(task).select
     cfg.select = cfg.select or sel[0]
     if cfg.select not in sel:
-        raise EdgebusError(f"grid: --select '{cfg.select}' is not a {task} metric; choose one of {', '.join(sel)}")
+        raise EdgebusError(f"grid: {flag('select')} '{cfg.select}' is not a {task} metric; choose one of {', '.join(sel)}")
     cfg.split_fractions = tuple(float(v) for v in cfg.split_fractions)
 
 
@@ -176,7 +178,7 @@ def run_grid(cfg: GridConfig, shard: tuple[int, int] = (1, 1), progress: bool = 
 
     set_seed(cfg.seed)
     model = build_compiled(cfg.model, cfg.size, cfg.weights, cfg.model_kwargs, task)  # fails before the folder exists
-    make_dir(out, "--out")
+    make_dir(out, flag("out"))
     with one_writer(out):  # a second grid on this folder would write every cell twice
         run, fresh = open_results_dir(out, task, "grid", _identity(cfg, task, fp), "grid")
         if fresh:
