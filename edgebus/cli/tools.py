@@ -72,7 +72,22 @@ def weights_import(variant: str = typer.Argument(..., help="lite0, lite1 or lite
     typer.echo(f"use it with: --model efficientnet-{meta['variant']} (or unet-efficientnet-lite0) --weights {meta['path']}")
 
 
+@friendly
+def pipeline(file: Path = typer.Argument(..., help="a pipeline file, e.g. training/cart.toml"), data: Path = OPT,
+             out: Path = OPT, weights: str = OPT, dry_run: bool = OPT):
+    """A whole session of edgebus commands from one file (--data: the data set; --out: the folder of its runs,
+    default runs/; --weights: a local weights file the steps name as {weights}), resumable: run it again after
+    a stop and the finished steps are skipped."""
+    from edgebus.config.pipeline import run_pipeline
+
+    if data is None:
+        raise EdgebusError(f"pass {flag('data')}: the data set the pipeline's steps read")
+    res = run_pipeline(file, data, out or Path("runs"), weights or "none", log=typer.echo, dry_run=dry_run)
+    typer.echo(f"pipeline: {len(res['ran'])} step(s) ran, {len(res['skipped'])} skipped; record {res['state']}")
+
+
 def register(app: typer.Typer) -> None:
     app.command()(synth)
     app.command()(models)
     app.command()(demo)
+    app.command()(pipeline)

@@ -190,6 +190,7 @@ _o("runs", "int", "timed invokes", default=50, lo=1)
 _o("keras", "bool", "add a Keras predict row where TensorFlow is installed", default=True)
 _o("eval_pack", "path", "with .tflite files: an eval_pack.npz to score them on")
 _o("pack", "path", "instead of timing, write a device pack of the run to this folder")
+_o("dry_run", "flag", "say what would run, run nothing")
 _o("cases", "int", "number of synthetic cases (default 120)", lo=1)
 
 
