@@ -69,9 +69,11 @@ def _parsed(name: str, value):
 
 
 def command_name(ctx) -> str:
-    """The command as a settings file's table names it: 'cv' for 'edgebus cv classify'."""
-    parts = ctx.command_path.split()
-    return parts[1] if len(parts) > 1 else parts[0]
+    """The command as a settings file's table names it: 'cv' for 'edgebus cv classify' (however the
+    program was started: `edgebus`, `python -m edgebus`)."""
+    while ctx.parent is not None and ctx.parent.parent is not None:
+        ctx = ctx.parent
+    return ctx.info_name
 
 
 def options(fn=None, *, settings=None):
