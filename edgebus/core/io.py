@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edgebus.core.errors import EdgebusError
+from edgebus.core.errors import EdgebusError, flag
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -205,7 +205,8 @@ def check_report(report: str | Path, inputs: dict, overwrite: bool = False) -> d
         if old != inputs:
             why = "records no inputs (an older edgebus made it)" if old is None else \
                 "made from other inputs (models, data or settings) than this run"
-            raise EdgebusError(f"{report}: {why}; pick another --out or pass --overwrite to replace it")
+            raise EdgebusError(f"{report}: {why}; pick another {flag('out')} or pass {flag('overwrite')} "
+                               "to replace it")
     return inputs
 
 
@@ -218,7 +219,7 @@ def _open_for_write(path: Path, flags: int) -> int:
         if e.errno == errno.ELOOP:
             raise EdgebusError(f"{path}: is a symbolic link; edgebus does not write through links, remove it") from None
         if e.errno in (errno.EISDIR, errno.ENOTDIR):
-            raise EdgebusError(f"{path}: is not a regular file; remove it or pick another --out") from None
+            raise EdgebusError(f"{path}: is not a regular file; remove it or pick another {flag('out')}") from None
         raise
 
 
@@ -296,14 +297,14 @@ def refuse_duplicates(path: str | Path, rows: list[dict], key: str | tuple) -> N
     for i, r in enumerate(rows, start=1):
         if any(f not in r for f in fields):
             raise EdgebusError(f"{path}: row {i} has no {'/'.join(fields)}; it is not an edgebus results file, "
-                               "restore it or re-run into a new --out")
+                               f"restore it or re-run into a new {flag('out')}")
         k = json.dumps([r[f] for f in fields], default=str)
         if k in seen:
             dups.append(k)
         seen.add(k)
     if dups:
         raise EdgebusError(f"{path}: {len(dups)} row(s) repeat a {'/'.join(fields)} (first: {dups[0]}); two processes "
-                           "wrote there at once? re-run into a new --out")
+                           f"wrote there at once? re-run into a new {flag('out')}")
 
 
 _WRITERS: dict[str, int] = {}
@@ -330,7 +331,7 @@ def one_writer(folder: str | Path):
         pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
         os.close(fd)
         raise EdgebusError(f"{folder}: another edgebus is writing there (pid {pid}); wait for it to end "
-                           "or pick another --out") from None
+                           f"or pick another {flag('out')}") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     _WRITERS[key] = fd

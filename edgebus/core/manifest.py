@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgebus import __version__
-from edgebus.core.errors import EdgebusError
+from edgebus.core.errors import EdgebusError, flag
 from edgebus.core.io import WRITER_FILE, locked, merge3, now, read_json, sha256_file, write_json
 from edgebus.core.metrics import DEFAULT_THRESHOLD
 from edgebus.core.tasks import TASKS, Task, get_task
@@ -155,11 +155,12 @@ class Run:
     def create(cls, path: str | Path, task: str, overwrite: bool = False) -> "Run":
         path = Path(path)
         if path.exists() and not path.is_dir():
-            raise EdgebusError(f"{path}: exists and is not a folder; pick another --out")
+            raise EdgebusError(f"{path}: exists and is not a folder; pick another {flag('out')}")
         if (path / MANIFEST).exists() and not overwrite:
-            raise EdgebusError(f"{path}: a run already exists there; pick another --out or pass --overwrite to replace it")
+            raise EdgebusError(f"{path}: a run already exists there; pick another {flag('out')} or pass "
+                               f"{flag('overwrite')} to replace it")
         if path.exists() and any(not _leftover(p) for p in path.iterdir()) and not (path / MANIFEST).exists():
-            raise EdgebusError(f"{path}: folder is not empty and is not an edgebus run; pick another --out")
+            raise EdgebusError(f"{path}: folder is not empty and is not an edgebus run; pick another {flag('out')}")
         path.mkdir(parents=True, exist_ok=True)
         run = cls(path, RunManifest(task=get_task(task).name, created=now()))
         run.save()
@@ -236,12 +237,12 @@ def open_results_dir(out: Path, task: str, kind: str, identity: dict, what: str,
         if old is None:
             if not run.manifest.artifacts and not run.manifest.stages:  # killed while it was being set up
                 return Run.create(out, task, overwrite=True), True
-            raise EdgebusError(f"{out}: holds a run that is not a {what}; pick another --out")
+            raise EdgebusError(f"{out}: holds a run that is not a {what}; pick another {flag('out')}")
         for k, v in identity.items():
             if k not in old["identity"] and defaults and k in defaults and defaults[k] == v:
                 continue
             if json.dumps(old["identity"].get(k), sort_keys=True) != json.dumps(v, sort_keys=True, default=str):
                 raise EdgebusError(f"{out}: an earlier {what} there used {k}={old['identity'].get(k)!r}, not {v!r}; "
-                                   f"pick another --out to start a new one")
+                                   f"pick another {flag('out')} to start a new one")
         return run, False
     return Run.create(out, task), True

@@ -91,10 +91,10 @@ def finite(v) -> bool:
 
 def check_target(target) -> float:
     """A target sensitivity must lie in (0, 1]: one line, before any work, for anything else."""
-    from edgebus.core.errors import EdgebusError
+    from edgebus.core.errors import EdgebusError, flag
 
     if not finite(target) or not 0 < target <= 1:
-        raise EdgebusError(f"--target-sensitivity {target}: give a value in (0, 1], e.g. 0.9")
+        raise EdgebusError(f"{flag('target_sensitivity')} {target}: give a value in (0, 1], e.g. 0.9")
     return float(target)
 
 

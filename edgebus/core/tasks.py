@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgebus.core import stats
-from edgebus.core.errors import EdgebusError
+from edgebus.core.errors import EdgebusError, flag
 from edgebus.core.metrics import (CLASS_NAMES, DEFAULT_THRESHOLD, classification_metrics, flat_classification,
                                   label_flips, mask_fidelity, output_agreement, segmentation_metrics)
 
@@ -150,13 +150,13 @@ CLASSIFY = _Classify(
     default_model="mobilenetv2", default_batch=16, select=("accuracy", "auc", "malignant_recall", "f1_macro"),
     ci_keys=stats.CLASSIFY_KEYS, keep_metrics=("val_accuracy", "val_malignant_prob_accuracy"),
     agreement_key="label_agreement", truth_is_mask=False, pack_key="labels",
-    gates=(("accuracy", "accuracy", "--max-drop", 100.0, "points"),
-           ("malignant_recall", "malignant recall", "--max-recall-drop", 100.0, "points")))
+    gates=(("accuracy", "accuracy", flag("max_drop"), 100.0, "points"),
+           ("malignant_recall", "malignant recall", flag("max_recall_drop"), 100.0, "points")))
 SEGMENT = _Segment(
     name="segment", role="segmenter", labels=("background", "lesion"), output="lesion probability per pixel",
     default_model="unet-efficientnetb2", default_batch=8, select=("iou", "dice"), ci_keys=stats.SEGMENT_KEYS,
     keep_metrics=("val_iou",), agreement_key="pixel_agreement", truth_is_mask=True, pack_key="masks",
-    gates=(("iou", "IoU", "--max-drop", 1.0, ""),))
+    gates=(("iou", "IoU", flag("max_drop"), 1.0, ""),))
 TASKS = {t.name: t for t in (CLASSIFY, SEGMENT)}
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgebus.data.preprocess import cut_area, load_gray, load_mask, resize_mask, to_model_input
-from edgebus.core.errors import EdgebusError
+from edgebus.core.errors import EdgebusError, flag
 from edgebus.core.metrics import CLASS_NAMES as CLASSES  # label 0, 1
 from edgebus.core.io import sha256_file
 from edgebus.core.units import PIXEL_MM_RANGE, pixel_size_problem
@@ -281,8 +281,8 @@ def breast_pixel_sizes(root: str | Path, warn=None) -> dict[str, float | None]:
     except (ImportError, ValueError):
         missing = True
     if missing:
-        raise EdgebusError("--data: reading the BrEaST sheet's Pixel_size needs pandas and openpyxl; "
-                           "install edgebus[train] or pass --pixel-size")
+        raise EdgebusError(f"{flag('data')}: reading the BrEaST sheet's Pixel_size needs pandas and openpyxl; "
+                           f"install edgebus[train] or pass {flag('pixel_size')}")
     ds = read_breast(root)
     sizes = {c.image.name: c.pixel_size * 10.0 for c in ds.cases if c.pixel_size is not None}
     for c in ds.cases:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from edgebus.core.errors import EdgebusError
+from edgebus.core.errors import EdgebusError, flag
 
 PREPROCESS_VERSION = 1  # whole frame
 CROP_VERSION = 2  # lesion crop (contract has "crop")
@@ -67,7 +67,7 @@ def preprocess_contract(size: int | tuple[int, int], channels: int = 3, crop_mar
         }
     if normalize is not None:
         if normalize not in NORMALIZE:
-            raise EdgebusError(f"--normalize '{normalize}': choose {', '.join(NORMALIZE)} (or leave it out)")
+            raise EdgebusError(f"{flag('normalize')} '{normalize}': choose {', '.join(NORMALIZE)} (or leave it out)")
         contract["version"] = NORMALIZE_VERSION
         contract["normalize"] = {"kind": normalize, "percentiles": list(PERCENTILES),
                                  "rule": "after the resize, the gray levels at these percentiles are stretched to 0 and "

@@ -15,7 +15,7 @@ a model on the exact operations it was trained with. Geometric changes move the 
 
 from __future__ import annotations
 
-from edgebus.core.errors import EdgebusError
+from edgebus.core.errors import EdgebusError, flag
 
 AUGMENTS = ("none", "flip", "ultrasound", "scanner")
 
@@ -27,7 +27,7 @@ def augment_name(augment) -> str:
     if augment is False or augment is None:
         return "none"
     if augment not in AUGMENTS:
-        raise EdgebusError(f"--augment '{augment}': choose one of {', '.join(AUGMENTS)}")
+        raise EdgebusError(f"{flag('augment')} '{augment}': choose one of {', '.join(AUGMENTS)}")
     return augment
 
 

