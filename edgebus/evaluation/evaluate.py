@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgebus.core.errors import EdgebusError
+from edgebus.core.errors import EdgebusError, flag
 from edgebus.core.io import write_json
 from edgebus.core.manifest import Run
 from edgebus.data.breast import fingerprint, load_arrays
@@ -26,7 +26,7 @@ def read_dataset(data: str | Path, fmt: str):
         from edgebus.data.breast import read_breast
 
         return read_breast(data)
-    raise EdgebusError(f"--format '{fmt}': choose one of {', '.join(READERS)}")
+    raise EdgebusError(f"{flag('format')} '{fmt}': choose one of {', '.join(READERS)}")
 
 
 def arrays_reader(data, fmt: str):
@@ -53,7 +53,8 @@ def external_boxes(segmenter: str | Path, cases, load=load_arrays) -> tuple[dict
 
         seg = Run.load(segmenter)
         if seg.task.name != "segment":
-            raise EdgebusError(f"{segmenter}: a {seg.task.name} run; pass a segment run or .tflite as --segmenter")
+            raise EdgebusError(f"{segmenter}: a {seg.task.name} run; pass a segment run or .tflite as "
+                               f"{flag('segmenter')}")
         prob = predict(load_run_model(seg), load(cases, seg.manifest.preprocess)[0])
         return dict(zip(ids, predicted_boxes(prob, seg.manifest.threshold))), str(segmenter)
     from edgebus.runtime.model import ExportedModel
@@ -71,7 +72,8 @@ def evaluate_external(run_dir, data, fmt: str = "busi", model_file: str | None =
     run = Run.load(run_dir)
     contract = run.manifest.preprocess
     if "crop" in contract and segmenter is None:
-        raise EdgebusError(f"{run.path}: a lesion-crop classifier; pass --segmenter (a segment run or .tflite) "
+        raise EdgebusError(f"{run.path}: a lesion-crop classifier; pass {flag('segmenter')} "
+                           "(a segment run or .tflite) "
                            "to find the lesions it classifies")
     ds = read_dataset(data, fmt)
     cases = ds.lesions() if fmt != "dicom" or run.task.truth_is_mask else [c for c in ds.cases if c.label is not None]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edgebus.core.calibration import per_fold_text
-from edgebus.core.errors import EdgebusError
+from edgebus.core.errors import EdgebusError, flag
 from edgebus.core.manifest import Run
 from edgebus.core.metrics import classification_metrics, expected_calibration_error, threshold_for_sensitivity
 
@@ -26,7 +26,7 @@ def set_operating_point(run_dir, target: float = 0.9, log=print) -> dict:
     if run.task.name != "classify":
         raise EdgebusError(f"{run.path}: an operating point applies to classifiers; this is a {run.task.name} run")
     if not 0 < target <= 1:
-        raise EdgebusError(f"--target-sensitivity {target}: give a value in (0, 1], e.g. 0.9")
+        raise EdgebusError(f"{flag('target_sensitivity')} {target}: give a value in (0, 1], e.g. 0.9")
     if run.manifest.exports:
         raise EdgebusError(f"{run.path}: already exported; set the operating point before 'edgebus export' "
                            "so the threshold is embedded in the models (or train a new run)")
@@ -76,9 +76,10 @@ def _oof(cv_dir: Path, source: str):
     if source == "auto":
         source = "int8" if have_int8 else "float"
     if source not in SOURCES:
-        raise EdgebusError(f"--source '{source}': choose int8, float or auto")
+        raise EdgebusError(f"{flag('source')} '{source}': choose int8, float or auto")
     if source == "int8" and not have_int8:
-        raise EdgebusError(f"{cv_dir}: no int8 predictions per fold; run 'edgebus cv classify ... --int8' or use --source float")
+        raise EdgebusError(f"{cv_dir}: no int8 predictions per fold; run 'edgebus cv classify ... {flag('int8')}' or "
+                           f"use {flag('source')} float")
     key = "test_prob_int8" if source == "int8" else "test_prob"
     y = np.concatenate([r["test_label"] for r in recs])
     p = np.concatenate([r[key] for r in recs])
@@ -101,10 +102,10 @@ def cv_operating_point(cv_dir, target: float = 0.9, source: str = "auto", out=No
 
     cv_dir = Path(cv_dir)
     if not 0 < target <= 1:
-        raise EdgebusError(f"--target-sensitivity {target}: give a value in (0, 1], e.g. 0.9")
+        raise EdgebusError(f"{flag('target_sensitivity')} {target}: give a value in (0, 1], e.g. 0.9")
     out = Path(out or cv_dir)
     if out.exists() and not out.is_dir():
-        raise EdgebusError(f"{out}: exists and is not a folder; pick another --out")
+        raise EdgebusError(f"{out}: exists and is not a folder; pick another {flag('out')}")
     y, p, fold, source = _oof(cv_dir, source)
     ident = check_report(out / "operating_point.json", {"folds_sha256": folds_sha256(cv_dir),
                                                         "target_sensitivity": target, "source": source}, overwrite)
@@ -176,8 +177,8 @@ def operating_point_md(op: dict) -> str:
         f"| in-sample: the shipped threshold on the predictions it was chosen on (optimistic) | {f(ins['sensitivity'])} | "
         f"{f(ins['specificity'])} |", "",
         f"Cross-fitted sensitivity per held-out fold (cancers in it): {per_fold_text(est)}. One fold is one unseen "
-        "part of the data (with `--group-by acquisition`, one scanner setting): the spread is what a new site may "
-        "see.", "",
+        f"part of the data (with `{flag('group_by')} acquisition`, one scanner setting): the spread is what a new "
+        "site may see.", "",
         f"Expected calibration error (10 bins): {f(op['ece']['raw'])} raw, {f(op['ece']['calibrated_cross_fitted'])} after "
         f"cross-fitted calibration ({method}).", "", "![reliability](reliability.png)", "",
         *(calibration_md(op["calibration_choice"], "malignancy probability") if op.get("calibration_choice") else [])])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgebus.core.errors import EdgebusError
+from edgebus.core.errors import EdgebusError, flag
 
 PRESENCE_JSON = "presence.json"
 MAX_MISS = 0.02  # lesion frames the cart may call lesion-free (issue #35's target)
@@ -121,7 +121,8 @@ def presence_cv(seg_cv, out=None, max_miss: float = MAX_MISS, log=print, overwri
     from edgebus.evaluation.shape_fusion import folds_sha256
 
     if not 0 < max_miss < 0.5:
-        raise EdgebusError(f"--max-miss {max_miss}: give the share of lesion frames that may be called lesion-free, e.g. 0.02")
+        raise EdgebusError(f"{flag('max_miss')} {max_miss}: give the share of lesion frames that may be called "
+                           "lesion-free, e.g. 0.02")
     seg_cv = Path(seg_cv)
     out = Path(out) if out else seg_cv / "presence"
     ident = check_report(out / PRESENCE_JSON, {"segment_folds_sha256": folds_sha256(seg_cv), "max_miss": max_miss,
@@ -190,7 +191,7 @@ def presence_md(r: dict) -> str:
               f"{r['threshold']:.4f} on its output. A band is tissue of a frame that also holds a lesion, seen "
               "as a frame of its own: a stand-in for a lesion-free frame, not one.", "",
               "Bundle it with a mask model trained as this CV's were (" + (
-                  "`edgebus train segment ... --lesion-free`" if r["mask_from"].get("lesion_free") else
-                  "without `--lesion-free`") + "): the rule is fitted on their maps; `bundle` checks the model's "
-              "name, not how it was trained.", ""]
+                  f"`edgebus train segment ... {flag('lesion_free')}`" if r["mask_from"].get("lesion_free") else
+                  f"without `{flag('lesion_free')}`") + "): the rule is fitted on their maps; `bundle` checks "
+              "the model's name, not how it was trained.", ""]
     return "\n".join(lines)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgebus.core.errors import EdgebusError
+from edgebus.core.errors import EdgebusError, flag
 from edgebus.core.metrics import roc_auc
 from edgebus.training.cv_summary import finished_cv
 
@@ -45,7 +45,7 @@ def _segmenters(seg_cv: Path, recs: list, task: str = "segment") -> dict:
         files = member_files(r, seg_cv)[0]
         if "model_int8.tflite" not in files:
             raise EdgebusError(f"{seg_cv}: fold {r['fold']} has no int8 segmenter (the cart runs int8); re-run "
-                               f"'edgebus cv {task}' with --int8")
+                               f"'edgebus cv {task}' with {flag('int8')}")
         m = ExportedModel(files["model_int8.tflite"], task)
         if task == "classify" and not m.has_mask:
             raise EdgebusError(f"{seg_cv}: a classifier CV whose files give no lesion mask; pass a segment CV "
@@ -64,7 +64,7 @@ def _classifiers(cls_cv: Path, recs: list, threshold: float) -> dict:
         files = [m.get("model_int8.tflite") for m in member_files(r, cls_cv)]
         if None in files:
             raise EdgebusError(f"{cls_cv}: fold {r['fold']} has no int8 classifier (the cart runs int8); re-run "
-                               "'edgebus cv classify' with --int8")
+                               f"'edgebus cv classify' with {flag('int8')}")
         out[r["fold"]] = ExportedModel(files[0], "classify") if len(files) == 1 else EnsembleModel(files, threshold)
     return out
 
@@ -87,10 +87,11 @@ def fusion_inputs(cls_cv, seg_cv) -> dict:
     if c_run.manifest.data.fingerprint != s_run.manifest.data.fingerprint:
         raise EdgebusError(f"{seg_cv}: made on other data than {cls_cv} (fingerprint differs); run both on the same set")
     if c_folds["folds"] != s_folds["folds"]:
-        raise EdgebusError(f"{seg_cv}: its folds differ from {cls_cv}'s; run both with the same --folds, --seed "
-                           "(or --fold-seed) and --group-by")
+        raise EdgebusError(f"{seg_cv}: its folds differ from {cls_cv}'s; run both with the same {flag('folds')}, "
+                           f"{flag('seed')} (or {flag('fold_seed')}) and {flag('group_by')}")
     if not all("test_prob_int8" in r for r in c_recs):
-        raise EdgebusError(f"{cls_cv}: has no int8 scores (the cart runs int8); re-run 'edgebus cv classify' with --int8")
+        raise EdgebusError(f"{cls_cv}: has no int8 scores (the cart runs int8); re-run 'edgebus cv classify' with "
+                           f"{flag('int8')}")
     segmenters = _segmenters(seg_cv, s_recs, s_task)
     classifiers = _classifiers(cls_cv, c_recs, c_run.manifest.threshold)
     ds = run_dataset(c_run)

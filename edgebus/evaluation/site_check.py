@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgebus.core.errors import EdgebusError
+from edgebus.core.errors import EdgebusError, flag
 from edgebus.core.metrics import finite
 from edgebus.core.io import atomic_write, check_report, make_dir, read_json, sha256_file, write_json
 from edgebus.runtime.batch import RUN_FILE, read_rows
@@ -77,8 +77,8 @@ def site_check(predictions, data, fmt: str = "breast", target: float = 0.9, out=
     pred_dir = Path(predictions)
     jsonl = pred_dir / "predictions.jsonl"
     if not jsonl.is_file():
-        raise EdgebusError(f"{pred_dir}: no predictions.jsonl; run 'edgebus predict --bundle CART {data} --out "
-                           f"{pred_dir}' first")
+        raise EdgebusError(f"{pred_dir}: no predictions.jsonl; run 'edgebus predict {flag('bundle')} CART {data} "
+                           f"{flag('out')} {pred_dir}' first")
     out = Path(out) if out else pred_dir / "site-check"
     ident = check_report(out / "site_check.json", {"predictions_sha256": sha256_file(jsonl), "data": Path(data).resolve(),
                                                    "format": fmt, "target_sensitivity": target, "n_boot": n_boot,
@@ -89,7 +89,7 @@ def site_check(predictions, data, fmt: str = "breast", target: float = 0.9, out=
     matched = [(c, r) for r in rows for c in [_match(r, labels, depths)] if c is not None]
     if not matched:
         raise EdgebusError(f"{pred_dir}: none of its {len(rows)} predicted frames is a labelled case of {data}; "
-                           f"predict that set's frames (edgebus predict --bundle CART {data})")
+                           f"predict that set's frames (edgebus predict {flag('bundle')} CART {data})")
     if fmt != "dicom":  # the same frames, not namesakes from another set
         from edgebus.data.acquisition import frame_size
 
@@ -102,7 +102,7 @@ def site_check(predictions, data, fmt: str = "breast", target: float = 0.9, out=
     for c, r in matched:  # one case predicted twice (from two working folders, say) would count twice
         if (c.case_id, r.get("frame")) in seen:
             raise EdgebusError(f"{jsonl}: case {c.case_id} is predicted twice ({seen[(c.case_id, r.get('frame'))]} and "
-                               f"{r['file']}); predict the set once into a new --out")
+                               f"{r['file']}); predict the set once into a new {flag('out')}")
         seen[(c.case_id, r.get("frame"))] = r["file"]
     if any(r.get("prob_raw") is None for _, r in matched):
         raise EdgebusError(f"{pred_dir}: predicted without a classifier; a site check scores the malignancy call")
@@ -111,11 +111,11 @@ def site_check(predictions, data, fmt: str = "breast", target: float = 0.9, out=
             v = r.get(k)
             if not finite(v) or not 0 <= v <= 1:
                 raise EdgebusError(f"{jsonl}: frame {r['file']} has {k}={v!r}, not a probability from 0 to 1; "
-                                   "not a predictions file edgebus wrote, predict again into a new --out")
+                                   f"not a predictions file edgebus wrote, predict again into a new {flag('out')}")
     thresholds = {float(r["threshold"]) for _, r in matched}
     if len(thresholds) != 1:
         raise EdgebusError(f"{pred_dir}: its frames were predicted at {len(thresholds)} thresholds (other models); "
-                           "predict again into a new --out")
+                           f"predict again into a new {flag('out')}")
     thr = thresholds.pop()
     y = np.asarray([int(c.label) for c, _ in matched])
     raw = np.asarray([r["prob_raw"] for _, r in matched], dtype=np.float64)
@@ -225,6 +225,6 @@ def site_check_md(r: dict) -> str:
         f"sensitivity {loc['sensitivity']:.3f}, specificity {loc['specificity']:.3f}, {loc['note']}. "
         + (f"The shown probability recalibrated in the large on these cases (its logit moved by "
            f"{loc['calibration']['b']:+.3f}) has ECE {loc['ece']:.3f} on them. " if loc["calibration"] else "")
-        + ("`edgebus site-threshold CART THIS_FOLDER --out DIR` puts both on a copy of the cart." if r["verdict_kind"] ==
-           "misses" else "The shipped threshold does not miss here: keep it."), "",
+        + (f"`edgebus site-threshold CART THIS_FOLDER {flag('out')} DIR` puts both on a copy of the cart."
+           if r["verdict_kind"] == "misses" else "The shipped threshold does not miss here: keep it."), "",
         "![reliability](reliability.png)", ""])

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgebus.core.errors import EdgebusError
+from edgebus.core.errors import EdgebusError, flag
 from edgebus.core.io import atomic_write, check_report, now, read_jsonl, write_json
 from edgebus.core.manifest import MANIFEST, Run
 from edgebus.data.breast import case_mask
@@ -89,7 +89,8 @@ def _add_fusion(groups: list[Group], target: Path, seg_cv: Path, sensitivity: fl
     models = fold_models(inp)
     for g in groups:
         if g.int8_model is None:
-            raise EdgebusError(f"{target}: --fuse fuses the int8 classifier; re-run 'edgebus cv classify' with --int8")
+            raise EdgebusError(f"{target}: {flag('fuse')} fuses the int8 classifier; re-run 'edgebus cv classify' "
+                               f"with {flag('int8')}")
         g.segmenter, g.fusion = inp["segmenters"][g.fold], models[g.fold]
     fused = cross_fitted(inp["x"], inp["y"], inp["fold"], "fused")
     return crossfit_operating_point(inp["y"], fused, inp["fold"], sensitivity)["threshold"]
@@ -128,9 +129,10 @@ def _target(target: Path, data, fmt: str):
         from edgebus.evaluation.evaluate import read_dataset
 
         if data is None:
-            raise EdgebusError(f"{target}: a lone model file is stressed on a data set; pass --data (and --format)")
+            raise EdgebusError(f"{target}: a lone model file is stressed on a data set; pass {flag('data')} (and "
+                               f"{flag('format')})")
         if fmt == "dicom":
-            raise EdgebusError("--format dicom: stress changes image files; pass a breast or busi set")
+            raise EdgebusError(f"{flag('format')} dicom: stress changes image files; pass a breast or busi set")
         em = ExportedModel(target)
         cases = read_dataset(data, fmt).lesions()
         return [Group(cases, None, em)], em.task, em.contract, em.threshold, f"`{target.name}` on {data} (all lesions)"
@@ -184,7 +186,7 @@ def run_stress(target, data=None, fmt: str = "breast", out=None, seed: int = 0, 
     target = Path(target)
     out = Path(out) if out else (target.parent if target.is_file() else target / "stress")
     if out.exists() and not out.is_dir():  # before minutes of scoring, not after
-        raise EdgebusError(f"{out}: exists and is not a folder; pick another --out")
+        raise EdgebusError(f"{out}: exists and is not a folder; pick another {flag('out')}")
     groups, task, contract, thr, desc = _target(target, data, fmt)
     ident = check_report(out / "stress.json", _inputs(target, thr, data, fmt, seed, fuse), overwrite)
     if "crop" in contract:
@@ -194,7 +196,8 @@ def run_stress(target, data=None, fmt: str = "breast", out=None, seed: int = 0, 
     thresholds = {k: thr for k in kinds}
     if fuse is not None:
         if target.is_file() or task.name != "classify" or groups[0].fold is None:
-            raise EdgebusError(f"{target}: --fuse is for a classifier CV folder (the one 'edgebus fuse' was given)")
+            raise EdgebusError(f"{target}: {flag('fuse')} is for a classifier CV folder (the one 'edgebus fuse' was "
+                               "given)")
         thresholds["fused"] = _add_fusion(groups, target, Path(fuse), _target_sensitivity(target))
         kinds.append("fused")
     frames = [[(c, load_gray(c.image), case_mask(c) if c.mask is not None else None) for c in g.cases] for g in groups]

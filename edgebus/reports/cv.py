@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from edgebus.core.errors import flag
 from edgebus.core.metrics import CLASS_NAMES
 from edgebus.core.stats import interval_text
 from edgebus.core.tasks import get_task
@@ -53,8 +54,8 @@ def cv_markdown(summary: dict, recs: list, manifest) -> str:
         lines.append(f"| {key} | {mean} | {interval_text(b)} | {folds} |")
     if "bootstrap_int8" in summary and "bootstrap_int8_ptq" in summary:
         lines += ["", f"Full-int8 TFLite (each fold's model, quantization-aware fine-tuned for {ident.get('qat_epochs')} "
-                  f"epochs at lr {0.1 * ident['lr']:g} on its own training part, as `edgebus export --int8`; and, for "
-                  "comparison, post-training quantized), run with the interpreter on its test part:", "",
+                  f"epochs at lr {0.1 * ident['lr']:g} on its own training part, as `edgebus export {flag('int8')}`; "
+                  "and, for comparison, post-training quantized), run with the interpreter on its test part:", "",
                   "| metric | pooled out-of-fold int8 QAT [95% bootstrap CI] | int8 PTQ |", "|---|---|---|"]
         lines += [f"| {key} | {interval_text(summary['bootstrap_int8'][key])} | "
                   f"{interval_text(summary['bootstrap_int8_ptq'][key])} |" for key in keys if key in summary["bootstrap_int8"]]

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from edgebus.core.errors import EdgebusError
+from edgebus.core.errors import EdgebusError, flag
 
 BACKENDS = ("local", "ray")
 MARK = ".driver-"  # out/checkpoints/.driver-<token>: this run's driver made it, so a task that sees it shares its files
@@ -55,11 +55,11 @@ class Backend:
 
     def __post_init__(self):
         if self.name not in BACKENDS:
-            raise EdgebusError(f"--backend '{self.name}': choose {' or '.join(BACKENDS)}")
+            raise EdgebusError(f"{flag('backend')} '{self.name}': choose {' or '.join(BACKENDS)}")
         if self.cpus_per_task <= 0 or self.gpus_per_task < 0:
-            raise EdgebusError("--cpus-per-task must be > 0 and --gpus-per-task >= 0")
+            raise EdgebusError(f"{flag('cpus_per_task')} must be > 0 and {flag('gpus_per_task')} >= 0")
         if self.name == "local" and self.address:
-            raise EdgebusError("--address names a Ray cluster; give --backend ray too")
+            raise EdgebusError(f"{flag('address')} names a Ray cluster; give {flag('backend')} ray too")
 
     def describe(self) -> dict:
         d = {"backend": self.name}
@@ -72,7 +72,7 @@ def _ray():
     try:
         import ray
     except ImportError:
-        raise EdgebusError("--backend ray needs Ray; pip install 'edgebus[cluster]'") from None
+        raise EdgebusError(f"{flag('backend')} ray needs Ray; pip install 'edgebus[cluster]'") from None
     return ray
 
 
@@ -97,7 +97,7 @@ def _ray_units(backend: Backend, fn: Callable, units: list[tuple], shared: dict,
         try:
             ray.init(address=backend.address, include_dashboard=False, log_to_driver=False)
         except (ConnectionError, ValueError, RuntimeError) as e:
-            raise EdgebusError(f"--address {backend.address}: cannot reach the Ray cluster ({str(e)[:160]}); "
+            raise EdgebusError(f"{flag('address')} {backend.address}: cannot reach the Ray cluster ({str(e)[:160]}); "
                                "start it with 'ray start --head' or check the address") from None
     env = {k: v for k, v in os.environ.items() if k.startswith("EDGEBUS_")}
     remote = ray.remote(_task).options(num_cpus=backend.cpus_per_task, num_gpus=backend.gpus_per_task,

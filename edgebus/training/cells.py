@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from edgebus.core.errors import EdgebusError
+from edgebus.core.errors import EdgebusError, flag
 from edgebus.core.io import read_jsonl
 from edgebus.core.tasks import get_task
 
@@ -52,9 +52,9 @@ def parse_shard(s: str | None) -> tuple[int, int]:
     try:
         i, n = (int(v) for v in s.split("/"))
     except ValueError:
-        raise EdgebusError(f"--shard '{s}': give i/n, e.g. 1/3 (shards are numbered 1..n)") from None
+        raise EdgebusError(f"{flag('shard')} '{s}': give i/n, e.g. 1/3 (shards are numbered 1..n)") from None
     if not 1 <= i <= n:
-        raise EdgebusError(f"--shard '{s}': need 1 <= i <= n (shards are numbered 1..n)")
+        raise EdgebusError(f"{flag('shard')} '{s}': need 1 <= i <= n (shards are numbered 1..n)")
     return i, n
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgebus.core.errors import EdgebusError
+from edgebus.core.errors import EdgebusError, flag
 from edgebus.core.io import read_jsonl, sha256_file
 from edgebus.core.manifest import Run
 from edgebus.data.preprocess import lesion_box
@@ -29,7 +29,8 @@ def segmenter_cv_boxes(cv_dir: str | Path, folds: list[dict], fingerprint: str) 
     come from a segmenter that never saw that fold's val or test images."""
     cv_dir = Path(cv_dir)
     if not (cv_dir / "manifest.json").is_file():
-        raise EdgebusError(f"{cv_dir}: not a cross-validation folder; pass --boxes-from the folder 'edgebus cv segment' wrote")
+        raise EdgebusError(f"{cv_dir}: not a cross-validation folder; pass {flag('boxes_from')} the folder 'edgebus "
+                           "cv segment' wrote")
     run = Run.load(cv_dir)
     where = f"{cv_dir}"
     if run.task.name != "segment" or run.manifest.cv is None:
@@ -38,8 +39,8 @@ def segmenter_cv_boxes(cv_dir: str | Path, folds: list[dict], fingerprint: str) 
         raise EdgebusError(f"{where}: made on other data (fingerprint differs); run 'edgebus cv segment' on this data")
     theirs = run.read_artifact_json("folds.json")["folds"]
     if theirs != folds:
-        raise EdgebusError(f"{where}: its folds differ from these (another --folds, --seed or val fraction); "
-                           f"run both with the same settings")
+        raise EdgebusError(f"{where}: its folds differ from these (another {flag('folds')}, {flag('seed')} or val "
+                           "fraction); run both with the same settings")
     recs = {r["fold"]: r for r in read_jsonl(cv_dir / "folds.jsonl", key="fold")}
     out = []
     for f, fold in enumerate(folds):
@@ -48,7 +49,7 @@ def segmenter_cv_boxes(cv_dir: str | Path, folds: list[dict], fingerprint: str) 
             raise EdgebusError(f"{where}: fold {f + 1} not done yet; finish 'edgebus cv segment' first")
         if "boxes" not in r:
             raise EdgebusError(f"{where}: made by an older edgebus that did not record lesion boxes; "
-                               f"re-run 'edgebus cv segment' into a new --out")
+                               f"re-run 'edgebus cv segment' into a new {flag('out')}")
         b = {"val": dict(zip(r["val_ids"], r["boxes"]["val"])), "test": dict(zip(r["test_ids"], r["boxes"]["test"]))}
         if "boxes_int8" in r:
             b["test_int8"] = dict(zip(r["test_ids"], r["boxes_int8"]["test"]))
@@ -66,14 +67,14 @@ def segmenter_run_boxes(seg_run: str | Path, by_id: dict, split: dict, fingerpri
     seg_run = Path(seg_run)
     run = Run.load(seg_run)
     if run.task.name != "segment":
-        raise EdgebusError(f"{seg_run}: a {run.task.name} run; pass a segment run directory as --segmenter")
+        raise EdgebusError(f"{seg_run}: a {run.task.name} run; pass a segment run directory as {flag('segmenter')}")
     if run.manifest.data.fingerprint != fingerprint:
         raise EdgebusError(f"{seg_run}: trained on other data (fingerprint differs); train the segmenter on this data")
     seg_split = run.read_artifact_json("split.json")
     seen = set(seg_split["train"]) & (set(split["val"]) | set(split["test"]))
     if seen:
         raise EdgebusError(f"{seg_run}: the segmenter trained on {len(seen)} of this run's val/test images (another "
-                           f"split); train it with the same --seed so its boxes are honest")
+                           f"split); train it with the same {flag('seed')} so its boxes are honest")
     model = load_run_model(run)
     threshold = run.manifest.threshold
     boxes = {}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgebus.core.errors import EdgebusError
+from edgebus.core.errors import EdgebusError, flag
 from edgebus.core.io import append_jsonl, make_dir, now, read_jsonl, sha256_file, staging, write_json
 from edgebus.core.manifest import MANIFEST, Run
 from edgebus.runtime.ensemble import member_files
@@ -53,10 +53,10 @@ def merge_cv(members: list[str | Path], out: str | Path, n_boot: int = 2000, log
     returns its summary (edgebus.training.cv_summary.summarize_cv)."""
     members = [Path(m) for m in members]
     if len(members) < 2:
-        raise EdgebusError("cv-merge: give two or more CV folders (the same folds, other --seed)")
+        raise EdgebusError(f"cv-merge: give two or more CV folders (the same folds, other {flag('seed')})")
     out = Path(out)
     if out.exists() or out.is_symlink():
-        raise EdgebusError(f"{out}: exists; cv-merge writes a new folder, pick another --out")
+        raise EdgebusError(f"{out}: exists; cv-merge writes a new folder, pick another {flag('out')}")
     loaded = [_member(m) for m in members]
     run0, recs0, folds0 = loaded[0]
     id0 = run0.manifest.cv["identity"]
@@ -67,7 +67,8 @@ def merge_cv(members: list[str | Path], out: str | Path, n_boot: int = 2000, log
         if diff:
             raise EdgebusError(f"{path}: differs from {members[0]} in {', '.join(diff)}; merge CVs made with the same settings")
         if folds["folds"] != folds0["folds"]:
-            raise EdgebusError(f"{path}: other folds than {members[0]}; run it with --fold-seed {folds0['seed']}")
+            raise EdgebusError(f"{path}: other folds than {members[0]}; run it with {flag('fold_seed')} "
+                               f"{folds0['seed']}")
         if run.manifest.preprocess != run0.manifest.preprocess:
             raise EdgebusError(f"{path}: another preprocessing contract than {members[0]}")
         seeds.append(ident["seed"])
@@ -79,7 +80,7 @@ def merge_cv(members: list[str | Path], out: str | Path, n_boot: int = 2000, log
     from edgebus.data.arrays import run_dataset
 
     by_id = {c.case_id: c for c in run_dataset(run0).lesions()}
-    make_dir(out.parent, "--out")
+    make_dir(out.parent, flag("out"))
     with staging(out) as tmp:  # built aside in a fresh temp folder, renamed into place complete
         summary = _merge_into(tmp, members, loaded, seeds, by_id, task, thr, id0, run0, folds0, n_boot)
     log(f"{out}: {len(members)} CVs (seeds {seeds}) averaged fold by fold")
@@ -118,7 +119,7 @@ def _merge_into(tmp, members, loaded, seeds, by_id, task, thr, id0, run0, folds0
             if key in recs[0]:
                 rec[key] = recs[0][key]
         for j, (path, r) in enumerate(zip(members, recs)):
-            dest = make_dir(tmp / f"fold{f}" / f"m{j}", "--out")
+            dest = make_dir(tmp / f"fold{f}" / f"m{j}", flag("out"))
             files = {}
             for name, src in member_files(r, path)[0].items():  # sha256-checked
                 shutil.copyfile(src, dest / name)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from edgebus.core.errors import EdgebusError
+from edgebus.core.errors import EdgebusError, flag
 from edgebus.training.cv_summary import finished_cv
 
 TEACHER_WEIGHT = 0.5  # w: the teacher's share of each target (0: the truth alone; 1: the teacher alone)
@@ -32,7 +32,8 @@ def _fold_models(cv_dir, recs: list, task: str) -> list:
     for r in recs:
         files = [m.get("model_int8.tflite") for m in member_files(r, Path(cv_dir))]
         if None in files:
-            raise EdgebusError(f"{cv_dir}: fold {r['fold'] + 1} kept no int8 model; the teacher must be a CV made with --int8")
+            raise EdgebusError(f"{cv_dir}: fold {r['fold'] + 1} kept no int8 model; the teacher must be a CV made "
+                               f"with {flag('int8')}")
         out.append(ExportedModel(files[0], task) if len(files) == 1 else EnsembleModel(files, 0.5))
     return out
 
@@ -42,7 +43,8 @@ def load_teachers(cls_cv, seg_cv, fingerprint: str, folds: list | None = None) -
     student's `folds` are given (a CV), on exactly those folds. {"classify": [per fold], "segment":
     [per fold] or None, "source": what they are}."""
     if cls_cv is None:
-        raise EdgebusError("--teacher-masks needs --teacher (the classifier CV the student learns malignancy from)")
+        raise EdgebusError(f"{flag('teacher_masks')} needs {flag('teacher')} (the classifier CV the student learns "
+                           "malignancy from)")
     out = {"source": {"teacher": str(Path(cls_cv).resolve()), "teacher_masks": None}}
     for key, cv_dir, task in (("classify", cls_cv, "classify"), ("segment", seg_cv, "segment")):
         if cv_dir is None:
@@ -53,8 +55,9 @@ def load_teachers(cls_cv, seg_cv, fingerprint: str, folds: list | None = None) -
         if run.manifest.data.fingerprint != fingerprint:
             raise EdgebusError(f"{cv_dir}: made on other data (fingerprint differs); a teacher must be trained on this set")
         if folds is not None and their_folds != folds:
-            raise EdgebusError(f"{cv_dir}: its folds differ from this CV's; run it with the teacher's --folds, --fold-seed "
-                               "and --group-by (each fold's student may only learn from teachers that never saw its test cases)")
+            raise EdgebusError(f"{cv_dir}: its folds differ from this CV's; run it with the teacher's "
+                               f"{flag('folds')}, {flag('fold_seed')} and {flag('group_by')} (each fold's student may "
+                               "only learn from teachers that never saw its test cases)")
         out[key] = _fold_models(cv_dir, recs, task)
         if key == "segment":
             out["source"]["teacher_masks"] = str(Path(cv_dir).resolve())
@@ -82,7 +85,8 @@ def soften(part: tuple, cases: list, teachers: dict, fold: int | None, weight: f
     from edgebus.data.preprocess import cut_area, load_gray
 
     if not 0 <= weight <= 1:
-        raise EdgebusError(f"--teacher-weight {weight}: give a share from 0 (the truth alone) to 1 (the teacher alone)")
+        raise EdgebusError(f"{flag('teacher_weight')} {weight}: give a share from 0 (the truth alone) to 1 (the "
+                           "teacher alone)")
     pick = (lambda ms: [ms[fold]]) if fold is not None else (lambda ms: list(ms))  # noqa: E731
     grays = [cut_area(load_gray(c.image))[0] for c in cases]
     x, y, masks, desc = (tuple(part) + (None, None))[:4]
@@ -90,8 +94,8 @@ def soften(part: tuple, cases: list, teachers: dict, fold: int | None, weight: f
     y = np.where(y < 0, y, (1 - weight) * y.astype(np.float32) + weight * p).astype(np.float32)  # -1: no label, kept
     if teachers.get("segment") is not None:
         if masks is None:
-            raise EdgebusError("--teacher-masks: the student has no mask output to learn them with; use a multi-task "
-                               "model (efficientnet-lite0-segaux)")
+            raise EdgebusError(f"{flag('teacher_masks')}: the student has no mask output to learn them with; use a "
+                               "multi-task model (efficientnet-lite0-segaux)")
         _, maps = _teacher_answers(pick(teachers["segment"]), grays, x.shape[1:3])
         masks = ((1 - weight) * masks.astype(np.float32) + weight * maps).astype(np.float32)
     return (x, y, masks, desc)
