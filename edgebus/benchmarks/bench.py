@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgebus import __version__
-from edgebus.core.errors import EdgebusError
+from edgebus.core.errors import EdgebusError, flag
 from edgebus.core.io import atomic_write, make_dir, now, write_json
 from edgebus.core.manifest import MANIFEST, Run
 from edgebus.runtime.interpreter import TFLiteModel, interpreter_backend
@@ -233,7 +233,8 @@ def check_targets(targets) -> None:
         if t.is_dir():
             if not (t / "manifest.json").is_file():
                 raise EdgebusError(f"{t}: a folder without manifest.json, so neither a run nor a device pack; "
-                                   "pass a run directory ('edgebus train'), a pack ('edgebus bench RUN --pack DIR') or .tflite files")
+                                   "pass a run directory ('edgebus train'), a pack ('edgebus bench RUN "
+                                   f"{flag('pack')} DIR') or .tflite files")
             continue
         with open(t, "rb") as f:
             head = f.read(8)
@@ -250,7 +251,7 @@ def bench_run(run_dir: str | Path, threads=(1,), warmup: int = 10, runs: int = 5
     run = Run.load(run_dir)
     exports = run.manifest.exports
     if not exports:
-        raise EdgebusError(f"{run.path}: nothing exported yet; run 'edgebus export {run.path} --int8' first")
+        raise EdgebusError(f"{run.path}: nothing exported yet; run 'edgebus export {run.path} {flag('int8')}' first")
     pack = load_pack(run.verify_artifact("eval_pack.npz"))
     ref_head = run.task.headline(run.manifest.keras_metrics("test"))
     rows = []
@@ -275,7 +276,9 @@ def bench_run(run_dir: str | Path, threads=(1,), warmup: int = 10, runs: int = 5
                 log(f"benchmarking {path.name} ({t} thread{'s' if t > 1 else ''}{', Edge TPU' if on_tpu else ''}) ...")
                 if on_tpu and not path.exists():
                     row, m = time_model(path, t, warmup, runs)
-                    row.update(status="load_failed", error=f"{path}: not compiled for the Edge TPU; run 'edgebus export RUN --int8 --edgetpu' where edgetpu_compiler is installed")
+                    row.update(status="load_failed",
+                               error=f"{path}: not compiled for the Edge TPU; run 'edgebus export RUN {flag('int8')} "
+                                     f"{flag('edgetpu')}' where edgetpu_compiler is installed")
                 else:
                     row, m = time_model(path, t, warmup, runs, xnnpack, edgetpu=on_tpu)
                 row["format"] = fmt + ("+edgetpu" if on_tpu else "")
@@ -321,7 +324,7 @@ def make_pack(run_dir: str | Path, out: str | Path) -> Path:
 
     run = Run.load(run_dir)
     if not run.manifest.exports:
-        raise EdgebusError(f"{run.path}: nothing exported yet; run 'edgebus export {run.path} --int8' first")
+        raise EdgebusError(f"{run.path}: nothing exported yet; run 'edgebus export {run.path} {flag('int8')}' first")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise EdgebusError(f"{out}: exists and is not an empty folder; pick a new folder for the pack")

@@ -11,7 +11,7 @@ import io
 import re
 from pathlib import Path
 
-from edgebus.core.errors import EdgebusError
+from edgebus.core.errors import EdgebusError, flag
 from edgebus.core.io import atomic_write, check_writable, json_default, locked, make_dir, read_json, write_json
 
 
@@ -294,8 +294,8 @@ def check_out(out_dir: str | Path, ident: dict) -> None:
     benchmark (`ident`: run), so merging keeps its rows instead of replacing them."""
     out_dir = Path(out_dir)
     if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
-        raise EdgebusError(f"{out_dir}: is a link or a file; pick another --out")
-    check_writable(out_dir, "pass --out FOLDER for the report")
+        raise EdgebusError(f"{out_dir}: is a link or a file; pick another {flag('out')}")
+    check_writable(out_dir, f"pass {flag('out')} FOLDER for the report")
     old = out_dir / "report.json"
     if old.is_file():
         try:
@@ -305,7 +305,7 @@ def check_out(out_dir: str | Path, ident: dict) -> None:
         if isinstance(prev, dict) and prev.get("schema") == "edgebus.bench/1" and \
                 any(prev.get(k) != v for k, v in ident.items()):
             raise EdgebusError(f"{old}: holds the benchmark of {prev.get('run') or prev.get('model')}; its rows would be "
-                               "lost: pass --out FOLDER for this one")
+                               f"lost: pass {flag('out')} FOLDER for this one")
 
 
 def merge_bench(old, new: dict) -> dict:
@@ -315,7 +315,8 @@ def merge_bench(old, new: dict) -> dict:
     if not isinstance(old, dict) or old.get("schema") != new.get("schema"):
         return new
     if any(old.get(k) != new.get(k) for k in ("run", "model")):  # another benchmark's rows are never dropped
-        raise EdgebusError(f"report.json: holds the benchmark of {old.get('run') or old.get('model')}; pass --out FOLDER")
+        raise EdgebusError(f"report.json: holds the benchmark of {old.get('run') or old.get('model')}; pass "
+                           f"{flag('out')} FOLDER")
     if any(old.get(k) != new.get(k) for k in _SAME_BENCH):  # the same files measured again elsewhere: replaced
         return new
     keys = {_row_key(r) for r in new["rows"]}
@@ -326,7 +327,7 @@ def write_report(result_or_results, out_dir: str | Path) -> tuple[Path, Path]:
     """report.md + report.json (+ report.html) into out_dir; a list of results is merged. One
     result is merged, under the folder's lock, with the rows a bench of the same model on this
     machine already wrote there (merge_bench)."""
-    out_dir = make_dir(out_dir, "--out")
+    out_dir = make_dir(out_dir, flag("out"))
     with locked(out_dir):
         if isinstance(result_or_results, list):
             results = result_or_results

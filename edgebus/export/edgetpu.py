@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgebus.core.errors import EdgebusError
+from edgebus.core.errors import EdgebusError, flag
 
 DOC_URL = "https://coral.ai/docs/edgetpu/models-intro/#supported-operations"
 COMPILER_DOC_URL = "https://coral.ai/docs/edgetpu/compiler/"
@@ -48,7 +48,7 @@ INSTALL_HINT = (
     "  curl https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo apt-key add -\n"
     '  echo "deb https://packages.cloud.google.com/apt coral-edgetpu-stable main" | sudo tee /etc/apt/sources.list.d/coral-edgetpu.list\n'
     "  sudo apt-get update && sudo apt-get install edgetpu-compiler\n"
-    f"then re-run with --edgetpu (see {COMPILER_DOC_URL}; on other machines use Coral's Colab compiler)."
+    f"then re-run with {flag('edgetpu')} (see {COMPILER_DOC_URL}; on other machines use Coral's Colab compiler)."
 )
 
 # TFLite builtin operator -> (name in Coral's table, known limitation, confirmed in the retrieved text)

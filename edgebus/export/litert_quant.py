@@ -14,14 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from edgebus.core.errors import EdgebusError
+from edgebus.core.errors import EdgebusError, flag
 
 
 def _aeq():
     try:
         from ai_edge_quantizer import quantizer, recipe, qtyping
     except ImportError:
-        raise EdgebusError("--quantizer litert needs the AI Edge quantizer; pip install 'edgebus[quantizer]'") from None
+        raise EdgebusError(f"{flag('quantizer')} litert needs the AI Edge quantizer; pip install "
+                           "'edgebus[quantizer]'") from None
     return quantizer, recipe, qtyping
 
 
@@ -48,7 +49,7 @@ def litert_int8(float_tflite: bytes, calibration: np.ndarray, sensitive_int16: i
     model's input range. report: per-layer errors (largest first) and the tensors kept at 16 bits."""
     quantizer, recipe, qtyping = _aeq()
     if sensitive_int16 < 0:
-        raise EdgebusError(f"--sensitive-int16 {sensitive_int16}: give 0 or more layers")
+        raise EdgebusError(f"{flag('sensitive_int16')} {sensitive_int16}: give 0 or more layers")
     with tempfile.TemporaryDirectory() as tmp:
         src = str(Path(tmp) / "float32.tflite")
         Path(src).write_bytes(float_tflite)
@@ -72,7 +73,7 @@ def litert_int8(float_tflite: bytes, calibration: np.ndarray, sensitive_int16: i
             qt, data = build([])
         except (ValueError, RuntimeError, KeyError) as e:
             raise EdgebusError(f"the AI Edge quantizer could not quantize the model ({str(e).splitlines()[0][:160]}); "
-                               "use the converter's int8 (without --quantizer litert)") from None
+                               f"use the converter's int8 (without {flag('quantizer')} litert)") from None
         io = {name, *(d for d in _io_names(data))}
         errors = _errors(qt, check, io)
         keep16 = [e["tensor"] for e in errors[:sensitive_int16]]

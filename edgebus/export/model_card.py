@@ -14,6 +14,7 @@ import numpy as np
 
 from edgebus import __version__
 from edgebus.core.calibration import per_fold_text
+from edgebus.core.errors import flag
 from edgebus.core.io import atomic_write, now, read_json, read_jsonl, sha256_file, write_json
 from edgebus.core.manifest import Run
 from edgebus.core.stats import bootstrap_classification, interval_text
@@ -218,7 +219,8 @@ def model_card_limits(n_lesions) -> list[str]:
             "at least 50 labelled cancers, edgebus site-threshold puts the site's own threshold on a copy of the cart",
             "on BrEaST the frame geometry alone predicts malignancy (field depth AUC 0.71): an estimate from case "
             "folds, where every scanner setting is also in training, overstates what a new scanner gets; the "
-            "estimate from folds grouped by acquisition (edgebus cv --group-by acquisition) is the one to expect",
+            f"estimate from folds grouped by acquisition (edgebus cv {flag('group_by')} acquisition) is the one to "
+            "expect",
             "subgroups with few cases have wide intervals; a blank cell means the rate is undefined there",
         ]
 
@@ -235,7 +237,8 @@ def _gates_md(card: dict) -> list[str]:
         return ["## Export gates", "", "Not recorded (exported before edgebus gated files, or a CV's fold file).", ""]
     limits = ", ".join(f"{k} {v}" for k, v in (g.get("limits") or {}).items() if v is not None)
     head = (f"**FAILED**: {'; '.join(g['failures'])}. 'edgebus bundle' and 'edgebus predict' refuse this file without "
-            "--accept-failed-gates." if g["status"] == "FAILED" else f"{g['status']} ({limits}; {g.get('checked_on')}).")
+            f"{flag('accept_failed_gates')}." if g["status"] == "FAILED"
+            else f"{g['status']} ({limits}; {g.get('checked_on')}).")
     lines = ["## Export gates", "", head, ""]
     if point:
         lines += [f"This file's threshold {point['threshold']:.4f} was chosen on {point['chosen_on']}" +
@@ -286,8 +289,8 @@ def card_markdown(card: dict) -> str:
                                    "than these numbers (see Known limits).")]
         lines += ["", "### By subgroup", "", f"Subgroups {cv['subgroups_note']}.", "", *subgroup_md(cv.get("subgroups"))]
     else:
-        lines += ["No cross-validation is linked to this run (`edgebus operating-point RUN --from-cv CV_DIR` links one); "
-                  "only the run's own test split below, too small for subgroups.", ""]
+        lines += [f"No cross-validation is linked to this run (`edgebus operating-point RUN {flag('from_cv')} CV_DIR` "
+                  "links one); only the run's own test split below, too small for subgroups.", ""]
     if card.get("ensemble"):
         e = card["ensemble"]
         lines += ["### The ensemble", "", e["note"], "", *[f"- `{m['file']}` (sha256 `{m['sha256'][:16]}`)" for m in e["members"]], ""]
@@ -364,7 +367,8 @@ def cv_model_card(cv_dir) -> dict:
                              "each of which trained on 4 of the 5 folds: no case here is unseen by that average, so it "
                              "has no out-of-fold estimate of its own; the numbers above are those of the per-fold "
                              "averages, at the same threshold and calibration."},
-        "latency": [], "latency_note": "Not measured by the card: `edgebus predict --bundle` reports frames/s per member count.",
+        "latency": [], "latency_note": f"Not measured by the card: `edgebus predict {flag('bundle')}` reports "
+                                       "frames/s per member count.",
         "limits": model_card_limits(m.data.n_lesions if m.data else None),
         "versions": {"edgebus": __version__, "interpreter": None, "run_created": m.created, "run": str(cv_dir.resolve())},
         "io": {"inputs": {"image": {"type": "image", "format": "grayscale B-mode frame, replicated to 3 channels",

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgebus.core.errors import EdgebusError
+from edgebus.core.errors import EdgebusError, flag
 
 QAT_MODEL = "model_qat.weights.h5"
 # Layers that are the identity at inference: no quantizer.
@@ -144,7 +144,7 @@ def quantize(model):
         except RuntimeError as e:  # "Layer X:<class> is not supported ..."
             raise EdgebusError(
                 f"model '{model.name}': tfmot cannot quantize a layer ({str(e).splitlines()[0][:200]}); "
-                "add a QuantizeConfig for it in edgebus/export/qat.py or export with --ptq"
+                f"add a QuantizeConfig for it in edgebus/export/qat.py or export with {flag('ptq')}"
             ) from None
     pin_input_range(qmodel)
     return qmodel
@@ -270,11 +270,12 @@ def fine_tune(qmodel, task: str, part: tuple, epochs: int, lr: float, batch: int
     from edgebus.engine.losses import output_losses
 
     if epochs < 0:
-        raise EdgebusError(f"--qat-epochs {epochs}: give 0 or more epochs")
+        raise EdgebusError(f"{flag('qat_epochs')} {epochs}: give 0 or more epochs")
     if not lr > 0:
-        raise EdgebusError(f"--qat-lr {lr}: give a positive learning rate")
+        raise EdgebusError(f"{flag('qat_lr')} {lr}: give a positive learning rate")
     if not 0 <= distill <= 1:
-        raise EdgebusError(f"--qat-distill {distill}: give a weight from 0 (labels only) to 1 (the float model only)")
+        raise EdgebusError(f"{flag('qat_distill')} {distill}: give a weight from 0 (labels only) to 1 (the float "
+                           "model only)")
     distilled = parent is not None and distill > 0
     set_seed(seed)
     if not distilled:
@@ -312,16 +313,18 @@ def load_qat_model(path: str | Path, model):
     weights saved in `path`: edgebus's quantize() makes the graph, nothing is deserialized."""
     path = Path(path)
     if not path.is_file() or path.is_symlink():
-        raise EdgebusError(f"{path}: QAT weights not found; re-run 'edgebus export RUN --int8 --overwrite'")
+        raise EdgebusError(f"{path}: QAT weights not found; re-run 'edgebus export RUN {flag('int8')} "
+                           f"{flag('overwrite')}'")
     with open(path, "rb") as f:
         if f.read(8) != b"\x89HDF\r\n\x1a\n":
-            raise EdgebusError(f"{path}: not an HDF5 weights file; re-run 'edgebus export RUN --int8 --overwrite'")
+            raise EdgebusError(f"{path}: not an HDF5 weights file; re-run 'edgebus export RUN {flag('int8')} "
+                               f"{flag('overwrite')}'")
     qmodel = quantize(model)
     try:
         qmodel.load_weights(str(path))
     except (OSError, ValueError, KeyError) as e:
         raise EdgebusError(
             f"{path}: its weights do not fit the QAT model of '{model.name}' ({str(e).splitlines()[0][:200]}); "
-            "re-run 'edgebus export RUN --int8 --overwrite'"
+            f"re-run 'edgebus export RUN {flag('int8')} {flag('overwrite')}'"
         ) from None
     return qmodel

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgebus.core.errors import flag
 from edgebus.core.metrics import threshold_for_sensitivity
 
 
@@ -60,7 +61,7 @@ def file_point(run, fmt: str, val: tuple | None = None) -> dict:
     if per is None:  # a run given its CV point before per-source points were recorded
         return {"rule": rule, "threshold": float(run.manifest.threshold), "calibration": run.manifest.calibration,
                 "chosen_on": f"{op.get('cv')}: out-of-fold {op.get('source')} scores (the run's; no {source} point "
-                             "recorded: re-run 'edgebus operating-point RUN --from-cv CV')"}
+                             f"recorded: re-run 'edgebus operating-point RUN {flag('from_cv')} CV')"}
     return {"rule": rule, "threshold": per["threshold"], "calibration": per.get("calibration"),
             "chosen_on": f"{op.get('cv')}: pooled out-of-fold {source} scores (n={per['n']}), target sensitivity "
                          f"{op['target_sensitivity']:g}",

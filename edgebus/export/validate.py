@@ -3,6 +3,7 @@ int8 may cost, and the markdown table of export_report.md."""
 
 from __future__ import annotations
 
+from edgebus.core.errors import flag
 from edgebus.core.tasks import get_task
 
 
@@ -30,7 +31,7 @@ def gate_check(task, ref: dict, got: dict, limits: dict, fidelity: dict | None =
         if not ok:
             failures.append(f"{text} (> {option} {limit:g})" if metric != "mask_iou" else f"{text} (< {option} {limit:g})")
 
-    by_option = {"--max-drop": limits.get("max_drop"), "--max-recall-drop": limits.get("max_recall_drop")}
+    by_option = {flag("max_drop"): limits.get("max_drop"), flag("max_recall_drop"): limits.get("max_recall_drop")}
     for key, label, opt, scale, unit in task.gates:
         limit = by_option[opt]
         if limit is None:
@@ -43,18 +44,18 @@ def gate_check(task, ref: dict, got: dict, limits: dict, fidelity: dict | None =
     limit = limits.get("min_mask_iou")
     if limit is not None and mask.get("mask_iou_mean") is not None:
         v = mask["mask_iou_mean"]
-        check("mask_iou", v >= limit - 1e-9, "--min-mask-iou", limit,
+        check("mask_iou", v >= limit - 1e-9, flag("min_mask_iou"), limit,
               f"mean mask IoU against the float model {v:.3f} over {mask['n']} test images", value=round(v, 4))
     if task.truth_is_mask:
         return {"passed": not failures, "checks": checks, "failures": failures}
     if limits.get("max_missed") is not None and "missed_new" in fid:  # case by case: a cancer the parent caught
-        check("missed_malignant", fid["missed_new"] <= limits["max_missed"], "--max-missed", limits["max_missed"],
+        check("missed_malignant", fid["missed_new"] <= limits["max_missed"], flag("max_missed"), limits["max_missed"],
               f"calls {fid['missed_new']} test cancer(s) benign that the float model caught ({fid['missed']} of "
               f"{fid['malignant']} called benign, the float model {fid['missed_float']})", value=fid["missed_new"])
     if "flips" in fid:
         limit = limits.get("max_flips")
         limit = default_max_flips(fid["n"]) if limit is None else limit
-        check("flips", fid["flips"] <= limit, "--max-flips", limit,
+        check("flips", fid["flips"] <= limit, flag("max_flips"), limit,
               f"{fid['flips']} of {fid['n']} test labels flipped against the float model: {fid['benign_to_malignant']} "
               f"benign->malignant, {fid['malignant_to_benign']} malignant->benign", value=fid["flips"])
     return {"passed": not failures, "checks": checks, "failures": failures}

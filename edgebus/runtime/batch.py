@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from edgebus.core.errors import EdgebusError
+from edgebus.core.errors import EdgebusError, flag
 from edgebus.core.io import (_open_for_write, atomic_write, json_default, make_dir, named, one_writer, read_json, read_jsonl,
                              refuse_duplicates, repair_jsonl, write_json)
 from edgebus.runtime.dicom import is_dicom, loop_summary
@@ -152,7 +152,7 @@ def read_rows(jsonl: Path) -> list[dict]:
     for i, r in enumerate(rows, start=1):
         if not isinstance(r.get("file"), str):
             raise EdgebusError(f"{jsonl}: row {i} names no frame (file); not a predictions file edgebus wrote, "
-                               "delete it or pick another --out")
+                               f"delete it or pick another {flag('out')}")
     refuse_duplicates(jsonl, [r for r in rows if r.get("error") is None], "file")
     return rows
 
@@ -161,19 +161,19 @@ def _open_out(out: Path, ident: dict, overlays: bool, masks: bool, overwrite: bo
               dicom_sr: bool = False) -> dict:
     """Create `out` or reopen it to resume: {file: row} of the frames already done. Refuses a
     folder whose rows came from other models or settings (they would mix), unless `overwrite`."""
-    out = make_dir(out, "--out")
+    out = make_dir(out, flag("out"))
     if overwrite:
         _clear(out)
     for sub, wanted in (("overlays", overlays), ("masks", masks), ("seg", dicom_seg), ("sr", dicom_sr)):
         if wanted:
-            make_dir(out / sub, "--out")
+            make_dir(out / sub, flag("out"))
     run_file = out / RUN_FILE
     jsonl = out / "predictions.jsonl"
     if run_file.exists() or jsonl.exists():
         old = read_json(run_file) if run_file.exists() else None
         if old != json.loads(json.dumps(ident, default=str)):
-            raise EdgebusError(f"{out}: holds predictions made with other models or settings; pick another --out "
-                               "or pass --overwrite to replace them")
+            raise EdgebusError(f"{out}: holds predictions made with other models or settings; pick another "
+                               f"{flag('out')} or pass {flag('overwrite')} to replace them")
         repair_jsonl(jsonl)
         return {r["file"]: r for r in read_rows(jsonl) if r.get("error") is None}
     write_json(run_file, ident)
@@ -242,8 +242,9 @@ def predict_files(pipeline: LesionPipeline, files: list[Path], out: str | Path, 
         _say(printable(line))
 
     if dicom_seg and pipeline.segmenter is None:
-        raise EdgebusError("--dicom-seg writes the segmenter's masks; give a segmenter too (--segmenter, or a bundle with both)")
-    make_dir(out, "--out")
+        raise EdgebusError(f"{flag('dicom_seg')} writes the segmenter's masks; give a segmenter too "
+                           f"({flag('segmenter')}, or a bundle with both)")
+    make_dir(out, flag("out"))
     with one_writer(out):  # a second predict here would write every frame twice
         done = _open_out(out, _identity(pipeline, pixel_size_mm, overlays, masks, dicom_seg, dicom_sr), overlays, masks,
                          overwrite, dicom_seg, dicom_sr)

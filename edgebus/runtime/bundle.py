@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from edgebus.core.calibration import valid_calibration, valid_threshold
-from edgebus.core.errors import EdgebusError
+from edgebus.core.errors import EdgebusError, flag
 from edgebus.core.io import atomic_write, read_json, sha256_file, staging, write_json
 from edgebus.core.tasks import TASKS
 from edgebus.runtime.ensemble import EnsembleModel, cv_fold_files
@@ -30,7 +30,8 @@ def read_bundle(folder: str | Path) -> dict:
     path = folder / BUNDLE_JSON
     if not path.is_file() or path.is_symlink():
         raise EdgebusError(f"{folder}: not a cart bundle (no {BUNDLE_JSON}: half made, or not made by 'edgebus "
-                           "bundle'); make it again with 'edgebus bundle', or pass its files with --classifier/--segmenter")
+                           "bundle'); make it again with 'edgebus bundle', or pass its files with "
+                           f"{flag('classifier')}/{flag('segmenter')}")
     try:
         rec = json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -68,15 +69,15 @@ def replaceable(out: Path, overwrite: bool) -> None:
     """Refuse an --out that holds anything but an earlier bundle's files: --overwrite replaces the
     folder whole, and must not take a user's other files with it."""
     if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise EdgebusError(f"{out}: exists and is not a folder; pick another --out")
+        raise EdgebusError(f"{out}: exists and is not a folder; pick another {flag('out')}")
     if not out.is_dir() or not any(out.iterdir()):
         return
     if not overwrite:
-        raise EdgebusError(f"{out}: folder is not empty; pick another --out or pass --overwrite")
+        raise EdgebusError(f"{out}: folder is not empty; pick another {flag('out')} or pass {flag('overwrite')}")
     other = [p.name for p in out.iterdir() if p.is_symlink() or not p.is_file() or p.suffix not in (".tflite", ".json", ".md")]
     if other:
-        raise EdgebusError(f"{out}: holds more than a cart bundle ({', '.join(sorted(other)[:3])}); --overwrite replaces "
-                           "the whole folder: pick another --out")
+        raise EdgebusError(f"{out}: holds more than a cart bundle ({', '.join(sorted(other)[:3])}); "
+                           f"{flag('overwrite')} replaces the whole folder: pick another {flag('out')}")
 
 
 def find_bundle(folder: str | Path) -> tuple[Path | None, Path | None]:
@@ -118,7 +119,7 @@ def make_bundle(out: str | Path, classifier: str | Path | None = None, segmenter
     in the bundled model card). presence: a presence.json (or its folder) from `edgebus presence`,
     fitted on the maps of the same kind of mask model as the one bundled."""
     if classifier is None and segmenter is None:
-        raise EdgebusError("bundle: pass --classifier and/or --segmenter")
+        raise EdgebusError(f"bundle: pass {flag('classifier')} and/or {flag('segmenter')}")
     pres = None
     if presence is not None:
         from edgebus.runtime.presence import PRESENCE_JSON, LesionPresence
@@ -130,7 +131,8 @@ def make_bundle(out: str | Path, classifier: str | Path | None = None, segmenter
 
         fused = ShapeFusion(Path(fusion) / FUSION_JSON if Path(fusion).is_dir() else fusion)
         if classifier is None:
-            raise EdgebusError("bundle: --fusion combines the classifier's score with the lesion's shape; pass --classifier")
+            raise EdgebusError(f"bundle: {flag('fusion')} combines the classifier's score with the lesion's shape; "
+                               f"pass {flag('classifier')}")
         cv = fused.source.get("classifier_cv")
         if (Path(classifier) / "folds.jsonl").is_file() and cv and Path(cv).resolve() != Path(classifier).resolve():
             raise EdgebusError(f"{fused.path}: fitted on the scores of {cv}, not of {classifier}; "
@@ -146,8 +148,8 @@ def make_bundle(out: str | Path, classifier: str | Path | None = None, segmenter
     if fused is not None and segmenter is None:  # the shape then comes from a multi-task classifier's own mask
         c = ensemble[0] if ensemble else ExportedModel(classifier, "classify")
         if not c.has_mask:
-            raise EdgebusError("bundle: --fusion needs the lesion's mask: pass --segmenter, or a multi-task classifier "
-                               "(efficientnet-lite0-segaux) whose file gives it")
+            raise EdgebusError(f"bundle: {flag('fusion')} needs the lesion's mask: pass {flag('segmenter')}, or a "
+                               "multi-task classifier (efficientnet-lite0-segaux) whose file gives it")
     for task, src in (("classify", classifier), ("segment", segmenter)):
         if src is None:
             continue
@@ -157,7 +159,8 @@ def make_bundle(out: str | Path, classifier: str | Path | None = None, segmenter
         _check_presence(pres, staged, ensemble)
         failed = pres.gate()
         if failed and not accept_failed_gates:
-            raise EdgebusError(f"{failed}; fit it again ('edgebus presence --max-miss'), or pass --accept-failed-gates")
+            raise EdgebusError(f"{failed}; fit it again ('edgebus presence {flag('max_miss')}'), or pass "
+                               f"{flag('accept_failed_gates')}")
     with staging(out) as tmp:  # built in a fresh temp folder, renamed into place complete
         out, final = tmp, out
         for task, m, accepted in staged:
@@ -204,8 +207,8 @@ def _check_presence(pres, staged: list, ensemble) -> None:
     if not maps and ensemble is not None and ensemble[0].has_mask:
         maps = [ensemble[0].members[0]]
     if not maps:
-        raise EdgebusError(f"{pres.path}: decides on the lesion map; pass --segmenter, or a multi-task classifier whose "
-                           "file gives the mask")
+        raise EdgebusError(f"{pres.path}: decides on the lesion map; pass {flag('segmenter')}, or a multi-task "
+                           "classifier whose file gives the mask")
     want, got = pres.mask_from.get("model"), maps[0].describe().get("model")
     if want and got and want != got:
         raise EdgebusError(f"{pres.path}: fitted on the maps of {want}, but the bundle's mask comes from {got}; run "

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edgebus.core.calibration import apply as calibrate, valid_calibration, valid_threshold
-from edgebus.core.errors import EdgebusError
+from edgebus.core.errors import EdgebusError, flag
 from edgebus.core.io import read_jsonl, sha256_file
 from edgebus.core.manifest import Run
 from edgebus.runtime.model import ExportedModel
@@ -96,7 +96,8 @@ def cv_fold_files(cv_dir: str | Path) -> tuple[list[Path], float, dict | None, d
     cv_dir = Path(cv_dir)
     run = Run.load(cv_dir)
     if run.manifest.cv is None or run.task.name != "classify":
-        raise EdgebusError(f"{cv_dir}: not a classifier cross-validation; pass the folder 'edgebus cv classify --int8' wrote")
+        raise EdgebusError(f"{cv_dir}: not a classifier cross-validation; pass the folder 'edgebus cv classify "
+                           f"{flag('int8')}' wrote")
     recs = sorted(read_jsonl(cv_dir / "folds.jsonl", key="fold"), key=lambda r: r["fold"])
     if len(recs) != run.manifest.cv["identity"]["folds"]:
         raise EdgebusError(f"{cv_dir}: not every fold is done; finish 'edgebus cv' first")
@@ -105,7 +106,7 @@ def cv_fold_files(cv_dir: str | Path) -> tuple[list[Path], float, dict | None, d
         for paths in member_files(r, cv_dir):
             if "model_int8.tflite" not in paths:
                 raise EdgebusError(f"{cv_dir}: fold {r['fold'] + 1} kept no int8 model; run 'edgebus cv classify ... "
-                                   "--int8' with this edgebus into a new --out")
+                                   f"{flag('int8')}' with this edgebus into a new {flag('out')}")
             files.append(paths["model_int8.tflite"])
     op = cv_point(run)
     if op is not None and op.get("source") != "int8":
@@ -125,16 +126,16 @@ def cv_point(cv: Run) -> dict | None:
         return None
     if name not in cv.manifest.artifacts:
         raise EdgebusError(f"{where}: not recorded in the CV's manifest.json (made by hand or by an older edgebus); "
-                           f"run 'edgebus operating-point {cv.path} --overwrite' again")
+                           f"run 'edgebus operating-point {cv.path} {flag('overwrite')}' again")
     op = cv.read_artifact_json(name)  # sha256-checked
     if not (isinstance(op, dict) and valid_threshold(op.get("threshold")) and valid_calibration(op.get("calibration"))
             and valid_threshold(op.get("target_sensitivity")) and op["target_sensitivity"] > 0):
         raise EdgebusError(f"{where}: threshold, target or calibration out of range (a threshold lies from 0 to 1); "
-                           f"run 'edgebus operating-point {cv.path} --overwrite' again")
+                           f"run 'edgebus operating-point {cv.path} {flag('overwrite')}' again")
     folds = cv.path / "folds.jsonl"
     if (op.get("inputs") or {}).get("folds_sha256") != (sha256_file(folds) if folds.is_file() else None):
         raise EdgebusError(f"{folds}: changed since the operating point was chosen; run "
-                           f"'edgebus operating-point {cv.path} --overwrite' again")
+                           f"'edgebus operating-point {cv.path} {flag('overwrite')}' again")
     return op
 
 
@@ -144,7 +145,7 @@ def member_files(rec: dict, cv_dir: Path) -> list[dict]:
     groups = rec.get("members") or ([rec["models"]] if "models" in rec else None)
     if groups is None:
         raise EdgebusError(f"{cv_dir}: made by an edgebus that did not keep each fold's model; re-run 'edgebus cv' "
-                           "into a new --out")
+                           f"into a new {flag('out')}")
     out = []
     for g in groups:
         paths = {}

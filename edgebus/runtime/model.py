@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edgebus.core.calibration import apply as calibrate, valid_calibration, valid_threshold
-from edgebus.core.errors import EdgebusError
+from edgebus.core.errors import EdgebusError, flag
 from edgebus.core.io import sha256_file
 from edgebus.core.manifest import MANIFEST, Run
 from edgebus.core.metrics import DEFAULT_THRESHOLD
@@ -26,7 +26,7 @@ def run_export(run: Run, key: str = "int8") -> Path:
     """The file of a run's `key` export, sha256-checked against the manifest."""
     e = run.manifest.exports.get(key)
     if not e or e.get("status") not in ("ok", "gate_failed"):  # a file that failed its gates is refused by check_gates
-        raise EdgebusError(f"{run.path}: no usable {key} export; run 'edgebus export {run.path} --int8' "
+        raise EdgebusError(f"{run.path}: no usable {key} export; run 'edgebus export {run.path} {flag('int8')}' "
                            "or pass a .tflite file")
     return run.verify_artifact(e["file"])
 
@@ -193,7 +193,7 @@ def _check_batch(x, model) -> None:
                            "edgebus.load(model)(frame)")
 
 
-ACCEPT_HINT = ("re-export it (see its export_report.md), or pass --accept-failed-gates to use it anyway "
+ACCEPT_HINT = (f"re-export it (see its export_report.md), or pass {flag('accept_failed_gates')} to use it anyway "
                "(recorded in bundle.json, the model card and every prediction row)")
 
 
@@ -205,4 +205,4 @@ def check_gates(model, accept: bool = False) -> str | None:
     why = "; ".join(model.gates.get("failures") or []) or "no reason recorded"
     if not accept:
         raise EdgebusError(f"{model.path}: failed its export gates ({why}); {ACCEPT_HINT}")
-    return f"{model.path.name}: FAILED its export gates ({why}); accepted with --accept-failed-gates"
+    return f"{model.path.name}: FAILED its export gates ({why}); accepted with {flag('accept_failed_gates')}"

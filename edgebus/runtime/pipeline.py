@@ -57,7 +57,7 @@ import numpy as np
 from PIL import Image
 
 from edgebus.core.descriptors import findings
-from edgebus.core.errors import EdgebusError
+from edgebus.core.errors import EdgebusError, flag
 from edgebus.core.units import pixel_size_problem
 from edgebus.data.preprocess import crop_square_px, image_area, lesion_and_regions, lesion_box, prob_in_frame
 from edgebus.runtime.cautions import CANDIDATE_SHARE, SYNTHETIC, several_regions, trained_on_synthetic
@@ -144,7 +144,7 @@ class LesionPipeline:
         self.crops = self.classifier is not None and "crop" in self.classifier.contract  # segmentation-guided
         if self.crops and self.segmenter is None:
             raise EdgebusError(f"{self.classifier.path}: classifies a crop around the lesion (segmentation-guided, per "
-                               "its metadata); give a segmenter too (--segmenter, or a bundle with both)")
+                               f"its metadata); give a segmenter too ({flag('segmenter')}, or a bundle with both)")
         self.max_pixels = int(max_pixels)
         self.fusion = fusion  # runtime.fusion.ShapeFusion: classifier score + the segmenter's lesion shape
         if fusion is not None and (self.classifier is None or (self.segmenter is None and not self.classifier.has_mask)):
@@ -168,7 +168,8 @@ class LesionPipeline:
         failed = presence.gate() if presence is not None else None
         if failed:  # a presence rule that missed its stated rate out of fold: refused like a failed model file
             if not accept_failed_gates:
-                raise EdgebusError(f"{failed}; fit it again ('edgebus presence'), or pass --accept-failed-gates")
+                raise EdgebusError(f"{failed}; fit it again ('edgebus presence'), or pass "
+                                   f"{flag('accept_failed_gates')}")
             self.gates += f"; presence rule FAILED its gate, accepted: {failed}"
 
     @classmethod

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgebus.core.errors import EdgebusError
+from edgebus.core.errors import EdgebusError, flag
 from edgebus.core.io import atomic_write, read_json, sha256_file, write_json
 from edgebus.runtime.batch import model_identity
 from edgebus.core.io import staging
@@ -35,13 +35,14 @@ def _site_check(path: str | Path) -> tuple[Path, dict]:
     p = p / "site_check.json" if p.is_dir() else p
     if not p.is_file():
         raise EdgebusError(f"{p}: not found; pass the folder 'edgebus site-check' wrote (PREDICTIONS/site-check unless "
-                           "--out named another)")
+                           f"{flag('out')} named another)")
     r = read_json(p)
     if not isinstance(r, dict) or r.get("schema") != "edgebus.site_check/1" or "local" not in r:
-        raise EdgebusError(f"{p}: not a site check of this edgebus; make one with 'edgebus site-check PREDICTIONS --data DIR'")
+        raise EdgebusError(f"{p}: not a site check of this edgebus; make one with 'edgebus site-check PREDICTIONS "
+                           f"{flag('data')} DIR'")
     if not r.get("models"):
         raise EdgebusError(f"{p}: does not record which cart made its predictions (an older site check); re-run "
-                           "'edgebus site-check ... --overwrite'")
+                           f"'edgebus site-check ... {flag('overwrite')}'")
     return p, r
 
 
@@ -59,14 +60,15 @@ def adopt_site_threshold(cart: str | Path, site_check: str | Path, out: str | Pa
     if not (cart / BUNDLE_JSON).is_file():
         raise EdgebusError(f"{cart}: not a cart bundle (no {BUNDLE_JSON}); make one with 'edgebus bundle'")
     if out.resolve() == cart.resolve():
-        raise EdgebusError(f"{out}: is the shipped cart; write the site's copy to another --out (the shipped one stays)")
+        raise EdgebusError(f"{out}: is the shipped cart; write the site's copy to another {flag('out')} (the shipped "
+                           "one stays)")
     replaceable(out, overwrite)
     pipeline = LesionPipeline.from_bundle(cart)
     if pipeline.classifier is None:
         raise EdgebusError(f"{cart}: has no classifier; a site threshold applies to the malignancy call")
     if model_identity(pipeline) != r["models"]:
         raise EdgebusError(f"{check_path}: scores predictions made with other models than {cart}'s; predict the site's "
-                           f"cases with this cart (edgebus predict --bundle {cart} ...) and check them again")
+                           f"cases with this cart (edgebus predict {flag('bundle')} {cart} ...) and check them again")
     local = r["local"]
     site = {"schema": "edgebus.site/1", "threshold": float(local["threshold"]), "threshold_ci": local["threshold_ci"],
             "target_sensitivity": r["target_sensitivity"], "shipped_threshold": r["threshold"],
