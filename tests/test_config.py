@@ -71,12 +71,9 @@ def test_stage_fields_are_declared_options_of_their_commands():
 
 
 def _strings(tree):
-    """String constants that are not docstrings."""
-    docs = set()
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body \
-                and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant):
-            docs.add(id(node.body[0].value))
+    """String constants that are not docstrings (a bare string statement: a module, class, function or
+    attribute docstring)."""
+    docs = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
             yield node
