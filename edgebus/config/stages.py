@@ -32,8 +32,6 @@ class FitConfig:
     model_kwargs: dict = field("model_kwargs", factory=dict)
     augment: bool | str = field("augment", True)  # True / "flip", "ultrasound", "scanner", False / "none"
     normalize: str | None = field("normalize")  # "percentile": intensity normalisation in the contract
-    descriptors: bool = field("descriptors", False)  # BI-RADS descriptor heads, where the sheet has them
-    lesion_free: bool = field("lesion_free", False)  # a segmenter also learns empty masks on lesion-free bands
     threshold: float = field("threshold", DEFAULT_THRESHOLD)
 
     def __post_init__(self):
@@ -43,6 +41,8 @@ class FitConfig:
 
 @dataclasses.dataclass(kw_only=True)
 class TrainConfig(FitConfig):
+    descriptors: bool = field("descriptors", False)  # BI-RADS descriptor heads, where the sheet has them
+    lesion_free: bool = field("lesion_free", False)  # a segmenter also learns empty masks on lesion-free bands
     epochs: int = field("epochs", 20)
     lr: float = field("lr", 1e-3)
     split_fractions: tuple = field("split_fractions", (0.8, 0.1, 0.1))
@@ -67,6 +67,8 @@ class GridConfig(FitConfig):
 
 @dataclasses.dataclass(kw_only=True)
 class CVConfig(FitConfig):
+    descriptors: bool = field("descriptors", False)
+    lesion_free: bool = field("lesion_free", False)
     folds: int = field("folds", 5)
     epochs: int = field("epochs", 40)
     lr: float = field("lr", 1e-3)

@@ -33,9 +33,9 @@ def resolve(cfg: FitConfig, command: str) -> str:
             if getattr(cfg, k, None) is not None]
     if task != "classify" and crop:
         raise EdgebusError(f"{', '.join(flag(k) for k in crop)}: for 'edgebus {command} classify'")
-    if cfg.descriptors and task != "classify":
+    if getattr(cfg, "descriptors", False) and task != "classify":
         raise EdgebusError(f"{flag('descriptors')} adds BI-RADS heads to a classifier; a segmenter has none")
-    if cfg.lesion_free and task != "segment":
+    if getattr(cfg, "lesion_free", False) and task != "segment":
         raise EdgebusError(f"{flag('lesion_free')} teaches a segmenter empty masks on lesion-free tissue; it is for "
                            "'edgebus train segment' and 'edgebus cv segment'")
     return task

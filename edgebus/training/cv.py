@@ -29,14 +29,14 @@ from edgebus.data.preprocess import preprocess_contract
 from edgebus.engine.resume import discard
 from edgebus.training.backends import Backend, run_units, take, task_checkpoints
 from edgebus.config.files import write_run_config
+from edgebus.config.options import settings_of
 from edgebus.config.stages import CVConfig
 from edgebus.training.config import maybe_exit, resolve, use_descriptors
 
 
-_CV_IDENTITY = ("task", "model", "folds", "size", "epochs", "lr", "batch", "seed", "weights", "model_kwargs",
-                "val_fraction", "augment", "keep", "threshold", "int8", "crop_margin", "int8_source", "qat_epochs",
-                "qat_distill", "normalize", "descriptors", "fold_seed", "schedule", "group_by", "teacher",
-                "teacher_masks", "teacher_weight", "lesion_free")
+# what makes two CVs the same CV: every setting but where it reads and writes (the data by its fingerprint,
+# boxes_from by its boxes' sha256) and how many bootstrap draws its summary takes
+_CV_IDENTITY = ("task", *(n for n in settings_of(CVConfig) if n not in ("data", "out", "boxes_from", "n_boot")))
 
 
 def _fold_record(task, f, fold, data, probs, metrics, kept_epoch, wall, threshold) -> dict:

@@ -50,12 +50,13 @@ from edgebus.engine.resume import discard
 from edgebus.training.cells import _lr_tag, _shard_tag, cell_key, rank_key, read_cells, select, shard_lrs
 from edgebus.training.backends import Backend, run_units, task_checkpoints
 from edgebus.config.files import write_run_config
+from edgebus.config.options import settings_of
 from edgebus.config.stages import GridConfig
 from edgebus.training.config import maybe_exit, resolve
 
 
-_IDENTITY = ("task", "model", "lrs", "epochs", "size", "batch", "seed", "weights", "model_kwargs", "split_fractions",
-             "augment", "threshold", "select", "normalize")
+# what makes two grids the same grid: every setting but where it reads (the data: by its fingerprint) and writes
+_IDENTITY = ("task", *(n for n in settings_of(GridConfig) if n not in ("data", "out")))
 
 
 # --- cells --------------------------------------------------------------------------------------

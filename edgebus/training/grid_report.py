@@ -45,6 +45,7 @@ def _write_best_run(out: Path, manifest, chosen: dict, ds, split: dict, data: di
     from edgebus.compat import keras, set_seed
     from edgebus.engine.fit import build_compiled, fit_arrays, history_csv
     from edgebus.engine.models import framework, load_model
+    from edgebus.config.options import settings_of
     from edgebus.training.train import TrainConfig, write_metrics, write_model, write_run_header
 
     ident = manifest.grid["identity"]
@@ -56,11 +57,10 @@ def _write_best_run(out: Path, manifest, chosen: dict, ds, split: dict, data: di
         if cell and (float(cell["lr"]), int(cell["epochs"])) == cell_key(chosen) and (best_dir / "model.keras").is_file():
             return old, load_model(old.verify_artifact("model.keras"), old.manifest.model), \
                 old.manifest.stages["train"].get("source", "candidate")
-    cfg = TrainConfig(data=manifest.data.root, model=ident["model"], out=str(best_dir), task=task,
-                      size=ident["size"], epochs=int(chosen["epochs"]), lr=float(chosen["lr"]), batch=ident["batch"],
-                      seed=ident["seed"], weights=ident["weights"], model_kwargs=ident["model_kwargs"],
-                      split_fractions=tuple(ident["split_fractions"]), augment=ident["augment"], normalize=ident.get("normalize"), keep="last",
-                      threshold=ident["threshold"], overwrite=True)
+    shared = {k: ident[k] for k in settings_of(TrainConfig) if k in ident and k != "epochs"}  # the grid's settings
+    cfg = TrainConfig(**{**shared, "split_fractions": tuple(ident["split_fractions"])}, data=manifest.data.root,
+                      out=str(best_dir), task=task, epochs=int(chosen["epochs"]), lr=float(chosen["lr"]), keep="last",
+                      overwrite=True)
     if best_dir.exists():
         shutil.rmtree(best_dir)
     split = {k: v for k, v in split.items() if k in ("train", "val", "test")}
