@@ -22,6 +22,7 @@ def run_demo(out: Path, data: Path | None = None, size: int = 96, epochs: int = 
     from edgebus.config.stages import ExportConfig
     from edgebus.export.exporter import export_run
     from edgebus.runtime import LesionPipeline, make_bundle, predict_files
+    from edgebus.runtime.console import cart_lines
     from edgebus.data.inputs import list_frames
     from edgebus.training import TrainConfig, train
 
@@ -56,8 +57,12 @@ def run_demo(out: Path, data: Path | None = None, size: int = 96, epochs: int = 
     bundle = make_bundle(out / "cart", runs["classify"], runs["segment"], overwrite=True)
     frames, _ = list_frames(Path(data) / "BrEaST-Lesions_USG-images_and_masks")
     log(f"cart bundle {bundle}: predicting {min(4, len(frames))} frames with the int8 models ...")
-    summary = predict_files(LesionPipeline.from_bundle(bundle), frames[:4], out / "predictions", log=log, overwrite=True)
-    parts.append(f"# Cart: int8 classifier + segmenter on {summary['ok']} frames\n\n"
+    pipe = LesionPipeline.from_bundle(bundle)
+    for line in cart_lines(pipe):  # the synthetic-data warning first, as 'edgebus predict' prints it
+        log(line)
+    summary = predict_files(pipe, frames[:4], out / "predictions", log=log, overwrite=True)
+    warned = "".join(f"- **WARNING**: {w}\n" for w in pipe.warnings)
+    parts.append(f"# Cart: int8 classifier + segmenter on {summary['ok']} frames\n\n{warned}"
                  f"- bundle: `{bundle}`; predictions, overlays and masks: `{out / 'predictions'}`\n"
                  f"- frames per second, 1 thread: {summary['fps']['wall']} wall clock (with overlay and mask files); "
                  f"{summary['fps']['inference']} inference only (classify + segment); "

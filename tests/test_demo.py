@@ -29,3 +29,7 @@ def test_demo_chain_passes_its_gates_with_the_defaults(tmp_path):
     assert bundle["classifier"]["gates"] == bundle["segmenter"]["gates"] == "passed"
     rows = [json.loads(x) for x in (out / "predictions" / "predictions.jsonl").read_text().splitlines()]
     assert rows and all(row["gates"] == "classifier passed, segmenter passed" for row in rows)
+    # a model trained on the synthetic set says so on the console, in the report and in every row
+    assert "WARNING: " in r.output and "synthetic" in r.output.split("WARNING: ", 1)[1].splitlines()[0].lower()
+    assert "**WARNING**" in report
+    assert all(any("synthetic" in w.lower() for w in row["warnings"]) for row in rows)
