@@ -121,52 +121,38 @@ def _plots(results: list[dict]) -> list[tuple[str, bytes]]:
     return out
 
 
-def _figures(results: list[dict]) -> list:
-    """(title, matplotlib figure) of the latency, accuracy-vs-latency and size charts. Bars are
-    horizontal, one per row, their labels on the left inside the figure: long names are never cut or
-    rotated out of view."""
-    import matplotlib.pyplot as plt
+def _laid_out(fig):
+    """A figure laid out tight, ready for _plots to render to PNG."""
+    fig.tight_layout()
+    return fig
+
+
+def _barh(ax, labels, values, colors, fmt):
+    """Bars top-down in row order, each with its value at its end."""
+    ys = list(range(len(values)))[::-1]
+    ax.barh(ys, values, color=colors, height=0.7)
+    ax.set_yticks(ys, labels, fontsize=8)
+    for y, v in zip(ys, values):
+        ax.annotate(fmt(v), (v, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
+    ax.margins(x=0.15, y=0.01)
+    ax.grid(axis="x", alpha=0.3)
+
+
+def _log_x(ax):
+    """A log latency axis labelled 1, 2, 5, 10... in plain numbers (no overlapping 4x10^0 minor labels)."""
     from matplotlib import ticker
 
-    rows = [r for r in _flat_rows(results) if r["status"] == "ok" and r.get("latency_ms")]
-    if not rows:
-        return []
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _metric_figures(rows: list[dict], many: bool) -> list:
+    """(title, figure) per task with test metrics: accuracy or IoU against one-thread latency."""
+    import matplotlib.pyplot as plt
+
     figs = []
-
-    def laid_out(fig):  # rendered to PNG by _plots
-        fig.tight_layout()
-        return fig
-
-    def barh(ax, labels, values, colors, fmt):
-        """Bars top-down in row order, each with its value at its end."""
-        ys = list(range(len(values)))[::-1]
-        ax.barh(ys, values, color=colors, height=0.7)
-        ax.set_yticks(ys, labels, fontsize=8)
-        for y, v in zip(ys, values):
-            ax.annotate(fmt(v), (v, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
-        ax.margins(x=0.15, y=0.01)
-        ax.grid(axis="x", alpha=0.3)
-
-    def logx(ax):
-        """A log latency axis labelled 1, 2, 5, 10... in plain numbers (no overlapping 4x10^0 minor labels)."""
-        ax.set_xscale("log")
-        ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
-
-    many = len({r["machine"] for r in rows}) > 1
-    formats = sorted({r["format"] for r in rows})
-    fcolor = {f: f"C{i % 10}" for i, f in enumerate(formats)}
-    labels = [f"{r['model']} · {r['format']}" + (f" · {r['threads']} thr" if r.get("threads") else "")
-              + (f" · {r['machine'][:24]}" if many else "")
-              for r in rows]
-    fig, ax = plt.subplots(figsize=(8, 0.26 * len(rows) + 1.3))
-    barh(ax, labels, [r["latency_ms"]["median"] for r in rows], [fcolor[r["format"]] for r in rows], lambda v: f"{v:.2f}")
-    logx(ax)
-    ax.set_xlabel("median latency per frame (ms, log scale)")
-    ax.set_title("Latency per model, format and thread count" + (" and machine" if many else ""), fontsize=10)
-    figs.append(("Latency", laid_out(fig)))
-
     markers = {"keras": "s", "float32": "o", "float16": "v", "dynamic": "D", "int8_ptq": "^", "int8": "*"}
     for task, key in (("classify", "accuracy"), ("segment", "iou")):
         pts = [r for r in rows if r["task"] == task and r["threads"] in (1, None)
@@ -180,13 +166,19 @@ def _figures(results: list[dict]) -> list:
             ax.scatter(r["latency_ms"]["median"], r["metrics"][key], color=colors[r["model"]],
                        marker=markers.get(r["format"].split("+")[0], "x"), s=60,
                        label=f"{r['model']} {r['format']}" + (f" ({r['machine'][:14]})" if many else ""))
-        logx(ax)
+        _log_x(ax)
         ax.set_xlabel("median latency, 1 thread (ms, log scale)")
         ax.set_ylabel(f"test {key}")
         ax.set_title(f"{key} vs latency (marker = format, colour = model)", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
-        figs.append((f"{key.capitalize()} against latency", laid_out(fig)))
+        figs.append((f"{key.capitalize()} against latency", _laid_out(fig)))
+    return figs
+
+
+def _size_figures(rows: list[dict], fcolor: dict) -> list:
+    """(title, figure) of each model file's size, one bar per model and format; none without sizes."""
+    import matplotlib.pyplot as plt
 
     seen, sizes = set(), []
     for r in rows:
@@ -194,13 +186,37 @@ def _figures(results: list[dict]) -> list:
         if k not in seen and r.get("size_bytes"):
             seen.add(k)
             sizes.append((f"{r['model']} · {r['format']}", r["size_bytes"] / 1e6, fcolor[r["format"]]))
-    if sizes:
-        fig, ax = plt.subplots(figsize=(8, 0.26 * len(sizes) + 1.3))
-        barh(ax, [s[0] for s in sizes], [s[1] for s in sizes], [s[2] for s in sizes], lambda v: f"{v:.2f} MB")
-        ax.set_xlabel("file size (MB)")
-        ax.set_title("Model file size per format", fontsize=10)
-        figs.append(("File size", laid_out(fig)))
-    return figs
+    if not sizes:
+        return []
+    fig, ax = plt.subplots(figsize=(8, 0.26 * len(sizes) + 1.3))
+    _barh(ax, [s[0] for s in sizes], [s[1] for s in sizes], [s[2] for s in sizes], lambda v: f"{v:.2f} MB")
+    ax.set_xlabel("file size (MB)")
+    ax.set_title("Model file size per format", fontsize=10)
+    return [("File size", _laid_out(fig))]
+
+
+def _figures(results: list[dict]) -> list:
+    """(title, matplotlib figure) of the latency, accuracy-vs-latency and size charts. Bars are
+    horizontal, one per row, their labels on the left inside the figure: long names are never cut or
+    rotated out of view."""
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in _flat_rows(results) if r["status"] == "ok" and r.get("latency_ms")]
+    if not rows:
+        return []
+    many = len({r["machine"] for r in rows}) > 1
+    formats = sorted({r["format"] for r in rows})
+    fcolor = {f: f"C{i % 10}" for i, f in enumerate(formats)}
+    labels = [f"{r['model']} · {r['format']}" + (f" · {r['threads']} thr" if r.get("threads") else "")
+              + (f" · {r['machine'][:24]}" if many else "")
+              for r in rows]
+    fig, ax = plt.subplots(figsize=(8, 0.26 * len(rows) + 1.3))
+    _barh(ax, labels, [r["latency_ms"]["median"] for r in rows], [fcolor[r["format"]] for r in rows],
+          lambda v: f"{v:.2f}")
+    _log_x(ax)
+    ax.set_xlabel("median latency per frame (ms, log scale)")
+    ax.set_title("Latency per model, format and thread count" + (" and machine" if many else ""), fontsize=10)
+    return [("Latency", _laid_out(fig))] + _metric_figures(rows, many) + _size_figures(rows, fcolor)
 
 
 _NUMBER = re.compile(r"^[-+]?(\d[\d.,]*|-)( ± [-+]?[\d.]+)?$")

@@ -114,16 +114,94 @@ def _check_pair(image: Path, mask: Path) -> None:
                            "they must be the same size, restore the pair")
 
 
-def read_breast(root: str | Path) -> Dataset:
-    """The sheet's rows as Cases, after checking the layout and that every named file exists."""
+def _dataset_root(root: str | Path) -> Path:
+    """The folder holding the sheet: `root` itself, or its BrEaST-Lesions_USG/ (as the TCIA download
+    unpacks)."""
     root = Path(root).expanduser()
     if not root.exists():
         raise EdgebusError(f"{root}: folder not found; {EXPECTED_LAYOUT}")
     if not root.is_dir():
         raise EdgebusError(f"{root}: not a folder; {EXPECTED_LAYOUT}")
-    # Also accept the folder that holds BrEaST-Lesions_USG/ (as the TCIA download unpacks).
     if not any(root.glob(SHEET_GLOB)) and (root / DATASET_DIR).is_dir():
         root = root / DATASET_DIR
+    return root
+
+
+def _named_file(name, images: Path, on_disk: set, sheet: Path, case_id: int, what: str) -> str:
+    """A file name the sheet gives, stripped, once it is in the images folder: a missing file is named
+    here rather than when training reaches it."""
+    name = str(name).strip()
+    if name not in on_disk:
+        raise EdgebusError(
+            f"{images / name}: missing; {sheet.name} names it as the {what} of CaseID {case_id}, "
+            "restore the file"
+        )
+    return name
+
+
+def _case_id(value, seen: set, sheet: Path, i: int) -> int:
+    """A row's CaseID as a whole number, each once: cases are found by it everywhere downstream."""
+    try:
+        case_id = int(value)
+    except (TypeError, ValueError):
+        raise EdgebusError(f"{sheet}: row {i}: CaseID {value!r} is not a whole number; fix the sheet") from None
+    if case_id in seen:
+        raise EdgebusError(f"{sheet}: CaseID {case_id} appears twice; each row needs its own CaseID, fix the sheet")
+    seen.add(case_id)
+    return case_id
+
+
+def _pixel_size(value, case_id: int, bad_px: dict) -> float | None:
+    """The sheet's Pixel_size, or None where it is missing or not a size (that value kept in bad_px,
+    to be reported)."""
+    try:
+        px = None if _missing(value) else float(value)
+    except (TypeError, ValueError):
+        px = math.nan
+    if px is not None and not (math.isfinite(px) and px > 0):  # inf, abc, -0.01, 0: no size (it is reported)
+        bad_px[case_id], px = value, None
+    return px
+
+
+def _row_case(row: tuple, i: int, sheet: Path, images: Path, on_disk: set, seen: set, bad_px: dict,
+              has_descriptors: bool) -> Case:
+    """One sheet row (row i of the sheet) as a Case, after checking its id, files and classification."""
+    from edgebus.core.descriptors import COLUMNS as DESCRIPTOR_COLUMNS, encode_row
+
+    case_id, image_name, mask_name, pixel_size, classification = row[:len(REQUIRED_COLUMNS)]
+    case_id = _case_id(case_id, seen, sheet, i)
+    where = f"{sheet}: CaseID {case_id}"
+    if _missing(image_name):
+        raise EdgebusError(f"{where} has no Image_filename; fix the sheet or restore the original")
+    image_name = _named_file(image_name, images, on_disk, sheet, case_id, "image")
+    mask = None
+    if not _missing(mask_name):
+        mask = images / _named_file(mask_name, images, on_disk, sheet, case_id, "tumor mask")
+        _check_pair(images / image_name, mask)
+    cls = "" if _missing(classification) else str(classification).strip().lower()
+    if cls not in KNOWN_CLASSIFICATIONS:
+        raise EdgebusError(
+            f"{where}: unknown Classification {classification!r}; "
+            f"expected one of {', '.join(KNOWN_CLASSIFICATIONS)}"
+        )
+    px = _pixel_size(pixel_size, case_id, bad_px)
+    desc = None
+    if has_descriptors:
+        desc = encode_row(dict(zip(DESCRIPTOR_COLUMNS, row[len(REQUIRED_COLUMNS):])), where)
+    return Case(
+        case_id=case_id,
+        image=images / image_name,
+        mask=mask,
+        label=CLASSES.index(cls) if cls in CLASSES else None,
+        classification=cls,
+        pixel_size=px,
+        descriptors=desc,
+    )
+
+
+def read_breast(root: str | Path) -> Dataset:
+    """The sheet's rows as Cases, after checking the layout and that every named file exists."""
+    root = _dataset_root(root)
     sheet = _find_sheet(root)
     df = _read_sheet(sheet)
 
@@ -138,64 +216,13 @@ def read_breast(root: str | Path) -> Dataset:
         raise EdgebusError(f"{images}: images folder not found; {EXPECTED_LAYOUT}")
     on_disk = set(os.listdir(images))  # one listing instead of a stat per file
 
-    from edgebus.core.descriptors import COLUMNS as DESCRIPTOR_COLUMNS, encode_row
+    from edgebus.core.descriptors import COLUMNS as DESCRIPTOR_COLUMNS
 
     has_descriptors = all(c in df.columns for c in DESCRIPTOR_COLUMNS)
     cases, seen, bad_px = [], set(), {}
     cols = list(REQUIRED_COLUMNS) + (list(DESCRIPTOR_COLUMNS) if has_descriptors else [])
     for i, row in enumerate(df[cols].itertuples(index=False), start=2):
-        case_id, image_name, mask_name, pixel_size, classification = row[:len(REQUIRED_COLUMNS)]
-        where = f"{sheet}: row {i}"
-        try:
-            case_id = int(case_id)
-        except (TypeError, ValueError):
-            raise EdgebusError(f"{where}: CaseID {case_id!r} is not a whole number; fix the sheet") from None
-        where = f"{sheet}: CaseID {case_id}"
-        if case_id in seen:
-            raise EdgebusError(f"{where} appears twice; each row needs its own CaseID, fix the sheet")
-        seen.add(case_id)
-        if _missing(image_name):
-            raise EdgebusError(f"{where} has no Image_filename; fix the sheet or restore the original")
-        image_name = str(image_name).strip()
-        if image_name not in on_disk:
-            raise EdgebusError(
-                f"{images / image_name}: missing; {sheet.name} names it as the image of CaseID {case_id}, "
-                "restore the file"
-            )
-        mask = None
-        if not _missing(mask_name):
-            mask_name = str(mask_name).strip()
-            if mask_name not in on_disk:
-                raise EdgebusError(
-                    f"{images / mask_name}: missing; {sheet.name} names it as the tumor mask of CaseID {case_id}, "
-                    "restore the file"
-                )
-            mask = images / mask_name
-            _check_pair(images / image_name, mask)
-        cls = "" if _missing(classification) else str(classification).strip().lower()
-        if cls not in KNOWN_CLASSIFICATIONS:
-            raise EdgebusError(
-                f"{where}: unknown Classification {classification!r}; "
-                f"expected one of {', '.join(KNOWN_CLASSIFICATIONS)}"
-            )
-        try:
-            px = None if _missing(pixel_size) else float(pixel_size)
-        except (TypeError, ValueError):
-            px = math.nan
-        if px is not None and not (math.isfinite(px) and px > 0):  # inf, abc, -0.01, 0: no size (it is reported)
-            bad_px[case_id], px = pixel_size, None
-        desc = None
-        if has_descriptors:
-            desc = encode_row(dict(zip(DESCRIPTOR_COLUMNS, row[len(REQUIRED_COLUMNS):])), where)
-        cases.append(Case(
-            case_id=case_id,
-            image=images / image_name,
-            mask=mask,
-            label=CLASSES.index(cls) if cls in CLASSES else None,
-            classification=cls,
-            pixel_size=px,
-            descriptors=desc,
-        ))
+        cases.append(_row_case(row, i, sheet, images, on_disk, seen, bad_px, has_descriptors))
     if not cases:
         raise EdgebusError(f"{sheet}: the sheet has no rows; restore the original sheet")
     return Dataset(root=root, sheet=sheet, cases=cases, has_descriptors=has_descriptors, bad_pixel_sizes=bad_px)

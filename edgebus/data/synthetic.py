@@ -214,14 +214,9 @@ def _write_xlsx(path: Path, rows: list[dict]) -> None:
     path.write_bytes(out.getvalue())
 
 
-def make_synthetic(out_dir, n_cases: int = 120, image_size: tuple[int, int] = (192, 224),
-                   malignant_fraction: float = 0.4, n_normal: int = 2, seed: int = 0, _in_place: bool = False) -> Path:
-    """Write a BrEaST-layout data set of n_cases rows (n_normal of them normal) into out_dir; returns out_dir.
-
-    Of the n_cases - n_normal lesion cases, round(that * malignant_fraction) are malignant.
-    image_size is the (H, W) around which each case's size varies by a few percent.
-    """
-    out = Path(out_dir)
+def _frame_size(out: Path, image_size, n_cases: int, malignant_fraction: float, n_normal: int) -> tuple[int, int]:
+    """(H, W) around which the frames vary, once the request is checked: before anything is written, a set
+    that could not be made, or would land beside another sheet, is refused."""
     h0, w0 = int(image_size[0]), int(image_size[1])
     if min(h0, w0) < 32:
         raise EdgebusError(f"synthetic: image_size {image_size} is too small; use at least 32x32 pixels")
@@ -234,6 +229,70 @@ def make_synthetic(out_dir, n_cases: int = 120, image_size: tuple[int, int] = (1
     others = [p.name for p in out.glob(SHEET_GLOB) if p.name != SHEET_NAME] if out.is_dir() else []
     if others:
         raise EdgebusError(f"{out}: already holds another sheet ({others[0]}); pick an empty output folder")
+    return h0, w0
+
+
+def _classes(rng, n_cases: int, malignant_fraction: float, n_normal: int) -> list[str]:
+    """Each case's class, in shuffled order."""
+    n_lesion = n_cases - n_normal
+    n_malignant = int(round(n_lesion * malignant_fraction))
+    classes = ["malignant"] * n_malignant + ["benign"] * (n_lesion - n_malignant) + ["normal"] * n_normal
+    return [classes[i] for i in rng.permutation(n_cases)]
+
+
+def _add_lesion(rng, intensity: np.ndarray, h: int, w: int, malignant: bool, images: Path, stem: str) -> tuple:
+    """(intensity with the lesion and what shows behind it, tumor mask file, other mask file or None,
+    posterior enhancement): the lesion's masks written beside the image."""
+    weight, mask, geo = _lesion(rng, h, w, malignant)
+    behind = _posterior(h, w, mask)
+    enhancement = False
+    if malignant:
+        intensity = intensity * (1 - rng.uniform(0.35, 0.5) * behind)  # acoustic shadow
+    elif rng.random() < 0.5:
+        enhancement = True
+        intensity = intensity * (1 + rng.uniform(0.2, 0.4) * behind)
+    inside = rng.uniform(0.05, 0.12) * (_smooth_field(rng, h, w, (6, 6), 0.7, 1.4) if malignant else 1.0)
+    intensity = intensity * (1 - weight) + inside * weight
+    tumor_name, other_name = f"{stem}_tumor.png", None
+    _mask_rgba(mask).save(images / tumor_name, compress_level=1)
+    if rng.random() < 0.06:
+        cyst = _cyst(rng, h, w, geo["cx"]) & ~mask
+        intensity = np.where(cyst, 0.03, intensity)
+        other_name = f"{stem}_other1.png"
+        _mask_rgba(cyst).save(images / other_name, compress_level=1)
+    return intensity, tumor_name, other_name, enhancement
+
+
+def _write_case(rng, images: Path, i: int, cls: str, h0: int, w0: int, digits: int) -> dict:
+    """Case i + 1: its frame (and masks) written to `images`; its sheet row."""
+    case_id = i + 1
+    stem = f"case{case_id:0{digits}d}"
+    h = int(round(h0 * rng.uniform(0.92, 1.08)))
+    w = int(round(w0 * rng.uniform(0.92, 1.08)))
+    intensity = _tissue(rng, h, w)
+    tumor_name = other_name = None
+    enhancement = False
+    if cls != "normal":
+        intensity, tumor_name, other_name, enhancement = _add_lesion(rng, intensity, h, w, cls == "malignant",
+                                                                     images, stem)
+    pixels = intensity * _speckle(rng, h, w) ** 0.55
+    gray = np.clip(pixels * 255, 0, 255).astype(np.uint8)
+    alpha = np.full((h, w), 255, np.uint8)
+    if i % 9 == 4:  # a few frames with transparent areas, as in the real set
+        alpha[_transparent(rng, h, w, (i // 9) % 2)] = 0
+    _rgba(gray, alpha).save(images / f"{stem}.png", compress_level=1)
+    return _row(rng, case_id, f"{stem}.png", tumor_name, other_name, cls, enhancement)
+
+
+def make_synthetic(out_dir, n_cases: int = 120, image_size: tuple[int, int] = (192, 224),
+                   malignant_fraction: float = 0.4, n_normal: int = 2, seed: int = 0, _in_place: bool = False) -> Path:
+    """Write a BrEaST-layout data set of n_cases rows (n_normal of them normal) into out_dir; returns out_dir.
+
+    Of the n_cases - n_normal lesion cases, round(that * malignant_fraction) are malignant.
+    image_size is the (H, W) around which each case's size varies by a few percent.
+    """
+    out = Path(out_dir)
+    h0, w0 = _frame_size(out, image_size, n_cases, malignant_fraction, n_normal)
     if not _in_place and not (out.is_dir() and any(out.iterdir())):  # a new set: built aside, renamed into place whole
         with staging(out) as tmp:  # so a full disk or a kill leaves no half set to block the same command again
             make_synthetic(tmp, n_cases, image_size, malignant_fraction, n_normal, seed, _in_place=True)
@@ -242,46 +301,8 @@ def make_synthetic(out_dir, n_cases: int = 120, image_size: tuple[int, int] = (1
     images.mkdir(parents=True, exist_ok=True)
 
     rng = np.random.default_rng(seed)
-    n_lesion = n_cases - n_normal
-    n_malignant = int(round(n_lesion * malignant_fraction))
-    classes = ["malignant"] * n_malignant + ["benign"] * (n_lesion - n_malignant) + ["normal"] * n_normal
-    classes = [classes[i] for i in rng.permutation(n_cases)]
+    classes = _classes(rng, n_cases, malignant_fraction, n_normal)
     digits = max(3, len(str(n_cases)))
-
-    rows = []
-    for i, cls in enumerate(classes):
-        case_id = i + 1
-        stem = f"case{case_id:0{digits}d}"
-        h = int(round(h0 * rng.uniform(0.92, 1.08)))
-        w = int(round(w0 * rng.uniform(0.92, 1.08)))
-        intensity = _tissue(rng, h, w)
-        tumor_name = other_name = None
-        enhancement = False
-        if cls != "normal":
-            malignant = cls == "malignant"
-            weight, mask, geo = _lesion(rng, h, w, malignant)
-            behind = _posterior(h, w, mask)
-            if malignant:
-                intensity = intensity * (1 - rng.uniform(0.35, 0.5) * behind)  # acoustic shadow
-            elif rng.random() < 0.5:
-                enhancement = True
-                intensity = intensity * (1 + rng.uniform(0.2, 0.4) * behind)
-            inside = rng.uniform(0.05, 0.12) * (_smooth_field(rng, h, w, (6, 6), 0.7, 1.4) if malignant else 1.0)
-            intensity = intensity * (1 - weight) + inside * weight
-            tumor_name = f"{stem}_tumor.png"
-            _mask_rgba(mask).save(images / tumor_name, compress_level=1)
-            if rng.random() < 0.06:
-                cyst = _cyst(rng, h, w, geo["cx"]) & ~mask
-                intensity = np.where(cyst, 0.03, intensity)
-                other_name = f"{stem}_other1.png"
-                _mask_rgba(cyst).save(images / other_name, compress_level=1)
-        pixels = intensity * _speckle(rng, h, w) ** 0.55
-        gray = np.clip(pixels * 255, 0, 255).astype(np.uint8)
-        alpha = np.full((h, w), 255, np.uint8)
-        if i % 9 == 4:  # a few frames with transparent areas, as in the real set
-            alpha[_transparent(rng, h, w, (i // 9) % 2)] = 0
-        _rgba(gray, alpha).save(images / f"{stem}.png", compress_level=1)
-        rows.append(_row(rng, case_id, f"{stem}.png", tumor_name, other_name, cls, enhancement))
-
+    rows = [_write_case(rng, images, i, cls, h0, w0, digits) for i, cls in enumerate(classes)]
     _write_xlsx(out / SHEET_NAME, rows)
     return out

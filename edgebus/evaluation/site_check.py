@@ -66,25 +66,9 @@ def _match(row: dict, labels: dict, depths: set):
     return None
 
 
-def site_check(predictions, data, fmt: str = "breast", target: float = 0.9, out=None, n_boot: int = 2000,
-               seed: int = 0, log=print, overwrite: bool = False) -> dict:
-    """Score a cart's predictions folder against a labelled set; write site_check.json / .md and a
-    reliability plot (default: PREDICTIONS/site-check)."""
-    from edgebus.core.calibration import apply, reliability
-    from edgebus.core.stats import percentile_interval
-    from edgebus.core.metrics import expected_calibration_error, roc_auc, threshold_for_sensitivity
-
-    pred_dir = Path(predictions)
-    jsonl = pred_dir / "predictions.jsonl"
-    if not jsonl.is_file():
-        raise EdgebusError(f"{pred_dir}: no predictions.jsonl; run 'edgebus predict {flag('bundle')} CART {data} "
-                           f"{flag('out')} {pred_dir}' first")
-    out = Path(out) if out else pred_dir / "site-check"
-    ident = check_report(out / "site_check.json", {"predictions_sha256": sha256_file(jsonl), "data": Path(data).resolve(),
-                                                   "format": fmt, "target_sensitivity": target, "n_boot": n_boot,
-                                                   "seed": seed}, overwrite)
-    rows = [r for r in read_rows(jsonl) if not r.get("error") and not r.get("skipped")]
-    labels = _labels(data, fmt)
+def _matched(rows: list, labels: dict, pred_dir: Path, jsonl: Path, data, fmt: str) -> list[tuple]:
+    """(case, row) of every predicted frame that is a labelled case of `data`, once each and of this
+    set's own frames: predictions of another set would score the wrong images."""
     depths = {len(k[0]) for k in labels}
     matched = [(c, r) for r in rows for c in [_match(r, labels, depths)] if c is not None]
     if not matched:
@@ -100,10 +84,17 @@ def site_check(predictions, data, fmt: str = "breast", target: float = 0.9, out=
                                    f"set's frames: predict {data} itself")
     seen = {}
     for c, r in matched:  # one case predicted twice (from two working folders, say) would count twice
-        if (c.case_id, r.get("frame")) in seen:
-            raise EdgebusError(f"{jsonl}: case {c.case_id} is predicted twice ({seen[(c.case_id, r.get('frame'))]} and "
-                               f"{r['file']}); predict the set once into a new {flag('out')}")
-        seen[(c.case_id, r.get("frame"))] = r["file"]
+        key = (c.case_id, r.get("frame"))
+        if key in seen:
+            raise EdgebusError(f"{jsonl}: case {c.case_id} is predicted twice ({seen[key]} and {r['file']}); predict "
+                               f"the set once into a new {flag('out')}")
+        seen[key] = r["file"]
+    return matched
+
+
+def _shipped_threshold(matched: list[tuple], pred_dir: Path, jsonl: Path) -> float:
+    """The one threshold the frames were predicted at, once every row holds the probabilities edgebus
+    writes: a file from elsewhere, or frames of several models, cannot be scored against one threshold."""
     if any(r.get("prob_raw") is None for _, r in matched):
         raise EdgebusError(f"{pred_dir}: predicted without a classifier; a site check scores the malignancy call")
     for _, r in matched:
@@ -116,15 +107,14 @@ def site_check(predictions, data, fmt: str = "breast", target: float = 0.9, out=
     if len(thresholds) != 1:
         raise EdgebusError(f"{pred_dir}: its frames were predicted at {len(thresholds)} thresholds (other models); "
                            f"predict again into a new {flag('out')}")
-    thr = thresholds.pop()
-    y = np.asarray([int(c.label) for c, _ in matched])
-    raw = np.asarray([r["prob_raw"] for _, r in matched], dtype=np.float64)
-    shown = np.asarray([r["prob_malignant"] for _, r in matched], dtype=np.float64)
-    n_mal, n_ben = int(y.sum()), int((1 - y).sum())
-    if n_mal == 0 or n_ben == 0:
-        raise EdgebusError(f"{data}: the matched cases are all {'benign' if n_mal == 0 else 'malignant'}; "
-                           "a site check needs both")
-    pred = raw >= thr
+    return thresholds.pop()
+
+
+def _bootstrap(y, raw, pred, target: float, n_boot: int, seed: int) -> dict:
+    """Each score over cases resampled with replacement, for its percentile interval (a resample of one
+    class only has no sensitivity or AUC: skipped)."""
+    from edgebus.core.metrics import roc_auc, threshold_for_sensitivity
+
     rng = np.random.default_rng(seed)
     boot = {"auc": [], "sensitivity": [], "specificity": [], "local_threshold": []}
     for _ in range(n_boot):
@@ -135,30 +125,73 @@ def site_check(predictions, data, fmt: str = "breast", target: float = 0.9, out=
             boot["sensitivity"].append(float(pb[yb == 1].mean()))
             boot["specificity"].append(float((~pb[yb == 0]).mean()))
             boot["local_threshold"].append(threshold_for_sensitivity(yb, raw[i], target)["threshold"])
+    return boot
+
+
+def _scores(y, raw, shown, thr: float, target: float, n_boot: int, seed: int) -> dict:
+    """The site check's numbers: at the shipped threshold, the shown probability's calibration, and what
+    these cases would choose themselves (in-sample), each with its bootstrap interval."""
+    from edgebus.core.calibration import apply
+    from edgebus.core.stats import percentile_interval
+    from edgebus.core.metrics import expected_calibration_error, roc_auc, threshold_for_sensitivity
+
+    pred = raw >= thr
+    boot = _bootstrap(y, raw, pred, target, n_boot, seed)
     local = threshold_for_sensitivity(y, raw, target)
     # the shown probability's calibration slope and intercept here; the site's own recalibration moves the shown
     # probability's logit by one number (benchmarks/results/site-threshold.md: steadier than slope and intercept on a
     # site's few cases), on top of whatever calibration the cart ships
     shown_fit, local_cal = _platt_or_none(y, shown), _platt_or_none(y, shown, slope=False)
-    res = {"schema": "edgebus.site_check/1", "predictions": str(pred_dir), "data": str(data), "format": fmt,
-           "n": int(len(y)), "malignant": n_mal, "benign": n_ben, "unmatched_predictions": len(rows) - len(matched),
-           "labelled_not_predicted": len(labels) - len({c.case_id for c, _ in matched}),
-           "threshold": thr, "target_sensitivity": target,
-           "auc": {"value": roc_auc(y, raw), "ci": percentile_interval(boot["auc"])},
-           "sensitivity": {"value": float(pred[y == 1].mean()), "ci": percentile_interval(boot["sensitivity"])},
-           "specificity": {"value": float((~pred[y == 0]).mean()), "ci": percentile_interval(boot["specificity"])},
-           "ece": expected_calibration_error(y, shown),
-           # logistic recalibration of the shown probability on these cases: slope 1, intercept 0 if it holds here
-           "calibration": None if shown_fit is None else {"slope": shown_fit["a"], "intercept": shown_fit["b"]},
-           "local": {"threshold": local["threshold"], "threshold_ci": percentile_interval(boot["local_threshold"]),
-                     "sensitivity": local["sensitivity"], "specificity": local["specificity"],
-                     "calibration": local_cal,
-                     "ece": None if local_cal is None else expected_calibration_error(y, apply(local_cal, shown)),
-                     "note": "chosen and scored on the same cases (in-sample): confirm on further cases"},
-           "bootstrap": {"resamples": n_boot, "seed": seed, "method": "percentile, cases resampled"}, "inputs": ident,
+    return {"auc": {"value": roc_auc(y, raw), "ci": percentile_interval(boot["auc"])},
+            "sensitivity": {"value": float(pred[y == 1].mean()), "ci": percentile_interval(boot["sensitivity"])},
+            "specificity": {"value": float((~pred[y == 0]).mean()), "ci": percentile_interval(boot["specificity"])},
+            "ece": expected_calibration_error(y, shown),
+            # logistic recalibration of the shown probability on these cases: slope 1, intercept 0 if it holds here
+            "calibration": None if shown_fit is None else {"slope": shown_fit["a"], "intercept": shown_fit["b"]},
+            "local": {"threshold": local["threshold"], "threshold_ci": percentile_interval(boot["local_threshold"]),
+                      "sensitivity": local["sensitivity"], "specificity": local["specificity"],
+                      "calibration": local_cal,
+                      "ece": None if local_cal is None else expected_calibration_error(y, apply(local_cal, shown)),
+                      "note": "chosen and scored on the same cases (in-sample): confirm on further cases"},
+            "bootstrap": {"resamples": n_boot, "seed": seed, "method": "percentile, cases resampled"}}
+
+
+def site_check(predictions, data, fmt: str = "breast", target: float = 0.9, out=None, n_boot: int = 2000,
+               seed: int = 0, log=print, overwrite: bool = False) -> dict:
+    """Score a cart's predictions folder against a labelled set; write site_check.json / .md and a
+    reliability plot (default: PREDICTIONS/site-check)."""
+    from edgebus.core.calibration import reliability
+
+    pred_dir = Path(predictions)
+    jsonl = pred_dir / "predictions.jsonl"
+    if not jsonl.is_file():
+        raise EdgebusError(f"{pred_dir}: no predictions.jsonl; run 'edgebus predict {flag('bundle')} CART {data} "
+                           f"{flag('out')} {pred_dir}' first")
+    out = Path(out) if out else pred_dir / "site-check"
+    ident = check_report(out / "site_check.json", {"predictions_sha256": sha256_file(jsonl),
+                                                   "data": Path(data).resolve(), "format": fmt,
+                                                   "target_sensitivity": target, "n_boot": n_boot, "seed": seed},
+                         overwrite)
+    rows = [r for r in read_rows(jsonl) if not r.get("error") and not r.get("skipped")]
+    labels = _labels(data, fmt)
+    matched = _matched(rows, labels, pred_dir, jsonl, data, fmt)
+    thr = _shipped_threshold(matched, pred_dir, jsonl)
+    y = np.asarray([int(c.label) for c, _ in matched])
+    raw = np.asarray([r["prob_raw"] for _, r in matched], dtype=np.float64)
+    shown = np.asarray([r["prob_malignant"] for _, r in matched], dtype=np.float64)
+    n_mal, n_ben = int(y.sum()), int((1 - y).sum())
+    if n_mal == 0 or n_ben == 0:
+        raise EdgebusError(f"{data}: the matched cases are all {'benign' if n_mal == 0 else 'malignant'}; "
+                           "a site check needs both")
+    res = ({"schema": "edgebus.site_check/1", "predictions": str(pred_dir), "data": str(data), "format": fmt,
+            "n": int(len(y)), "malignant": n_mal, "benign": n_ben, "unmatched_predictions": len(rows) - len(matched),
+            "labelled_not_predicted": len(labels) - len({c.case_id for c, _ in matched}),
+            "threshold": thr, "target_sensitivity": target}
+           | _scores(y, raw, shown, thr, target, n_boot, seed)
            # the cart these are predictions of (predict.json): `edgebus site-threshold` adopts a local threshold
            # into that cart only
-           "models": read_json(pred_dir / RUN_FILE).get("models") if (pred_dir / RUN_FILE).is_file() else None}
+           | {"inputs": ident,
+              "models": read_json(pred_dir / RUN_FILE).get("models") if (pred_dir / RUN_FILE).is_file() else None})
     res["verdict_kind"], res["verdict"] = verdict(res)
     out = make_dir(out, "site-check folder")
     from edgebus.reports.figures import reliability_plot

@@ -176,6 +176,88 @@ def _inputs(target: Path, thr, data, fmt: str, seed: int, fuse) -> dict:
             "fuse_folds_sha256": None if fuse is None else folds_sha256(fuse)}
 
 
+def _kinds(groups: list[Group], target: Path, task, thr, fuse) -> tuple[list, dict]:
+    """(the models scored: float, int8, fused; each one's threshold). The fused score needs a classifier
+    CV's folds, each with its segmenter and fusion model added."""
+    kinds = [k for k in ("float", "int8") if any(getattr(g, f"{k}_model") is not None for g in groups)]
+    thresholds = {k: thr for k in kinds}
+    if fuse is not None:
+        if target.is_file() or task.name != "classify" or groups[0].fold is None:
+            raise EdgebusError(f"{target}: {flag('fuse')} is for a classifier CV folder (the one 'edgebus fuse' was "
+                               "given)")
+        thresholds["fused"] = _add_fusion(groups, target, Path(fuse), _target_sensitivity(target))
+        kinds.append("fused")
+    return kinds, thresholds
+
+
+def _changed(items: list, name: str, strength, seed: int, contract: dict) -> tuple:
+    """(model inputs, changed frames, labels, masks) of one group's cases under one change."""
+    size = tuple(contract["size"])
+    xs, changed, labels, masks = [], [], [], []
+    for c, gray, mask in items:
+        g2, m2 = (gray, mask) if name == "clean" else apply_change(gray, mask, name, strength, seed, c.case_id)
+        g2, m2 = cut_area(g2, m2, str(c.mask))  # as every frame is, in training and on the cart
+        xs.append(to_model_input(g2, contract))
+        changed.append(g2)
+        labels.append(c.label)
+        masks.append(resize_mask(m2 if m2 is not None else np.zeros_like(g2), size)[..., None])
+    return np.stack(xs), changed, labels, masks
+
+
+def _condition_row(groups: list[Group], frames: list, kinds: list, thresholds: dict, task, contract: dict, thr,
+                   name: str, strength, seed: int) -> dict:
+    """One change at one strength: every kind's scores over all groups' cases pooled (and int8 against its
+    float parent on the same changed frames)."""
+    probs = {k: [] for k in kinds}
+    labels, masks = [], []
+    for g, items in zip(groups, frames):
+        x, changed, group_labels, group_masks = _changed(items, name, strength, seed, contract)
+        labels += group_labels
+        masks += group_masks
+        if "float" in kinds:
+            probs["float"].append(_predict_float(g.float_model, x))
+        if "int8" in kinds:
+            probs["int8"].append(g.int8_model.predict(x))
+        if "fused" in kinds:
+            probs["fused"].append(_fused(g, probs["int8"][-1], changed))
+    truth = task.truth(np.asarray(labels), np.stack(masks))
+    row = {"change": name, "strength": strength}
+    for k in kinds:
+        row[k] = _scores(task, truth, np.concatenate(probs[k]), thresholds[k])
+    if "float" in kinds and "int8" in kinds:  # int8 against its own float parent on the same changed frames (issue 14)
+        row["int8_vs_float"] = task.fidelity(np.concatenate(probs["float"]), np.concatenate(probs["int8"]), thr)
+    return row
+
+
+def _summary(rows: list, kinds: list, task) -> dict:
+    """Each kind's clean score, worst change and drop (each changed row gets its drop against clean)."""
+    key = "iou" if task.truth_is_mask else "auc"
+    clean = rows[0]
+    summary = {}
+    for k in kinds:
+        for r in rows[1:]:
+            r[k]["drop"] = clean[k][key] - r[k][key]
+        worst = max(rows[1:], key=lambda r: r[k]["drop"])
+        summary[k] = {"clean": clean[k][key], "worst": worst[k][key], "worst_drop": worst[k]["drop"],
+                      "worst_change": f"{worst['change']} {worst['strength']:g}", "metric": key}
+        if not task.truth_is_mask:
+            summary[k]["worst_sensitivity"] = min(r[k]["sensitivity"] for r in rows)
+    return summary
+
+
+def _fidelity(rows: list, kinds: list, task) -> dict | None:
+    """int8 against its float parent: clean, and under the change where they part most (None without both)."""
+    if not ("float" in kinds and "int8" in kinds):
+        return None
+
+    def gap(r):  # mask IoU lost, or labels flipped
+        f = r["int8_vs_float"]
+        return -f["mask_iou_mean"] if task.truth_is_mask else f["flips"]
+
+    w = max(rows, key=gap)
+    return {"clean": rows[0]["int8_vs_float"], "worst": w["int8_vs_float"], "worst_change": _label(w)}
+
+
 def run_stress(target, data=None, fmt: str = "breast", out=None, seed: int = 0, log=print, fuse=None,
                overwrite: bool = False) -> dict:
     """Score every acquisition change; write stress.json, stress.md and stress.png to `out`
@@ -192,64 +274,20 @@ def run_stress(target, data=None, fmt: str = "breast", out=None, seed: int = 0, 
     if "crop" in contract:
         raise EdgebusError(f"{target}: a lesion-crop classifier needs its segmenter's boxes for every changed frame; "
                            "stress it through a whole-frame model")
-    kinds = [k for k in ("float", "int8") if any(getattr(g, f"{k}_model") is not None for g in groups)]
-    thresholds = {k: thr for k in kinds}
-    if fuse is not None:
-        if target.is_file() or task.name != "classify" or groups[0].fold is None:
-            raise EdgebusError(f"{target}: {flag('fuse')} is for a classifier CV folder (the one 'edgebus fuse' was "
-                               "given)")
-        thresholds["fused"] = _add_fusion(groups, target, Path(fuse), _target_sensitivity(target))
-        kinds.append("fused")
+    kinds, thresholds = _kinds(groups, target, task, thr, fuse)
     frames = [[(c, load_gray(c.image), case_mask(c) if c.mask is not None else None) for c in g.cases] for g in groups]
-    size = tuple(contract["size"])
     rows = []
     for name, strength in [("clean", None), *conditions()]:
-        probs = {k: [] for k in kinds}
-        labels, masks = [], []
-        for g, items in zip(groups, frames):
-            xs, changed = [], []
-            for c, gray, mask in items:
-                g2, m2 = (gray, mask) if name == "clean" else apply_change(gray, mask, name, strength, seed, c.case_id)
-                g2, m2 = cut_area(g2, m2, str(c.mask))  # as every frame is, in training and on the cart
-                xs.append(to_model_input(g2, contract))
-                changed.append(g2)
-                labels.append(c.label)
-                masks.append(resize_mask(m2 if m2 is not None else np.zeros_like(g2), size)[..., None])
-            x = np.stack(xs)
-            if "float" in kinds:
-                probs["float"].append(_predict_float(g.float_model, x))
-            if "int8" in kinds:
-                probs["int8"].append(g.int8_model.predict(x))
-            if "fused" in kinds:
-                probs["fused"].append(_fused(g, probs["int8"][-1], changed))
-        truth = task.truth(np.asarray(labels), np.stack(masks))
-        row = {"change": name, "strength": strength}
-        for k in kinds:
-            row[k] = _scores(task, truth, np.concatenate(probs[k]), thresholds[k])
-        if "float" in kinds and "int8" in kinds:  # int8 against its own float parent on the same changed frames (issue 14)
-            row["int8_vs_float"] = task.fidelity(np.concatenate(probs["float"]), np.concatenate(probs["int8"]), thr)
+        row = _condition_row(groups, frames, kinds, thresholds, task, contract, thr, name, strength, seed)
         rows.append(row)
         log(f"{name}{'' if strength is None else ' ' + format(strength, 'g')}: "
-            + "; ".join(f"{k} " + ", ".join(f"{m} {v:.3f}" for m, v in row[k].items() if v is not None) for k in kinds))
-    key = "iou" if task.truth_is_mask else "auc"
-    clean = rows[0]
-    summary = {}
-    for k in kinds:
-        for r in rows[1:]:
-            r[k]["drop"] = clean[k][key] - r[k][key]
-        worst = max(rows[1:], key=lambda r: r[k]["drop"])
-        summary[k] = {"clean": clean[k][key], "worst": worst[k][key], "worst_drop": worst[k]["drop"],
-                      "worst_change": f"{worst['change']} {worst['strength']:g}", "metric": key}
-        if not task.truth_is_mask:
-            summary[k]["worst_sensitivity"] = min(r[k]["sensitivity"] for r in rows)
-    fidelity = None
-    if "float" in kinds and "int8" in kinds:
-        fid = (lambda r: -r["int8_vs_float"]["mask_iou_mean"]) if task.truth_is_mask else (lambda r: r["int8_vs_float"]["flips"])
-        w = max(rows, key=fid)
-        fidelity = {"clean": clean["int8_vs_float"], "worst": w["int8_vs_float"], "worst_change": _label(w)}
+            + "; ".join(f"{k} " + ", ".join(f"{m} {v:.3f}" for m, v in row[k].items() if v is not None)
+                        for k in kinds))
+    summary = _summary(rows, kinds, task)
+    fidelity = _fidelity(rows, kinds, task)
     result = {"schema": "edgebus.stress/1", "created": now(), "target": str(target), "description": desc,
-              "task": task.name, "threshold": thr, "seed": seed, "n": len(labels), "changes": CHANGES,
-              "kinds": kinds, "rows": rows, "summary": summary, "inputs": ident}
+              "task": task.name, "threshold": thr, "seed": seed, "n": sum(len(items) for items in frames),
+              "changes": CHANGES, "kinds": kinds, "rows": rows, "summary": summary, "inputs": ident}
     if fuse is not None:
         result["fused"] = {"segment_cv": str(fuse), "threshold": thresholds["fused"],
                            "note": "each fold: its int8 classifier and int8 segmenter on the changed frame, joined by "

@@ -92,9 +92,8 @@ def cv_overview(cvs) -> list[str]:
     return out
 
 
-def study_table(grid_dirs=(), cv_dirs=()) -> str:
-    """Markdown: the study's numbers beside this reproduction (val-selected grid cell, single test
-    split, 95% bootstrap CI) and the honest protocol (k-fold mean +- std, pooled bootstrap CI)."""
+def _read_reports(grid_dirs, cv_dirs) -> tuple[list, list]:
+    """([(grid dir, report.json)], [(CV dir, summary.json)]): finished ones only, a missing one named."""
     grids, cvs = [], []
     for d in grid_dirs:
         d = Path(d)
@@ -108,20 +107,93 @@ def study_table(grid_dirs=(), cv_dirs=()) -> str:
         cvs.append((d, read_json(d / "summary.json")))
     if not grids and not cvs:
         raise EdgebusError("study table: give at least one grid or cross-validation directory")
-    # one section per grid, with the first CV of the same model beside it; CVs left over get their own
+    return grids, cvs
+
+
+def _pairs(grids: list, cvs: list) -> list[tuple]:
+    """(model, grid, CV) per section: one per grid, with the first CV of the same model beside it; CVs
+    left over get their own."""
     sections, used = [], set()
     for g in grids:
         c = next((c for c in cvs if c[1]["model"] == g[1]["model"] and id(c) not in used), None)
         if c is not None:
             used.add(id(c))
         sections.append((g[1]["model"], g, c))
-    sections += [(c[1]["model"], None, c) for c in cvs if id(c) not in used]
+    return sections + [(c[1]["model"], None, c) for c in cvs if id(c) not in used]
+
+
+def _section_head(m: str, g, c) -> list[str]:
+    """A section's heading (the grid's chosen cell and size) and the CV's settings."""
+    head = f"## {m}"
+    if g and (g[1].get("recipe") or {}).get("name"):
+        head += f", recipe {g[1]['recipe']['name']}"
+    if g:
+        rr = g[1]
+        head += (f" (grid `{g[0]}`: chosen lr {rr['chosen']['lr']:g}, {rr['chosen']['epochs']} epochs, "
+                 f"test n={rr['per_split']['test']['n']}")
+        reduced = (rr.get("recipe") or {}).get("reduced") or not is_full_size(rr)
+        head += f", {rr.get('size', '?')} px" + (", reduced grid)" if reduced else ", full-size grid)")
+    out = [head, ""]
+    if c:
+        s = c[1]
+        out += [f"Cross-validation `{c[0]}`: {s['k']} folds, lr {s['lr']:g}, {s['epochs']} epochs, {s['size']} px"
+                f"{_crop_words(s)}.", ""]
+    return out
+
+
+def _classify_rows(st, g, c) -> list[str]:
+    """A classifier's rows, in percent: the study's number, the grid's chosen cell, the CV's."""
+    out = []
+    rows = [("accuracy", "accuracy")] + [(f"{cl}_{k}", (cl, k)) for cl in ("benign", "malignant")
+                                         for k in ("precision", "recall", "f1")] + [("auc", None)]
+    for key, skey in rows:
+        sv = None
+        if st and skey is not None:
+            sv = st[skey] if isinstance(skey, str) else st[skey[0]][skey[1]]
+        rep = interval_text(g[1]["test_bootstrap"][key], pct=True) if g else "—"
+        ms = c[1]["mean_std"][key] if c else None
+        msv = "—" if not c or ms["mean"] is None else f"{100 * ms['mean']:.1f} +- {100 * ms['std']:.1f}"
+        pooled = interval_text(c[1]["bootstrap"][key], pct=True) if c else "—"
+        out.append(f"| {key} (%) | {'—' if sv is None else f'{100 * sv:.2f}'} | {rep} | {msv} | {pooled} |")
+    if c and "bootstrap_int8" in c[1]:
+        for key in ("accuracy", "malignant_recall", "auc"):
+            out.append(f"| {key}, full-int8 (%) | — | — | — | "
+                       f"{interval_text(c[1]['bootstrap_int8'][key], pct=True)} |")
+    return out
+
+
+def _segment_rows(st, g, c) -> list[str]:
+    """A segmenter's rows: test IoU and Dice, and the val IoU and cell the selection chose."""
+    out = []
+    for key in ("iou", "dice"):
+        sv = st.get(f"test_{key}") if st else None
+        rep = interval_text(g[1]["test_bootstrap"][key]) if g else "—"
+        ms = c[1]["mean_std"][key] if c else None
+        msv = "—" if not c else f"{ms['mean']:.3f} +- {ms['std']:.3f}"
+        pooled = interval_text(c[1]["bootstrap"][key]) if c else "—"
+        out.append(f"| test {key} | {'—' if sv is None else f'{sv:.3f}'} | {rep} | {msv} | {pooled} |")
+    if c and "bootstrap_int8" in c[1]:
+        out.append(f"| test iou, full-int8 | — | — | — | {interval_text(c[1]['bootstrap_int8']['iou'])} |")
+    if st or g:
+        vv = f"{g[1]['chosen']['val']['iou']:.3f}" if g else "—"
+        out.append(f"| val IoU (selection) | {st['val_iou'] if st else '—'} | {vv} | — | — |")
+        sc = f"lr {st['lr']:g}, {st['epochs']} epochs" if st else "—"
+        gc = f"lr {g[1]['chosen']['lr']:g}, {g[1]['chosen']['epochs']} epochs" if g else "—"
+        out.append(f"| chosen cell | {sc} | {gc} | — | — |")
+    return out
+
+
+def study_table(grid_dirs=(), cv_dirs=()) -> str:
+    """Markdown: the study's numbers beside this reproduction (val-selected grid cell, single test
+    split, 95% bootstrap CI) and the honest protocol (k-fold mean +- std, pooled bootstrap CI)."""
+    grids, cvs = _read_reports(grid_dirs, cv_dirs)
+    sections = _pairs(grids, cvs)
     out = ["# The study beside this reproduction", "",
            "Study: Dosch & Shaw, single split, test n=27 (16 benign, 11 malignant); the 95% interval of an accuracy "
            "near 65% on 27 images is about +-18 points. Reproduction: the same grid and selection rule (best "
            "validation metric), test numbers of the chosen cell with a 95% percentile-bootstrap interval. Honest "
-           "protocol: stratified k-fold cross-validation at fixed settings, mean +- std over folds and a 95% bootstrap "
-           "interval over the pooled out-of-fold predictions.", ""]
+           "protocol: stratified k-fold cross-validation at fixed settings, mean +- std over folds and a 95% "
+           "bootstrap interval over the pooled out-of-fold predictions.", ""]
     if grids:
         out += full_size_status(grids)
     if cvs:
@@ -129,51 +201,10 @@ def study_table(grid_dirs=(), cv_dirs=()) -> str:
     for m, g, c in sections:
         st = STUDY.get(m)
         task = (g[1]["task"] if g else c[1]["task"])
-        head = f"## {m}"
-        if g and (g[1].get("recipe") or {}).get("name"):
-            head += f", recipe {g[1]['recipe']['name']}"
-        if g:
-            rr = g[1]
-            head += f" (grid `{g[0]}`: chosen lr {rr['chosen']['lr']:g}, {rr['chosen']['epochs']} epochs, test n={rr['per_split']['test']['n']}"
-            reduced = (rr.get("recipe") or {}).get("reduced") or not is_full_size(rr)
-            head += f", {rr.get('size', '?')} px" + (", reduced grid)" if reduced else ", full-size grid)")
-        out += [head, ""]
-        if c:
-            s = c[1]
-            out += [f"Cross-validation `{c[0]}`: {s['k']} folds, lr {s['lr']:g}, {s['epochs']} epochs, {s['size']} px"
-                    f"{_crop_words(s)}.", ""]
-        out += ["| metric | study | reproduction: chosen cell, test [95% CI] | honest: k-fold mean +- std | honest: pooled [95% CI] |",
+        out += _section_head(m, g, c)
+        out += ["| metric | study | reproduction: chosen cell, test [95% CI] | honest: k-fold mean +- std | "
+                "honest: pooled [95% CI] |",
                 "|---|---|---|---|---|"]
-        if task == "classify":
-            rows = [("accuracy", "accuracy")] + [(f"{cl}_{k}", (cl, k)) for cl in ("benign", "malignant")
-                                                 for k in ("precision", "recall", "f1")] + [("auc", None)]
-            for key, skey in rows:
-                sv = None
-                if st and skey is not None:
-                    sv = st[skey] if isinstance(skey, str) else st[skey[0]][skey[1]]
-                rep = interval_text(g[1]["test_bootstrap"][key], pct=True) if g else "—"
-                ms = c[1]["mean_std"][key] if c else None
-                msv = "—" if not c or ms["mean"] is None else f"{100 * ms['mean']:.1f} +- {100 * ms['std']:.1f}"
-                pooled = interval_text(c[1]["bootstrap"][key], pct=True) if c else "—"
-                out.append(f"| {key} (%) | {'—' if sv is None else f'{100 * sv:.2f}'} | {rep} | {msv} | {pooled} |")
-            if c and "bootstrap_int8" in c[1]:
-                for key in ("accuracy", "malignant_recall", "auc"):
-                    out.append(f"| {key}, full-int8 (%) | — | — | — | {interval_text(c[1]['bootstrap_int8'][key], pct=True)} |")
-        else:
-            for key in ("iou", "dice"):
-                sv = st.get(f"test_{key}") if st else None
-                rep = interval_text(g[1]["test_bootstrap"][key]) if g else "—"
-                ms = c[1]["mean_std"][key] if c else None
-                msv = "—" if not c else f"{ms['mean']:.3f} +- {ms['std']:.3f}"
-                pooled = interval_text(c[1]["bootstrap"][key]) if c else "—"
-                out.append(f"| test {key} | {'—' if sv is None else f'{sv:.3f}'} | {rep} | {msv} | {pooled} |")
-            if c and "bootstrap_int8" in c[1]:
-                out.append(f"| test iou, full-int8 | — | — | — | {interval_text(c[1]['bootstrap_int8']['iou'])} |")
-            if st or g:
-                vv = f"{g[1]['chosen']['val']['iou']:.3f}" if g else "—"
-                out.append(f"| val IoU (selection) | {st['val_iou'] if st else '—'} | {vv} | — | — |")
-                sc = f"lr {st['lr']:g}, {st['epochs']} epochs" if st else "—"
-                gc = f"lr {g[1]['chosen']['lr']:g}, {g[1]['chosen']['epochs']} epochs" if g else "—"
-                out.append(f"| chosen cell | {sc} | {gc} | — | — |")
+        out += _classify_rows(st, g, c) if task == "classify" else _segment_rows(st, g, c)
         out.append("")
     return "\n".join(out)
