@@ -142,27 +142,50 @@ def _const_values(model, t):
 
 def _op_problems(op_name, op, model, tensors, type_names) -> tuple[list[str], list[str]]:
     """(blocking problems, warnings) of one operator."""
-    problems, warnings = [], []
     if op_name not in SUPPORTED_OPS:
-        problems.append(f"{op_name} is not in the Edge TPU's supported operations")
-        return problems, warnings
+        return [f"{op_name} is not in the Edge TPU's supported operations"], []
     ins = [tensors[i] for i in (op.inputs if op.inputs is not None else []) if i >= 0]
     outs = [tensors[i] for i in (op.outputs if op.outputs is not None else []) if i >= 0]
-    # quantized tensors; static shapes; <= 3 non-unit innermost dimensions
-    for t in ins + outs:
-        tname = t.name.decode() if isinstance(t.name, bytes) else str(t.name)
-        const = _const(model, t)
-        dtype = type_names.get(t.type, str(t.type))
-        if not const and dtype not in ("INT8", "UINT8"):
-            problems.append(f"tensor '{tname}' is {dtype.lower()}, not 8-bit quantized")
-        elif const and dtype not in ("INT8", "UINT8", "INT32", "INT64"):
-            problems.append(f"constant tensor '{tname}' is {dtype.lower()}, not quantized")
-        if any(d < 0 for d in _signature(t)):
-            problems.append(f"tensor '{tname}' has a dynamic shape {_signature(t)}; export a batch-1 static graph")
-        shp = _shape(t)
-        if not const and len(shp) > 3 and any(d > 1 for d in shp[:-3]):
-            problems.append(f"tensor '{tname}' {shp}: more than 3 dimensions with size > 1 (only the 3 innermost may be > 1)")
     opts = op.builtinOptions
+    problems = [p for t in ins + outs for p in _tensor_problems(model, t, type_names)]
+    problems += _option_problems(op_name, opts, outs)
+    if op_name == "CONCATENATION":
+        problems += _concat_problems(model, ins)
+    problems += _batch_problems(op_name, model, ins, opts)
+    problems += _shape_problems(op_name, model, ins, opts)
+    warnings = []
+    if op_name in ("RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR"):
+        warnings.append(f"{op_name}: depending on input/output size the compiler may leave it on the CPU to "
+                        "avoid precision loss")
+    if op_name == "RESHAPE":
+        warnings.append("RESHAPE: certain reshapes might not be mapped for large tensor sizes")
+    if not SUPPORTED_OPS[op_name][2]:
+        warnings.append(f"{op_name}: listed in the current Coral table but not confirmed from the retrieved text")
+    return problems, warnings
+
+
+def _tensor_problems(model, t, type_names) -> list[str]:
+    """The model requirements on each tensor: 8-bit, a static shape, at most 3 dimensions of size > 1."""
+    problems = []
+    tname = t.name.decode() if isinstance(t.name, bytes) else str(t.name)
+    const = _const(model, t)
+    dtype = type_names.get(t.type, str(t.type))
+    if not const and dtype not in ("INT8", "UINT8"):
+        problems.append(f"tensor '{tname}' is {dtype.lower()}, not 8-bit quantized")
+    elif const and dtype not in ("INT8", "UINT8", "INT32", "INT64"):
+        problems.append(f"constant tensor '{tname}' is {dtype.lower()}, not quantized")
+    if any(d < 0 for d in _signature(t)):
+        problems.append(f"tensor '{tname}' has a dynamic shape {_signature(t)}; export a batch-1 static graph")
+    shp = _shape(t)
+    if not const and len(shp) > 3 and any(d > 1 for d in shp[:-3]):
+        problems.append(f"tensor '{tname}' {shp}: more than 3 dimensions with size > 1 (only the 3 innermost "
+                        "may be > 1)")
+    return problems
+
+
+def _option_problems(op_name, opts, outs) -> list[str]:
+    """The table's limits on an op's options (fused activation, dilation, weights format) and FC output."""
+    problems = []
     act = getattr(opts, "fusedActivationFunction", 0) if opts is not None else 0
     if op_name in _POOL_LIKE and act:
         problems.append(f"{op_name} has a fused activation function")
@@ -174,17 +197,27 @@ def _op_problems(op_name, op, model, tensors, type_names) -> tuple[list[str], li
             problems.append("FULLY_CONNECTED weights are not in the default format")
         if outs and sum(d > 1 for d in _shape(outs[0])) > 1:
             problems.append(f"FULLY_CONNECTED output {_shape(outs[0])} is not one-dimensional")
-    if op_name == "CONCATENATION":
-        consts = [t for t in ins if _const(model, t)]
+    return problems
 
-        def is_zero(t):  # all real zeros: every stored value equals the zero point
-            v = _const_values(model, t)
-            q = t.quantization
-            zp = int(q.zeroPoint[0]) if q is not None and q.zeroPoint is not None and len(q.zeroPoint) else 0
-            return v is not None and bool(np.all(v == zp))
 
-        if consts and (len(ins) != 2 or not all(is_zero(t) for t in consts)):
-            problems.append("CONCATENATION with a constant input is supported only as a 2-input zero padding")
+def _concat_problems(model, ins) -> list[str]:
+    """A concatenation with a constant input maps only as a zero padding: 2 inputs, the constant all zeros."""
+    consts = [t for t in ins if _const(model, t)]
+
+    def is_zero(t):  # all real zeros: every stored value equals the zero point
+        v = _const_values(model, t)
+        q = t.quantization
+        zp = int(q.zeroPoint[0]) if q is not None and q.zeroPoint is not None and len(q.zeroPoint) else 0
+        return v is not None and bool(np.all(v == zp))
+
+    if consts and (len(ins) != 2 or not all(is_zero(t) for t in consts)):
+        return ["CONCATENATION with a constant input is supported only as a 2-input zero padding"]
+    return []
+
+
+def _batch_problems(op_name, model, ins, opts) -> list[str]:
+    """Reductions, packing and padding leave the batch alone; a channel mean needs a multiple of 4."""
+    problems = []
     if op_name in _BATCH_AXIS_OPS and len(ins) >= 2 and _const(model, ins[1]):
         axes = _const_values(model, ins[1])
         rank = len(_shape(ins[0]))
@@ -200,6 +233,12 @@ def _op_problems(op_name, op, model, tensors, type_names) -> tuple[list[str], li
         pads = _const_values(model, ins[1])
         if pads is not None and pads.ndim == 2 and pads.shape[0] >= 1 and np.any(pads[0] != 0):
             problems.append("PAD pads the batch dimension")
+    return problems
+
+
+def _shape_problems(op_name, model, ins, opts) -> list[str]:
+    """The table's limits on the input of a softmax (1-D, <= 16,000), squeeze (leading 1s) and strided slice."""
+    problems = []
     if op_name == "SOFTMAX" and ins:
         shp = _shape(ins[0])
         if sum(d > 1 for d in shp) > 1:
@@ -222,13 +261,7 @@ def _op_problems(op_name, op, model, tensors, type_names) -> tuple[list[str], li
             strides = _const_values(model, ins[3])
             if strides is not None and np.any(strides != 1):
                 problems.append("STRIDED_SLICE with strides other than 1")
-    if op_name in ("RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR"):
-        warnings.append(f"{op_name}: depending on input/output size the compiler may leave it on the CPU to avoid precision loss")
-    if op_name == "RESHAPE":
-        warnings.append("RESHAPE: certain reshapes might not be mapped for large tensor sizes")
-    if not SUPPORTED_OPS[op_name][2]:
-        warnings.append(f"{op_name}: listed in the current Coral table but not confirmed from the retrieved text")
-    return problems, warnings
+    return problems
 
 
 def check_model(path: str | Path) -> dict:

@@ -23,6 +23,7 @@ from edgebus.core.manifest import Run
 from edgebus.config.stages import ExportConfig
 from edgebus.export.convert import convert, float_tensors, model_metadata, write_tflite
 from edgebus.export.qat import QAT_MODEL
+from edgebus.export.qat_reference import qat_meta, qat_reference
 from edgebus.export.threshold import file_point, parent_point, rule_of
 from edgebus.export.report import write_report
 from edgebus.export.validate import gate_check, status_text
@@ -188,33 +189,6 @@ def _finish_file(run: Run, entry: dict, raw: bytes, point: dict | None, extra_me
     run.add_artifact(entry["metadata"], "tflite-metadata", format=entry["format"], source=entry["source"])
 
 
-def _qat(run: Run, model, data, calib, cfg: ExportConfig, log) -> tuple:
-    """The run's QAT model: fine-tuned on its training split with the run's training augmentation
-    (older runs recorded none: clean images), saved, and proven to reload the same."""
-    from edgebus.engine.fit import predict
-    from edgebus.export import qat
-    from edgebus.export.int8 import QAT_LR_FRACTION, qat_model
-
-    train_stage = run.manifest.stages.get("train", {})
-    lr = cfg.qat_lr if cfg.qat_lr is not None else QAT_LR_FRACTION * float(train_stage.get("lr", 1e-3))
-    batch = cfg.qat_batch or int(train_stage.get("batch", 16))
-    xte = data["test"][0]
-    qmodel, info = qat_model(model, run.task, data["train"], calib, cfg.qat_epochs, lr, batch,
-                             seed=run.manifest.split.seed if run.manifest.split else 0, log=log,
-                             augment=train_stage.get("augment", "none"), distill=cfg.qat_distill)
-    qat.save_qat_model(qmodel, run.file(qat.QAT_MODEL))
-    # the saved file, not the object in memory, is what a later session has: prove it reloads the same
-    again = qat.load_qat_model(run.file(qat.QAT_MODEL), model)
-    k = min(len(xte), 2)
-    diff = float(np.abs(predict(qmodel, xte[:k]) - predict(again, xte[:k])).max()) if k else 0.0
-    if diff > 1e-4:
-        raise EdgebusError(f"{run.file(qat.QAT_MODEL)}: reloaded QAT model differs from the trained one (max {diff:.2g}); re-run the export")
-    info["reload_max_abs_diff"] = diff
-    run.add_artifact(qat.QAT_MODEL, "keras-qat-weights", epochs=cfg.qat_epochs, lr=lr)
-    log(f"QAT: {info['wall_s']} s; saved {qat.QAT_MODEL} (weights only; reloads onto the run's rebuilt model)")
-    return qmodel, info
-
-
 def _edgetpu(run: Run, new: dict, compile_files: bool, log) -> list:
     """Edge TPU readiness of the new int8 files (and compilation where the compiler is installed)."""
     from edgebus.export import edgetpu as etpu
@@ -262,69 +236,32 @@ def export_run(run_dir: str | Path, cfg: ExportConfig | None = None, log=print) 
     embedded metadata and the model card: bundle and predict refuse it) and raises EdgebusError. The
     PTQ comparison file of a QAT export is gated for information only (entry["gate"]["enforced"] is
     False): QAT exists for the models PTQ hurts."""
-    from edgebus.data.arrays import load_run_arrays
-    from edgebus.engine.fit import predict
-    from edgebus.engine.models import load_run_model
     from edgebus.export.int8 import calibration_set
-    from edgebus.export.runtimes import check_files
 
     cfg = cfg or ExportConfig()
     cfg.check()
     run = Run.load(run_dir)
     plan = cfg.plan()
-    done = run.manifest.exports
-    again = [k for k, _, _ in plan if k in done]
-    if again and not cfg.overwrite:
-        raise EdgebusError(f"{run.path}: already exported ({', '.join(again)}); pass {flag('overwrite')} to replace "
-                           "them")
+    _refuse_exported(run, plan, cfg.overwrite)
     check_writable(run.path, "export writes its files into the run folder: copy the run somewhere writable")
-
-    from edgebus.core.metrics import DEFAULT_THRESHOLD
-    from edgebus.engine.fit import predict_outputs
-    from edgebus.models.registry import AUX_MASK, has_aux_mask
-
-    model = load_run_model(run)
-    masks = has_aux_mask(model)  # a multi-task classifier: its file keeps the mask output, validated too
-    scored = ("val", "test") if rule_of(run) == "val" and not run.task.truth_is_mask else ("test",)  # val: file points
-    data = load_run_arrays(run, ("train", *scored), masks=masks)
-    parts = {k: data[k] for k in scored}
-    xtr = data["train"][0]
+    model, data, parts, masks = _load_inputs(run)
     xte, yte = data["test"][:2]
     _unlist_rewritten(run, plan)  # the model and data loaded: the first write is next
     write_eval_pack(run, run.read_artifact_json("split.json")["test"], xte, yte)
-    parent = parent_point(run)
-    keras_probs = {k: predict(model, parts[k][0]) for k in parts}
-    mask_meta = {}
-    if masks:
-        keras_probs["test_mask"] = predict_outputs(model, xte)[AUX_MASK]
-        parent["mask_threshold"] = DEFAULT_THRESHOLD
-        mask_meta = {"mask": {"output": AUX_MASK, "threshold": DEFAULT_THRESHOLD}}
-    keras_metrics = run.task.metrics(yte, keras_probs["test"], parent["threshold"])
+    parent, keras_probs, keras_metrics, mask_meta = _float_reference(run, model, parts, masks)
     stability = _stability(run, model, parts["test"], keras_probs["test"], parent["threshold"])
-    calib = calibration_set(xtr, cfg.calibration_images)
+    calib = calibration_set(data["train"][0], cfg.calibration_images)
 
-    results = {k: v for k, v in done.items() if k not in {p[0] for p in plan}}
-    prev_stage = run.manifest.stages.get("export", {})
-    redo_int8 = any(k == "int8" for k, _, _ in plan)
-    if redo_int8:  # a new int8 export replaces its comparison file and QAT record too
-        results.pop("int8_ptq", None)
-        for name in ("model_int8_ptq.tflite", "model_int8_ptq.json"):
-            run.manifest.artifacts.pop(name, None)
-        run.manifest.metrics.pop("keras_qat_test", None)
+    results = _kept_exports(run, plan)
     qmodel, qat_info, qat_prob = None, None, None
     refs = [("model.keras (float)", "keras", keras_metrics)]
     if any(src == "qat" for _, _, src in plan):
-        qmodel, qat_info = _qat(run, model, data, calib, cfg, log)
-        qat_prob = predict(qmodel, xte)
-        qat_metrics = run.task.metrics(yte, qat_prob, parent["threshold"])
-        run.manifest.metrics["keras_qat_test"] = qat_metrics
-        refs.append((f"{QAT_MODEL} (QAT Keras)", "qat", qat_metrics))
+        qmodel, qat_info, qat_prob = qat_reference(run, model, data, calib, cfg, parent["threshold"], refs, log)
 
     new = {}
     for key, fmt, source in plan:
         log(f"converting {key} ({source}) ...")
-        extra = {"qat": {"epochs": qat_info["epochs"], "lr": qat_info["lr"], "distill": qat_info["distill"],
-                         "keras_weights": QAT_MODEL}} if source == "qat" else {}
+        extra = qat_meta(qat_info) if source == "qat" else {}
         extra.update(mask_meta)
         entry, probs, raw = _export_file(run, key, fmt, source, qmodel if source == "qat" else model, calib,
                                          cfg.io_type, parts, extra, cfg.sensitive_int16)
@@ -336,33 +273,104 @@ def export_run(run_dir: str | Path, cfg: ExportConfig | None = None, log=print) 
         new[key] = entry
         log(f"  {entry['file']}: {entry['bytes'] / 1e6:.2f} MB, {status_text(entry)}")
 
-    log("loading every file in each installed interpreter ...")
-    rt = check_files([run.file(e["file"]) for e in new.values()])
-    for e in new.values():
-        e["runtimes"] = rt[e["file"]]
+    _check_runtimes(run, new, log)
     int8_keys = _edgetpu(run, new, cfg.edgetpu, log)
 
     results.update(new)
     run.manifest.exports = dict(sorted(results.items(), key=lambda kv: ORDER.index(kv[0]) if kv[0] in ORDER else 99))
     table = write_report(run, refs, run.manifest.exports, cfg, keras_metrics["n"], bool(int8_keys), parent, stability)
-    stage = {"formats": list(cfg.formats), "files": list(new), "int8_source": cfg.int8_source if "int8" in cfg.formats else None,
-             "calibration_images": int(len(calib)), "io_type": cfg.io_type, "gates": cfg.limits(),
-             "float_under_noise": stability,
-             "edgetpu_compile": cfg.edgetpu}
-    if qat_info is not None:
-        stage["qat"] = qat_info
-    elif not redo_int8 and "qat" in prev_stage:  # the int8 file in the run still comes from that QAT
-        stage["qat"] = prev_stage["qat"]
-    run.stage("export", **stage)
+    run.stage("export", **_stage_record(run, cfg, new, len(calib), stability, qat_info))
     run.save()
     log(table)
     from edgebus.export.model_card import write_model_card
 
     log(f"model card: {write_model_card(run.path)}")
+    _raise_if_failed(run, new)
+    return run.manifest.exports
 
+
+def _refuse_exported(run: Run, plan, overwrite: bool) -> None:
+    """Refuse, before anything is loaded or written, to replace files this run already has unless asked to."""
+    again = [k for k, _, _ in plan if k in run.manifest.exports]
+    if again and not overwrite:
+        raise EdgebusError(f"{run.path}: already exported ({', '.join(again)}); pass {flag('overwrite')} to replace "
+                           "them")
+
+
+def _load_inputs(run: Run) -> tuple:
+    """(model, data, the parts its files are scored on, whether it has a mask output): the validation
+    part too where the run's rule picks each file's threshold there."""
+    from edgebus.data.arrays import load_run_arrays
+    from edgebus.engine.models import load_run_model
+    from edgebus.models.registry import has_aux_mask
+
+    model = load_run_model(run)
+    masks = has_aux_mask(model)  # a multi-task classifier: its file keeps the mask output, validated too
+    scored = ("val", "test") if rule_of(run) == "val" and not run.task.truth_is_mask else ("test",)  # val: file points
+    data = load_run_arrays(run, ("train", *scored), masks=masks)
+    return model, data, {k: data[k] for k in scored}, masks
+
+
+def _float_reference(run: Run, model, parts: dict, masks: bool) -> tuple:
+    """(operating point, outputs, test metrics, mask metadata) of the float Keras model, which every file
+    is judged against; a multi-task classifier's mask output is held as a reference too."""
+    from edgebus.core.metrics import DEFAULT_THRESHOLD
+    from edgebus.engine.fit import predict, predict_outputs
+    from edgebus.models.registry import AUX_MASK
+
+    parent = parent_point(run)
+    keras_probs = {k: predict(model, parts[k][0]) for k in parts}
+    mask_meta = {}
+    if masks:
+        keras_probs["test_mask"] = predict_outputs(model, parts["test"][0])[AUX_MASK]
+        parent["mask_threshold"] = DEFAULT_THRESHOLD
+        mask_meta = {"mask": {"output": AUX_MASK, "threshold": DEFAULT_THRESHOLD}}
+    keras_metrics = run.task.metrics(parts["test"][1], keras_probs["test"], parent["threshold"])
+    return parent, keras_probs, keras_metrics, mask_meta
+
+
+def _kept_exports(run: Run, plan) -> dict:
+    """The earlier exports this one leaves in place; a new int8 export replaces its comparison file and QAT
+    record too."""
+    results = {k: v for k, v in run.manifest.exports.items() if k not in {p[0] for p in plan}}
+    if any(k == "int8" for k, _, _ in plan):
+        results.pop("int8_ptq", None)
+        for name in ("model_int8_ptq.tflite", "model_int8_ptq.json"):
+            run.manifest.artifacts.pop(name, None)
+        run.manifest.metrics.pop("keras_qat_test", None)
+    return results
+
+
+def _stage_record(run: Run, cfg: ExportConfig, new: dict, n_calib: int, stability: dict, qat_info: dict | None) -> dict:
+    """The manifest's export stage; an int8 file this export left in place keeps the QAT record it came from."""
+    stage = {"formats": list(cfg.formats), "files": list(new),
+             "int8_source": cfg.int8_source if "int8" in cfg.formats else None,
+             "calibration_images": int(n_calib), "io_type": cfg.io_type, "gates": cfg.limits(),
+             "float_under_noise": stability,
+             "edgetpu_compile": cfg.edgetpu}
+    prev_stage = run.manifest.stages.get("export", {})
+    if qat_info is not None:
+        stage["qat"] = qat_info
+    elif "int8" not in new and "qat" in prev_stage:  # the int8 file in the run still comes from that QAT
+        stage["qat"] = prev_stage["qat"]
+    return stage
+
+
+def _check_runtimes(run: Run, new: dict, log) -> None:
+    """Each new file as every installed interpreter loads it: a file one of them refuses is found here,
+    not on the cart."""
+    from edgebus.export.runtimes import check_files
+
+    log("loading every file in each installed interpreter ...")
+    rt = check_files([run.file(e["file"]) for e in new.values()])
+    for e in new.values():
+        e["runtimes"] = rt[e["file"]]
+
+
+def _raise_if_failed(run: Run, new: dict) -> None:
+    """Fail the export on a file that failed (it stays, marked FAILED), after every file and record is written."""
     failed = [e for e in new.values() if e["status"] != "ok"]
     if failed:
         more = f" (and {len(failed) - 1} more; see export_report.md)" if len(failed) > 1 else ""
         raise EdgebusError(f"{failed[0]['error']}{more}; files kept in {run.path}, marked FAILED: 'edgebus bundle' and "
                            f"'edgebus predict' refuse them without {flag('accept_failed_gates')}")
-    return run.manifest.exports

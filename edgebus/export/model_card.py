@@ -18,38 +18,11 @@ from edgebus.core.errors import flag
 from edgebus.core.io import atomic_write, now, read_json, read_jsonl, sha256_file, write_json
 from edgebus.core.manifest import Run
 from edgebus.core.stats import bootstrap_classification, interval_text
-from edgebus.data.arrays import trained_on_synthetic
+from edgebus.export.card_text import INTENDED_USE, NOT_FOR, dataset_text, model_card_limits
 
 CARD_JSON, CARD_MD = "model_card.json", "model_card.md"
 SCHEMA = "edgebus.model-card/1"
-DATASET = ("BrEaST-Lesions_USG (TCIA), breast ultrasound of one centre; Pawłowska et al., Sci Data 11:148, 2024; "
-           "CC BY 4.0")
-INTENDED_USE = {
-    "classify": "Decision support for a clinician reading a breast-ultrasound frame of a lesion already found: a "
-                "malignancy probability at a stated operating point, with BI-RADS-style findings where the model "
-                "has them. The reader decides; the output is a second opinion, not a diagnosis.",
-    "segment": "Outlining a breast lesion already found on an ultrasound frame, for its size (mm^2) and position; "
-               "the outline is checked by the reader.",
-}
-NOT_FOR = [
-    "screening or finding lesions (every training image holds a lesion a radiologist chose)",
-    "ruling out cancer or deferring a biopsy on its own",
-    "images other than 2D B-mode breast ultrasound (Doppler, elastography, other organs)",
-    "patients or devices unlike the training data without a local validation (see the limits)",
-]
 SUBGROUPS = ("BI-RADS", "tissue composition", "age band", "lesion size")
-
-
-def _dataset(data) -> str:
-    """What the training data was, from the run's data entry (a synthetic set says so)."""
-    if data is None:
-        return "not recorded"
-    root = Path(data.root)
-    if data.format == "busi":
-        return f"BUSI layout at {root.name} (Al-Dhabyani et al., Data in Brief 28, 2020)"
-    if trained_on_synthetic(data):
-        return f"a SYNTHETIC set in the BrEaST layout made by 'edgebus synth' ({root.name}): not patient data"
-    return DATASET
 
 
 def _band(kind: str, a: dict):
@@ -189,7 +162,7 @@ def model_card(run: Run) -> dict:
             "sha256": m.artifacts.get(e["file"], {}).get("sha256"), "format": e.get("format"), "source": e.get("source"),
             "input_size": (m.preprocess or {}).get("size")},
         "intended_use": INTENDED_USE[run.task.name], "not_for": NOT_FOR,
-        "training_data": {"dataset": _dataset(m.data), "root": m.data.root if m.data else None,
+        "training_data": {"dataset": dataset_text(m.data), "root": m.data.root if m.data else None,
                           "fingerprint": m.data.fingerprint if m.data else None,
                           "lesion_cases": m.data.n_lesions if m.data else None,
                           "split": m.split.counts if m.split else None, "augment": train.get("augment"), "epochs": train.get("epochs"), "lr": train.get("lr"),
@@ -206,23 +179,6 @@ def model_card(run: Run) -> dict:
     }
     card["io"] = _io(run, e)
     return card
-
-
-def model_card_limits(n_lesions) -> list[str]:
-    return [
-            f"trained on {n_lesions or '?'} lesions from one centre's ultrasound archive; the sheet "
-            "does not record the scanner per image, so no scanner is known to be covered",
-            "every training image holds a lesion; normal frames and frames without a lesion were not seen",
-            "the stress benchmark (edgebus stress) shows how much blur and lower resolution cost; before use at "
-            "a new site, run its own labelled cases through the cart and check the threshold there "
-            "(edgebus site-check): each unseen scanner setting shifts all scores together; where it misses, with "
-            "at least 50 labelled cancers, edgebus site-threshold puts the site's own threshold on a copy of the cart",
-            "on BrEaST the frame geometry alone predicts malignancy (field depth AUC 0.71): an estimate from case "
-            "folds, where every scanner setting is also in training, overstates what a new scanner gets; the "
-            f"estimate from folds grouped by acquisition (edgebus cv {flag('group_by')} acquisition) is the one to "
-            "expect",
-            "subgroups with few cases have wide intervals; a blank cell means the rate is undefined there",
-        ]
 
 
 def _ci(v) -> str:
@@ -250,83 +206,114 @@ def _gates_md(card: dict) -> list[str]:
 
 
 def card_markdown(card: dict) -> str:
-    md = card["model"]
-    what = f"File `{md['file']}` (sha256 `{md['sha256'][:16]}`)" if md["sha256"] else f"{md['file']} (listed below)"
-    lines = [f"# Model card: {md['name']} ({md['task']}, {md['format']} {md['source'] or ''})".rstrip(), "",
-             f"{what}, input {md['input_size']}. Written "
-             f"{card['written']} by edgebus {card['versions']['edgebus']} from the run; nothing here is typed by hand.", "",
-             *_gates_md(card), "## Intended use", "", card["intended_use"], "", "Not for:", *[f"- {x}" for x in card["not_for"]], "",
-             "## Inputs and outputs", ""]
-    for part in ("inputs", "outputs"):
-        for name, d in card["io"][part].items():
-            lines.append(f"- {part[:-1]} `{name}`: " + ", ".join(f"{k} {v}" for k, v in d.items()
-                                                                  if k != "preprocessing" and v is not None))
-    td = card["training_data"]
-    lines += ["", "## Training data", "", f"{td['dataset']}. {td['lesion_cases']} lesion cases, data fingerprint "
-              f"`{(td['fingerprint'] or '')[:12]}`; training augmentation {td['augment']}, {td['epochs']} epochs at lr "
-              f"{td['lr']} ({td.get('schedule', 'constant')} schedule).", "", "## Evaluation", ""]
+    """The card as Markdown, in the order a reader checks a model: the gates' verdict first, then what it
+    is for, its data and evidence, and last its limits and versions."""
     cv = card["evaluation"]["cv"]
-    if cv:
-        op = cv["operating_point"]
-        cf = op.get("cross_fitted") or {}
-        lines += [f"{cv['folds']}-fold cross-validation, {cv['n']} cases ({cv['malignant']} malignant), every case scored "
-                  f"out-of-fold by the {cv['scored'].replace('test_prob', 'float').replace('float_int8', 'int8')} model of "
-                  f"its fold (`{cv['folder']}`).", ""]
-        if cv.get("pooled"):
-            lines += ["| metric | pooled out-of-fold [95% CI] |", "|---|---|"]
-            lines += [f"| {k} | {_ci(cv['pooled'].get(k))} |" for k in ("auc", "accuracy", "malignant_recall", "benign_recall")
-                      if k in cv["pooled"]]
-        if cf:
-            lines += ["", f"Operating point for sensitivity {op['target_sensitivity']}: threshold {op['threshold']:.4f}; "
-                      f"cross-fitted sensitivity {cf['sensitivity']:.3f} [{cf['sensitivity_ci'][0]:.3f}, "
-                      f"{cf['sensitivity_ci'][1]:.3f}], specificity {cf['specificity']:.3f} [{cf['specificity_ci'][0]:.3f}, "
-                      f"{cf['specificity_ci'][1]:.3f}]." + (f" Per held-out fold (cancers in it): {per_fold_text(cf)}."
-                                                             if cf.get("per_fold") else "")]
-        lines += ["", "Folds: " + ("grouped by acquisition setting: each frame size (scanner + preset) in one test fold "
-                                   "only, so these are the numbers of a scanner setting the models never saw."
-                                   if cv.get("group_by") == "acquisition" else
-                                   "by case: every scanner setting was also in training, so a new scanner may get less "
-                                   "than these numbers (see Known limits).")]
-        lines += ["", "### By subgroup", "", f"Subgroups {cv['subgroups_note']}.", "", *subgroup_md(cv.get("subgroups"))]
-    else:
-        lines += [f"No cross-validation is linked to this run (`edgebus operating-point RUN {flag('from_cv')} CV_DIR` "
-                  "links one); only the run's own test split below, too small for subgroups.", ""]
+    lines = [*_intro_md(card), *_training_md(card["training_data"]), "## Evaluation", "", *_cv_md(cv)]
     if card.get("ensemble"):
         e = card["ensemble"]
-        lines += ["### The ensemble", "", e["note"], "", *[f"- `{m['file']}` (sha256 `{m['sha256'][:16]}`)" for m in e["members"]], ""]
+        lines += ["### The ensemble", "", e["note"], "",
+                  *[f"- `{m['file']}` (sha256 `{m['sha256'][:16]}`)" for m in e["members"]], ""]
     if card.get("stress"):
         lines += ["### Scanner-shift stress (every case out-of-fold)", "",
                   *[f"- {k}: AUC {v['clean']:.3f} clean, worst {v['worst']:.3f} under {v['worst_change']} (drop "
-                    f"{v['worst_drop']:.3f}), lowest sensitivity {v['worst_sensitivity']:.3f}" for k, v in card["stress"].items()], ""]
+                    f"{v['worst_drop']:.3f}), lowest sensitivity {v['worst_sensitivity']:.3f}"
+                    for k, v in card["stress"].items()], ""]
     ts = card["evaluation"]["test_split"] or {}
-    lines += [] if not ts else ["Test split of the run: " + "; ".join(f"{k}: " + ", ".join(f"{m} {v[m]:.3f}" for m in ("accuracy", "auc", "iou", "dice")
-                                                                      if isinstance(v, dict) and v.get(m) is not None)
-                                                 for k, v in ts.items() if v), ""]
+    lines += [] if not ts else ["Test split of the run: " + "; ".join(
+        f"{k}: " + ", ".join(f"{m} {v[m]:.3f}" for m in ("accuracy", "auc", "iou", "dice")
+                             if isinstance(v, dict) and v.get(m) is not None)
+        for k, v in ts.items() if v), ""]
     lines += ["## Calibration", "", (f"Expected calibration error {card['calibration']}" if card["calibration"]
                                      else "Not calibrated (no operating point from a CV)."), ""]
-    f = (card["int8_vs_float"] or {}).get("fidelity")
-    lines += ["## int8 against its float parent", ""]
-    if f and "flips" in f:
-        lines.append(f"Test split: {f['flips']} of {f['n']} labels flipped ({f['benign_to_malignant']} benign -> malignant, "
-                     f"{f['malignant_to_benign']} malignant -> benign); max probability gap {f['max_abs_diff']:.3f}.")
-    elif f:
-        lines.append(f"Test split: mask IoU between float and int8 {f['mask_iou_mean']:.3f} mean, {f['mask_iou_min']:.3f} worst image.")
-    elif not (cv and cv.get("int8_fidelity")):
-        lines.append("Not recorded: the file was exported before edgebus counted flips (re-export to add it).")
-    if cv and cv.get("int8_fidelity") and "mask_iou_mean" in cv["int8_fidelity"]:
-        g = cv["int8_fidelity"]
-        lines.append(f"Cross-validation, all {g['n']} out-of-fold cases: float-vs-int8 mask IoU {g['mask_iou_mean']:.3f} "
-                     f"mean, {g['mask_iou_min']:.3f} worst image.")
-    elif cv and cv.get("int8_fidelity"):
-        g = cv["int8_fidelity"]
-        lines.append(f"Cross-validation, all {g['n']} out-of-fold cases: {g['flips']} flipped ({g['benign_to_malignant']} "
-                     f"benign -> malignant, {g['malignant_to_benign']} malignant -> benign).")
+    lines += ["## int8 against its float parent", "", *_int8_md((card["int8_vs_float"] or {}).get("fidelity"), cv)]
     lines += ["", "## Latency", ""]
-    lines += [f"- {r['device']}: `{r['file']}`, {r['threads']} thread(s), median {r['median_ms']} ms" for r in card["latency"]] \
+    lines += [f"- {r['device']}: `{r['file']}`, {r['threads']} thread(s), median {r['median_ms']} ms"
+              for r in card["latency"]] \
         or [card.get("latency_note") or "Not measured yet: `edgebus bench RUN` adds it."]
     lines += ["", "## Known limits", "", *[f"- {x}" for x in card["limits"]], "", "## Versions", "",
               *[f"- {k}: {v}" for k, v in card["versions"].items() if v is not None], ""]
     return "\n".join(lines)
+
+
+def _intro_md(card: dict) -> list[str]:
+    """The card's head: which file, the gates' verdict, what the model is for and not for, its inputs
+    and outputs."""
+    md = card["model"]
+    what = f"File `{md['file']}` (sha256 `{md['sha256'][:16]}`)" if md["sha256"] else f"{md['file']} (listed below)"
+    lines = [f"# Model card: {md['name']} ({md['task']}, {md['format']} {md['source'] or ''})".rstrip(), "",
+             f"{what}, input {md['input_size']}. Written "
+             f"{card['written']} by edgebus {card['versions']['edgebus']} from the run; nothing here is typed by hand.",
+             "", *_gates_md(card), "## Intended use", "", card["intended_use"], "", "Not for:",
+             *[f"- {x}" for x in card["not_for"]], "", "## Inputs and outputs", ""]
+    for part in ("inputs", "outputs"):
+        for name, d in card["io"][part].items():
+            lines.append(f"- {part[:-1]} `{name}`: " + ", ".join(f"{k} {v}" for k, v in d.items()
+                                                                  if k != "preprocessing" and v is not None))
+    return lines
+
+
+def _training_md(td: dict) -> list[str]:
+    """What the model was trained on and how, in one sentence."""
+    return ["", "## Training data", "", f"{td['dataset']}. {td['lesion_cases']} lesion cases, data fingerprint "
+            f"`{(td['fingerprint'] or '')[:12]}`; training augmentation {td['augment']}, {td['epochs']} epochs at lr "
+            f"{td['lr']} ({td.get('schedule', 'constant')} schedule).", ""]
+
+
+def _cv_md(cv: dict | None) -> list[str]:
+    """The cross-validation evidence: pooled out-of-fold metrics, the cross-fitted operating point, how
+    the folds were drawn (which says what a new scanner may get) and the subgroups; or why there is none."""
+    if not cv:
+        return [f"No cross-validation is linked to this run (`edgebus operating-point RUN {flag('from_cv')} CV_DIR` "
+                "links one); only the run's own test split below, too small for subgroups.", ""]
+    op = cv["operating_point"]
+    cf = op.get("cross_fitted") or {}
+    lines = [f"{cv['folds']}-fold cross-validation, {cv['n']} cases ({cv['malignant']} malignant), every case scored "
+             f"out-of-fold by the {cv['scored'].replace('test_prob', 'float').replace('float_int8', 'int8')} model of "
+             f"its fold (`{cv['folder']}`).", ""]
+    if cv.get("pooled"):
+        lines += ["| metric | pooled out-of-fold [95% CI] |", "|---|---|"]
+        lines += [f"| {k} | {_ci(cv['pooled'].get(k))} |"
+                  for k in ("auc", "accuracy", "malignant_recall", "benign_recall") if k in cv["pooled"]]
+    if cf:
+        lines += ["", f"Operating point for sensitivity {op['target_sensitivity']}: threshold {op['threshold']:.4f}; "
+                  f"cross-fitted sensitivity {cf['sensitivity']:.3f} [{cf['sensitivity_ci'][0]:.3f}, "
+                  f"{cf['sensitivity_ci'][1]:.3f}], specificity {cf['specificity']:.3f} "
+                  f"[{cf['specificity_ci'][0]:.3f}, "
+                  f"{cf['specificity_ci'][1]:.3f}]." + (f" Per held-out fold (cancers in it): {per_fold_text(cf)}."
+                                                         if cf.get("per_fold") else "")]
+    lines += ["", "Folds: " + ("grouped by acquisition setting: each frame size (scanner + preset) in one test fold "
+                               "only, so these are the numbers of a scanner setting the models never saw."
+                               if cv.get("group_by") == "acquisition" else
+                               "by case: every scanner setting was also in training, so a new scanner may get less "
+                               "than these numbers (see Known limits).")]
+    return lines + ["", "### By subgroup", "", f"Subgroups {cv['subgroups_note']}.", "",
+                    *subgroup_md(cv.get("subgroups"))]
+
+
+def _int8_md(f: dict | None, cv: dict | None) -> list[str]:
+    """What int8 changed against its float parent (f: its fidelity on the test split), and over every
+    out-of-fold case where the CV scored its int8 files."""
+    lines = []
+    if f and "flips" in f:
+        lines.append(f"Test split: {f['flips']} of {f['n']} labels flipped ({f['benign_to_malignant']} benign -> "
+                     f"malignant, {f['malignant_to_benign']} malignant -> benign); max probability gap "
+                     f"{f['max_abs_diff']:.3f}.")
+    elif f:
+        lines.append(f"Test split: mask IoU between float and int8 {f['mask_iou_mean']:.3f} mean, "
+                     f"{f['mask_iou_min']:.3f} worst image.")
+    elif not (cv and cv.get("int8_fidelity")):
+        lines.append("Not recorded: the file was exported before edgebus counted flips (re-export to add it).")
+    if cv and cv.get("int8_fidelity") and "mask_iou_mean" in cv["int8_fidelity"]:
+        g = cv["int8_fidelity"]
+        lines.append(f"Cross-validation, all {g['n']} out-of-fold cases: float-vs-int8 mask IoU "
+                     f"{g['mask_iou_mean']:.3f} mean, {g['mask_iou_min']:.3f} worst image.")
+    elif cv and cv.get("int8_fidelity"):
+        g = cv["int8_fidelity"]
+        lines.append(f"Cross-validation, all {g['n']} out-of-fold cases: {g['flips']} flipped "
+                     f"({g['benign_to_malignant']} benign -> malignant, {g['malignant_to_benign']} malignant -> "
+                     "benign).")
+    return lines
 
 
 def cv_model_card(cv_dir) -> dict:
@@ -350,7 +337,7 @@ def cv_model_card(cv_dir) -> dict:
                   "file": f"{len(files)} int8 files averaged", "sha256": None, "format": "int8",
                   "source": summary.get("int8_source"), "input_size": (m.preprocess or {}).get("size")},
         "intended_use": INTENDED_USE["classify"], "not_for": NOT_FOR,
-        "training_data": {"dataset": _dataset(m.data), "root": m.data.root if m.data else None,
+        "training_data": {"dataset": dataset_text(m.data), "root": m.data.root if m.data else None,
                           "fingerprint": m.data.fingerprint if m.data else None,
                           "lesion_cases": m.data.n_lesions if m.data else None, "split": f"{summary['k']} folds",
                           "augment": (m.cv or {}).get("identity", {}).get("augment"), "epochs": summary.get("epochs"),

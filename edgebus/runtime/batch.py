@@ -18,7 +18,8 @@ from PIL import Image
 from edgebus.core.errors import EdgebusError, flag
 from edgebus.core.io import (_open_for_write, atomic_write, json_default, make_dir, named, one_writer, read_json, read_jsonl,
                              refuse_duplicates, repair_jsonl, write_json)
-from edgebus.runtime.dicom import is_dicom, loop_summary
+from edgebus.runtime.batch_dicom import dicom_summary, write_dicom_files
+from edgebus.runtime.dicom import is_dicom
 from edgebus.runtime.frames import printable
 from edgebus.runtime.overlay import render_overlay, save_png
 from edgebus.runtime.pipeline import LATENCY_KEYS, LesionPipeline
@@ -249,53 +250,14 @@ def predict_files(pipeline: LesionPipeline, files: list[Path], out: str | Path, 
         done = _open_out(out, _identity(pipeline, pixel_size_mm, overlays, masks, dicom_seg, dicom_sr), overlays, masks,
                          overwrite, dicom_seg, dicom_sr)
         jsonl = out / "predictions.jsonl"
-        pixel_sizes = pixel_sizes or {}
-        rows, resumed = [], 0
-        infer_s = pipe_s = 0.0
         t_start = time.perf_counter()
-        pending = deque()  # (result, its files being written) in frame order
-
-        def settle(every: bool = False) -> None:
-            """Rows of the frames whose files are written, in frame order: a row is only ever written
-            after its overlay and mask, so a kill never leaves a row pointing at a missing file."""
-            while pending and (every or pending[0][1].done() or len(pending) > WRITE_AHEAD):
-                res, files_done = pending.popleft()
-                row = _row(res, *files_done.result())  # a writer's error (a full disk) is raised here
-                results.append(row)
-                rows.append(row)
-
-        with ResultsFile(jsonl) as results, ThreadPoolExecutor(1) as writer:  # results fsynced at the end, or on an error
-            for f, stem, res, gray in _predicted(pipeline, files, done, pixel_sizes, pixel_size_mm, log):
-                if res is None:  # done in an earlier run
-                    settle(every=True)
-                    rows.append(done[f])
-                    resumed += 1
-                    continue
-                if res["error"] is None:
-                    lat = res["latency_ms"]
-                    infer_s += lat["invoke"] / 1000
-                    pipe_s += lat["total"] / 1000
-                    if dicom_seg and res.get("source_file") and res.get("frame") == 1:
-                        res["dicom_seg"], note = _write_seg(pipeline, res, out / "seg" / f"{stem}.seg.dcm")
-                        if note:
-                            log(note)
-                    if dicom_sr and res.get("source_file"):
-                        res["dicom_sr"], note = _write_sr(pipeline, res, out / "sr" / f"{stem}.sr.dcm")
-                        if note:
-                            log(note)
-                    log(f"{Path(f).name}: {_describe_result(res)}")
-                    # PNG encoding releases the GIL: the files are written while the next frame runs
-                    pending.append((res, writer.submit(_write_files, out, stem, res, gray, overlays, masks)))
-                else:
-                    log(f"{Path(f).name}: error: {res['error']}")
-                    pending.append((res, writer.submit(lambda: (None, None))))
-                settle()
-            settle(every=True)
+        frames = _predicted(pipeline, files, done, pixel_sizes or {}, pixel_size_mm, log)
+        rows, resumed, infer_s, pipe_s = _run_frames(pipeline, frames, done, out, overlays=overlays, masks=masks,
+                                                     dicom_seg=dicom_seg, dicom_sr=dicom_sr, log=log)
         wall = time.perf_counter() - t_start
         if resumed:
             log(f"{out}: {resumed} frames were already done there (kept); {len(rows) - resumed} predicted now")
         ok = sum(r["error"] is None for r in rows)
-        new_ok = ok - resumed
         # the rows in frame order, once each (a frame that failed before and now succeeded has two lines)
         final = {r["file"]: r for r in read_rows(jsonl)}
         rows = [final.get(r["file"], r) for r in rows]
@@ -304,27 +266,74 @@ def predict_files(pipeline: LesionPipeline, files: list[Path], out: str | Path, 
             "schema": "edgebus.predict/2",
             "frames": len(rows), "ok": ok, "failed": len(rows) - ok, "resumed": resumed,
             "failed_files": [r["file"] for r in rows if r["error"] is not None],
-            # frames per second over the frames predicted in this call, each naming what it counts; wall
-            # first: what the command achieved (the others leave out overlays, masks and results files)
-            "fps": {
-                "wall": round(new_ok / wall, 2) if new_ok and wall > 0 else None,
-                "inference": round(new_ok / infer_s, 2) if infer_s > 0 else None,
-                "pipeline": round(new_ok / pipe_s, 2) if pipe_s > 0 else None,
-            },
-            "fps_includes": {
-                "wall": "everything: the pipeline plus overlay and mask PNGs and the results lines, wall clock",
-                "inference": "the interpreter calls only (every network of the cart)",
-                "pipeline": "decode, preprocessing, inference and post-processing (mask, area, box, findings)",
-            },
+            **_speed(ok - resumed, wall, infer_s, pipe_s),
             "wall_s": round(wall, 3),
             "models": pipeline.describe(),
             "predictions": {"jsonl": str(jsonl), "csv": str(csv_path)},
             "overlays": str(out / "overlays") if overlays and ok else None,
         }
-        summary.update(_dicom_summary(rows, dicom_seg, dicom_sr))
+        summary.update(dicom_summary(rows, dicom_seg, dicom_sr))
         summary["viewer"] = str(write_viewer(out, rows, summary))  # index.html: every frame on one page
         summary["summary_file"] = str(write_json(out / "summary.json", summary))
         return summary
+
+
+def _run_frames(pipeline: LesionPipeline, frames, done: dict, out: Path, *, overlays: bool, masks: bool,
+                dicom_seg: bool, dicom_sr: bool, log) -> tuple[list[dict], int, float, float]:
+    """Each frame's row into predictions.jsonl, its overlay and mask PNGs written by a second thread while
+    later frames run. Returns (rows in frame order, frames done before, inference s, pipeline s)."""
+    rows, resumed = [], 0
+    infer_s = pipe_s = 0.0
+    pending = deque()  # (result, its files being written) in frame order
+
+    def settle(every: bool = False) -> None:
+        """Rows of the frames whose files are written, in frame order: a row is only ever written
+        after its overlay and mask, so a kill never leaves a row pointing at a missing file."""
+        while pending and (every or pending[0][1].done() or len(pending) > WRITE_AHEAD):
+            res, files_done = pending.popleft()
+            row = _row(res, *files_done.result())  # a writer's error (a full disk) is raised here
+            results.append(row)
+            rows.append(row)
+
+    # the results are fsynced at the end, or on an error
+    with ResultsFile(out / "predictions.jsonl") as results, ThreadPoolExecutor(1) as writer:
+        for f, stem, res, gray in frames:
+            if res is None:  # done in an earlier run
+                settle(every=True)
+                rows.append(done[f])
+                resumed += 1
+                continue
+            if res["error"] is None:
+                lat = res["latency_ms"]
+                infer_s += lat["invoke"] / 1000
+                pipe_s += lat["total"] / 1000
+                write_dicom_files(pipeline, res, out, stem, dicom_seg, dicom_sr, log)
+                log(f"{Path(f).name}: {_describe_result(res)}")
+                # PNG encoding releases the GIL: the files are written while the next frame runs
+                pending.append((res, writer.submit(_write_files, out, stem, res, gray, overlays, masks)))
+            else:
+                log(f"{Path(f).name}: error: {res['error']}")
+                pending.append((res, writer.submit(lambda: (None, None))))
+            settle()
+        settle(every=True)
+    return rows, resumed, infer_s, pipe_s
+
+
+def _speed(new_ok: int, wall: float, infer_s: float, pipe_s: float) -> dict:
+    """The summary's frames per second over the frames predicted in this call, each naming what it counts;
+    wall first: what the command achieved (the others leave out overlays, masks and results files)."""
+    return {
+        "fps": {
+            "wall": round(new_ok / wall, 2) if new_ok and wall > 0 else None,
+            "inference": round(new_ok / infer_s, 2) if infer_s > 0 else None,
+            "pipeline": round(new_ok / pipe_s, 2) if pipe_s > 0 else None,
+        },
+        "fps_includes": {
+            "wall": "everything: the pipeline plus overlay and mask PNGs and the results lines, wall clock",
+            "inference": "the interpreter calls only (every network of the cart)",
+            "pipeline": "decode, preprocessing, inference and post-processing (mask, area, box, findings)",
+        },
+    }
 
 
 def _write_csv(out: Path, rows: list[dict]) -> Path:
@@ -339,50 +348,12 @@ def _write_csv(out: Path, rows: list[dict]) -> Path:
         raise EdgebusError(f"{out}: cannot write results ({e.strerror or e}); check the output folder") from None
 
 
-def _dicom_summary(rows: list[dict], dicom_seg: bool, dicom_sr: bool) -> dict:
-    """The summary's DICOM parts: the SEG and SR files written, and per cine loop the frame with the largest
-    lesion and the mean probability."""
-    part, loops = {}, {}
-    for r in rows:
-        if (r.get("frames") or 1) > 1:
-            loops.setdefault(r["source_file"], []).append(r)
-    if dicom_seg:
-        part["dicom_seg"] = [r["dicom_seg"] for r in rows if r.get("dicom_seg")]
-    if dicom_sr:
-        part["dicom_sr"] = [r["dicom_sr"] for r in rows if r.get("dicom_sr")]
-    if loops:
-        part["loops"] = {src: loop_summary(rs) for src, rs in loops.items()}
-    return part
-
-
 def fps_line(fps: dict) -> str:
     """The frames/s of a predict summary for the console, wall clock (what the command achieved) first."""
     if not fps.get("wall"):
         return "no frame predicted now"
     return (f"frames/s: {fps['wall']} wall clock (with overlays and files), {fps['inference']} inference only, "
             f"{fps['pipeline']} pipeline (decode to mask)")
-
-
-def _write_seg(pipeline: LesionPipeline, res: dict, path: Path) -> tuple[str | None, str | None]:
-    """(the SEG file, or None and the one line saying why not) for a DICOM frame's mask."""
-    from edgebus.runtime.dicom_seg import write_seg
-
-    seg = pipeline.segmenter.describe()
-    try:
-        return str(write_seg(res["source_file"], {1: res["mask"]}, res.get("region"), path,
-                             {"name": f"{seg.get('model') or 'segmenter'} {Path(seg['file']).name}", "version": seg.get("sha256", "")[:16] or "unknown"})), None
-    except EdgebusError as e:
-        return None, f"note: no DICOM SEG: {e}"
-
-
-def _write_sr(pipeline: LesionPipeline, res: dict, path: Path) -> tuple[str | None, str | None]:
-    """(the SR file, or None and the one line saying why not) of a DICOM frame's result."""
-    from edgebus.runtime.dicom_sr import write_sr
-
-    try:
-        return str(write_sr(res["source_file"], res, path, pipeline.describe(), res.get("dicom_seg"))), None
-    except EdgebusError as e:
-        return None, f"note: no DICOM SR: {e}"
 
 
 def _describe_result(res: dict) -> str:

@@ -120,23 +120,8 @@ def make_bundle(out: str | Path, classifier: str | Path | None = None, segmenter
     fitted on the maps of the same kind of mask model as the one bundled."""
     if classifier is None and segmenter is None:
         raise EdgebusError(f"bundle: pass {flag('classifier')} and/or {flag('segmenter')}")
-    pres = None
-    if presence is not None:
-        from edgebus.runtime.presence import PRESENCE_JSON, LesionPresence
-
-        pres = LesionPresence(Path(presence) / PRESENCE_JSON if Path(presence).is_dir() else presence)
-    fused = None
-    if fusion is not None:
-        from edgebus.runtime.fusion import FUSION_JSON, ShapeFusion
-
-        fused = ShapeFusion(Path(fusion) / FUSION_JSON if Path(fusion).is_dir() else fusion)
-        if classifier is None:
-            raise EdgebusError(f"bundle: {flag('fusion')} combines the classifier's score with the lesion's shape; "
-                               f"pass {flag('classifier')}")
-        cv = fused.source.get("classifier_cv")
-        if (Path(classifier) / "folds.jsonl").is_file() and cv and Path(cv).resolve() != Path(classifier).resolve():
-            raise EdgebusError(f"{fused.path}: fitted on the scores of {cv}, not of {classifier}; "
-                               f"run 'edgebus fuse {classifier} SEG_CV' first")
+    pres = _presence_rule(presence)
+    fused = _shape_fusion(fusion, classifier)
     out = Path(out)
     replaceable(out, overwrite)
     record = {"schema": "edgebus.bundle/1"}
@@ -150,10 +135,10 @@ def make_bundle(out: str | Path, classifier: str | Path | None = None, segmenter
         if not c.has_mask:
             raise EdgebusError(f"bundle: {flag('fusion')} needs the lesion's mask: pass {flag('segmenter')}, or a "
                                "multi-task classifier (efficientnet-lite0-segaux) whose file gives it")
-    for task, src in (("classify", classifier), ("segment", segmenter)):
+    for task, src in (("classify", classifier), ("segment", segmenter)):  # before anything is written:
         if src is None:
             continue
-        m = ExportedModel(resolve_model_path(src, fmt), task)  # refuses a wrong or unlabelled file before anything is written
+        m = ExportedModel(resolve_model_path(src, fmt), task)  # refuses a wrong or unlabelled file
         staged.append((task, m, check_gates(m, accept_failed_gates)))  # and one that failed its gates, unless accepted
     if pres is not None:
         _check_presence(pres, staged, ensemble)
@@ -162,43 +147,90 @@ def make_bundle(out: str | Path, classifier: str | Path | None = None, segmenter
             raise EdgebusError(f"{failed}; fit it again ('edgebus presence {flag('max_miss')}'), or pass "
                                f"{flag('accept_failed_gates')}")
     with staging(out) as tmp:  # built in a fresh temp folder, renamed into place complete
-        out, final = tmp, out
-        for task, m, accepted in staged:
-            name = BUNDLE_FILES[task]
-            atomic_write(out / name, m.path.read_bytes())
-            record[TASKS[task].role] = {**m.describe(), "file": name, "copied_from": str(m.path.resolve())}
-            if accepted:
-                record[TASKS[task].role]["accepted_failed_gates"] = accepted
-            src = classifier if task == "classify" else segmenter
-            for card in _model_card_files(src):  # the run's model card travels with its model
-                atomic_write(out / f"{TASKS[task].role}_{card.name}", _card_copy(card, accepted))
-        members = []
+        _copy_models(tmp, staged, {"classify": classifier, "segment": segmenter}, record)
         if ensemble is not None:
-            ens, source, cards = ensemble
-            for card in cards:  # the CV's card of this ensemble (written by 'edgebus operating-point CV_DIR')
-                atomic_write(out / f"classifier_{card.name}", card.read_bytes())
-            for k, m in enumerate(ens.members):
-                name = f"classifier_fold{k}.tflite"
-                atomic_write(out / name, m.path.read_bytes())
-                members.append({"file": name, "sha256": sha256_file(out / name), "copied_from": str(m.path.resolve())})
-            record["classifier"] = {"ensemble": members, "threshold": ens.threshold, "calibration": ens.calibration,
-                                    "combine": "mean of the members' outputs", "task": "classify", **source}
+            _copy_ensemble(tmp, ensemble, record)
         if fused is not None:
-            atomic_write(out / FUSION_FILE, fused.path.read_bytes())
-            if (fused.path.parent / "fusion.md").is_file():  # its out-of-fold evidence travels with it
-                atomic_write(out / "fusion.md", (fused.path.parent / "fusion.md").read_bytes())
-            record["fusion"] = {**fused.describe(), "file": FUSION_FILE, "copied_from": str(fused.path.resolve())}
+            _copy_fusion(tmp, fused, record)
         if pres is not None:
-            atomic_write(out / pres.path.name if pres.path.name == "presence.json" else out / "presence.json",
-                         pres.path.read_bytes())
-            if (pres.path.parent / "presence.md").is_file():  # its out-of-fold evidence travels with it
-                atomic_write(out / "presence.md", (pres.path.parent / "presence.md").read_bytes())
-            record["presence"] = {**pres.describe(), "file": "presence.json", "sha256": sha256_file(out / "presence.json"),
-                                  "copied_from": str(pres.path.resolve())}
-            if pres.gate():
-                record["presence"]["accepted_failed_gates"] = pres.gate()
-        write_json(out / BUNDLE_JSON, record)  # last
-    return final
+            _copy_presence(tmp, pres, record)
+        write_json(tmp / BUNDLE_JSON, record)  # last
+    return out
+
+
+def _presence_rule(presence):
+    """The presence rule to bundle (a presence.json or its folder), read before anything is written."""
+    if presence is None:
+        return None
+    from edgebus.runtime.presence import PRESENCE_JSON, LesionPresence
+
+    return LesionPresence(Path(presence) / PRESENCE_JSON if Path(presence).is_dir() else presence)
+
+
+def _shape_fusion(fusion, classifier):
+    """The fusion to bundle (a fusion.json or its folder), refused before anything is written without a
+    classifier, or with a CV classifier other than the one its scores came from."""
+    if fusion is None:
+        return None
+    from edgebus.runtime.fusion import FUSION_JSON, ShapeFusion
+
+    fused = ShapeFusion(Path(fusion) / FUSION_JSON if Path(fusion).is_dir() else fusion)
+    if classifier is None:
+        raise EdgebusError(f"bundle: {flag('fusion')} combines the classifier's score with the lesion's shape; "
+                           f"pass {flag('classifier')}")
+    cv = fused.source.get("classifier_cv")
+    if (Path(classifier) / "folds.jsonl").is_file() and cv and Path(cv).resolve() != Path(classifier).resolve():
+        raise EdgebusError(f"{fused.path}: fitted on the scores of {cv}, not of {classifier}; "
+                           f"run 'edgebus fuse {classifier} SEG_CV' first")
+    return fused
+
+
+def _copy_models(out: Path, staged: list, sources: dict, record: dict) -> None:
+    """Each single-file model into the bundle, under its role's name, with its run's model card (an
+    accepted gate failure written into both)."""
+    for task, m, accepted in staged:
+        name = BUNDLE_FILES[task]
+        atomic_write(out / name, m.path.read_bytes())
+        record[TASKS[task].role] = {**m.describe(), "file": name, "copied_from": str(m.path.resolve())}
+        if accepted:
+            record[TASKS[task].role]["accepted_failed_gates"] = accepted
+        for card in _model_card_files(sources[task]):  # the run's model card travels with its model
+            atomic_write(out / f"{TASKS[task].role}_{card.name}", _card_copy(card, accepted))
+
+
+def _copy_ensemble(out: Path, ensemble: tuple, record: dict) -> None:
+    """A CV's fold models into the bundle as classifier_fold<k>.tflite, averaged on the cart, with the CV's card."""
+    ens, source, cards = ensemble
+    members = []
+    for card in cards:  # the CV's card of this ensemble (written by 'edgebus operating-point CV_DIR')
+        atomic_write(out / f"classifier_{card.name}", card.read_bytes())
+    for k, m in enumerate(ens.members):
+        name = f"classifier_fold{k}.tflite"
+        atomic_write(out / name, m.path.read_bytes())
+        members.append({"file": name, "sha256": sha256_file(out / name), "copied_from": str(m.path.resolve())})
+    record["classifier"] = {"ensemble": members, "threshold": ens.threshold, "calibration": ens.calibration,
+                            "combine": "mean of the members' outputs", "task": "classify", **source}
+
+
+def _copy_fusion(out: Path, fused, record: dict) -> None:
+    """The fusion into the bundle, with its out-of-fold evidence (fusion.md) where there is one."""
+    atomic_write(out / FUSION_FILE, fused.path.read_bytes())
+    if (fused.path.parent / "fusion.md").is_file():  # its out-of-fold evidence travels with it
+        atomic_write(out / "fusion.md", (fused.path.parent / "fusion.md").read_bytes())
+    record["fusion"] = {**fused.describe(), "file": FUSION_FILE, "copied_from": str(fused.path.resolve())}
+
+
+def _copy_presence(out: Path, pres, record: dict) -> None:
+    """The presence rule into the bundle as presence.json, with its evidence (presence.md) and an accepted
+    gate failure recorded."""
+    atomic_write(out / pres.path.name if pres.path.name == "presence.json" else out / "presence.json",
+                 pres.path.read_bytes())
+    if (pres.path.parent / "presence.md").is_file():  # its out-of-fold evidence travels with it
+        atomic_write(out / "presence.md", (pres.path.parent / "presence.md").read_bytes())
+    record["presence"] = {**pres.describe(), "file": "presence.json", "sha256": sha256_file(out / "presence.json"),
+                          "copied_from": str(pres.path.resolve())}
+    if pres.gate():
+        record["presence"]["accepted_failed_gates"] = pres.gate()
 
 
 def _check_presence(pres, staged: list, ensemble) -> None:

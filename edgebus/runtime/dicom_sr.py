@@ -54,41 +54,20 @@ def write_sr(source: str | Path, res: dict, out: str | Path, cart: dict, seg_fil
     import pydicom
     from pydicom.sr.codedict import codes
 
-    from edgebus import __version__
-
     source = Path(source)
     ds = pydicom.dcmread(source, stop_before_pixels=True)
     frame = int(res.get("frame") or 1)
     frames = [frame] if int(ds.get("NumberOfFrames", 1) or 1) > 1 else None
-    params = [f"{role} {Path(str(m.get('file', ''))).name} sha256 {m.get('sha256', '')}" for role, m in cart.items()
-              if isinstance(m, dict)]
-    if res.get("threshold") is not None:
-        params.append(f"threshold {res['threshold']}")
-    algorithm = hd.sr.AlgorithmIdentification(name="edgebus LesionPipeline", version=__version__, parameters=params)
+    algorithm = _algorithm(hd, res, cart)
     lesion = res.get("lesion")
     absent = (lesion is not None and not lesion["present"]) or (lesion is None and res.get("bbox") is None)
-    evaluations = [hd.sr.QualitativeEvaluation(codes.SCT.Mass, codes.SCT.Absent if absent else codes.SCT.Present)]
-    measurements = []
-    if not absent and res.get("prob_malignant") is not None:
-        measurements.append(hd.sr.Measurement(codes.DCM.ProbabilityOfCancer, float(res["prob_malignant"]), codes.UCUM.NoUnits,
-                                              algorithm_id=algorithm))
-        call = codes.SCT.Malignant if res["label"] == "malignant" else codes.SCT.Benign
-        evaluations.append(hd.sr.QualitativeEvaluation(hd.sr.CodedConcept("malignancy", PRIVATE, "Malignancy at the threshold"), call))
-        coded = _codes(hd, codes)
-        for name, d in (res.get("descriptors") or {}).items():
-            if name in coded and d.get("probability", 0) >= 0.5:
-                evaluations.append(hd.sr.QualitativeEvaluation(*coded[name]))
-        shape = res.get("shape") or {}
-        if shape.get("orientation") is not None:
-            evaluations.append(hd.sr.QualitativeEvaluation(
-                codes.DCM.Orientation, codes.DCM.NotParallel if shape["orientation"] > 1 else codes.DCM.Parallel))
-    if not absent and res.get("mask_area_mm2") is not None:
-        measurements.append(hd.sr.Measurement(codes.SCT.Area, float(res["mask_area_mm2"]), codes.UCUM.SquareMillimeter))
+    evaluations, measurements = _findings(hd, codes, res, algorithm, absent)
     where, seg = {}, None
     if seg_file is not None:
         seg = pydicom.dcmread(seg_file, stop_before_pixels=True)
         where["referenced_segment"] = hd.sr.ReferencedSegmentationFrame(  # edgebus's SEG: one frame, segment 1
-            seg.SOPClassUID, seg.SOPInstanceUID, 1, 1, hd.sr.SourceImageForSegmentation(ds.SOPClassUID, ds.SOPInstanceUID))
+            seg.SOPClassUID, seg.SOPInstanceUID, 1, 1,
+            hd.sr.SourceImageForSegmentation(ds.SOPClassUID, ds.SOPInstanceUID))
     else:
         bbox = res.get("bbox") if not absent else None
         box = bbox or [0, 0, int(ds.Columns), int(ds.Rows)]  # no lesion: the region looked at is the whole frame
@@ -107,3 +86,39 @@ def write_sr(source: str | Path, res: dict, out: str | Path, cart: dict, seg_fil
         series_instance_uid=hd.UID(), series_number=9101, sop_instance_uid=hd.UID(), instance_number=frame,
         manufacturer="edgebus", is_complete=False, is_final=False, is_verified=False,
         series_description="edgebus lesion report (automatic, not reviewed)"), "DICOM SR", "a report", out)
+
+
+def _algorithm(hd, res: dict, cart: dict):
+    """The algorithm identification: edgebus and its version, with every model file's sha256 and the
+    threshold as parameters, so a report names the exact cart that made it."""
+    from edgebus import __version__
+
+    params = [f"{role} {Path(str(m.get('file', ''))).name} sha256 {m.get('sha256', '')}" for role, m in cart.items()
+              if isinstance(m, dict)]
+    if res.get("threshold") is not None:
+        params.append(f"threshold {res['threshold']}")
+    return hd.sr.AlgorithmIdentification(name="edgebus LesionPipeline", version=__version__, parameters=params)
+
+
+def _findings(hd, codes, res: dict, algorithm, absent: bool) -> tuple[list, list]:
+    """(qualitative evaluations, measurements) of the frame: the mass present or absent and, only where
+    present, the probability of cancer, the call at the threshold, the BI-RADS words and the area."""
+    evaluations = [hd.sr.QualitativeEvaluation(codes.SCT.Mass, codes.SCT.Absent if absent else codes.SCT.Present)]
+    measurements = []
+    if not absent and res.get("prob_malignant") is not None:
+        measurements.append(hd.sr.Measurement(codes.DCM.ProbabilityOfCancer, float(res["prob_malignant"]),
+                                              codes.UCUM.NoUnits, algorithm_id=algorithm))
+        call = codes.SCT.Malignant if res["label"] == "malignant" else codes.SCT.Benign
+        evaluations.append(hd.sr.QualitativeEvaluation(
+            hd.sr.CodedConcept("malignancy", PRIVATE, "Malignancy at the threshold"), call))
+        coded = _codes(hd, codes)
+        for name, d in (res.get("descriptors") or {}).items():
+            if name in coded and d.get("probability", 0) >= 0.5:
+                evaluations.append(hd.sr.QualitativeEvaluation(*coded[name]))
+        shape = res.get("shape") or {}
+        if shape.get("orientation") is not None:
+            evaluations.append(hd.sr.QualitativeEvaluation(
+                codes.DCM.Orientation, codes.DCM.NotParallel if shape["orientation"] > 1 else codes.DCM.Parallel))
+    if not absent and res.get("mask_area_mm2") is not None:
+        measurements.append(hd.sr.Measurement(codes.SCT.Area, float(res["mask_area_mm2"]), codes.UCUM.SquareMillimeter))
+    return evaluations, measurements

@@ -273,25 +273,11 @@ class LesionPipeline:
             raise EdgebusError(pixel_size_problem(pixel_size_mm))
         res["pixel_size_mm"] = None if pixel_size_mm is None else float(pixel_size_mm)
         t0 = time.perf_counter()
-        try:
-            gray = self.load(frame)
-        except EdgebusError as e:
-            res["error"] = str(e)
-            return res, None
-        except Exception as e:  # anything else a decoder throws: still one frame's error, not a crash
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            res["error"] = f"{name or 'frame'}: could not be read ({type(e).__name__}: {first}); replace or remove it"
+        gray = self._read(frame, name, res)
+        if gray is None:
             return res, None
         t1 = time.perf_counter()
         lat = {"load": _ms(t0, t1), "invoke": 0.0, "classify": None, "segment": None}
-
-        def run(m, tensor) -> dict:  # one model's invoke(s), timed apart from the rest of the frame
-            with self._invoking:  # an interpreter runs one frame at a time (stream() overlaps the rest)
-                ta = time.perf_counter()
-                out = m.outputs_for(tensor)
-                lat["invoke"] += (time.perf_counter() - ta) * 1000
-            return out
-
         h, w = gray.shape
         res["height"], res["width"] = int(h), int(w)
         x0, y0, x1, y1 = image_area(gray)  # models see the image without black margins, as in training
@@ -305,42 +291,20 @@ class LesionPipeline:
                 pixels[key] = m.pixels_for(image)
             return m.tensor_for(pixels[key])
 
-        box = prob = None
+        box = prob = found = None
         mask_threshold = None
         if self.segmenter is not None:  # first: a lesion-crop classifier needs its box
-            s = self.segmenter
-            ta = time.perf_counter()
-            prob = run(s, model_input(s))["mask"]
-            mask_threshold = s.threshold
-            lat["segment"] = _ms(ta, time.perf_counter())
-            if self.crops:  # on the model's map, as in training (edgebus.training.crops)
-                box = lesion_box(prob >= s.threshold)
+            prob, mask_threshold, box = self._segment(model_input, lat)
         if self.classifier is not None:
             c = self.classifier
             ta = time.perf_counter()
             if self.crops:
-                out = run(c, c.tensor_for(c.pixels_for(image, box)))
+                out = self._invoke(c, c.tensor_for(c.pixels_for(image, box)), lat)
                 cx0, cy0, cx1, cy1 = crop_square_px(image.shape, box, c.contract["crop"]["margin"])
                 res["crop"] = [cx0 + x0, cy0 + y0, cx1 + x0, cy1 + y0]
             else:
-                out = run(c, model_input(c))
-            if prob is None and out["mask"] is not None:  # a multi-task file: the same invoke gave the mask
-                prob, mask_threshold = out["mask"], c.mask_threshold
-            full = None if prob is None else prob_in_frame(prob, image.shape)  # one resize: mask, area and shape
-            if prob is not None:  # the lesion, found once: the mask, box and area, and the fusion's shape
-                found = lesion_and_regions(prob, image.shape, mask_threshold, full)
-            p = float(np.clip(out["prob"], 0.0, 1.0))
-            if out["descriptors"] is not None:  # the radiologist's words: "irregular shape, not circumscribed margin, ..."
-                res["descriptors"], res["findings"] = findings(out["descriptors"][None], c.descriptors)
-            if self.fusion is not None:  # the classifier's score and the lesion's measured shape, one model
-                res["prob_classifier"] = round(p, 6)
-                p, shape, desc = self.fusion.score(p, prob, image, mask_threshold, full, found[0])
-                res["shape"] = shape_result(shape)
-                if desc is not None:  # measured on the mask: these replace a classifier head's words
-                    res["descriptors"], res["findings"] = findings(desc, self.fusion.descriptors)
-                if shape is not None:
-                    res["findings"] = ", ".join(x for x in (res["findings"], orientation_words(shape[0])) if x)
-            res.update(self.decision.decide(p))  # threshold and calibration: the file's, the fusion's or the site's
+                out = self._invoke(c, model_input(c), lat)
+            prob, mask_threshold, found = self._score(res, out, prob, mask_threshold, image)
             lat["classify"] = _ms(ta, time.perf_counter())
         if prob is not None:
             if self.classifier is None:  # a segmenter alone: its lesion is found here
@@ -354,6 +318,64 @@ class LesionPipeline:
         lat["total"] = _ms(t0, time.perf_counter())
         res["latency_ms"] = lat
         return res, gray
+
+    def _read(self, frame, name: str | None, res: dict) -> np.ndarray | None:
+        """The frame as uint8 gray, or None with `res["error"]` saying why: a frame that cannot be read is
+        one row's error, never the end of a run."""
+        try:
+            return self.load(frame)
+        except EdgebusError as e:
+            res["error"] = str(e)
+        except Exception as e:  # anything else a decoder throws: still one frame's error, not a crash
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            res["error"] = f"{name or 'frame'}: could not be read ({type(e).__name__}: {first}); replace or remove it"
+        return None
+
+    def _invoke(self, m, tensor, lat: dict) -> dict:
+        """One model's invoke(s), timed apart from the rest of the frame (lat["invoke"])."""
+        with self._invoking:  # an interpreter runs one frame at a time (stream() overlaps the rest)
+            ta = time.perf_counter()
+            out = m.outputs_for(tensor)
+            lat["invoke"] += (time.perf_counter() - ta) * 1000
+        return out
+
+    def _segment(self, model_input, lat: dict) -> tuple:
+        """(lesion map, its threshold, the box a lesion-crop classifier sees) from the segmenter; its time
+        (lat["segment"]) counts its input's resize too."""
+        s = self.segmenter
+        ta = time.perf_counter()
+        prob = self._invoke(s, model_input(s), lat)["mask"]
+        mask_threshold = s.threshold
+        lat["segment"] = _ms(ta, time.perf_counter())
+        box = None
+        if self.crops:  # on the model's map, as in training (edgebus.training.crops)
+            box = lesion_box(prob >= s.threshold)
+        return prob, mask_threshold, box
+
+    def _score(self, res: dict, out: dict, prob, mask_threshold, image) -> tuple:
+        """The classifier's outputs into `res`: its findings, the fusion with the lesion's shape where there
+        is one, then the label. Returns (lesion map, its threshold, the lesion found): a multi-task file's
+        own mask stands in where no segmenter gave one."""
+        c = self.classifier
+        if prob is None and out["mask"] is not None:  # a multi-task file: the same invoke gave the mask
+            prob, mask_threshold = out["mask"], c.mask_threshold
+        full = None if prob is None else prob_in_frame(prob, image.shape)  # one resize: mask, area and shape
+        found = None
+        if prob is not None:  # the lesion, found once: the mask, box and area, and the fusion's shape
+            found = lesion_and_regions(prob, image.shape, mask_threshold, full)
+        p = float(np.clip(out["prob"], 0.0, 1.0))
+        if out["descriptors"] is not None:  # the radiologist's words: "irregular shape, not circumscribed margin, ..."
+            res["descriptors"], res["findings"] = findings(out["descriptors"][None], c.descriptors)
+        if self.fusion is not None:  # the classifier's score and the lesion's measured shape, one model
+            res["prob_classifier"] = round(p, 6)
+            p, shape, desc = self.fusion.score(p, prob, image, mask_threshold, full, found[0])
+            res["shape"] = shape_result(shape)
+            if desc is not None:  # measured on the mask: these replace a classifier head's words
+                res["descriptors"], res["findings"] = findings(desc, self.fusion.descriptors)
+            if shape is not None:
+                res["findings"] = ", ".join(x for x in (res["findings"], orientation_words(shape[0])) if x)
+        res.update(self.decision.decide(p))  # threshold and calibration: the file's, the fusion's or the site's
+        return prob, mask_threshold, found
 
     def overlay(self, frame, result: dict | None = None) -> Image.Image:
         """The overlay image of a frame (predicting it first when no result is given). With a file and its
