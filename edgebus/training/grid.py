@@ -31,9 +31,11 @@ worker, as a lost node would).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -154,50 +156,179 @@ def ray_lr(lr: float, todo: list, shared: dict) -> dict:
     return res
 
 
-def run_grid(cfg: GridConfig, shard: tuple[int, int] = (1, 1), progress: bool = False, log=print,
-             finish: bool = True, backend: Backend | None = None) -> dict:
-    """Run this shard's part of the grid (resuming), then, when every cell is done, `finalize`."""
-    backend = backend or Backend()
-    task = resolve(cfg, "grid")
-    _validate(cfg, task)
+@dataclasses.dataclass
+class _GridInputs:
+    """What a grid reads and derives before its folder exists."""
+    ds: object
+    cases: list
+    by_id: dict
+    hashes: dict
+    groups: dict
+    split: dict
+    fp: str
+    contract: dict
+
+
+def _read_split(cfg: GridConfig) -> _GridInputs:
+    """Load the data and its one split, checked so that no image's copy sits on both sides of it."""
     ds, cases = read_lesions(cfg.data)
     by_id = {c.case_id: c for c in cases}
-    label_of = {c.case_id: c.label for c in cases}
     hashes = content_hashes(cases)
     groups = content_groups(hashes)
     split = grouped_split(cases, groups, cfg.split_fractions, cfg.seed)
     check_split(split, hashes, "grid split")
     fp = fingerprint(ds)
     contract = preprocess_contract(cfg.size, 3, normalize=cfg.normalize)
+    return _GridInputs(ds, cases, by_id, hashes, groups, split, fp, contract)
+
+
+def _open_folder(out: Path, cfg: GridConfig, task: str, inp: _GridInputs, log) -> None:
+    """Open or resume the results folder; a new one gets its split, settings and manifest first."""
+    from edgebus.training.train import model_info
+
+    run, fresh = open_results_dir(out, task, "grid", _identity(cfg, task, inp.fp), "grid")
+    if fresh:
+        write_json(run.file("split.json"), {"seed": cfg.seed, "fractions": list(cfg.split_fractions), **inp.split})
+        run.add_artifact("split.json", "split")
+        write_run_config(out, cfg, "grid")
+        run.add_artifact("config.toml", "settings")
+        m = run.manifest
+        m.data, m.model, m.preprocess, m.threshold = (data_info(inp.ds, inp.fp, len(inp.cases)), model_info(cfg),
+                                                      inp.contract, cfg.threshold)
+        m.split = SplitInfo(file="split.json", seed=cfg.seed, counts={k: len(v) for k, v in inp.split.items()})
+        m.grid = {"identity": _identity(cfg, task, inp.fp), "recipe": cfg.recipe, "results": "cells*.jsonl",
+                  "content_check": content_summary(inp.hashes, inp.groups, {c.case_id: c.label for c in inp.cases})}
+        run.save()
+    dups = run.manifest.grid["content_check"]["duplicate_groups"]
+    if dups:
+        log(f"note: {len(dups)} group(s) of identical images, kept in one split part each: "
+            + "; ".join(str(d["case_ids"]) for d in dups[:5]))
+
+
+def _plan(out: Path, cfg: GridConfig, shard: tuple[int, int], done: set, log) -> dict:
+    """This shard's learning rates, each with the epoch counts it still lacks (in the shard's order); says so."""
+    mine = shard_lrs(cfg.lrs, shard)
+    todo_all = {lr: [e for e in cfg.epochs if (lr, e) not in done] for lr in mine}
+    n_todo = sum(len(v) for v in todo_all.values())
+    this = f"shard ({shard[0]}/{shard[1]})" if shard != (1, 1) else "run"
+    log(f"{out}: grid {len(cfg.lrs)} lr x {len(cfg.epochs)} epochs = {len(cfg.lrs) * len(cfg.epochs)} cells; "
+        f"{len(done)} done; this {this}: "
+        f"{n_todo} cell(s) in {sum(1 for v in todo_all.values() if v)} training run(s)")
+    return todo_all
+
+
+def _skip_finished(todo_all: dict, cfg: GridConfig, ckpts: Path, log) -> None:
+    """Learning rates whose cells are all done are not trained; a checkpoint they left goes."""
+    for lr in todo_all:
+        if not todo_all[lr]:
+            log(f"lr {_lr_tag(lr)}: all {len(cfg.epochs)} cells done, skipped")
+            discard(_checkpoint(ckpts, lr))  # left by a stop after its last cell line
+
+
+@dataclasses.dataclass
+class _CellWriter:
+    """The cells this run writes, each line appended at once; a cell that beats every cell seen so far
+    first makes its model the shard's candidate (the model, then its sidecar, then the cell line)."""
+
+    cfg: GridConfig
+    task: str
+    results: Path  # this shard's cells file
+    cand: Path  # this shard's candidate model
+    done: set
+    best: dict | None  # the best cell so far, of every shard
+    log: Callable
+    written: int = 0
+
+    def offer(self, rec: dict, save) -> None:
+        """save(path) writes the model behind rec: called only when rec beats the best cell so far."""
+        sel, task = self.cfg.select, self.task
+        if self.best is None or rank_key(rec, sel, task) > rank_key(self.best, sel, task):
+            save(self.cand)  # the model first, then its sidecar, then the cell line
+            write_json(self.cand.with_suffix(".json"), {"lr": rec["lr"], "epochs": rec["epochs"],
+                                                        "sha256": sha256_file(self.cand), "val": rec["val"],
+                                                        "saved": now()})
+            self.best = rec
+
+    def cell_done(self, rec: dict) -> None:
+        """The cell's line, fsync'ed, then its log line (a test may stop the process right after)."""
+        append_jsonl(self.results, rec)
+        self.done.add((rec["lr"], rec["epochs"]))
+        self.written += 1
+        head = get_task(self.task).headline_text
+        self.log(f"  lr {_lr_tag(rec['lr'])}, {rec['epochs']} epochs: val {head(rec['val'])} | "
+                 f"test {head(rec['test'])}")
+        maybe_exit(self.written)
+
+
+def _local_unit(cfg: GridConfig, data: dict, shard, progress: bool, ckpts: Path, writer: _CellWriter, log):
+    """A learning rate trained in this process; each cell offered as the candidate, then written."""
+    from edgebus.engine.models import save_model
+
+    def unit(lr, todo, _):
+        def on_cell(rec, m):
+            writer.offer(rec, lambda p: save_model(m, p))
+            writer.cell_done(rec)
+
+        log(f"lr {_lr_tag(lr)}: training to {max(todo)} epochs, evaluating at {', '.join(map(str, todo))}")
+        return lr_unit(cfg, lr, todo, data, shard, progress, on_cell, _checkpoint(ckpts, lr), log)
+    return unit
+
+
+def _run_lrs(backend: Backend, unit, units: list, shared, writer: _CellWriter, out: Path, ckpts: Path, log) -> None:
+    """Run the learning rates left; each one's history is written after its cells, then its checkpoint goes."""
+    for res in run_units(backend, unit, units, shared, log, checkpoints=ckpts):
+        if res.get("best") is not None:  # a Ray task's own best cell: the grid's candidate if it beats the rest
+            rec = next(c for c in res["cells"] if cell_key(c) == tuple(res["best"]["cell"]))
+            writer.offer(rec, lambda p, blob=res["best"]["model"]: atomic_write(p, blob))
+            for rec in res["cells"]:
+                writer.cell_done(rec)
+        atomic_write(out / "histories" / f"lr={_lr_tag(res['lr'])}.csv", res["history"])
+        discard(_checkpoint(ckpts, res["lr"]))  # its cells are written: the checkpoint is done
+
+
+def _record_stage(out: Path, shard: tuple[int, int], written: int, t_start: float, backend: Backend) -> None:
+    """The shard's stage in the manifest: how many cells it wrote, in how long, where."""
+    from edgebus.engine.models import device_name
+
+    run = Run.load(out)
+    run.stage(f"grid-{_shard_tag(shard)}", cells_written=written, wall_s=round(time.time() - t_start, 1),
+              device=device_name(), finished=now(), **backend.describe())
+    run.save()
+
+
+def _complete(out: Path, cfg: GridConfig, finish: bool, progress: bool, log) -> dict:
+    """With every shard's cells in, the report (`finalize`, unless finish is off); else what is left."""
+    remaining = [(lr, e) for lr in cfg.lrs for e in cfg.epochs
+                 if (lr, e) not in {cell_key(c) for c in read_cells(out)}]
+    if remaining:
+        log(f"{out}: {len(remaining)} cell(s) left for other shards; "
+            f"when all are done run 'edgebus grid report {out}'")
+        return {"complete": False, "remaining": len(remaining), "out": str(out)}
+    if not finish:
+        return {"complete": True, "out": str(out)}
+    from edgebus.training.grid_report import finalize
+
+    return finalize(out, log=log, progress=progress)
+
+
+def run_grid(cfg: GridConfig, shard: tuple[int, int] = (1, 1), progress: bool = False, log=print,
+             finish: bool = True, backend: Backend | None = None) -> dict:
+    """Run this shard's part of the grid (resuming), then, when every cell is done, `finalize`."""
+    backend = backend or Backend()
+    task = resolve(cfg, "grid")
+    _validate(cfg, task)
+    inp = _read_split(cfg)
     out = Path(cfg.out or Path("runs") / f"grid-{cfg.model}-{cfg.size}")
 
     from edgebus.compat import set_seed
     from edgebus.engine.fit import build_compiled
-    from edgebus.engine.models import device_name, save_model
     from edgebus.models.registry import has_aux_mask
-    from edgebus.training.train import model_info
 
     set_seed(cfg.seed)
     model = build_compiled(cfg.model, cfg.size, cfg.weights, cfg.model_kwargs, task)  # fails before the folder exists
     make_dir(out, flag("out"))
     with one_writer(out):  # a second grid on this folder would write every cell twice
-        run, fresh = open_results_dir(out, task, "grid", _identity(cfg, task, fp), "grid")
-        if fresh:
-            write_json(run.file("split.json"), {"seed": cfg.seed, "fractions": list(cfg.split_fractions), **split})
-            run.add_artifact("split.json", "split")
-            write_run_config(out, cfg, "grid")
-            run.add_artifact("config.toml", "settings")
-            m = run.manifest
-            m.data, m.model, m.preprocess, m.threshold = data_info(ds, fp, len(cases)), model_info(cfg), contract, cfg.threshold
-            m.split = SplitInfo(file="split.json", seed=cfg.seed, counts={k: len(v) for k, v in split.items()})
-            m.grid = {"identity": _identity(cfg, task, fp), "recipe": cfg.recipe, "results": "cells*.jsonl",
-                      "content_check": content_summary(hashes, groups, label_of)}
-            run.save()
-        dups = run.manifest.grid["content_check"]["duplicate_groups"]
-        if dups:
-            log(f"note: {len(dups)} group(s) of identical images, kept in one split part each: "
-                + "; ".join(str(d["case_ids"]) for d in dups[:5]))
-
+        _open_folder(out, cfg, task, inp, log)
         ckpts = out / "checkpoints"  # epoch checkpoints of the learning rates in progress (engine.resume)
         results = out / ("cells.jsonl" if shard == (1, 1) else f"cells-{_shard_tag(shard)}.jsonl")
         repair_jsonl(results)
@@ -206,71 +337,19 @@ def run_grid(cfg: GridConfig, shard: tuple[int, int] = (1, 1), progress: bool = 
         best = select(cells, cfg.select, task) if cells else None
         cand = out / "candidates" / f"{_shard_tag(shard)}.keras"
         make_dir(cand.parent, "grid folder")
-        mine = shard_lrs(cfg.lrs, shard)
-        todo_all = {lr: [e for e in cfg.epochs if (lr, e) not in done] for lr in mine}
-        n_todo = sum(len(v) for v in todo_all.values())
-        log(f"{out}: grid {len(cfg.lrs)} lr x {len(cfg.epochs)} epochs = {len(cfg.lrs) * len(cfg.epochs)} cells; "
-            f"{len(done)} done; this {'shard (' + str(shard[0]) + '/' + str(shard[1]) + ')' if shard != (1, 1) else 'run'}: "
-            f"{n_todo} cell(s) in {sum(1 for v in todo_all.values() if v)} training run(s)")
+        todo_all = _plan(out, cfg, shard, done, log)
         masks = has_aux_mask(model)
         model = None
-        data = load_split_data(by_id, split, contract, task, masks=masks) if n_todo else None
-        written = 0
+        n_todo = sum(len(v) for v in todo_all.values())
+        data = load_split_data(inp.by_id, inp.split, inp.contract, task, masks=masks) if n_todo else None
+        writer = _CellWriter(cfg, task, results, cand, done, best, log)
         t_start = time.time()
-        for lr in mine:
-            if not todo_all[lr]:
-                log(f"lr {_lr_tag(lr)}: all {len(cfg.epochs)} cells done, skipped")
-                discard(_checkpoint(ckpts, lr))  # left by a stop after its last cell line
-
-        def cell_done(rec):
-            nonlocal written
-            append_jsonl(results, rec)
-            done.add((rec["lr"], rec["epochs"]))
-            written += 1
-            log(f"  lr {_lr_tag(rec['lr'])}, {rec['epochs']} epochs: val {get_task(task).headline_text(rec['val'])} | "
-                f"test {get_task(task).headline_text(rec['test'])}")
-            maybe_exit(written)
-
-        def save_candidate(rec, save):
-            save(cand)  # the model first, then its sidecar, then the cell line
-            write_json(cand.with_suffix(".json"), {"lr": rec["lr"], "epochs": rec["epochs"], "sha256": sha256_file(cand),
-                                                   "val": rec["val"], "saved": now()})
-
-        units = [(lr, todo_all[lr]) for lr in mine if todo_all[lr]]
+        _skip_finished(todo_all, cfg, ckpts, log)
+        units = [(lr, todo) for lr, todo in todo_all.items() if todo]
         if backend.name == "local":
-            def unit(lr, todo, _):
-                def on_cell(rec, m):
-                    nonlocal best
-                    if best is None or rank_key(rec, cfg.select, task) > rank_key(best, cfg.select, task):
-                        save_candidate(rec, lambda p: save_model(m, p))
-                        best = rec
-                    cell_done(rec)
-
-                log(f"lr {_lr_tag(lr)}: training to {max(todo)} epochs, evaluating at {', '.join(map(str, todo))}")
-                return lr_unit(cfg, lr, todo, data, shard, progress, on_cell, _checkpoint(ckpts, lr), log)
-            shared = None
+            unit, shared = _local_unit(cfg, data, shard, progress, ckpts, writer, log), None
         else:
             unit, shared = ray_lr, {"cfg": cfg, "data": data, "shard": shard}
-        for res in run_units(backend, unit, units, shared, log, checkpoints=ckpts):
-            if res.get("best") is not None:  # a Ray task's own best cell: the grid's candidate if it beats the rest
-                rec = next(c for c in res["cells"] if cell_key(c) == tuple(res["best"]["cell"]))
-                if best is None or rank_key(rec, cfg.select, task) > rank_key(best, cfg.select, task):
-                    save_candidate(rec, lambda p, blob=res["best"]["model"]: atomic_write(p, blob))
-                    best = rec
-                for rec in res["cells"]:
-                    cell_done(rec)
-            atomic_write(out / "histories" / f"lr={_lr_tag(res['lr'])}.csv", res["history"])
-            discard(_checkpoint(ckpts, res["lr"]))  # its cells are written: the checkpoint is done
-        run = Run.load(out)
-        run.stage(f"grid-{_shard_tag(shard)}", cells_written=written, wall_s=round(time.time() - t_start, 1),
-                  device=device_name(), finished=now(), **backend.describe())
-        run.save()
-        remaining = [(lr, e) for lr in cfg.lrs for e in cfg.epochs if (lr, e) not in {cell_key(c) for c in read_cells(out)}]
-        if remaining:
-            log(f"{out}: {len(remaining)} cell(s) left for other shards; when all are done run 'edgebus grid report {out}'")
-            return {"complete": False, "remaining": len(remaining), "out": str(out)}
-        if not finish:
-            return {"complete": True, "out": str(out)}
-        from edgebus.training.grid_report import finalize
-
-        return finalize(out, log=log, progress=progress)
+        _run_lrs(backend, unit, units, shared, writer, out, ckpts, log)
+        _record_stage(out, shard, writer.written, t_start, backend)
+        return _complete(out, cfg, finish, progress, log)

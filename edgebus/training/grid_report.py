@@ -91,52 +91,53 @@ def _write_best_run(out: Path, manifest, chosen: dict, ds, split: dict, data: di
     return run, model, source
 
 
-def finalize(out: str | Path, log=print, progress: bool = False) -> dict:
-    """Select the chosen cell by val, write best/, the figures, report.md and report.json."""
-    from edgebus.engine.fit import predict
-    from edgebus.reports import figures
-    from edgebus.reports.grid import grid_markdown
-
-    out = Path(out)
+def _grid_run(out: Path) -> Run:
+    """The grid folder's run; anything else is refused in one line."""
     if not (out / "manifest.json").is_file():
         raise EdgebusError(f"{out}: no manifest.json; pass a grid directory made by 'edgebus grid'")
     run = Run.load(out)
     if run.manifest.grid is None:
-        raise EdgebusError(f"{out}: not a grid directory (no 'grid' in manifest.json); pass a folder made by 'edgebus grid'")
-    ident = run.manifest.grid["identity"]
-    task, metric = get_task(ident["task"]), ident["select"]
+        raise EdgebusError(f"{out}: not a grid directory (no 'grid' in manifest.json); "
+                           "pass a folder made by 'edgebus grid'")
+    return run
+
+
+def _all_cells(out: Path, ident: dict) -> list[dict]:
+    """Every cell of the grid's settings; a grid with cells still missing is refused."""
     want = {(float(lr), int(e)) for lr in ident["lrs"] for e in ident["epochs"]}
     cells = [c for c in read_cells(out) if cell_key(c) in want]
     missing = sorted(want - {cell_key(c) for c in cells})
     if missing:
         lr, e = missing[0]
         raise EdgebusError(f"{out}: {len(missing)} of {len(want)} cells not done (e.g. lr {_lr_tag(lr)}, {e} epochs); "
-                           "run the grid (or its remaining shards) again with the same settings, then 'edgebus grid report'")
-    chosen = select(cells, metric, task)
-    log(f"chosen by validation {metric}: lr {_lr_tag(chosen['lr'])}, {chosen['epochs']} epochs "
-        f"(val {task.headline_text(chosen['val'])}; test {task.headline_text(chosen['test'])})")
+                           "run the grid (or its remaining shards) again with the same settings, "
+                           "then 'edgebus grid report'")
+    return cells
 
-    ds = run_dataset(run)
-    by_id = {c.case_id: c for c in ds.lesions()}
-    split = {k: v for k, v in run.read_artifact_json("split.json").items() if k in ("train", "val", "test")}
-    data = load_split_data(by_id, split, run.manifest.preprocess, task)
-    best_run, model, source = _write_best_run(out, run.manifest, chosen, ds, split, data, progress, log)
 
-    probs = {k: predict(model, data[k][0], ident["batch"]) for k in ("train", "val", "test")}
-    per_split = {k: task.metrics(data[k][1], probs[k], ident["threshold"]) for k in probs}
+def _matches_cell(task, per_split: dict, chosen: dict, source: str, log) -> bool:
+    """Whether the chosen model scores what its grid cell said (val and test); a note when it does not."""
     same = all(_close(per_split[k], chosen[k], task) for k in ("val", "test"))
     if not same:
-        log("note: the chosen model's val/test metrics differ from the grid cell's "
-            f"({'re-trained: TensorFlow on this machine is not bit-reproducible' if source == 'retrained' else 'check the candidate'})")
-    test = task.case_record(data["test"][1], probs["test"], per_split["test"])
-    ci = task.pooled(task.fold_arrays(test), ident["threshold"], 2000, ident["seed"])[1]
+        why = ("re-trained: TensorFlow on this machine is not bit-reproducible" if source == "retrained"
+               else "check the candidate")
+        log(f"note: the chosen model's val/test metrics differ from the grid cell's ({why})")
+    return same
 
+
+def _draw_figures(out: Path, run: Run, task, chosen: dict, heads: list, split: dict, data: dict, probs: dict,
+                  per_split: dict) -> dict:
+    """The grid plot and the chosen model's test figure (confusion matrix or mask overlays), recorded as
+    artifacts; {kind: file name}."""
+    from edgebus.reports import figures
+
+    ident = run.manifest.grid["identity"]
+    metric = ident["select"]
     name = (run.manifest.grid.get("recipe") or {}).get("name") or ident["model"]
     figs = {"grid": f"grid_{metric}.png"}
-    heads = [{"lr": c["lr"], "epochs": c["epochs"], "val": _head(task, c["val"]), "test": _head(task, c["test"]),
-              **({"resumed_from": c["resumed_from"]} if c.get("resumed_from") else {})} for c in cells]
     figures.grid_plot(heads, metric, out / figs["grid"], f"{name}: {metric} vs learning rate ({ident['size']} px)",
-                      chosen={"lr": chosen["lr"], "val": _head(task, chosen["val"]), "test": _head(task, chosen["test"])})
+                      chosen={"lr": chosen["lr"], "val": _head(task, chosen["val"]),
+                              "test": _head(task, chosen["test"])})
     if task.name == "classify":
         figs["confusion_matrix"] = "confusion_matrix.png"
         figures.confusion_matrix_plot(per_split["test"]["confusion_matrix"], out / figs["confusion_matrix"],
@@ -149,6 +150,51 @@ def finalize(out: str | Path, log=print, progress: bool = False) -> dict:
                              title=f"{name}: test images, true and predicted masks")
     for f in figs.values():
         run.add_artifact(f, "figure")
+    return figs
+
+
+def _write_report(out: Path, run: Run, report: dict, source: str, log) -> None:
+    """report.json and report.md, recorded with the chosen cell and the report stage in the manifest."""
+    from edgebus.reports.grid import grid_markdown
+
+    write_json(out / "report.json", report)
+    atomic_write(out / "report.md", grid_markdown(report, run.manifest))
+    run.add_artifact("report.json", "report")
+    run.add_artifact("report.md", "report")
+    run.manifest.metrics["chosen"] = report["chosen"] | {"source": source}
+    run.stage("report", finished=now())
+    run.save()
+    log(f"{out}: report.md, {', '.join(report['figures'].values())}; chosen model in {out / 'best'} ({source})")
+
+
+def finalize(out: str | Path, log=print, progress: bool = False) -> dict:
+    """Select the chosen cell by val, write best/, the figures, report.md and report.json."""
+    from edgebus.engine.fit import predict
+
+    out = Path(out)
+    run = _grid_run(out)
+    ident = run.manifest.grid["identity"]
+    task, metric = get_task(ident["task"]), ident["select"]
+    cells = _all_cells(out, ident)
+    chosen = select(cells, metric, task)
+    log(f"chosen by validation {metric}: lr {_lr_tag(chosen['lr'])}, {chosen['epochs']} epochs "
+        f"(val {task.headline_text(chosen['val'])}; test {task.headline_text(chosen['test'])})")
+
+    ds = run_dataset(run)
+    by_id = {c.case_id: c for c in ds.lesions()}
+    split = {k: v for k, v in run.read_artifact_json("split.json").items() if k in ("train", "val", "test")}
+    data = load_split_data(by_id, split, run.manifest.preprocess, task)
+    best_run, model, source = _write_best_run(out, run.manifest, chosen, ds, split, data, progress, log)
+
+    probs = {k: predict(model, data[k][0], ident["batch"]) for k in ("train", "val", "test")}
+    per_split = {k: task.metrics(data[k][1], probs[k], ident["threshold"]) for k in probs}
+    same = _matches_cell(task, per_split, chosen, source, log)
+    test = task.case_record(data["test"][1], probs["test"], per_split["test"])
+    ci = task.pooled(task.fold_arrays(test), ident["threshold"], 2000, ident["seed"])[1]
+
+    heads = [{"lr": c["lr"], "epochs": c["epochs"], "val": _head(task, c["val"]), "test": _head(task, c["test"]),
+              **({"resumed_from": c["resumed_from"]} if c.get("resumed_from") else {})} for c in cells]
+    figs = _draw_figures(out, run, task, chosen, heads, split, data, probs, per_split)
     report = {
         "schema": "edgebus.grid/1", "task": task.name, "model": ident["model"], "size": ident["size"],
         "recipe": run.manifest.grid.get("recipe"),
@@ -158,14 +204,7 @@ def finalize(out: str | Path, log=print, progress: bool = False) -> dict:
         "per_split": per_split, "test_bootstrap": ci, "figures": figs,
         "cells": sorted(heads, key=cell_key),
     }
-    write_json(out / "report.json", report)
-    atomic_write(out / "report.md", grid_markdown(report, run.manifest))
-    run.add_artifact("report.json", "report")
-    run.add_artifact("report.md", "report")
-    run.manifest.metrics["chosen"] = report["chosen"] | {"source": source}
-    run.stage("report", finished=now())
-    run.save()
-    log(f"{out}: report.md, {', '.join(figs.values())}; chosen model in {out / 'best'} ({source})")
+    _write_report(out, run, report, source, log)
     return report | {"complete": True, "out": str(out)}
 
 

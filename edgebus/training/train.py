@@ -85,9 +85,8 @@ def _unfinished(out) -> bool:
     return not (m.stages or m.grid is not None or m.cv is not None)
 
 
-def train(cfg: TrainConfig, progress: bool = True, log=print) -> Run:
-    """Read the data, split it, train, evaluate on val and test, and write the run directory."""
-    task = resolve(cfg, "train")
+def _check_settings(cfg: TrainConfig, task: str) -> None:
+    """Refuse settings that are missing or do not go together, before any data is read."""
     if not cfg.out:
         raise EdgebusError(f"train: no run directory given; pass {flag('out')} (TrainConfig.out)")
     if cfg.crop_margin is not None and task != "classify":
@@ -96,38 +95,92 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> Run:
         raise EdgebusError(f"{flag('segmenter')} cuts lesion crops: give {flag('crop_margin')} too (e.g. 0.5)")
     if cfg.keep not in ("best", "last"):
         raise EdgebusError(f"{flag('keep')} '{cfg.keep}': choose best or last")
+
+
+def _crop_boxes(cfg: TrainConfig, by_id: dict, split: dict, fp: str) -> tuple:
+    """A crop classifier's val/test boxes and where they come from: a segmenter run's predictions, or
+    (without one) the true masks, an oracle said as such; (None, None) for a whole-frame model."""
+    if cfg.segmenter is not None:
+        from edgebus.training.crops import segmenter_run_boxes
+
+        return segmenter_run_boxes(cfg.segmenter, by_id, split, fp)
+    if cfg.crop_margin is not None:
+        return None, {"oracle": "val/test crops cut around the TRUE masks: an upper bound, not what a cart sees"}
+    return None, None
+
+
+def _load_teachers(cfg: TrainConfig, fp: str):
+    """Distillation's teachers, every fold's averaged; None without a teacher."""
+    if cfg.teacher is None and cfg.teacher_masks is None:
+        return None
+    from edgebus.training.teacher import load_teachers
+
+    return load_teachers(cfg.teacher, cfg.teacher_masks, fp)
+
+
+def _start_again(cfg: TrainConfig) -> bool:
+    """Whether an unfinished earlier train's folder is started again; a finished run there is refused
+    (unless overwrite) before anything is written."""
+    again = _unfinished(cfg.out)
+    if (Path(cfg.out) / MANIFEST).is_file() and not (cfg.overwrite or again):
+        raise EdgebusError(f"{cfg.out}: a run already exists there; pick another {flag('out')} or pass "
+                           f"{flag('overwrite')} to replace it")
+    return again
+
+
+def _write_boxes(run: Run, boxes: dict | None, box_source: dict) -> None:
+    """boxes.json: the crop classifier's val/test boxes and their source, in the manifest too."""
+    write_json(run.file("boxes.json"), {"source": box_source, "boxes": {str(k): v for k, v in (boxes or {}).items()}})
+    run.add_artifact("boxes.json", "lesion-boxes")
+    run.manifest.crop = {"boxes": "boxes.json", "train": "true masks", "val_test": box_source}
+    run.save()
+
+
+def _train_data(cfg: TrainConfig, task: str, model, by_id: dict, split: dict, contract: dict, boxes,
+                teachers) -> tuple[dict, dict]:
+    """The split's arrays (with the model's extra heads' targets), the training part with lesion-free
+    bands and teachers' soft targets; and what the train stage records of those."""
+    from edgebus.models.registry import has_aux_mask, has_descriptors
+
+    data = load_split_data(by_id, split, contract, task, boxes, masks=has_aux_mask(model),
+                           descriptors=has_descriptors(model))
+    distil = {}
+    if cfg.lesion_free:  # the training frames' lesion-free bands, with empty masks (edgebus.data.presence)
+        from edgebus.data.presence import with_bands
+
+        n = len(data["train"][0])
+        data["train"] = with_bands(data["train"], [by_id[i] for i in split["train"]], contract)
+        distil = {"lesion_free_bands": len(data["train"][0]) - n}
+    if teachers is not None:
+        from edgebus.training.teacher import soften
+
+        data["train"] = soften(data["train"], [by_id[i] for i in split["train"]], teachers, None, cfg.teacher_weight)
+        distil["teacher"] = {**teachers["source"], "weight": cfg.teacher_weight}
+    return data, distil
+
+
+def train(cfg: TrainConfig, progress: bool = True, log=print) -> Run:
+    """Read the data, split it, train, evaluate on val and test, and write the run directory."""
+    task = resolve(cfg, "train")
+    _check_settings(cfg, task)
     contract = preprocess_contract(cfg.size, 3, cfg.crop_margin, cfg.normalize)
     ds, cases = read_lesions(cfg.data)
     use_descriptors(cfg, ds, log)
     by_id = {c.case_id: c for c in cases}
     split = stratified_split([c.case_id for c in cases], [c.label for c in cases], cfg.split_fractions, cfg.seed)
     fp = fingerprint(ds)
-    boxes, box_source = None, None
-    if cfg.segmenter is not None:
-        from edgebus.training.crops import segmenter_run_boxes
-
-        boxes, box_source = segmenter_run_boxes(cfg.segmenter, by_id, split, fp)
-    elif cfg.crop_margin is not None:
-        box_source = {"oracle": "val/test crops cut around the TRUE masks: an upper bound, not what a cart sees"}
+    boxes, box_source = _crop_boxes(cfg, by_id, split, fp)
 
     # Everything that can fail on bad input (model name, weights path) fails before the run exists.
     from edgebus.compat import set_seed
     from edgebus.engine.augment import augment_name
     from edgebus.engine.fit import build_compiled, fit_keep, history_csv
     from edgebus.engine.models import framework
-    from edgebus.models.registry import has_aux_mask, has_descriptors
 
-    teachers = None
-    if cfg.teacher is not None or cfg.teacher_masks is not None:  # distillation: every fold's teachers, averaged
-        from edgebus.training.teacher import load_teachers, soften
-
-        teachers = load_teachers(cfg.teacher, cfg.teacher_masks, fp)
+    teachers = _load_teachers(cfg, fp)
     set_seed(cfg.seed)
     model = build_compiled(cfg.model, cfg.size, cfg.weights, cfg.model_kwargs, task)
-    again = _unfinished(cfg.out)
-    if (Path(cfg.out) / MANIFEST).is_file() and not (cfg.overwrite or again):  # refused before anything is written there
-        raise EdgebusError(f"{cfg.out}: a run already exists there; pick another {flag('out')} or pass "
-                           f"{flag('overwrite')} to replace it")
+    again = _start_again(cfg)
     make_dir(cfg.out, flag("out"))
     with one_writer(cfg.out):  # two trains into one folder would mix their files
         if again:
@@ -135,23 +188,8 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> Run:
         run = Run.create(cfg.out, task, overwrite=cfg.overwrite or again)
         write_run_header(run, cfg, ds, len(cases), split, contract, fp)
         if cfg.crop_margin is not None:
-            write_json(run.file("boxes.json"), {"source": box_source, "boxes": {str(k): v for k, v in (boxes or {}).items()}})
-            run.add_artifact("boxes.json", "lesion-boxes")
-            run.manifest.crop = {"boxes": "boxes.json", "train": "true masks", "val_test": box_source}
-            run.save()
-
-        data = load_split_data(by_id, split, contract, task, boxes, masks=has_aux_mask(model),
-                               descriptors=has_descriptors(model))
-        distil = {}
-        if cfg.lesion_free:  # the training frames' lesion-free bands, with empty masks (edgebus.data.presence)
-            from edgebus.data.presence import with_bands
-
-            n = len(data["train"][0])
-            data["train"] = with_bands(data["train"], [by_id[i] for i in split["train"]], contract)
-            distil = {"lesion_free_bands": len(data["train"][0]) - n}
-        if teachers is not None:
-            data["train"] = soften(data["train"], [by_id[i] for i in split["train"]], teachers, None, cfg.teacher_weight)
-            distil["teacher"] = {**teachers["source"], "weight": cfg.teacher_weight}
+            _write_boxes(run, boxes, box_source)
+        data, distil = _train_data(cfg, task, model, by_id, split, contract, boxes, teachers)
         model, hist, kept, wall = fit_keep(model, task, cfg, data, progress)
         write_model(run, model, history_csv(hist.history))
         write_metrics(run, model, data, cfg.batch)
