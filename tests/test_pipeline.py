@@ -68,6 +68,8 @@ def test_a_pipeline_runs_once_and_skips_what_it_finished(synthetic_breast_dir, t
     assert (runs / "run" / "manifest.json").stat().st_mtime_ns == stamp
     rows = [json.loads(x) for x in (runs / "pipeline.jsonl").read_text().splitlines()]
     assert [x["step"] for x in rows] == ["run", "float", "cart"]
+    settings = json.loads((runs / "run" / "manifest.json").read_text())["stages"]["export"]["settings"]
+    assert settings["formats"] == ["float32"] and settings["max_missed"] == 0 and "overwrite" not in settings
 
 
 def test_a_failed_step_stops_the_pipeline_with_one_line(synthetic_breast_dir, tmp_path):

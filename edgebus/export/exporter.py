@@ -20,6 +20,7 @@ import numpy as np
 from edgebus.core.errors import EdgebusError, flag
 from edgebus.core.io import atomic_write, check_writable
 from edgebus.core.manifest import Run
+from edgebus.config.files import record_config
 from edgebus.config.stages import ExportConfig
 from edgebus.export.convert import convert, float_tensors, model_metadata, write_tflite
 from edgebus.export.qat import QAT_MODEL
@@ -347,7 +348,8 @@ def _stage_record(run: Run, cfg: ExportConfig, new: dict, n_calib: int, stabilit
              "int8_source": cfg.int8_source if "int8" in cfg.formats else None,
              "calibration_images": int(n_calib), "io_type": cfg.io_type, "gates": cfg.limits(),
              "float_under_noise": stability,
-             "edgetpu_compile": cfg.edgetpu}
+             "edgetpu_compile": cfg.edgetpu,
+             "settings": record_config(cfg)}  # the resolved settings, as a settings file (--config) holds them
     prev_stage = run.manifest.stages.get("export", {})
     if qat_info is not None:
         stage["qat"] = qat_info
