@@ -28,6 +28,7 @@ class Option:
     choices: tuple | None = None
     lo: float | None = None  # inclusive bounds of a number (each item of a list)
     hi: float | None = None
+    lo_open: bool = False  # lo itself refused: (lo, hi]
     aliases: tuple = ()  # other spellings of the same option (e.g. --recipe for --config)
     legacy: tuple = ()  # values older settings files hold beside the choices (augment = true)
 
@@ -151,7 +152,7 @@ _o("edgetpu", "bool", "Coral Edge TPU: export compiles the int8 files with edget
 
 # judging a model ---------------------------------------------------------------------------------
 _o("target_sensitivity", "float", "the malignant sensitivity the threshold is chosen for (default 0.9)",
-   lo=0.0, hi=1.0)
+   lo=0.0, hi=1.0, lo_open=True)
 _o("from_cv", "path", "give the run the operating point and calibration chosen on this CV folder's out-of-fold "
    "predictions")
 _o("source", "str", "CV: choose on int8 (the cart's file; auto, the default, when the CV scored it) or float "
@@ -213,7 +214,9 @@ def _number_problem(o: Option, v) -> str | None:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or (o.kind == "int" or o.kind == "ints") \
             and not float(v).is_integer() or not math.isfinite(v):
         return "a whole number" if o.kind in ("int", "ints") else "a number"
-    if o.lo is not None and v < o.lo or o.hi is not None and v > o.hi:
+    if o.lo is not None and (v < o.lo or o.lo_open and v == o.lo) or o.hi is not None and v > o.hi:
+        if o.lo_open:
+            return f"a number in ({o.lo:g}, {o.hi:g}]"
         if o.hi is None:
             return f"{'a whole number' if o.kind in ('int', 'ints') else 'a number'} >= {o.lo:g}"
         return f"a number from {o.lo:g} to {o.hi:g}"
