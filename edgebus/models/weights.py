@@ -332,12 +332,9 @@ def import_lite_weights(variant: str, out: str | Path | None = None, pth: str | 
     from edgebus.core.io import write_json
 
     meta = {
-        "variant": v,
-        "architecture": f"efficientnet-{v}",
+        "variant": v, "architecture": f"efficientnet-{v}",
         "coefficients": dict(zip(("width", "depth", "resolution", "dropout"), VARIANTS[v])),
-        "weights": "imagenet",
-        "file": out.name,
-        "sha256": sha256_file(out),
+        "weights": "imagenet", "file": out.name, "sha256": sha256_file(out),
         "keras_layers": "by name: stem_*, block{N}_*, top_*, fc (1000 ImageNet classes); see edgebus.models.efficientnet_lite",
         "input": "[0, 1] NHWC; the model normalises as (255*x - 127) / 128 in its graph",
         "source": {"package": pkg, "version": pkg_version, "file": pth.name, "sha256": sha256_file(pth),
