@@ -61,6 +61,11 @@ def test_load_a_bundle_and_predict_a_path_an_array_and_a_pil_image(cart, synthet
     assert set(saved) == {"overlay", "mask", "json"} and json.loads(Path(saved["json"]).read_text()) == d
     assert np.array_equal(np.asarray(Image.open(saved["mask"])) > 0, p.mask > 0)
     assert not list((tmp_path / "out").glob("*.tmp*"))  # each file written whole
+    before = Path(saved["json"]).read_bytes()
+    with pytest.raises(edgebus.EdgebusError, match="exists"):  # a second frame of that name keeps the first's files
+        p.save(tmp_path / "out")
+    assert Path(saved["json"]).read_bytes() == before
+    assert p.save(tmp_path / "out", overwrite=True) == saved
 
 
 def test_to_dict_round_trips_for_every_output_kind(cart_models, tiny_cv, synthetic_breast_dir, tmp_path):

@@ -70,17 +70,23 @@ class Prediction:
             raise EdgebusError(f"{self.file or 'frame'}: no frame to draw on ({self.error or 'not kept'})")
         return render_overlay(self.gray, self.result)
 
-    def save(self, folder: str | Path) -> dict:
+    def save(self, folder: str | Path, overwrite: bool = False) -> dict:
         """NAME.json, and NAME_overlay.png and NAME_mask.png (0/255) where there is a frame and a mask, into
-        `folder`; each written whole (temp file + rename). Returns {kind: path}."""
+        `folder`; each written whole (temp file + rename). A file already there is kept unless `overwrite`
+        (two frames of one name from two folders must not lose the first one's results). Returns {kind: path}."""
         folder = make_dir(folder, "folder to save in")
         stem = Path(str(self.file)).stem if self.file else "frame"
+        names = {"overlay": f"{stem}_overlay.png", "mask": f"{stem}_mask.png", "json": f"{stem}.json"}
+        there = [folder / n for n in names.values() if (folder / n).exists()]
+        if there and not overwrite:
+            raise EdgebusError(f"{there[0]}: exists (another frame named {stem}?); save into another folder, or pass "
+                               "overwrite=True to replace it")
         out = {}
         if self.gray is not None:
-            out["overlay"] = save_png(folder / f"{stem}_overlay.png", self.plot())
+            out["overlay"] = save_png(folder / names["overlay"], self.plot())
         if self.mask is not None:
-            out["mask"] = save_png(folder / f"{stem}_mask.png", Image.fromarray(self.mask * np.uint8(255)))
-        out["json"] = write_json(folder / f"{stem}.json", self.to_dict())
+            out["mask"] = save_png(folder / names["mask"], Image.fromarray(self.mask * np.uint8(255)))
+        out["json"] = write_json(folder / names["json"], self.to_dict())
         return {k: str(v) for k, v in out.items()}
 
 
