@@ -123,7 +123,7 @@ def test_grid_report_figures_and_best_run(killed_and_resumed):
     best = out / "best"
     m = manifest(best)
     assert m["stages"]["train"]["grid_cell"] == {"lr": report["chosen"]["lr"], "epochs": report["chosen"]["epochs"]}
-    assert set(m["artifacts"]) >= {"config.json", "split.json", "model.keras", "metrics.json", "history.csv"}
+    assert set(m["artifacts"]) >= {"config.toml", "split.json", "model.keras", "metrics.json", "history.csv"}
     assert json.loads((best / "split.json").read_text())["test"] == json.loads((out / "split.json").read_text())["test"]
     assert json.loads((best / "metrics.json").read_text())["test"]["accuracy"] == chosen["test"]["accuracy"]
 

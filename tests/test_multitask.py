@@ -4,6 +4,7 @@ invoke, frames go in by table lookup (exactly the float path's quantization), an
 once, and a student is distilled fold by fold from its fold's own teachers."""
 
 import json
+import tomllib
 import shutil
 from pathlib import Path
 
@@ -284,7 +285,7 @@ def test_train_takes_a_recipes_model_settings_and_the_command_line_wins(syntheti
     r = cli("train", "classify", "--data", synthetic_breast_dir, "--recipe", recipe, "--epochs", 1, "--out",
             tmp_path / "run", "--quiet")
     assert r.exit_code == 0, r.output
-    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    config = tomllib.loads((tmp_path / "run" / "config.toml").read_text())
     assert config["model"] == "test-segaux" and config["size"] == 32 and config["batch"] == 8
     assert config["model_kwargs"] == {"decoder_lr_scale": 10.0, "mask_loss_weight": 5.0}
     assert config["lr"] == 0.002 and config["epochs"] == 1  # the recipe's [cv] rate; the typed epochs win

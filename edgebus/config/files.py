@@ -132,8 +132,11 @@ def record_config(cfg, leave_out=("out", "overwrite")) -> dict:
     return rec
 
 
-def write_run_config(folder: str | Path, cfg, command: str) -> Path:
-    """config.toml in a run, grid or CV folder: the settings it ran with, as a settings file."""
-    return write_config(Path(folder) / "config.toml", {"task": cfg.task, **record_config(cfg)},
+def write_run_config(run, cfg, command: str) -> Path:
+    """config.toml in a run, grid or CV folder (a core.manifest.Run): the settings it ran with, as a settings
+    file, recorded with its sha256 among the run's artifacts."""
+    path = write_config(run.path / "config.toml", {"task": cfg.task, **record_config(cfg)},
                         comment=f"The settings this {command} ran with (edgebus {__import__('edgebus').__version__}). "
                                 f"Make it again:\n  edgebus {command} {cfg.task} --config config.toml --out NEW_FOLDER")
+    run.add_artifact("config.toml", "settings")
+    return path

@@ -268,8 +268,7 @@ def _open_folder(out: Path, cfg: CVConfig, task, inp: _CVInputs, log) -> None:
         write_json(run.file("folds.json"), {"seed": inp.fold_seed, "k": cfg.folds, "val_fraction": cfg.val_fraction,
                                             "group_by": cfg.group_by, "folds": inp.folds})
         run.add_artifact("folds.json", "folds")
-        write_run_config(out, cfg, "cv")
-        run.add_artifact("config.toml", "settings")
+        write_run_config(run, cfg, "cv")
         m = run.manifest
         m.data, m.model, m.preprocess, m.threshold = (data_info(inp.ds, inp.fp, len(inp.cases)), model_info(cfg),
                                                       inp.contract, cfg.threshold)

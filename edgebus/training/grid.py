@@ -190,8 +190,7 @@ def _open_folder(out: Path, cfg: GridConfig, task: str, inp: _GridInputs, log) -
     if fresh:
         write_json(run.file("split.json"), {"seed": cfg.seed, "fractions": list(cfg.split_fractions), **inp.split})
         run.add_artifact("split.json", "split")
-        write_run_config(out, cfg, "grid")
-        run.add_artifact("config.toml", "settings")
+        write_run_config(run, cfg, "grid")
         m = run.manifest
         m.data, m.model, m.preprocess, m.threshold = (data_info(inp.ds, inp.fp, len(inp.cases)), model_info(cfg),
                                                       inp.contract, cfg.threshold)

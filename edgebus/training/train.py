@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from edgebus.core.errors import EdgebusError, flag
@@ -26,13 +25,10 @@ def model_info(cfg: FitConfig) -> ModelInfo:
 
 
 def write_run_header(run: Run, cfg: TrainConfig, ds, n_lesions: int, split: dict, contract: dict, fp: str) -> None:
-    """config.json, split.json and the manifest's data/split/model/preprocess entries of a run."""
-    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
-    write_json(run.file("config.json"), config)
-    write_run_config(run.path, cfg, "train")
+    """config.toml (the settings, which make the run again), split.json and the manifest's
+    data/split/model/preprocess entries of a run."""
+    write_run_config(run, cfg, "train")
     write_json(run.file("split.json"), {"seed": cfg.seed, "fractions": list(cfg.split_fractions), **split})
-    run.add_artifact("config.json", "config")
-    run.add_artifact("config.toml", "settings")
     run.add_artifact("split.json", "split")
     m = run.manifest
     m.data = data_info(ds, fp, n_lesions)
