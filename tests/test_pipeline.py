@@ -62,6 +62,9 @@ def test_a_pipeline_runs_once_and_skips_what_it_finished(synthetic_breast_dir, t
     assert r.exit_code == 0 and "2 step(s) ran, 0 skipped" in r.output, r.output
     stamp = (runs / "run" / "manifest.json").stat().st_mtime_ns
     f.write_text(TINY.format(extra=BUNDLE))  # a step added: the finished ones are skipped, the new one runs
+    r = cli("pipeline", f, "--data", synthetic_breast_dir, "--out", runs, "--dry-run")
+    assert r.exit_code == 0 and "1 step(s) would run, 2 done before" in r.output, r.output
+    assert not (runs / "cart").exists()
     r = cli("pipeline", f, "--data", synthetic_breast_dir, "--out", runs)
     assert r.exit_code == 0 and "1 step(s) ran, 2 skipped" in r.output, r.output
     assert (runs / "cart" / "bundle.json").is_file()

@@ -83,7 +83,10 @@ def pipeline(file: Path = typer.Argument(..., help="a pipeline file, e.g. traini
     if data is None:
         raise EdgebusError(f"pass {flag('data')}: the data set the pipeline's steps read")
     res = run_pipeline(file, data, out or Path("runs"), weights or "none", log=typer.echo, dry_run=dry_run)
-    typer.echo(f"pipeline: {len(res['ran'])} step(s) ran, {len(res['skipped'])} skipped; record {res['state']}")
+    if dry_run:
+        typer.echo(f"pipeline: {len(res['would_run'])} step(s) would run, {len(res['skipped'])} done before")
+    else:
+        typer.echo(f"pipeline: {len(res['ran'])} step(s) ran, {len(res['skipped'])} skipped; record {res['state']}")
 
 
 def register(app: typer.Typer) -> None:

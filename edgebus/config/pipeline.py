@@ -104,7 +104,7 @@ def run_pipeline(path: str | Path, data: str | Path, runs: str | Path, weights: 
 def _run_steps(steps: list, names: dict, runs: Path, log, dry_run: bool) -> dict:
     state = runs / "pipeline.jsonl"
     done = {r["identity"]: r for r in read_jsonl(state)} if state.is_file() else {}
-    before, ran, skipped = "", [], []
+    before, ran, skipped, would = "", [], [], []
     for step in steps:
         argv = command_line(step, names)
         ident = _identity(argv, before)
@@ -114,6 +114,7 @@ def _run_steps(steps: list, names: dict, runs: Path, log, dry_run: bool) -> dict
             skipped.append(step["name"])
         elif dry_run:
             log(f"[{step['name']}] would run: edgebus {' '.join(argv)}")
+            would.append(step["name"])
         else:
             log(f"[{step['name']}] edgebus {' '.join(argv)}")
             rc = subprocess.call([sys.executable, "-m", "edgebus", *argv])
@@ -123,4 +124,4 @@ def _run_steps(steps: list, names: dict, runs: Path, log, dry_run: bool) -> dict
             append_jsonl(state, {"step": step["name"], "identity": ident, "argv": argv, "output": output})
             ran.append(step["name"])
         before = ident
-    return {"ran": ran, "skipped": skipped, "state": str(state)}
+    return {"ran": ran, "skipped": skipped, "would_run": would, "state": str(state)}
