@@ -133,13 +133,22 @@ def test_settings_file_sits_between_defaults_and_the_command_line(tmp_path):
     ('size = -3\n', "size = -3: give a whole number >= 1"),
     ('keep = "x"\n', "keep = 'x': give one of best, last"),
     ('size = \n', "not valid TOML"),
+    ('[vc]\nfolds = 3\n', "[vc] is not a command"),
+    (b'\xff\xfe\x00size', "not a text file"),
 ])
 def test_a_bad_settings_file_gets_one_line_naming_it(tmp_path, text, words):
     f = tmp_path / "bad.toml"
-    f.write_text(text)
+    f.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(EdgebusError, match=re.escape(words)) as e:
         read_config(f, "cv")
     assert str(f) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_table_may_name_exactly_the_commands_of_the_cli():
+    from edgebus.config.files import TABLES
+
+    names = {c.name or c.callback.__name__ for c in app.registered_commands} | {g.name for g in app.registered_groups}
+    assert set(TABLES) == names
 
 
 _VALUES = st.recursive(st.none() | st.booleans() | st.integers(-10**9, 10**9) | st.text(max_size=20)

@@ -18,6 +18,9 @@ from edgebus.core.io import atomic_write, sha256_file
 META = ("name", "description", "reduced", "task", "target")  # what a file says about itself
 SECTIONS = {"train": ("cv", "train")}  # the tables a command reads, in order; default: its own name
 SEARCH = ("training", "export")  # where a bare name is looked for: a recipe, an export profile
+TABLES = ("train", "grid", "cv", "cv-merge", "export", "operating-point", "fuse", "presence", "evaluate", "stress",
+          "bench", "report", "predict", "bundle", "site-check", "site-threshold", "synth", "models", "demo",
+          "weights", "pipeline")  # the commands a [table] may name (tests/test_config.py: the CLI's, exactly)
 
 
 def find_config(path: str | Path) -> Path:
@@ -35,7 +38,10 @@ def find_config(path: str | Path) -> Path:
 
 
 def _parse(p: Path) -> dict:
-    text = p.read_text()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise EdgebusError(f"{p}: not a text file; a settings file is TOML or YAML text") from None
     if p.suffix in (".yaml", ".yml"):
         import yaml
 
@@ -75,6 +81,9 @@ def read_config(path: str | Path, command: str) -> tuple[dict, dict]:
     tables = {k: v for k, v in d.items() if isinstance(v, dict) and (k not in OPTIONS or OPTIONS[k].kind != "json")}
     values = _checked(p, "", {k: v for k, v in d.items() if k not in tables})
     for name, table in tables.items():
+        if name not in TABLES:
+            raise EdgebusError(f"{p}: [{name}] is not a command; a table names the command it is for: "
+                               + ", ".join(TABLES))
         _checked(p, f" in [{name}]", table)
     for name in SECTIONS.get(command, (command,)):
         values = {**values, **tables.get(name, {})}
