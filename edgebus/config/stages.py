@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from edgebus.config.options import check_settings, field
+from edgebus.config.options import OPTIONS, check_settings, field
 from edgebus.core.errors import EdgebusError, flag
 from edgebus.core.metrics import DEFAULT_THRESHOLD
 
 STUDY_LRS = [1e-6, 1e-5, 1e-4, 1e-3, 5e-3, 1e-2, 5e-2]  # Dosch & Shaw's grid
 STUDY_EPOCHS = [10, 20, 30, 40, 50]
 QAT_DISTILL = 1.0  # QAT's target: the float parent's own outputs (edgebus.export.distill)
-FORMATS = ("float32", "float16", "dynamic", "int8")
+FORMATS = OPTIONS["formats"].choices  # declared once, with the option
 
 
 @dataclasses.dataclass(kw_only=True)

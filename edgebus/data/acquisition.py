@@ -18,7 +18,6 @@ from PIL import Image
 from edgebus.core.errors import EdgebusError
 from edgebus.core.metrics import roc_auc
 
-GROUP_BY = ("case", "acquisition")
 
 
 def frame_size(path) -> tuple[int, int]:

@@ -15,9 +15,10 @@ a model on the exact operations it was trained with. Geometric changes move the 
 
 from __future__ import annotations
 
+from edgebus.config.options import OPTIONS
 from edgebus.core.errors import EdgebusError, flag
 
-AUGMENTS = ("none", "flip", "ultrasound", "scanner")
+AUGMENTS = OPTIONS["augment"].choices  # declared once, with the option
 
 
 def augment_name(augment) -> str:

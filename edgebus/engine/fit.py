@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 
+from edgebus.config.options import OPTIONS
 from edgebus.core.errors import EdgebusError
 from edgebus.core.metrics import DEFAULT_THRESHOLD
 from edgebus.core.tasks import get_task
@@ -179,7 +180,7 @@ class KeepBest:
         return Cb()
 
 
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = OPTIONS["schedule"].choices  # declared once, with the option
 
 
 def lr_at(epoch: int, lr: float, epochs: int, schedule: str) -> float:

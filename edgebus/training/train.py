@@ -85,12 +85,8 @@ def _check_settings(cfg: TrainConfig, task: str) -> None:
     """Refuse settings that are missing or do not go together, before any data is read."""
     if not cfg.out:
         raise EdgebusError(f"train: no run directory given; pass {flag('out')} (TrainConfig.out)")
-    if cfg.crop_margin is not None and task != "classify":
-        raise EdgebusError(f"{flag('crop_margin')} is for classifiers")
     if cfg.segmenter is not None and cfg.crop_margin is None:
         raise EdgebusError(f"{flag('segmenter')} cuts lesion crops: give {flag('crop_margin')} too (e.g. 0.5)")
-    if cfg.keep not in ("best", "last"):
-        raise EdgebusError(f"{flag('keep')} '{cfg.keep}': choose best or last")
 
 
 def _crop_boxes(cfg: TrainConfig, by_id: dict, split: dict, fp: str) -> tuple:
