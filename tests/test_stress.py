@@ -81,7 +81,8 @@ def test_clean_row_reproduces_the_runs_own_metrics(run_name, request, tmp_path):
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "stress.json").read_text())
     m = manifest(run)
-    assert res["kinds"] == ["float", "int8"] and len(res["rows"]) == 1 + len(conditions())
+    want = ["float", "int8"] if m["task"] == "classify" else ["float", "int8", "cart"]
+    assert res["kinds"] == want and len(res["rows"]) == 1 + len(conditions())
     clean = res["rows"][0]
     key = "auc" if m["task"] == "classify" else "iou"
     assert clean["float"][key] == pytest.approx(m["metrics"]["keras"]["test"][key], abs=1e-6)
@@ -92,6 +93,38 @@ def test_clean_row_reproduces_the_runs_own_metrics(run_name, request, tmp_path):
         if k in fid:
             assert clean["int8_vs_float"][k] == pytest.approx(fid[k], abs=1e-9)
     assert (tmp_path / "stress.png").stat().st_size > 1000 and "Worst case" in (tmp_path / "stress.md").read_text()
+    if "cart" in want:  # the mask the cart shows, scored under every change too
+        assert all(0 <= r["cart"]["iou"] <= r["cart"]["dice"] <= 1 for r in res["rows"])
+        assert res["summary"]["cart"]["worst_drop"] == max(r["cart"]["drop"] for r in res["rows"][1:])
+
+
+def test_cart_mask_scores_keep_the_largest_region_at_the_frames_size():
+    """The cart's mask (largest region, at the frame's own size) scored against sklearn's Jaccard; a speck
+    the raw map counts is not in it."""
+    from sklearn.metrics import f1_score, jaccard_score
+
+    from edgebus.core.metrics import segmentation_metrics
+    from edgebus.data.preprocess import lesion_and_regions, resize_mask
+    from edgebus.evaluation.stress import cart_mask_scores
+
+    prob = np.zeros((32, 32, 1), np.float32)
+    prob[8:20, 8:22] = 0.9
+    prob[27:30, 27:30] = 0.8  # a speck far from the lesion
+    truth = np.zeros((64, 80), bool)
+    truth[16:40, 20:52] = True
+    frame = np.zeros((64, 80), np.uint8)
+    lesion = lesion_and_regions(prob, (64, 80), 0.5)[0]
+    assert lesion[50:, 60:].sum() == 0 and lesion.sum() > 0
+    got = cart_mask_scores(prob[None], [frame], [truth], 0.5)
+    assert got["iou"] == pytest.approx(jaccard_score(truth.ravel(), lesion.ravel() > 0))
+    assert got["dice"] == pytest.approx(f1_score(truth.ravel(), lesion.ravel() > 0))
+    small = resize_mask(truth.astype(np.uint8), (32, 32))  # the truth on the map's grid, as the int8 rows score it
+    assert got["iou"] > segmentation_metrics(small[None], prob[None, ..., 0], 0.5)["iou"]  # the speck cost the raw map
+    empty = np.zeros((1, 32, 32, 1), np.float32)
+    assert cart_mask_scores(empty, [frame], [np.zeros((64, 80), bool)], 0.5)["iou"] == 1.0
+    assert cart_mask_scores(empty, [frame], [truth], 0.5)["iou"] == 0.0
+    two = cart_mask_scores(np.concatenate([prob[None], empty]), [frame, frame], [truth, truth], 0.5)
+    assert two["iou"] == pytest.approx(got["iou"] / 2)  # a mean over frames
 
 
 def test_cv_stress_scores_every_case_out_of_fold(synthetic_breast_dir, tmp_path):

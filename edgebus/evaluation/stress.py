@@ -8,7 +8,9 @@ Targets: a run directory (its test split, its model.keras and int8 export); a CV
 case out-of-fold: each fold's own models on its own test part, pooled); or a lone exported
 .tflite with --data (every lesion case of that data set). Reported per change: AUC, sensitivity
 and specificity at the stored threshold (IoU and Dice for a segmenter), the drop against clean,
-and the worst case.
+and the worst case. A segmenter's int8 maps are also scored as the cart shows them ("cart": the
+largest region of the map at the changed frame's own size, against that frame's own mask; the
+"int8" rows score the whole map on the model's grid).
 
 With a segment CV on the same folds (`--fuse SEG_CV`), a CV classifier is also stressed as the
 cart fuses it with the lesion's shape (edgebus fuse): each fold's int8 segmenter measures the mask
@@ -180,6 +182,8 @@ def _kinds(groups: list[Group], target: Path, task, thr, fuse) -> tuple[list, di
     """(the models scored: float, int8, fused; each one's threshold). The fused score needs a classifier
     CV's folds, each with its segmenter and fusion model added."""
     kinds = [k for k in ("float", "int8") if any(getattr(g, f"{k}_model") is not None for g in groups)]
+    if task.truth_is_mask and "int8" in kinds:  # the int8 maps again, as the cart shows its mask
+        kinds.append("cart")
     thresholds = {k: thr for k in kinds}
     if fuse is not None:
         if target.is_file() or task.name != "classify" or groups[0].fold is None:
@@ -191,29 +195,48 @@ def _kinds(groups: list[Group], target: Path, task, thr, fuse) -> tuple[list, di
 
 
 def _changed(items: list, name: str, strength, seed: int, contract: dict) -> tuple:
-    """(model inputs, changed frames, labels, masks) of one group's cases under one change."""
+    """(model inputs, changed frames, labels, masks on the model's grid, masks at the frames' own size)
+    of one group's cases under one change."""
     size = tuple(contract["size"])
-    xs, changed, labels, masks = [], [], [], []
+    xs, changed, labels, masks, full = [], [], [], [], []
     for c, gray, mask in items:
         g2, m2 = (gray, mask) if name == "clean" else apply_change(gray, mask, name, strength, seed, c.case_id)
         g2, m2 = cut_area(g2, m2, str(c.mask))  # as every frame is, in training and on the cart
+        m2 = m2 if m2 is not None else np.zeros_like(g2)
         xs.append(to_model_input(g2, contract))
         changed.append(g2)
         labels.append(c.label)
-        masks.append(resize_mask(m2 if m2 is not None else np.zeros_like(g2), size)[..., None])
-    return np.stack(xs), changed, labels, masks
+        masks.append(resize_mask(m2, size)[..., None])
+        full.append(m2 > 0)
+    return np.stack(xs), changed, labels, masks, full
+
+
+def cart_mask_scores(maps: np.ndarray, frames: list, masks: list, threshold: float) -> dict:
+    """IoU and Dice (means over frames) of the masks the cart shows: each (H, W[, 1]) map of `maps` made
+    into the largest region at its frame's own size (lesion_and_regions), against that frame's mask."""
+    from edgebus.core.metrics import segmentation_metrics
+    from edgebus.data.preprocess import lesion_and_regions
+
+    per = []
+    for prob, gray, truth in zip(maps, frames, masks):
+        lesion = lesion_and_regions(prob, gray.shape[:2], threshold)[0]
+        pred = np.zeros(gray.shape[:2], np.uint8) if lesion is None else lesion
+        per.append(segmentation_metrics(truth[None], pred[None], 0.5))
+    return {"iou": float(np.mean([m["iou"] for m in per])), "dice": float(np.mean([m["dice"] for m in per]))}
 
 
 def _condition_row(groups: list[Group], frames: list, kinds: list, thresholds: dict, task, contract: dict, thr,
                    name: str, strength, seed: int) -> dict:
     """One change at one strength: every kind's scores over all groups' cases pooled (and int8 against its
     float parent on the same changed frames)."""
-    probs = {k: [] for k in kinds}
-    labels, masks = [], []
+    probs = {k: [] for k in kinds if k != "cart"}
+    labels, masks, cart_frames, cart_masks = [], [], [], []
     for g, items in zip(groups, frames):
-        x, changed, group_labels, group_masks = _changed(items, name, strength, seed, contract)
+        x, changed, group_labels, group_masks, full = _changed(items, name, strength, seed, contract)
         labels += group_labels
         masks += group_masks
+        cart_frames += changed
+        cart_masks += full
         if "float" in kinds:
             probs["float"].append(_predict_float(g.float_model, x))
         if "int8" in kinds:
@@ -222,8 +245,10 @@ def _condition_row(groups: list[Group], frames: list, kinds: list, thresholds: d
             probs["fused"].append(_fused(g, probs["int8"][-1], changed))
     truth = task.truth(np.asarray(labels), np.stack(masks))
     row = {"change": name, "strength": strength}
-    for k in kinds:
+    for k in probs:
         row[k] = _scores(task, truth, np.concatenate(probs[k]), thresholds[k])
+    if "cart" in kinds:
+        row["cart"] = cart_mask_scores(np.concatenate(probs["int8"]), cart_frames, cart_masks, thresholds["cart"])
     if "float" in kinds and "int8" in kinds:  # int8 against its own float parent on the same changed frames (issue 14)
         row["int8_vs_float"] = task.fidelity(np.concatenate(probs["float"]), np.concatenate(probs["int8"]), thr)
     return row

@@ -24,6 +24,9 @@ def stress_markdown(res: dict) -> str:
              "applied to the full-resolution frame before the preprocessing the cart uses (edgebus/data/stress.py "
              "documents them). Drop = clean minus changed " + res["summary"][kinds[0]]["metric"] + ".", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    if "cart" in kinds:
+        lines[4:4] = ["`cart`: the int8 map as the cart shows its mask (the largest region, at the frame's own size, "
+                      "against the frame's own mask); `float` and `int8`: the whole map on the model's grid.", ""]
     for r in res["rows"]:
         cells = [_label(r)] + [("n/a" if r[k][m] is None else f"{r[k][m]:.3f}") for k in kinds for m in metrics]
         cells += ["" if "drop" not in r[k] else f"{r[k]['drop']:+.3f}" for k in kinds]
