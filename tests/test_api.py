@@ -51,6 +51,8 @@ def test_load_a_bundle_and_predict_a_path_an_array_and_a_pil_image(cart, synthet
     assert p.label in ("benign", "malignant") and 0 <= p.prob <= 1 and p.threshold is not None
     assert p.mask.shape == gray.shape and p.area_px == int(p.mask.sum())
     assert p.area_mm2 == pytest.approx(p.area_px * 0.078 ** 2, rel=1e-3) if p.area_px else p.area_mm2 in (0, None)
+    if p.area_px:  # the calipers' size: the box's extents in mm
+        assert p.size_mm == (round((p.bbox[2] - p.bbox[0]) * 0.078, 2), round((p.bbox[3] - p.bbox[1]) * 0.078, 2))
     # a cart trained on the synthetic set says so: in the cart, in every prediction, on the overlay
     assert c.warnings == [SYNTHETIC] and SYNTHETIC in p.warnings
     assert "SYNTHETIC-DATA MODEL: NOT CLINICAL" in caption(p.result)
@@ -147,6 +149,7 @@ def test_the_mask_box_and_area_describe_the_largest_region_and_name_other_candid
     assert res["regions"] == 2 and "2 candidate lesion regions" in res["warnings"][0]
     assert res["bbox"] == [16, 16, 56, 56] and res["mask_area_px"] == 1600  # the largest only: no speck, no 2nd box
     assert res["mask_area_mm2"] == pytest.approx(16.0)
+    assert (res["lesion_width_mm"], res["lesion_height_mm"]) == (4.0, 4.0) and "lesion 16.0 mm2, 4.0 x 4.0 mm" in caption(res)
     assert "2 candidate regions: largest shown" in caption(res)
     prob[20:26, 20:26] = 0.0
     prob[20:23, 20:23] = 0.9  # 9 cells: under 20% of the lesion, a speck

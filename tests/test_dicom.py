@@ -172,3 +172,25 @@ def test_bad_dicom_files_get_one_line(tmp_path, cls_run):
     assert r.exit_code == 1 and "cut.dcm" in r.output and "Traceback" not in r.output, r.output
     errors = [line for line in r.output.splitlines() if "error" in line]
     assert len(errors) == 1, r.output
+
+
+def test_pixels_that_are_not_square_are_said_to_be():
+    """Areas take dx * dy; a width or height in mm takes their mean, so the frame's note says so."""
+    from pydicom.dataset import Dataset
+
+    from edgebus.runtime.dicom import tissue_region
+
+    def region(dx, dy):
+        r = Dataset()
+        r.RegionSpatialFormat, r.RegionDataType, r.RegionFlags = 1, 1, 0
+        r.RegionLocationMinX0, r.RegionLocationMinY0, r.RegionLocationMaxX1, r.RegionLocationMaxY1 = 10, 20, 209, 159
+        r.PhysicalUnitsXDirection = r.PhysicalUnitsYDirection = 3
+        r.PhysicalDeltaX, r.PhysicalDeltaY = dx, dy
+        ds = Dataset()
+        ds.SequenceOfUltrasoundRegions = [r]
+        return tissue_region(ds, "x.dcm")
+
+    box, px, note = region(0.01, 0.02)
+    assert box == [10, 20, 210, 160] and px == pytest.approx(10 * (0.01 * 0.02) ** 0.5)
+    assert "not square (0.1 x 0.2 mm)" in note
+    assert region(0.01, 0.01)[1:] == (pytest.approx(0.1), None)

@@ -60,6 +60,9 @@ def test_sr_reads_back_as_the_carts_result(chain_data, cls_run, seg_run, tmp_pat
     assert meas["Probability of cancer"][0] == pytest.approx(row["prob_malignant"], abs=1e-6)
     assert evals["Malignancy at the threshold"] == row["label"].capitalize()
     assert meas["Area"] == (pytest.approx(row["mask_area_mm2"], abs=1e-6), "mm2")
+    x0, y0, x1, y1 = row["bbox"]  # 0.01 cm pixels: the size in mm is the box's extent / 10
+    assert meas["Width"] == (pytest.approx((x1 - x0) * 0.1, abs=1e-6), "mm") == (pytest.approx(row["lesion_width_mm"]), "mm")
+    assert meas["Height"] == (pytest.approx((y1 - y0) * 0.1, abs=1e-6), "mm")
     top, left = PAD  # the box in the stored frame's pixels: the B-mode region's offset added
     x0, y0, x1, y1 = row["bbox"]
     assert np.allclose(g.roi.value[[0, 2]], [[x0 + left, y0 + top], [x1 + left, y1 + top]])

@@ -23,7 +23,8 @@ def _frames(data: Path, n: int) -> list[Path]:
 
 DOCUMENTED = {"file", "width", "height", "image_area", "lesion", "prob_malignant", "prob_raw", "prob_classifier", "label", "descriptors", "findings", "shape",
               "threshold", "mask_threshold", "mask",
-              "mask_area_px", "pixel_size_mm", "mask_area_mm2", "bbox", "regions", "crop", "latency_ms", "gates", "warnings", "error"}
+              "mask_area_px", "pixel_size_mm", "mask_area_mm2", "lesion_width_mm", "lesion_height_mm", "bbox", "regions", "crop",
+              "latency_ms", "gates", "warnings", "error"}
 
 
 def test_pipeline_predicts_documented_fields(cart_models, synthetic_breast_dir):
@@ -51,8 +52,11 @@ def test_pipeline_predicts_documented_fields(cart_models, synthetic_breast_dir):
         assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
         ys, xs = np.nonzero(m)
         assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x0, y0, x1, y1)
+        # the calipers' size: the mask's extent across (along the transducer face) and down (along the beam), in mm
+        assert (r["lesion_width_mm"], r["lesion_height_mm"]) == pytest.approx(((xs.max() + 1 - xs.min()) * 0.1,
+                                                                                (ys.max() + 1 - ys.min()) * 0.1))
     else:
-        assert r["bbox"] is None
+        assert r["bbox"] is None and r["lesion_width_mm"] is None
     assert set(r["latency_ms"]) >= {"classify", "segment", "total"}
     assert r["latency_ms"]["total"] >= r["latency_ms"]["classify"] + r["latency_ms"]["segment"] > 0
     # the same frame as an array (what a cart's frame grabber hands over) gives the same answer

@@ -91,6 +91,8 @@ def test_one_row_per_frame_and_names_escaped(synthetic_breast_dir, tmp_path):
                  "overlay": str(tmp_path / "overlays" / "caf\udce9 #1?.png")})  # a name that is not UTF-8 on disk
     rows.append({"file": "calibrated.png", "error": None, "label": "malignant", "prob_malignant": 0.12, "prob_raw": 0.3,
                  "threshold": 0.2, "overlay": None})  # the threshold applies to the model output, not the calibrated number
+    rows.append({"file": "sized.png", "error": None, "label": "benign", "prob_malignant": 0.1, "mask_area_px": 900,
+                 "mask_area_mm2": 9.0, "lesion_width_mm": 4.0, "lesion_height_mm": 2.5, "overlay": None})
     page = write_viewer(tmp_path, rows, summary)
     assert page == tmp_path / "index.html"
     text = page.read_text(encoding="utf-8")  # valid UTF-8 whatever the names
@@ -103,6 +105,8 @@ def test_one_row_per_frame_and_names_escaped(synthetic_breast_dir, tmp_path):
     calibrated = text[text.index("data-name='calibrated.png'"):].split("</article>")[0]
     assert "width:30.0%" in calibrated and "left:20.0%" in calibrated and "<dd>0.300</dd>" in calibrated
     assert "probability (calibrated)" in calibrated and "threshold (on model output)" in calibrated
+    sized = text[text.index("data-name='sized.png'"):].split("</article>")[0]
+    assert "9.0 mm²" in sized and "4.0 × 2.5 mm (width × anteroposterior height)" in sized
     assert "http://" not in text and "https://" not in text  # nothing to fetch: works offline
     assert not list(tmp_path.glob(".index.html.*"))  # written atomically, no temp file left
 

@@ -47,6 +47,9 @@ class Prediction:
     mask = property(lambda self: self.result.get("mask"), doc="uint8 HxW at the frame's size, 1 = the lesion")
     bbox = property(lambda self: self.result.get("bbox"), doc="[x0, y0, x1, y1] in frame pixels, exclusive ends")
     area_mm2 = property(lambda self: self.result.get("mask_area_mm2"))
+    size_mm = property(lambda self: None if self.result.get("lesion_width_mm") is None else
+                       (self.result["lesion_width_mm"], self.result["lesion_height_mm"]),
+                       doc="(width along the transducer face, anteroposterior height) of the lesion in mm, or None")
     area_px = property(lambda self: self.result.get("mask_area_px"))
     findings = property(lambda self: self.result.get("findings"), doc="the BI-RADS words, e.g. 'irregular shape, ...'")
     warnings = property(lambda self: list(self.result.get("warnings") or []))

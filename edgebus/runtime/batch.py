@@ -21,12 +21,12 @@ from edgebus.core.io import (_open_for_write, atomic_write, json_default, make_d
 from edgebus.runtime.batch_dicom import dicom_summary, write_dicom_files
 from edgebus.runtime.dicom import is_dicom
 from edgebus.runtime.frames import printable
-from edgebus.runtime.overlay import render_overlay, save_png
+from edgebus.runtime.overlay import render_overlay, save_png, size_text
 from edgebus.runtime.pipeline import LATENCY_KEYS, LesionPipeline
 from edgebus.runtime.viewer import write_viewer
 
 CSV_FIELDS = ("file", "frame", "sop_instance_uid", "width", "height", "lesion_present", "lesion_score", "prob_malignant", "prob_raw", "prob_classifier", "label", "threshold", "findings", "mask_threshold", "mask_area_px",
-              "pixel_size_mm", "mask_area_mm2", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1", "regions",
+              "pixel_size_mm", "mask_area_mm2", "lesion_width_mm", "lesion_height_mm", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1", "regions",
               *(f"latency_{k}_ms" for k in LATENCY_KEYS), "overlay", "mask_file", "dicom_seg", "dicom_sr", "warnings", "error")
 
 
@@ -374,7 +374,9 @@ def _describe_result(res: dict) -> str:
         if res["mask_area_px"] == 0:
             parts.append("no lesion found")
         else:
-            area = f"{res['mask_area_mm2']:.1f} mm2" if res["mask_area_mm2"] is not None else f"{res['mask_area_px']} px"
+            area = f"{res['mask_area_px']} px"
+            if res["mask_area_mm2"] is not None:
+                area = f"{res['mask_area_mm2']:.1f} mm2{size_text(res)}"
             parts.append(f"lesion {area}, bbox {res['bbox']}")
             if (res.get("regions") or 0) > 1:
                 parts.append(f"{res['regions']} candidate regions (the largest measured)")

@@ -121,6 +121,9 @@ def tissue_region(ds, path) -> tuple[list[int] | None, float | None, str | None]
         dx, dy = (_number(best, f"PhysicalDelta{a}", path, f"{where} (B-mode, in cm)", float) for a in "XY")
         if np.isfinite(dx) and np.isfinite(dy) and dx > 0 and dy > 0:
             px = 10.0 * float(np.sqrt(dx * dy))  # an area from dx * dy, whichever way the pixel is longer
+            if abs(dx - dy) > 0.01 * max(dx, dy):  # a width or height in mm would be off by up to sqrt(dx / dy)
+                note = "; ".join(filter(None, [note, f"pixels are not square ({10 * dx:.4g} x {10 * dy:.4g} mm): the "
+                                               f"lesion's width and height in mm use their mean, {px:.4g} mm"]))
     return box, px, note
 
 

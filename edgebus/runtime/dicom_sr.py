@@ -5,7 +5,8 @@ radiologist's reporting system read (issue #35).
 One measurement group (TID 1410, planar ROI) per frame: the lesion's box on the source frame (a closed
 polyline in the frame's pixels) or, where a DICOM SEG was written, a reference to its segment; the
 finding type Mass; measurements Probability of cancer (DCM 111047, the shown, calibrated probability)
-and Area (mm2, when the pixel size is known); qualitative evaluations: presence (Mass present or
+and, when the pixel size is known, Area (mm2), Width (along the transducer face) and Height (anteroposterior, along
+the beam) in mm; qualitative evaluations: presence (Mass present or
 absent), the label at the threshold (Malignant / Benign), and the BI-RADS descriptor findings the cart
 states, coded from DICOM's breast ultrasound context groups (CID 6152-6155) where one exists and in
 edgebus's private scheme (99EDGEBUS) where none does. A frame the presence rule calls lesion-free gets
@@ -120,5 +121,8 @@ def _findings(hd, codes, res: dict, algorithm, absent: bool) -> tuple[list, list
             evaluations.append(hd.sr.QualitativeEvaluation(
                 codes.DCM.Orientation, codes.DCM.NotParallel if shape["orientation"] > 1 else codes.DCM.Parallel))
     if not absent and res.get("mask_area_mm2") is not None:
-        measurements.append(hd.sr.Measurement(codes.SCT.Area, float(res["mask_area_mm2"]), codes.UCUM.SquareMillimeter))
+        mm = codes.UCUM.Millimeter
+        measurements += [hd.sr.Measurement(codes.SCT.Area, float(res["mask_area_mm2"]), codes.UCUM.SquareMillimeter),
+                         hd.sr.Measurement(codes.SCT.Width, float(res["lesion_width_mm"]), mm),
+                         hd.sr.Measurement(codes.DCM.Height, float(res["lesion_height_mm"]), mm)]
     return evaluations, measurements

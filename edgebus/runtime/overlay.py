@@ -61,6 +61,12 @@ def caption(result: dict) -> list[str]:
     return _finding_lines(result) + [overlay_line(w) for w in result.get("warnings") or []]
 
 
+def size_text(result: dict) -> str:
+    """", W x H mm" (the lesion's width and anteroposterior height), or "" where the result has no size."""
+    w, h = result.get("lesion_width_mm"), result.get("lesion_height_mm")
+    return "" if w is None or h is None else f", {w:.1f} x {h:.1f} mm"
+
+
 def _finding_lines(result: dict) -> list[str]:
     lines = []
     lesion = result.get("lesion")
@@ -75,7 +81,7 @@ def _finding_lines(result: dict) -> list[str]:
         if not result["mask_area_px"]:
             lines.append("no lesion found")
         elif result.get("mask_area_mm2") is not None:
-            lines.append(f"lesion {result['mask_area_mm2']:.1f} mm2")
+            lines.append(f"lesion {result['mask_area_mm2']:.1f} mm2{size_text(result)}")
         else:
             lines.append(f"lesion {result['mask_area_px']} px")
     return lines

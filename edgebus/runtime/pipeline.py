@@ -8,6 +8,10 @@ imported here, so a cart application can embed it::
     r = cart.predict("frame.png", pixel_size_mm=0.078)                                     # per frame
     r["prob_malignant"], r["label"], r["mask"], r["mask_area_mm2"], r["bbox"]
 
+With a pixel size the lesion's size is also given in mm as a radiologist's calipers take it on the frame:
+`lesion_width_mm` along the transducer face and `lesion_height_mm` along the beam (anteroposterior), the
+extents of the lesion's mask (pixels taken as square).
+
 A classifier trained with BI-RADS descriptor heads also gives `descriptors` ({name: {"probability",
 "finding"}}) and `findings` ("irregular shape, not circumscribed margin, posterior shadowing, ...").
 
@@ -82,7 +86,7 @@ def dicom_fields(path, fr, pixel_size_mm=None) -> dict:
 
 
 RESULT_FIELDS = ("file", "width", "height", "image_area", "lesion", "prob_malignant", "prob_raw", "prob_classifier", "label", "threshold", "descriptors", "findings", "shape", "mask_threshold", "mask",
-                 "mask_area_px", "pixel_size_mm", "mask_area_mm2", "bbox", "regions", "crop", "latency_ms", "gates", "warnings", "error")
+                 "mask_area_px", "pixel_size_mm", "mask_area_mm2", "lesion_width_mm", "lesion_height_mm", "bbox", "regions", "crop", "latency_ms", "gates", "warnings", "error")
 
 
 def _ms(t0: float, t1: float) -> float:
@@ -108,6 +112,9 @@ def _mask_fields(res: dict, found: tuple, threshold: float, hw, area_box, pixel_
     if area:
         ys, xs = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
         res["bbox"] = [int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1]
+        if pixel_size_mm is not None:  # the calipers' width and (anteroposterior) height of the lesion
+            res["lesion_width_mm"] = round((res["bbox"][2] - res["bbox"][0]) * float(pixel_size_mm), 2)
+            res["lesion_height_mm"] = round((res["bbox"][3] - res["bbox"][1]) * float(pixel_size_mm), 2)
 
 
 def _lesion_free(res: dict) -> None:
@@ -118,7 +125,8 @@ def _lesion_free(res: dict) -> None:
         res["mask"] = np.zeros_like(res["mask"])
     if (res["regions"] or 0) > 1:  # no lesion, so no candidates to look at
         res["warnings"] = [x for x in res["warnings"] if x != several_regions(res["regions"])]
-    for k in ("bbox", "mask_area_px", "mask_area_mm2", "shape", "descriptors", "findings", "crop", "regions"):
+    for k in ("bbox", "mask_area_px", "mask_area_mm2", "lesion_width_mm", "lesion_height_mm", "shape", "descriptors",
+              "findings", "crop", "regions"):
         res[k] = None
 
 

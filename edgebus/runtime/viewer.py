@@ -93,6 +93,9 @@ def _card(i: int, row: dict) -> str:
         mm2 = _num(row.get("mask_area_mm2"))
         facts.append(("lesion area", "none segmented" if not row["mask_area_px"] else
                       f"{mm2:.1f} mm²" if mm2 is not None else f"{row['mask_area_px']} px"))
+        width, height = _num(row.get("lesion_width_mm")), _num(row.get("lesion_height_mm"))
+        if row["mask_area_px"] and width is not None and height is not None:
+            facts.append(("lesion size", f"{width:.1f} × {height:.1f} mm (width × anteroposterior height)"))
     if row.get("findings"):
         facts.append(("findings", row["findings"]))
     if row.get("gates"):
