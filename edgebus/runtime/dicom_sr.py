@@ -121,8 +121,9 @@ def _findings(hd, codes, res: dict, algorithm, absent: bool) -> tuple[list, list
             evaluations.append(hd.sr.QualitativeEvaluation(
                 codes.DCM.Orientation, codes.DCM.NotParallel if shape["orientation"] > 1 else codes.DCM.Parallel))
     if not absent and res.get("mask_area_mm2") is not None:
+        measurements.append(hd.sr.Measurement(codes.SCT.Area, float(res["mask_area_mm2"]), codes.UCUM.SquareMillimeter))
+    if not absent and res.get("lesion_width_mm") is not None:  # none where nothing was segmented (area 0)
         mm = codes.UCUM.Millimeter
-        measurements += [hd.sr.Measurement(codes.SCT.Area, float(res["mask_area_mm2"]), codes.UCUM.SquareMillimeter),
-                         hd.sr.Measurement(codes.SCT.Width, float(res["lesion_width_mm"]), mm),
+        measurements += [hd.sr.Measurement(codes.SCT.Width, float(res["lesion_width_mm"]), mm),
                          hd.sr.Measurement(codes.DCM.Height, float(res["lesion_height_mm"]), mm)]
     return evaluations, measurements
